@@ -1,0 +1,1 @@
+"""Ringkeeper's API types and the generator that turns them into CRDs."""

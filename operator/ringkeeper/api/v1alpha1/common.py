@@ -1,0 +1,244 @@
+"""Building blocks shared by every Ringkeeper kind.
+
+The models here are the single source of truth for the CRDs: ``crdgen`` turns
+their JSON schema into structural OpenAPI, and the cross-field ``Rule`` objects
+become CEL ``x-kubernetes-validations``. Each rule carries its own Python check,
+so a manifest validated from Python fails with the very sentence the API
+server would print at admission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+GROUP = "ringkeeper.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Kubernetes quantities ("500m", "2Gi", "1.5"): the same pattern the API server uses.
+QUANTITY_PATTERN = (
+    r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+)
+# DNS-1123 label: names that become parts of Pod, Service and Secret names.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Five-field cron (minute hour day-of-month month day-of-week) or an @-macro.
+CRON_PATTERN = (
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    r"(\S+\s+){4}\S+)$"
+)
+
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, examples=["2Gi"])]
+DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+CronSchedule = Annotated[
+    str, Field(pattern=CRON_PATTERN, max_length=100, examples=["0 3 * * *"])
+]
+
+
+class SpecError(ValueError):
+    """A rule broken by a manifest: a field path and a sentence that says what to do."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One cross-field rule, written once for both the API server and Python.
+
+    ``cel`` runs at admission with ``self`` bound to the object the rule is
+    attached to; ``check`` is its Python twin over the validated model and
+    returns False when the rule is broken. ``message_for`` may build a more
+    specific sentence from the model; the CEL side then uses ``message_expression``.
+    ``transition`` rules compare with ``oldSelf`` and can only run at admission.
+    """
+
+    cel: str
+    message: str
+    field_path: str | None = None
+    check: Callable[[Any], bool] | None = None
+    message_expression: str | None = None
+    message_for: Callable[[Any], str] | None = None
+    reason: str | None = None
+    transition: bool = False
+
+    def to_cel(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.cel, "message": self.message}
+        if self.message_expression:
+            out["messageExpression"] = self.message_expression
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+class ApiModel(BaseModel):
+    """Base of every spec and status model: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=False,
+        use_enum_values=True,
+    )
+
+    # Cross-field rules attached to this object; crdgen emits them as CEL.
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        if cls.rules:
+            schema["x-kubernetes-validations"] = [r.to_cel() for r in cls.rules]
+        return schema
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ApiModel:
+        for rule in type(self).rules:
+            if rule.check is None or rule.transition:
+                continue
+            if not rule.check(self):
+                message = rule.message_for(self) if rule.message_for else rule.message
+                raise SpecError(rule.field_path or "", message)
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict Kubernetes expects (aliases, no unset optionals)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition, as in metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        default="Unknown",
+        max_length=1024,
+        description="One CamelCase word saying why the condition last changed.",
+    )
+    message: str = Field(default="", max_length=32768, description="A sentence for humans.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation this condition was set for."
+    )
+
+
+def conditions_field() -> Any:
+    """Conditions are a list keyed by type, so server-side apply merges them per type."""
+    return Field(
+        default_factory=list,
+        max_length=32,
+        description="Current state, one entry per condition type.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+
+
+class ResourceList(ApiModel):
+    cpu: Quantity | None = Field(default=None, description="CPU, e.g. 500m or 2.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. 4Gi.")
+
+
+class Resources(ApiModel):
+    """Compute resources of a database container (requests and limits)."""
+
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+class Storage(ApiModel):
+    size: Quantity = Field(default="10Gi", description="Size of each instance's data volume.")
+    storage_class: str | None = Field(
+        default=None, description="StorageClass of the volume claims; the cluster default if unset."
+    )
+
+
+class LocalObjectReference(ApiModel):
+    name: DnsLabel = Field(description="Name of the object in the same namespace.")
+
+
+class SecretKeyReference(ApiModel):
+    name: DnsLabel = Field(description="Secret name in the same namespace.")
+    key: str = Field(default="password", min_length=1, description="Key inside the Secret.")
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata Ringkeeper reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    namespace: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class EngineName(StrEnum):
+    POSTGRESQL = "postgresql"
+    KINGBASE = "kingbase"
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    type: Literal["string", "integer", "number", "boolean", "date"]
+    json_path: str
+    description: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """CRD metadata a kind carries beside its schema."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    description: str
+    printer_columns: tuple[PrinterColumn, ...]
+    categories: tuple[str, ...] = ("ringkeeper",)
+    # Rules on the whole object (may read metadata.name); checked by the resource model.
+    root_rules: tuple[Rule, ...] = ()
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+AGE_COLUMN = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
+
+
+def name_length_rule(kind: str, limit: int, why: str) -> Rule:
+    """Names feed Pod, Service and label names, which Kubernetes caps at 63 characters."""
+    return Rule(
+        cel=f"size(self.metadata.name) <= {limit}",
+        message=f"metadata.name must be at most {limit} characters: {why}",
+        check=lambda obj: obj.metadata.name is None or len(obj.metadata.name) <= limit,
+        reason="FieldValueInvalid",
+    )

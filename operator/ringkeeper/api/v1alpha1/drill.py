@@ -1,0 +1,139 @@
+"""Drill: a failure rehearsal with a realistic workload and pass/fail expectations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import Field
+
+from .common import (
+    AGE_COLUMN,
+    ApiModel,
+    Condition,
+    CronSchedule,
+    DnsLabel,
+    KindInfo,
+    PrinterColumn,
+    Rule,
+    conditions_field,
+    name_length_rule,
+)
+from .defaults import nested
+
+
+class TargetKind(StrEnum):
+    CAMPUS = "Campus"
+    REPLICATION_RING = "ReplicationRing"
+
+
+class Scenario(StrEnum):
+    PRIMARY_KILL = "primaryKill"
+    CAMPUS_LOSS = "campusLoss"
+    NETWORK_PARTITION = "networkPartition"
+    SYNC_CRASH = "syncCrash"
+
+
+RING_ONLY_SCENARIOS = (Scenario.CAMPUS_LOSS, Scenario.SYNC_CRASH)
+
+
+class DrillTarget(ApiModel):
+    kind: TargetKind
+    name: DnsLabel
+
+
+class Expectations(ApiModel):
+    max_rto_seconds: int = Field(
+        default=600, ge=1, le=3600, description="The drill fails when recovery takes longer."
+    )
+    max_lost_transactions: int = Field(
+        default=0, ge=0, description="Must be 0: no acknowledged commit may be lost."
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.maxLostTransactions == 0",
+            message="maxLostTransactions must be 0: the recovery point objective is zero, and a "
+            "drill that tolerates loss would hide it",
+            field_path=".maxLostTransactions",
+            check=lambda e: e.max_lost_transactions == 0,
+            reason="FieldValueInvalid",
+        ),
+    )
+
+
+class Workload(ApiModel):
+    """The LIS-like write load that runs through the drill and counts every commit."""
+
+    writers: int = Field(default=4, ge=1, le=64)
+    rate_per_second: int = Field(default=200, ge=1, le=100000)
+    duration_seconds: int = Field(default=120, ge=10, le=86400)
+
+
+class DrillSpec(ApiModel):
+    target: DrillTarget
+    scenario: Scenario
+    expectations: Expectations = nested(Expectations, "What counts as a pass.")
+    workload: Workload = nested(Workload, "Load applied during the drill.")
+    schedule: CronSchedule | None = Field(
+        default=None, description="Cron schedule (UTC). Unset: the drill runs once."
+    )
+    suspend: bool = Field(default=False, description="Skip scheduled runs while true.")
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!(self.scenario in ['campusLoss', 'syncCrash']) || "
+            "self.target.kind == 'ReplicationRing'",
+            message="scenarios campusLoss and syncCrash need a ReplicationRing target: losing a "
+            "campus or its sync sidecar is survived by the ring, not inside one campus",
+            field_path=".target.kind",
+            check=lambda s: s.scenario not in RING_ONLY_SCENARIOS
+            or s.target.kind == TargetKind.REPLICATION_RING,
+            reason="FieldValueInvalid",
+        ),
+    )
+
+
+class DrillPhase(StrEnum):
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    PASSED = "Passed"
+    FAILED = "Failed"
+
+
+class DrillRun(ApiModel):
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    result: DrillPhase | None = None
+    rto_seconds: float | None = None
+    lost_transactions: int | None = None
+    committed_transactions: int | None = None
+    message: str | None = None
+
+
+class DrillStatus(ApiModel):
+    observed_generation: int | None = None
+    phase: DrillPhase | None = None
+    runs: int = 0
+    passed: int = 0
+    last_run: DrillRun | None = None
+    conditions: list[Condition] = conditions_field()
+
+
+DRILL = KindInfo(
+    kind="Drill",
+    plural="drills",
+    singular="drill",
+    short_names=("dr",),
+    description="Drill rehearses a failure (primary kill, campus loss, network partition, sync "
+    "crash) under a realistic load and checks recovery time and that nothing was lost.",
+    printer_columns=(
+        PrinterColumn("Target", "string", ".spec.target.name"),
+        PrinterColumn("Scenario", "string", ".spec.scenario"),
+        PrinterColumn("Last", "string", ".status.lastRun.result"),
+        PrinterColumn("RTO", "number", ".status.lastRun.rtoSeconds"),
+        AGE_COLUMN,
+    ),
+    root_rules=(name_length_rule("Drill", 52, "its Jobs are named after it"),),
+)

@@ -1,0 +1,263 @@
+"""ReplicationRing: the campuses that all accept writes and copy each other's changes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar
+
+from pydantic import Field
+
+from .common import (
+    AGE_COLUMN,
+    ApiModel,
+    Condition,
+    CronSchedule,
+    DnsLabel,
+    EngineName,
+    KindInfo,
+    LocalObjectReference,
+    PrinterColumn,
+    Quantity,
+    Rule,
+    SecretKeyReference,
+    conditions_field,
+    name_length_rule,
+)
+from .defaults import nested
+
+TABLE_PATTERN = r"^[^.\s]+\.[^.\s]+$"
+TablePattern = Annotated[str, Field(pattern=TABLE_PATTERN, max_length=200)]
+
+
+class Topology(StrEnum):
+    RING = "ring"
+    MESH = "mesh"
+
+
+class ConflictPolicy(StrEnum):
+    LAST_WRITER_WINS = "lastWriterWins"
+    CAMPUS_PRIORITY = "campusPriority"
+
+
+class VerificationMode(StrEnum):
+    FULL = "full"
+    INCREMENTAL = "incremental"
+
+
+class ExternalEndpoint(ApiModel):
+    """A member outside this Kubernetes cluster, reached over the network."""
+
+    host: str = Field(min_length=1, max_length=253, description="Host name or address.")
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str = Field(min_length=1, max_length=63)
+    engine: EngineName = Field(description="postgresql or kingbase.")
+    version: str = Field(max_length=16, description="Engine major version, e.g. 15 or V9R1.")
+    user: str = Field(default="ringkeeper_sync", min_length=1, max_length=63)
+    password_secret: SecretKeyReference = Field(
+        description="Secret holding the password of `user`."
+    )
+
+
+class RingMember(ApiModel):
+    name: DnsLabel = Field(description="Member name, unique in the ring; names the origin.")
+    campus_ref: LocalObjectReference | None = Field(
+        default=None, description="A Campus in the same namespace."
+    )
+    external: ExternalEndpoint | None = Field(
+        default=None, description="A database outside this cluster."
+    )
+    priority: int = Field(
+        default=100,
+        ge=0,
+        le=1000,
+        description="Tie-break in conflicts: the higher priority wins; equal priorities fall "
+        "back to the member name.",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.campusRef) != has(self.external)",
+            message="each ring member names exactly one of campusRef or external",
+            check=lambda m: (m.campus_ref is None) != (m.external is None),
+            reason="FieldValueInvalid",
+        ),
+    )
+
+
+class TableSelection(ApiModel):
+    include: list[TablePattern] = Field(
+        default_factory=lambda: ["*.*"],
+        max_length=256,
+        description="schema.table patterns to replicate; * matches any run of characters.",
+        json_schema_extra={"default": ["*.*"]},
+    )
+    exclude: list[TablePattern] = Field(
+        default_factory=list,
+        max_length=256,
+        description="schema.table patterns never replicated, even when included.",
+    )
+
+
+class ConflictSettings(ApiModel):
+    policy: ConflictPolicy = Field(
+        default=ConflictPolicy.LAST_WRITER_WINS,
+        description="lastWriterWins: the newest original commit wins, campus priority breaks "
+        "ties; campusPriority: the higher-priority campus always wins.",
+    )
+    log_retention_days: int = Field(
+        default=90, ge=1, le=3650, description="Days the conflict log keeps its entries."
+    )
+
+
+class VerificationSettings(ApiModel):
+    schedule: CronSchedule | None = Field(
+        default=None, description="Cron schedule (five fields, UTC); no scheduled runs if unset."
+    )
+    mode: VerificationMode = Field(
+        default=VerificationMode.INCREMENTAL,
+        description="full compares every row; incremental only chunks changed since the last run.",
+    )
+    chunk_rows: int = Field(
+        default=100000, ge=100, le=10000000, description="Rows per checksum chunk."
+    )
+
+
+class HealingSettings(ApiModel):
+    bypass_after_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=86400,
+        description="A member down this long is bypassed: its upstream feeds the next member.",
+    )
+    max_slot_wal_keep_size: Quantity = Field(
+        default="50Gi",
+        description="WAL kept for a member that is down; past it the member needs a re-seed.",
+    )
+
+
+class ReplicationRingSpec(ApiModel):
+    members: list[RingMember] = Field(
+        max_length=16,
+        description="Members in ring order: each feeds the next, the last feeds the first.",
+    )
+    topology: Topology = Field(
+        default=Topology.RING,
+        description="ring: each member sends to the next; mesh: every member to every other.",
+    )
+    tables: TableSelection = nested(TableSelection, "Which tables replicate.")
+    conflicts: ConflictSettings = nested(ConflictSettings, "Conflict resolution.")
+    verification: VerificationSettings = nested(VerificationSettings, "Data verification.")
+    healing: HealingSettings = nested(HealingSettings, "Healing around a dead member.")
+    lag_alert_seconds: int = Field(
+        default=30, ge=1, le=86400, description="Lag above which a link is reported Degraded."
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="size(self.members) >= 2",
+            message="a ring needs at least two distinct members",
+            field_path=".members",
+            check=lambda s: len(s.members) >= 2,
+            reason="FieldValueInvalid",
+        ),
+        Rule(
+            cel="self.members.all(m, self.members.exists_one(o, o.name == m.name))",
+            message="a ring needs at least two distinct members: member names must be unique",
+            field_path=".members",
+            check=lambda s: len({m.name for m in s.members}) == len(s.members),
+            reason="FieldValueDuplicate",
+        ),
+        Rule(
+            cel="self.members.all(m, !has(m.campusRef) || self.members.exists_one(o, "
+            "has(o.campusRef) && o.campusRef.name == m.campusRef.name))",
+            message="a ring needs at least two distinct members: each Campus may appear only once",
+            field_path=".members",
+            check=lambda s: len([m for m in s.members if m.campus_ref])
+            == len({m.campus_ref.name for m in s.members if m.campus_ref}),
+            reason="FieldValueDuplicate",
+        ),
+    )
+
+
+class LinkState(StrEnum):
+    PENDING = "Pending"
+    SEEDING = "Seeding"
+    STREAMING = "Streaming"
+    CATCHING_UP = "CatchingUp"
+    BYPASSED = "Bypassed"
+    DOWN = "Down"
+    NEEDS_RESEED = "NeedsReseed"
+
+
+class LinkStatus(ApiModel):
+    from_member: str = Field(alias="from")
+    to_member: str = Field(alias="to")
+    state: LinkState = LinkState.PENDING
+    lag_seconds: float | None = None
+    lag_bytes: int | None = None
+    rows_per_second: float | None = None
+    last_applied_at: datetime | None = None
+    conflicts: int = 0
+    message: str | None = None
+
+
+class VerificationResult(StrEnum):
+    RUNNING = "Running"
+    PASSED = "Passed"
+    FAILED = "Failed"
+    ERROR = "Error"
+
+
+class VerificationStatus(ApiModel):
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    mode: VerificationMode | None = None
+    tables: int | None = None
+    rows_compared: int | None = None
+    differences: int | None = None
+    result: VerificationResult | None = None
+    progress_percent: float | None = None
+    report: str | None = Field(default=None, description="Where the full report was written.")
+
+
+class SeedingStatus(ApiModel):
+    member: str
+    tables_done: int = 0
+    tables_total: int = 0
+    rows_copied: int = 0
+    rows_total: int = 0
+    percent: float = 0.0
+
+
+class ReplicationRingStatus(ApiModel):
+    observed_generation: int | None = None
+    member_count: int | None = None
+    healthy_links: str | None = Field(default=None, description="Healthy links / all links.")
+    max_lag_seconds: float | None = None
+    conflicts_total: int | None = None
+    links: list[LinkStatus] = Field(default_factory=list)
+    last_verification: VerificationStatus | None = None
+    seeding: list[SeedingStatus] = Field(default_factory=list)
+    conditions: list[Condition] = conditions_field()
+
+
+RING = KindInfo(
+    kind="ReplicationRing",
+    plural="replicationrings",
+    singular="replicationring",
+    short_names=("ring", "rings"),
+    description="ReplicationRing joins campuses that all accept writes: each change travels "
+    "the ring with its true origin until every member has it, exactly once.",
+    printer_columns=(
+        PrinterColumn("Members", "integer", ".status.memberCount"),
+        PrinterColumn("Healthy", "string", ".status.healthyLinks"),
+        PrinterColumn("MaxLag", "number", ".status.maxLagSeconds"),
+        PrinterColumn("Conflicts", "integer", ".status.conflictsTotal"),
+        PrinterColumn("Verified", "string", ".status.lastVerification.result"),
+        AGE_COLUMN,
+    ),
+    root_rules=(
+        name_length_rule("ReplicationRing", 40, "slot and origin names are built from it"),
+    ),
+)

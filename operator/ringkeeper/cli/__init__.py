@@ -1,0 +1,1 @@
+"""Command-line surfaces: the `ringkeeper` command and the kubectl plugin."""

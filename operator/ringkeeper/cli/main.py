@@ -1,0 +1,202 @@
+"""The `ringkeeper` command and the `kubectl ringkeeper` plugin.
+
+One parser serves both: a plugin user types the same subcommands after
+`kubectl ringkeeper`. Each subcommand imports its module only when it runs, so
+`--help` and `crds` stay fast and need no cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .. import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+DESCRIPTION = """\
+Ringkeeper runs multi-site, multi-active hospital databases on Kubernetes:
+campuses (PostgreSQL or KingbaseES clusters with automatic failover) joined by a
+replication ring in which every campus accepts writes, plus offline-capable
+satellites and failure drills.
+"""
+
+EPILOG = """\
+common tasks:
+  ringkeeper crds                      regenerate crds/ and the chart's CRDs from the models
+  ringkeeper validate examples/*.yaml  check manifests offline, with the API server's messages
+  ringkeeper dev-cluster up            start the built-in local Kubernetes (no Docker needed)
+  ringkeeper status                    show campuses, rings, satellites and drills
+"""
+
+
+def _add_kube_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's, or default)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from ..api import crdgen
+
+    if args.check:
+        problems = []
+        for directory in args.dirs:
+            problems += crdgen.drift(Path(directory))
+        for p in problems:
+            print(f"ringkeeper crds: {p}", file=sys.stderr)
+        if problems:
+            print("ringkeeper crds: run `ringkeeper crds` (or `make crds`) and commit the result.",
+                  file=sys.stderr)
+            return 1
+        print(f"ringkeeper crds: {', '.join(args.dirs)} match the models")
+        return 0
+    for directory in [args.output] if args.output else args.dirs:
+        for path in crdgen.write(Path(directory)):
+            print(f"wrote {path}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import run
+
+    return run(args.files)
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from ..controller.run import run
+
+    return run(args)
+
+
+def _cmd_not_yet(name: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(
+            f"ringkeeper {name}: not available in this version of Ringkeeper yet; "
+            "see docs/roadmap.md for when it arrives.",
+            file=sys.stderr,
+        )
+        return 2
+
+    return handler
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import run
+
+    return run(args)
+
+
+def _cmd_dev_cluster(args: argparse.Namespace) -> int:
+    from ..devcluster.cli import run
+
+    return run(args)
+
+
+def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ringkeeper {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "operator",
+        help="run the operator (reconciles Campus, ReplicationRing, Satellite, Drill)",
+        description="Run the Ringkeeper operator: watches Ringkeeper resources and reconciles "
+        "them. Runs in the cluster as the ringkeeper Deployment, or locally against a kubeconfig.",
+    )
+    p.add_argument("--namespace", "-n", action="append", dest="namespaces",
+                   help="watch only this namespace (repeatable); default: all namespaces")
+    p.add_argument("--health-port", type=int, default=8080,
+                   help="port of the /healthz liveness endpoint (default 8080)")
+    p.add_argument("--metrics-port", type=int, default=9090,
+                   help="port of the Prometheus /metrics endpoint (default 9090, 0 disables)")
+    p.add_argument("--health-host", default="0.0.0.0",
+                   help="address the health and metrics endpoints listen on (default 0.0.0.0)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=_cmd_operator)
+
+    p = sub.add_parser(
+        "agent",
+        help="run the instance agent inside a database pod",
+        description="Run the instance agent: bootstraps, configures and supervises one "
+        "database instance, and serves its authenticated status and control API.",
+    )
+    p.set_defaults(func=_cmd_not_yet("agent"))
+
+    p = sub.add_parser(
+        "sync",
+        help="run the ring sync sidecar next to a database",
+        description="Run the sync sidecar: captures this campus's changes and applies them at "
+        "the next ring member with origin tracking and exactly-once progress.",
+    )
+    p.set_defaults(func=_cmd_not_yet("sync"))
+
+    p = sub.add_parser(
+        "crds",
+        help="generate the CustomResourceDefinitions from the models",
+        description="Write the CRDs generated from the pydantic models to crds/ and "
+        "charts/ringkeeper/crds/ (or to --output), or check them with --check.",
+    )
+    p.add_argument("--output", "-o", help="write only to this folder instead")
+    p.add_argument("--check", action="store_true",
+                   help="do not write: exit 1 if the folders differ from the models")
+    p.add_argument("dirs", nargs="*", default=["crds", "charts/ringkeeper/crds"],
+                   help="folders to write or check (default: crds charts/ringkeeper/crds)")
+    p.set_defaults(func=_cmd_crds)
+
+    p = sub.add_parser(
+        "validate",
+        help="validate manifests offline",
+        description="Validate Ringkeeper manifests (YAML, several documents per file allowed) "
+        "against the models, with the messages the API server would give. Exit 1 on problems.",
+    )
+    p.add_argument("files", nargs="+", help="YAML files, or - for standard input")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser(
+        "status",
+        help="show campuses, rings, satellites and drills",
+        description="Show the state of Ringkeeper resources in a namespace: primaries, "
+        "phases, ring links and lag, satellites and drills.",
+    )
+    _add_kube_args(p)
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    p.add_argument("name", nargs="?", help="show only resources with this name")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "dev-cluster",
+        help="the built-in local Kubernetes for tests and the demo",
+        description="Start, stop and inspect the local Kubernetes control plane (etcd, "
+        "kube-apiserver, kube-controller-manager) and its process runtime, which runs pods as "
+        "local processes on loopback addresses.",
+    )
+    p.add_argument("action", choices=["up", "down", "status", "kubeconfig"],
+                   help="up: start (idempotent); down: stop everything; status: health of each "
+                   "component; kubeconfig: print the kubeconfig path")
+    p.add_argument("--state-dir", help="where certificates, data and logs live "
+                   "(default: $RINGKEEPER_DEV_STATE or ~/.local/state/ringkeeper/dev-cluster)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
+    p.set_defaults(func=_cmd_dev_cluster)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "ringkeeper") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def kubectl_plugin_main() -> None:
+    """Entry point of `kubectl-ringkeeper`, so `kubectl ringkeeper ...` works."""
+    sys.exit(main(prog="kubectl ringkeeper"))

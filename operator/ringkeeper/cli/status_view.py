@@ -1,0 +1,148 @@
+"""Render Ringkeeper objects as the tables `ringkeeper status` prints.
+
+Kept free of I/O so the layout is tested on plain dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        lines.append(
+            "  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(row, widths, strict=True))
+            .rstrip()
+        )
+    return "\n".join(lines)
+
+
+def _width(text: str) -> int:
+    """Display width: CJK campus names take two columns each in a terminal."""
+    return sum(2 if _wide(ch) else 1 for ch in text)
+
+
+def _wide(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0x1100 <= code <= 0x115F
+        or 0x2E80 <= code <= 0xA4CF
+        or 0xAC00 <= code <= 0xD7A3
+        or 0xF900 <= code <= 0xFAFF
+        or 0xFE30 <= code <= 0xFE4F
+        or 0xFF00 <= code <= 0xFF60
+        or 0xFFE0 <= code <= 0xFFE6
+    )
+
+
+def _get(obj: dict[str, Any], path: str) -> Any:
+    cur: Any = obj
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def campuses(items: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        (
+            _get(o, "metadata.namespace"),
+            _get(o, "metadata.name"),
+            _get(o, "spec.displayName"),
+            f"{_get(o, 'spec.engine')} {_get(o, 'spec.version')}",
+            f"{_get(o, 'status.readyInstances') or 0}/{_get(o, 'spec.instances')}",
+            _get(o, "status.currentPrimary"),
+            _get(o, "status.phase"),
+        )
+        for o in items
+    ]
+    return table(("NAMESPACE", "CAMPUS", "DISPLAY", "ENGINE", "READY", "PRIMARY", "PHASE"), rows)
+
+
+def rings(items: Sequence[dict[str, Any]]) -> str:
+    out = []
+    rows = [
+        (
+            _get(o, "metadata.namespace"),
+            _get(o, "metadata.name"),
+            _get(o, "spec.topology"),
+            len(_get(o, "spec.members") or []),
+            _get(o, "status.healthyLinks"),
+            _get(o, "status.maxLagSeconds"),
+            _get(o, "status.conflictsTotal"),
+            _get(o, "status.lastVerification.result"),
+        )
+        for o in items
+    ]
+    out.append(
+        table(("NAMESPACE", "RING", "TOPOLOGY", "MEMBERS", "HEALTHY", "MAX LAG S", "CONFLICTS",
+               "VERIFIED"), rows)
+    )
+    for o in items:
+        links = _get(o, "status.links") or []
+        if links:
+            out.append(f"\nlinks of {_get(o, 'metadata.name')}:")
+            out.append(
+                table(
+                    ("FROM", "TO", "STATE", "LAG S", "LAG BYTES", "ROWS/S", "CONFLICTS"),
+                    [
+                        (
+                            link.get("from"), link.get("to"), link.get("state"),
+                            link.get("lagSeconds"), link.get("lagBytes"),
+                            link.get("rowsPerSecond"), link.get("conflicts"),
+                        )
+                        for link in links
+                    ],
+                )
+            )
+        for seed in _get(o, "status.seeding") or []:
+            out.append(
+                f"seeding {seed.get('member')}: {seed.get('tablesDone', 0)}/"
+                f"{seed.get('tablesTotal', 0)} tables, {seed.get('rowsCopied', 0)}/"
+                f"{seed.get('rowsTotal', 0)} rows ({seed.get('percent', 0):.1f}%)"
+            )
+    return "\n".join(out)
+
+
+def satellites(items: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        (
+            _get(o, "metadata.namespace"),
+            _get(o, "metadata.name"),
+            _get(o, "spec.parentRef.name"),
+            _get(o, "status.connected"),
+            _get(o, "status.backlogRows"),
+            _get(o, "status.phase"),
+        )
+        for o in items
+    ]
+    return table(("NAMESPACE", "SATELLITE", "PARENT", "CONNECTED", "BACKLOG", "PHASE"), rows)
+
+
+def drills(items: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        (
+            _get(o, "metadata.namespace"),
+            _get(o, "metadata.name"),
+            f"{_get(o, 'spec.target.kind')}/{_get(o, 'spec.target.name')}",
+            _get(o, "spec.scenario"),
+            _get(o, "status.lastRun.result"),
+            _get(o, "status.lastRun.rtoSeconds"),
+            _get(o, "status.lastRun.lostTransactions"),
+        )
+        for o in items
+    ]
+    return table(("NAMESPACE", "DRILL", "TARGET", "SCENARIO", "LAST", "RTO S", "LOST"), rows)
+
+
+RENDERERS = {
+    "campuses": campuses,
+    "replicationrings": rings,
+    "satellites": satellites,
+    "drills": drills,
+}

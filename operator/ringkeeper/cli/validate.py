@@ -1,0 +1,44 @@
+"""`ringkeeper validate`: offline checks of manifests with the API server's wording."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..api.validation import validate
+
+
+def run(files: list[str]) -> int:
+    failed = 0
+    checked = 0
+    for name in files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"{name}: cannot read: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for index, doc in enumerate(docs):
+            label = f"{name}[{index}]" if len(docs) > 1 else name
+            if isinstance(doc, dict) and not str(doc.get("apiVersion", "")).startswith(
+                "ringkeeper.io/"
+            ):
+                continue  # Secrets, Namespaces ... beside our objects are not ours to judge.
+            checked += 1
+            problems = validate(doc)
+            kind = doc.get("kind", "?") if isinstance(doc, dict) else "?"
+            meta = doc.get("metadata") if isinstance(doc, dict) else None
+            obj = f"{kind}/{meta.get('name', '?') if isinstance(meta, dict) else '?'}"
+            if problems:
+                failed += 1
+                for p in problems:
+                    print(f"{label}: {obj}: {p}", file=sys.stderr)
+            else:
+                print(f"{label}: {obj}: valid")
+    if checked == 0 and failed == 0:
+        print("ringkeeper validate: no Ringkeeper objects found", file=sys.stderr)
+        return 1
+    return 1 if failed else 0

@@ -1,0 +1,1 @@
+"""The operator process: kopf handlers that are thin shells around core/."""

@@ -1,0 +1,1 @@
+"""Pure decisions over plain data: no Kubernetes, database or HTTP imports here."""

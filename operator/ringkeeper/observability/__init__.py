@@ -1,0 +1,1 @@
+"""Every Prometheus metric Ringkeeper exports, defined once."""

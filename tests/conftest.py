@@ -1,0 +1,29 @@
+"""Shared test set-up: repository paths and example loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+
+
+def expected_error(path: Path) -> str:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# expect: "), f"{path} must start with '# expect: <message>'"
+    return first.removeprefix("# expect: ").strip()
+
+
+def valid_example_files() -> list[Path]:
+    return sorted(p for p in EXAMPLES.rglob("*.yaml") if "invalid" not in p.parts)
+
+
+def invalid_example_files() -> list[Path]:
+    return sorted((EXAMPLES / "invalid").glob("*.yaml"))
