@@ -67,15 +67,11 @@ class Rule:
     message: str
     field_path: str | None = None
     check: Callable[[Any], bool] | None = None
-    message_expression: str | None = None
-    message_for: Callable[[Any], str] | None = None
     reason: str | None = None
     transition: bool = False
 
     def to_cel(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rule": self.cel, "message": self.message}
-        if self.message_expression:
-            out["messageExpression"] = self.message_expression
         if self.field_path:
             out["fieldPath"] = self.field_path
         if self.reason:
@@ -112,8 +108,7 @@ class ApiModel(BaseModel):
             if rule.check is None or rule.transition:
                 continue
             if not rule.check(self):
-                message = rule.message_for(self) if rule.message_for else rule.message
-                raise SpecError(rule.field_path or "", message)
+                raise SpecError(rule.field_path or "", rule.message)
         return self
 
     def to_wire(self) -> dict[str, Any]:

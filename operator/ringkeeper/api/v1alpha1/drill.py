@@ -53,7 +53,7 @@ class Expectations(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="self.maxLostTransactions == 0",
+            cel="!has(self.maxLostTransactions) || self.maxLostTransactions == 0",
             message="maxLostTransactions must be 0: the recovery point objective is zero, and a "
             "drill that tolerates loss would hide it",
             field_path=".maxLostTransactions",

@@ -166,7 +166,7 @@ class ReplicationRingSpec(ApiModel):
             message="a ring needs at least two distinct members: member names must be unique",
             field_path=".members",
             check=lambda s: len({m.name for m in s.members}) == len(s.members),
-            reason="FieldValueDuplicate",
+            reason="FieldValueInvalid",
         ),
         Rule(
             cel="self.members.all(m, !has(m.campusRef) || self.members.exists_one(o, "
@@ -175,7 +175,7 @@ class ReplicationRingSpec(ApiModel):
             field_path=".members",
             check=lambda s: len([m for m in s.members if m.campus_ref])
             == len({m.campus_ref.name for m in s.members if m.campus_ref}),
-            reason="FieldValueDuplicate",
+            reason="FieldValueInvalid",
         ),
     )
 

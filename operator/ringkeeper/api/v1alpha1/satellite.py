@@ -58,7 +58,7 @@ class SatelliteSpec(ApiModel):
     engine: EngineName = Field(default=EngineName.POSTGRESQL)
     version: str = Field(max_length=16, description="Engine major version.")
     image: str | None = Field(default=None, max_length=512)
-    tables: list[CoreTable] = Field(max_length=512, description="Core tables kept locally.")
+    tables: list[CoreTable] = Field(max_length=128, description="Core tables kept locally.")
     backlog: BacklogLimits = nested(BacklogLimits, "Offline backlog limits.")
     storage: Storage = nested(Storage, "Data volume.")
     resources: Resources | None = None
@@ -76,7 +76,7 @@ class SatelliteSpec(ApiModel):
             message="each core table may be listed only once",
             field_path=".tables",
             check=lambda s: len({t.name for t in s.tables}) == len(s.tables),
-            reason="FieldValueDuplicate",
+            reason="FieldValueInvalid",
         ),
     )
 
