@@ -88,12 +88,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _cmd_dev_cluster(args: argparse.Namespace) -> int:
-    from ..devcluster.cli import run
-
-    return run(args)
-
-
 def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -170,20 +164,9 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="show only resources with this name")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser(
-        "dev-cluster",
-        help="the built-in local Kubernetes for tests and the demo",
-        description="Start, stop and inspect the local Kubernetes control plane (etcd, "
-        "kube-apiserver, kube-controller-manager) and its process runtime, which runs pods as "
-        "local processes on loopback addresses.",
-    )
-    p.add_argument("action", choices=["up", "down", "status", "kubeconfig"],
-                   help="up: start (idempotent); down: stop everything; status: health of each "
-                   "component; kubeconfig: print the kubeconfig path")
-    p.add_argument("--state-dir", help="where certificates, data and logs live "
-                   "(default: $RINGKEEPER_DEV_STATE or ~/.local/state/ringkeeper/dev-cluster)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
-    p.set_defaults(func=_cmd_dev_cluster)
+    from ..devcluster.cli import add_parser as add_dev_cluster
+
+    add_dev_cluster(sub)
     return parser
 
 

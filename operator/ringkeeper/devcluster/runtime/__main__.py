@@ -1,0 +1,87 @@
+"""`python -m ringkeeper.devcluster.runtime`: started by `ringkeeper dev-cluster up`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from kubernetes_asyncio import client, config
+
+from .. import faults
+from . import node, process
+from .kubelet import Runtime, Settings
+
+log = logging.getLogger("ringkeeper.devcluster.runtime")
+PODNET_SOURCE = Path(__file__).with_name("podnet.c")
+
+
+def build_podnet(state: Path) -> Path | None:
+    """Compile the source-address shim once per state folder (needs a C compiler)."""
+    target = state / "libpodnet.so"
+    if target.exists() and target.stat().st_mtime >= PODNET_SOURCE.stat().st_mtime:
+        return target
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log.warning("no C compiler: pods will connect from 127.0.0.1 and network faults "
+                    "cannot single out a pod (apt-get install gcc)")
+        return None
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(target), str(PODNET_SOURCE),
+                    "-ldl"], check=True)
+    target.chmod(0o755)
+    return target
+
+
+async def main(args: argparse.Namespace) -> None:
+    state = Path(args.state_dir)
+    user = process.pod_user(args.pod_user)
+    podnet = build_podnet(state)
+    if podnet is not None:
+        # The pod user must be able to load it from inside root's hidden home.
+        shared = Path("/run/ringkeeper-dev")
+        shared.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(podnet, shared / "libpodnet.so")
+        podnet = shared / "libpodnet.so"
+    faults.install_egress_guard(user.uid)
+    faults.kill_leftover_pods(state)
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=args.kubeconfig,
+                                  client_configuration=configuration)
+    async with client.ApiClient(configuration) as api:
+        await node.register(api, args.node_name)
+        rt = Runtime(api, Settings(state=state, node=args.node_name,
+                                   apiserver_port=args.apiserver_port, user=user,
+                                   podnet=podnet))
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(t) for t in (
+            node.heartbeat(api, args.node_name), rt.watch_pods(), rt.watch_claims())]
+        log.info("process runtime up: node %s, pod user %s (uid %d)", args.node_name,
+                 user.name, user.uid)
+        await stop.wait()
+        log.info("stopping every pod")
+        for t in tasks:
+            t.cancel()
+        await rt.shutdown()
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--node-name", default="ringkeeper-dev")
+    p.add_argument("--apiserver-port", type=int, required=True)
+    p.add_argument("--pod-user", default="ringkeeper-pod")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(main(p.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
