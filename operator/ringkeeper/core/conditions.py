@@ -22,10 +22,11 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """Return a new list with one condition set; other types are left as they were."""
     previous = next((c for c in conditions if c.get("type") == type), None)
+    fresh = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     if previous is None or previous.get("status") != status:
-        stamp = now.isoformat().replace("+00:00", "Z")
+        stamp = fresh
     else:
-        stamp = previous.get("lastTransitionTime") or now.isoformat().replace("+00:00", "Z")
+        stamp = previous.get("lastTransitionTime") or fresh
     entry: dict[str, Any] = {
         "type": type,
         "status": status,

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import pki as pki_mod
 
@@ -69,12 +70,18 @@ def binary(name: str) -> Path:
     return path
 
 
+def _env_port(name: str, default: int) -> Any:
+    return field(default_factory=lambda: int(os.environ.get(name, str(default))))
+
+
 @dataclass(frozen=True)
 class Ports:
-    apiserver: int = int(os.environ.get("RINGKEEPER_DEV_APISERVER_PORT", "16443"))
-    etcd_client: int = int(os.environ.get("RINGKEEPER_DEV_ETCD_PORT", "12379"))
-    etcd_peer: int = int(os.environ.get("RINGKEEPER_DEV_ETCD_PEER_PORT", "12380"))
-    controller_manager: int = int(os.environ.get("RINGKEEPER_DEV_KCM_PORT", "10257"))
+    """Ports on 127.0.0.1, read from the environment when the cluster starts."""
+
+    apiserver: int = _env_port("RINGKEEPER_DEV_APISERVER_PORT", 16443)
+    etcd_client: int = _env_port("RINGKEEPER_DEV_ETCD_PORT", 12379)
+    etcd_peer: int = _env_port("RINGKEEPER_DEV_ETCD_PEER_PORT", 12380)
+    controller_manager: int = _env_port("RINGKEEPER_DEV_KCM_PORT", 10257)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,16 @@ KINGBASE_VERSION_PATTERN = r"^V[0-9]+(R[0-9]+)?$"
 
 
 
+def _managed_parameter_rule(param: str) -> Rule:
+    return Rule(
+        cel=f"!has(self.parameters) || !('{param}' in self.parameters)",
+        message=f"parameters may not set {param}: Ringkeeper manages this setting",
+        field_path=".parameters",
+        check=lambda spec: param not in spec.parameters,
+        reason="FieldValueForbidden",
+    )
+
+
 class SyncMethod(StrEnum):
     ANY = "any"
     FIRST = "first"
@@ -228,16 +238,7 @@ class CampusSpec(ApiModel):
             or re.match(KINGBASE_VERSION_PATTERN, s.version) is not None,
             reason="FieldValueInvalid",
         ),
-        *(
-            Rule(
-                cel=f"!has(self.parameters) || !('{param}' in self.parameters)",
-                message=f"parameters may not set {param}: Ringkeeper manages this setting",
-                field_path=".parameters",
-                check=lambda s, param=param: param not in s.parameters,
-                reason="FieldValueForbidden",
-            )
-            for param in MANAGED_PARAMETERS
-        ),
+        *(_managed_parameter_rule(param) for param in MANAGED_PARAMETERS),
         Rule(
             cel="self.engine == oldSelf.engine",
             message="engine is immutable: create a new Campus with the other engine and let "

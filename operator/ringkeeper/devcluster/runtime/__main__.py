@@ -36,18 +36,24 @@ def build_podnet(state: Path) -> Path | None:
     return target
 
 
-async def main(args: argparse.Namespace) -> None:
+def prepare(args: argparse.Namespace) -> tuple[process.PodUser, Path | None]:
+    """Blocking set-up before the event loop starts: pod user, shim, egress guard."""
     state = Path(args.state_dir)
     user = process.pod_user(args.pod_user)
     podnet = build_podnet(state)
     if podnet is not None:
-        # The pod user must be able to load it from inside root's hidden home.
+        # The pod user must be able to load it from outside root's hidden home.
         shared = Path("/run/ringkeeper-dev")
         shared.mkdir(parents=True, exist_ok=True)
         shutil.copy2(podnet, shared / "libpodnet.so")
         podnet = shared / "libpodnet.so"
     faults.install_egress_guard(user.uid)
     faults.kill_leftover_pods(state)
+    return user, podnet
+
+
+async def main(args: argparse.Namespace, user: process.PodUser, podnet: Path | None) -> None:
+    state = Path(args.state_dir)
     configuration = client.Configuration()
     await config.load_kube_config(config_file=args.kubeconfig,
                                   client_configuration=configuration)
@@ -80,7 +86,9 @@ def cli() -> None:
     p.add_argument("--pod-user", default="ringkeeper-pod")
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(main(p.parse_args()))
+    args = p.parse_args()
+    user, podnet = prepare(args)
+    asyncio.run(main(args, user, podnet))
 
 
 if __name__ == "__main__":

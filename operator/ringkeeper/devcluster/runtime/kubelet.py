@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,7 +88,7 @@ class PodWorker:
         self.deleting = asyncio.Event()
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.last_status: dict[str, Any] | None = None
+        self.last_status: str | None = None
         self.pod_message: tuple[str, str] | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -218,8 +219,8 @@ class PodWorker:
             return None
         logfile = (self.dir / f"{r.view.name}.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
-            *full, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-            env=env, start_new_session=True,
+            *full, stdin=asyncio.subprocess.DEVNULL, stdout=logfile,
+            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
         )
         logfile.close()
         self._pidfile(r).write_text(str(proc.pid))
@@ -440,7 +441,6 @@ class PodWorker:
             "podIPs": [{"ip": self.ip}],
             "startTime": (self.pod.get("status") or {}).get("startTime") or now(),
             "containerStatuses": [v.status() for v in main_views],
-            "qosClass": "BestEffort",
         }
         if init_views:
             out["initContainerStatuses"] = [v.status() for v in init_views]
@@ -458,22 +458,22 @@ class PodWorker:
                 try:
                     await self.rt.core.patch_namespaced_pod_status(
                         self.name, self.ns, {"status": status})
-                    self.last_status = comparable  # type: ignore[assignment]
+                    self.last_status = comparable
                     (self.dir / "pod.json").write_text(json.dumps(
                         {"namespace": self.ns, "name": self.name, "uid": self.uid,
                          "podIP": self.ip, "phase": status["phase"]}))
                 except ApiException as exc:
                     if exc.status == 404:
                         return
-                    log.warning("pod %s/%s: status update failed: %s", self.ns, self.name,
-                                exc.reason)
+                    log.warning("pod %s/%s: status update failed: %s %s", self.ns, self.name,
+                                exc.reason, exc.body)
                     await asyncio.sleep(0.5)
                     self.changed.set()
             await asyncio.sleep(0.05)  # coalesce bursts of changes
 
 
 def _without_times(status: dict[str, Any]) -> dict[str, Any]:
-    s = json.loads(json.dumps(status))
+    s: dict[str, Any] = json.loads(json.dumps(status))
     for c in s.get("conditions", []):
         c.pop("lastTransitionTime", None)
     return s
@@ -525,10 +525,10 @@ class Runtime:
                 out[n] = data
         return out
 
-    async def token(self, pod: dict[str, Any], sat: dict[str, Any]) -> str:
+    async def token(self, pod: Mapping[str, Any], sat: Mapping[str, Any]) -> str:
         meta = pod["metadata"]
         sa = pod["spec"].get("serviceAccountName") or "default"
-        body = {
+        body: Any = {
             "spec": {
                 "audiences": [sat["audience"]] if sat.get("audience") else None,
                 "expirationSeconds": int(sat.get("expirationSeconds", 3607)),
@@ -543,7 +543,7 @@ class Runtime:
     # -- pods -------------------------------------------------------------------
     async def bind(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
-        body = {"apiVersion": "v1", "kind": "Binding",
+        body: Any = {"apiVersion": "v1", "kind": "Binding",
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": self.settings.node}}
         try:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -51,7 +52,7 @@ def node_status() -> dict[str, object]:
 
 async def register(api: client.ApiClient, name: str) -> None:
     core = client.CoreV1Api(api)
-    body = {"apiVersion": "v1", "kind": "Node",
+    body: Any = {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {
                 "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64", "ringkeeper.io/dev-cluster": "true"}}}
@@ -70,7 +71,7 @@ async def heartbeat(api: client.ApiClient, name: str) -> None:
     while True:
         try:
             node = await core.read_node(name)
-            lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            lease: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                      "metadata": {"name": name, "namespace": "kube-node-lease",
                                   "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
                                                        "name": name, "uid": node.metadata.uid}]},

@@ -215,20 +215,18 @@ class ContainerView:
 def pod_phase(
     init: list[ContainerView], main: list[ContainerView], restart_policy: str
 ) -> str:
-    if any(c.state == "terminated" and c.exit_code not in (0, None) for c in init) and (
-        restart_policy == "Never"
-    ):
+    """Pod phase from container states, as the kubelet derives it."""
+    init_failed = any(c.state == "terminated" and c.exit_code not in (0, None) for c in init)
+    if init_failed and restart_policy == "Never":
         return "Failed"
-    if not main or any(c.state == "waiting" and c.restart_count == 0 for c in main) and not any(
-        c.state == "running" for c in main
-    ):
+    if not main or all(c.state == "waiting" and c.restart_count == 0 for c in main):
         return "Pending"
     if all(c.state == "terminated" for c in main):
         if restart_policy == "Always":
-            return "Running"
+            return "Running"  # every container is about to restart
         if all(c.exit_code == 0 for c in main):
             return "Succeeded"
-        if restart_policy == "Never" or all(c.exit_code == 0 or False for c in main):
+        if restart_policy == "Never":
             return "Failed"
     return "Running"
 

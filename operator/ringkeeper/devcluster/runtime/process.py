@@ -84,26 +84,32 @@ def launch_argv(
 ) -> list[str]:
     """The unshare/sh/setpriv chain that starts one container; the pid stays the same."""
     q = shlex.quote
-    lines = ["set -e"]
-    for m in mounts:
-        lines.append(f"mkdir -p {q(m.target)} 2>/dev/null || true")
-        if os.path.isdir(m.source):
-            lines.append(f"mount --bind {q(m.source)} {q(m.target)}")
-        else:
-            lines.append(
-                f"[ -d {q(m.target)} ] && rmdir {q(m.target)} 2>/dev/null; "
-                f"touch {q(m.target)} && mount --bind {q(m.source)} {q(m.target)}"
-            )
-        if m.read_only:
-            lines.append(f"mount -o remount,bind,ro {q(m.target)}")
+    lines = ["set -e", f"mkdir -p {STAGE}", f"mount -t tmpfs -o size=1m tmpfs {STAGE}"]
+    # Bind every source into the stage first: a later mount (an emptyDir on /tmp, the
+    # tmpfs over root's home) may cover the folder a source lives in.
+    ordered = sorted(mounts, key=lambda m: m.target.rstrip("/").count("/"))
+    moves: list[tuple[str, str, bool]] = []
+    for i, m in enumerate(ordered):
+        slot = f"{STAGE}/v{i}"
+        is_dir = os.path.isdir(m.source)
+        lines.append(f"mkdir -p {slot}" if is_dir else f"touch {slot}")
+        lines.append(f"mount --bind {q(m.source)} {slot}")
+        moves.append((slot, m.target, m.read_only))
     for home in hidden_homes():
         keep = exposures(home)
-        lines.append(f"mkdir -p {STAGE} && mount -t tmpfs -o size=1m tmpfs {STAGE}")
         for i, path in enumerate(keep):
-            lines.append(f"mkdir -p {STAGE}/{i} && mount --bind {q(path)} {STAGE}/{i}")
+            lines.append(f"mkdir -p {STAGE}/h{i} && mount --bind {q(path)} {STAGE}/h{i}")
         lines.append(f"mount -t tmpfs -o mode=755,size=1m tmpfs {q(home)}")
         for i, path in enumerate(keep):
-            lines.append(f"mkdir -p {q(path)} && mount --move {STAGE}/{i} {q(path)}")
+            lines.append(f"mkdir -p {q(path)} && mount --move {STAGE}/h{i} {q(path)}")
+    for i, (slot, target, read_only) in enumerate(moves):
+        if os.path.isdir(ordered[i].source):
+            lines.append(f"mkdir -p {q(target)}")
+        else:
+            lines.append(f"mkdir -p $(dirname {q(target)}) && touch {q(target)}")
+        lines.append(f"mount --move {slot} {q(target)}")
+        if read_only:
+            lines.append(f"mount -o remount,bind,ro {q(target)}")
     if workdir:
         lines.append(f"cd {q(workdir)}")
     group_arg = ",".join(str(g) for g in sorted({user.gid, *groups}))
