@@ -148,8 +148,18 @@ def egress_rejections() -> int | None:
     return None
 
 
+def other_runtimes_alive() -> bool:
+    """Another dev cluster's runtime still running (tests start a second cluster)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if b"ringkeeper.devcluster.runtime" in cmdline.read_bytes():
+                return True
+    return False
+
+
 def remove_all_rules() -> None:
-    if shutil.which("iptables") is None:
+    """Remove the fault and egress chains, unless another dev cluster still needs them."""
+    if shutil.which("iptables") is None or other_runtimes_alive():
         return
     for chain in (FAULT_CHAIN, EGRESS_CHAIN):
         rules = _iptables("-S", "OUTPUT", check=False).stdout.splitlines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -45,7 +46,10 @@ def prepare(args: argparse.Namespace) -> tuple[process.PodUser, Path | None]:
         # The pod user must be able to load it from outside root's hidden home.
         shared = Path("/run/ringkeeper-dev")
         shared.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(podnet, shared / "libpodnet.so")
+        # Replace atomically: running pods of another dev cluster may have it mapped.
+        tmp = shared / f".libpodnet.{os.getpid()}.so"
+        shutil.copy2(podnet, tmp)
+        tmp.replace(shared / "libpodnet.so")
         podnet = shared / "libpodnet.so"
     faults.install_egress_guard(user.uid)
     faults.kill_leftover_pods(state)

@@ -41,6 +41,7 @@ from .podspec import (
 
 log = logging.getLogger("ringkeeper.devcluster.runtime")
 TOKEN_REFRESH_SECONDS = 1800
+NO_DNS = "127.53.53.53"  # a loopback address nothing listens on
 
 
 def now() -> str:
@@ -208,7 +209,7 @@ class PodWorker:
             if not argv and program.entrypoint:
                 argv = list(program.entrypoint)
             argv = program.resolve(argv + args if argv else args)
-            mounts = volumes.mounts_for(c, self.volumes)
+            mounts = self._network_files() + volumes.mounts_for(c, self.volumes)
             # Volumes are owned by the pod user, which covers what fsGroup would grant.
             full = process.launch_argv(argv=argv, mounts=mounts, workdir=c.get("workingDir"),
                                        user=self.rt.settings.user, groups=[])
@@ -239,6 +240,27 @@ class PodWorker:
                  r.view.name, proc.pid, self.ip)
         self._notify()
         return proc
+
+    def _network_files(self) -> list[process.Mount]:
+        """Per-pod /etc/hosts and /etc/resolv.conf, as a kubelet writes them.
+
+        There is no cluster DNS here. Without these files a pod's name lookups (Python's
+        getfqdn, say) would ask the host's nameserver, off this machine; with them, names
+        resolve from the hosts file and DNS goes to a loopback address nothing serves.
+        """
+        hosts = self.dir / "etc-hosts"
+        resolv = self.dir / "resolv.conf"
+        if not hosts.exists():
+            host = self.pod["spec"].get("hostname") or self.name
+            sub = self.pod["spec"].get("subdomain")
+            fqdn = f"{host}.{sub}.{self.ns}.svc.cluster.local" if sub else host
+            hosts.write_text(f"# Managed by the ringkeeper dev-cluster runtime.\n"
+                             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"
+                             f"{self.ip}\t{fqdn} {host}\n")
+            resolv.write_text("# Managed by the ringkeeper dev-cluster runtime: no cluster DNS.\n"
+                              f"nameserver {NO_DNS}\noptions timeout:1 attempts:1\n")
+        return [process.Mount(str(hosts), "/etc/hosts", True),
+                process.Mount(str(resolv), "/etc/resolv.conf", True)]
 
     def _exited(self, r: Running, code: int, reason: str | None = None) -> None:
         r.view.state, r.view.exit_code, r.view.finished_at = "terminated", code, now()

@@ -1,0 +1,143 @@
+"""Fixtures for tests against the real local control plane (`ringkeeper dev-cluster`).
+
+The session starts its own cluster in a private state folder on its own ports,
+unless RINGKEEPER_TEST_STATE names a running one to reuse. Without the built
+binaries or root the tests skip, unless RINGKEEPER_REQUIRE_CLUSTER=1 (CI sets it)
+turns that into a failure, so a CI run can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ringkeeper.devcluster import control_plane as cp
+
+TEST_PORTS = {
+    "RINGKEEPER_DEV_APISERVER_PORT": "26443",
+    "RINGKEEPER_DEV_ETCD_PORT": "22379",
+    "RINGKEEPER_DEV_ETCD_PEER_PORT": "22380",
+    "RINGKEEPER_DEV_KCM_PORT": "20257",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.cluster)
+
+
+@dataclass
+class Cluster:
+    state: Path
+    kubeconfig: Path
+    bin: Path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+                "RINGKEEPER_DEV_STATE": str(self.state)}
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([str(self.bin / "kubectl"), *args], capture_output=True, text=True,
+                             env=self.env(), input=input, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
+        return res
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([str(self.bin / "helm"), *args], capture_output=True, text=True,
+                             env=self.env(), timeout=180)
+        if check and res.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
+        return res
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def ringkeeper(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(["ringkeeper", *args], capture_output=True, text=True,
+                             env=self.env(), timeout=120)
+        if check and res.returncode != 0:
+            raise AssertionError(f"ringkeeper {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
+        return res
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60,
+             interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the dev cluster's process runtime needs root"
+    try:
+        for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm"):
+            cp.binary(name)
+    except cp.DevClusterError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("RINGKEEPER_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"cluster tests required but unavailable: {reason}")
+        pytest.skip(reason)
+    reuse = os.environ.get("RINGKEEPER_TEST_STATE")
+    state = Path(reuse) if reuse else Path(f"/tmp/ringkeeper-e2e-{os.getpid()}")
+    saved = {k: os.environ.get(k) for k in TEST_PORTS}
+    if not reuse:
+        os.environ.update(TEST_PORTS)
+    layout, started = cp.up(state, timeout=90)
+    c = Cluster(state, layout.kubeconfig, cp.binaries_dir())
+    wait_for("the node to be Ready", lambda: any(
+        cond["type"] == "Ready" and cond["status"] == "True"
+        for n in c.get("nodes")["items"] for cond in n["status"].get("conditions", [])))
+    c.kubectl("apply", "--server-side", "-f", str(Path(__file__).parents[2] / "crds"))
+    c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    try:
+        yield c
+    finally:
+        if started and not reuse:
+            cp.down(state)
+            cp.wipe(state)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    wait_for("the default ServiceAccount", lambda: cluster.kubectl(
+        "-n", name, "get", "serviceaccount", "default", check=False).returncode == 0)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
