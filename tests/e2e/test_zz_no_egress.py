@@ -26,7 +26,7 @@ def test_nothing_connects_outside_loopback(cluster: Cluster) -> None:
         if not any(f"pid={pid}," in line for pid in pids):
             continue
         cols = line.split()
-        local, peer = cols[2], cols[3]
+        local, peer = cols[3], cols[4]  # State Recv-Q Send-Q Local Peer Process
         for addr in (local, peer):
             host = addr.rsplit(":", 1)[0].strip("[]")
             if host in ("*", "0.0.0.0", "::"):

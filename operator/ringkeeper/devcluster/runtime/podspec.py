@@ -122,7 +122,9 @@ def restart_delay(restarts: int, *, base: float = 0.5, cap: float = 10.0) -> flo
     """Crash-loop back-off: like the kubelet's, but capped low so tests stay quick."""
     if restarts <= 0:
         return 0.0
-    return float(min(cap, base * (2 ** (restarts - 1))))
+    # Bound the exponent: 2 ** 1024 no longer converts to a float (OverflowError after
+    # about three hours of crash loop at the cap).
+    return float(min(cap, base * (2 ** min(restarts - 1, 64))))
 
 
 @dataclass

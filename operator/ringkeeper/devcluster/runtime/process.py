@@ -106,7 +106,7 @@ def launch_argv(
         if os.path.isdir(ordered[i].source):
             lines.append(f"mkdir -p {q(target)}")
         else:
-            lines.append(f"mkdir -p $(dirname {q(target)}) && touch {q(target)}")
+            lines.append(f"mkdir -p \"$(dirname {q(target)})\" && touch {q(target)}")
         lines.append(f"mount --move {slot} {q(target)}")
         if read_only:
             lines.append(f"mount -o remount,bind,ro {q(target)}")

