@@ -2,6 +2,7 @@
 # Install what Ringkeeper's tests and demo need on a fresh Debian machine.
 # Idempotent: a second run only checks. Needs root for apt and for the pod user.
 set -euo pipefail
+export PIP_ROOT_USER_ACTION=ignore
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="/usr/local/go/bin:$PATH"
 t0=$(date +%s)

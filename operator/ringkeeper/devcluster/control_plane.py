@@ -10,6 +10,7 @@ inside 127.0.0.0/8, so nothing the cluster hands out points off the machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -192,10 +193,36 @@ def _spawn(layout: Layout, component: str, argv: list[str], env: dict[str, str] 
     return proc.pid
 
 
-def _wait_healthy(layout: Layout, ports: Ports, timeout: float) -> None:
+def _admin_tls(layout: Layout) -> ssl.SSLContext:
     p = pki_mod.Pki(layout.pki)
     ctx = ssl.create_default_context(cafile=str(p.ca_cert))
     ctx.load_cert_chain(str(p.cert("admin")), str(p.key("admin")))
+    return ctx
+
+
+def _wait_node_ready(layout: Layout, ports: Ports, timeout: float) -> None:
+    ctx = _admin_tls(layout)
+    url = f"https://127.0.0.1:{ports.apiserver}/api/v1/nodes/{NODE_NAME}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not component_alive(layout, "runtime"):
+            raise DevClusterError("the process runtime exited during start-up; its log ends:\n"
+                                  + _tail(layout.log("runtime")))
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
+                node = json.load(resp)
+            conds = node.get("status", {}).get("conditions", [])
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise DevClusterError(f"node {NODE_NAME} not Ready after {timeout:.0f}s; see "
+                          f"{layout.log('runtime')}")
+
+
+def _wait_healthy(layout: Layout, ports: Ports, timeout: float) -> None:
+    ctx = _admin_tls(layout)
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -301,6 +328,7 @@ def up(state: Path, timeout: float = 60.0, with_runtime: bool = True) -> tuple[L
             "--state-dir", str(layout.state), "--kubeconfig", str(layout.kubeconfig),
             "--node-name", NODE_NAME, "--apiserver-port", str(ports.apiserver),
         ], env={"PYTHONUNBUFFERED": "1"})
+        _wait_node_ready(layout, ports, timeout)
     return layout, True
 
 
