@@ -56,7 +56,8 @@ def _traversable_by_others(path: Path) -> bool:
 
 
 def exposures(hidden: str) -> list[str]:
-    """Folders under a hidden home that pods still need: Python and the Ringkeeper source."""
+    """Folders under a covered path (root's hidden home, or a volume mounted over /tmp, say)
+    that pods still need: the Python installation and the Ringkeeper source."""
     wanted = {sys.base_prefix, sys.prefix, str(Path(ringkeeper.__file__).resolve().parents[1])}
     # The repository root (examples, crds) for demo pods that read them.
     wanted.add(str(Path(ringkeeper.__file__).resolve().parents[2]))
@@ -95,13 +96,16 @@ def launch_argv(
         lines.append(f"mkdir -p {slot}" if is_dir else f"touch {slot}")
         lines.append(f"mount --bind {q(m.source)} {slot}")
         moves.append((slot, m.target, m.read_only))
-    for home in hidden_homes():
-        keep = exposures(home)
-        for i, path in enumerate(keep):
-            lines.append(f"mkdir -p {STAGE}/h{i} && mount --bind {q(path)} {STAGE}/h{i}")
+    homes = hidden_homes()
+    keep: list[str] = []
+    for covered in homes + [m.target for m in ordered]:
+        for path in exposures(covered):
+            if path not in keep and not any(path.startswith(k.rstrip("/") + "/") for k in keep):
+                keep.append(path)
+    for i, path in enumerate(keep):
+        lines.append(f"mkdir -p {STAGE}/h{i} && mount --bind {q(path)} {STAGE}/h{i}")
+    for home in homes:
         lines.append(f"mount -t tmpfs -o mode=755,size=1m tmpfs {q(home)}")
-        for i, path in enumerate(keep):
-            lines.append(f"mkdir -p {q(path)} && mount --move {STAGE}/h{i} {q(path)}")
     for i, (slot, target, read_only) in enumerate(moves):
         if os.path.isdir(ordered[i].source):
             lines.append(f"mkdir -p {q(target)}")
@@ -110,6 +114,9 @@ def launch_argv(
         lines.append(f"mount --move {slot} {q(target)}")
         if read_only:
             lines.append(f"mount -o remount,bind,ro {q(target)}")
+    # Put back what the covering mounts hid, once every volume is in place.
+    for i, path in enumerate(keep):
+        lines.append(f"mkdir -p {q(path)} && mount --move {STAGE}/h{i} {q(path)}")
     if workdir:
         lines.append(f"cd {q(workdir)}")
     group_arg = ",".join(str(g) for g in sorted({user.gid, *groups}))
