@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,18 @@ def cluster() -> Iterator[Cluster]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+async def kube_api(cluster: Cluster) -> AsyncIterator[Any]:
+    """A kubernetes_asyncio ApiClient configured from the test cluster's kubeconfig."""
+    from kubernetes_asyncio import client, config
+
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(cluster.kubeconfig),
+                                  client_configuration=configuration)
+    async with client.ApiClient(configuration) as api:
+        yield api
 
 
 @pytest.fixture

@@ -107,6 +107,14 @@ def test_statefulset_pods_ips_readiness_restarts_and_gc(cluster: Cluster, namesp
              lambda: ips["web-0"] in _ready_endpoints(cluster, ns, "web"))
     assert cluster.get("-n", ns, "pod", "web-0")["status"]["podIP"] == ips["web-0"]
 
+    # Kill every pod of a group by label, as a campus-loss drill does.
+    counts = {p: _restarts(cluster, ns, p) for p in ips}
+    res = cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "fault", "kill",
+                             "-n", ns, "-l", "app=web")
+    assert res.stdout.count("SIGKILL") == 2
+    wait_for("both pods restarted", lambda: all(
+        _restarts(cluster, ns, p) == counts[p] + 1 for p in ips))
+
     # Deleting the StatefulSet garbage-collects its pods; claims stay until deleted.
     cluster.kubectl("-n", ns, "delete", "statefulset", "web", "--wait=false")
     wait_for("pods garbage-collected", lambda: not _pods(cluster, ns, "app=web"), timeout=60)

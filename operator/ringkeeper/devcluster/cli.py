@@ -38,7 +38,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        ("cont", "SIGCONT (thaw) a frozen container"),
                        ("term", "SIGTERM a pod's container main process")):
         k = kinds.add_parser(name, help=what)
-        k.add_argument("pods", nargs="+", help="pod names")
+        k.add_argument("pods", nargs="*", help="pod names")
+        k.add_argument("-l", "--selector",
+                       help="every pod whose labels match, e.g. all pods of a campus: "
+                       "-l ringkeeper.io/campus=zhaohui")
         k.add_argument("-n", "--namespace", default="default")
         k.add_argument("-c", "--container", help="only this container (default: all)")
     part = kinds.add_parser(
@@ -127,7 +130,12 @@ def run(args: argparse.Namespace) -> int:
             if args.fault in ("kill", "stop", "cont", "term"):
                 sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "cont": signal.SIGCONT,
                        "term": signal.SIGTERM}[args.fault]
-                for pod in args.pods:
+                targets: list[str] = list(args.pods)
+                if args.selector:
+                    targets += faults.matching_pods(state, args.namespace, args.selector)
+                if not targets:
+                    raise faults.FaultError("no pods named or matched by the selector")
+                for pod in targets:
                     hit = faults.signal_container(state, args.namespace, pod, args.container, sig)
                     for c in hit:
                         print(f"{sig.name} -> {c.namespace}/{c.pod}/{c.container} (pid {c.pid})")

@@ -35,6 +35,25 @@ class ContainerProcess:
     container: str
     pid: int
     pod_ip: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+def parse_selector(selector: str) -> dict[str, str]:
+    """Equality label selectors (`a=b,c=d`), the form fault hooks need."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in selector.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key or value.startswith("="):
+            raise FaultError(f"selector {part!r}: write key=value (several joined with commas)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def matching_pods(state: Path, namespace: str, selector: str) -> list[str]:
+    wanted = parse_selector(selector).items()
+    pods = {c.pod for c in containers(state)
+            if c.namespace == namespace and wanted <= set(c.labels)}
+    return sorted(pods)
 
 
 def _pods_root(state: Path) -> Path:
@@ -54,8 +73,9 @@ def containers(state: Path) -> list[ContainerProcess]:
                 pid = int(pidfile.read_text().strip())
             except (OSError, ValueError):
                 continue
+            labels = tuple(sorted((info.get("labels") or {}).items()))
             out.append(ContainerProcess(info["namespace"], info["name"], pidfile.stem, pid,
-                                        info.get("podIP", "")))
+                                        info.get("podIP", ""), labels))
     return out
 
 

@@ -92,6 +92,12 @@ class PodWorker:
         self.last_status: str | None = None
         self.pod_message: tuple[str, str] | None = None
 
+    def _write_meta(self, phase: str) -> None:
+        """What the fault hooks read to find this pod's processes."""
+        (self.dir / "pod.json").write_text(json.dumps(
+            {"namespace": self.ns, "name": self.name, "uid": self.uid, "podIP": self.ip,
+             "phase": phase, "labels": self.pod["metadata"].get("labels") or {}}))
+
     # -- lifecycle ---------------------------------------------------------
     def update(self, pod: dict[str, Any]) -> None:
         self.pod = pod
@@ -112,8 +118,7 @@ class PodWorker:
         spec = self.pod["spec"]
         self.ip = self.rt.ipam.allocate(self.uid)
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "pod.json").write_text(json.dumps(
-            {"namespace": self.ns, "name": self.name, "uid": self.uid, "podIP": self.ip}))
+        self._write_meta("Pending")
         self.init = [Running(ContainerView(c["name"], c.get("image", "")), c)
                      for c in spec.get("initContainers") or []]
         self.main = [Running(ContainerView(c["name"], c.get("image", "")), c)
@@ -481,9 +486,7 @@ class PodWorker:
                     await self.rt.core.patch_namespaced_pod_status(
                         self.name, self.ns, {"status": status})
                     self.last_status = comparable
-                    (self.dir / "pod.json").write_text(json.dumps(
-                        {"namespace": self.ns, "name": self.name, "uid": self.uid,
-                         "podIP": self.ip, "phase": status["phase"]}))
+                    self._write_meta(status["phase"])
                 except ApiException as exc:
                     if exc.status == 404:
                         return
