@@ -70,6 +70,12 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from ..agent.run import run
+
+    return run(args)
+
+
 def _cmd_not_yet(name: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         print(
@@ -119,9 +125,14 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
         "agent",
         help="run the instance agent inside a database pod",
         description="Run the instance agent: bootstraps, configures and supervises one "
-        "database instance, and serves its authenticated status and control API.",
+        "database instance, and serves its authenticated status and control API. Configured "
+        "by the environment the Campus StatefulSet sets (RINGKEEPER_CAMPUS, POD_NAME, POD_IP, "
+        "RINGKEEPER_ENGINE, RINGKEEPER_VERSION, credentials and the agent token).",
     )
-    p.set_defaults(func=_cmd_not_yet("agent"))
+    from ..agent.run import add_arguments as add_agent_arguments
+
+    add_agent_arguments(p)
+    p.set_defaults(func=_cmd_agent)
 
     p = sub.add_parser(
         "sync",

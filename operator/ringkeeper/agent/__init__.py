@@ -1,0 +1,1 @@
+"""The instance agent that runs in every database pod."""

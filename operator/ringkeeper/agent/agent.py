@@ -1,0 +1,362 @@
+"""The instance agent: one per database pod, supervising its server.
+
+The agent reads the Campus (who is primary, who is the target of a failover,
+who is fenced), decides with core.instance what its instance should be, and
+acts: initdb, base backup, start, rewind, follow, promote on the operator's
+call, fence. It never promotes on its own, and a primary that loses both the
+API server and every peer fences itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from ..core.instance import (
+    CampusView,
+    DataState,
+    Plan,
+    running_primary_must_step_down,
+    self_fence_due,
+    start_plan,
+)
+from .config import InstanceSettings
+from .server import Server, ServerError, Status
+
+log = logging.getLogger("ringkeeper.agent")
+
+
+class CampusSource(Protocol):
+    async def fetch(self) -> dict[str, Any]: ...
+
+    async def pod_ip(self, name: str) -> str | None: ...
+
+
+@dataclass
+class AgentConfig:
+    campus: str
+    namespace: str
+    name: str
+    pod_ip: str
+    port: int
+    agent_port: int
+    token: str
+    loop_seconds: float = 1.0
+
+
+@dataclass
+class AgentState:
+    plan: str = "starting"
+    reason: str = ""
+    fenced: bool = False  # by the operator's call, or self-fenced
+    self_fenced: bool = False
+    paused: bool = False  # WAL receiver stopped for a failover comparison
+    upstream: str | None = None
+    last_error: str | None = None
+    last_api_contact: float = field(default_factory=time.monotonic)
+    last_peer_contact: float = field(default_factory=time.monotonic)
+    peer_ips: dict[str, str] = field(default_factory=dict)
+    campus: dict[str, Any] = field(default_factory=dict)
+
+
+def instance_names(campus: str, instances: int) -> list[str]:
+    return [f"{campus}-{i}" for i in range(instances)]
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, source: CampusSource, server: Server) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.server = server
+        self.state = AgentState()
+        self.lock = asyncio.Lock()
+        self.http: aiohttp.ClientSession | None = None
+
+    # -- views of the Campus -------------------------------------------------------
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.state.campus.get("spec") or {}
+        return spec
+
+    @property
+    def view(self) -> CampusView:
+        status = self.state.campus.get("status") or {}
+        return CampusView(status.get("currentPrimary"), status.get("targetPrimary"),
+                          frozenset(status.get("fencedInstances") or []))
+
+    def peers(self) -> list[str]:
+        n = int(self.spec.get("instances", 1))
+        return [p for p in instance_names(self.cfg.campus, n) if p != self.cfg.name]
+
+    def settings(self, primary: bool, upstream_ip: str | None,
+                 connected: int | None = None) -> InstanceSettings:
+        sync = self.spec.get("synchronous") or {}
+        return InstanceSettings(
+            campus=self.cfg.campus, instance=self.cfg.name, pod_ip=self.cfg.pod_ip,
+            port=self.cfg.port, socket_dir=str(self.server.sockets), primary=primary,
+            upstream_host=upstream_ip, upstream_port=self.cfg.port,
+            replication_user=self.server.creds.replication_user,
+            passfile=str(self.server.passfile), sync_method=sync.get("method", "any"),
+            sync_number=int(sync.get("number", 1)), peers=tuple(self.peers()),
+            durability=sync.get("dataDurability", "required"), connected_standbys=connected)
+
+    def user_params(self) -> dict[str, str]:
+        return {k: str(v) for k, v in (self.spec.get("parameters") or {}).items()}
+
+    # -- contact ---------------------------------------------------------------------
+    async def refresh(self) -> bool:
+        try:
+            self.state.campus = await self.source.fetch()
+        except Exception as exc:  # API down or partitioned: counts toward self-fencing
+            log.debug("campus fetch failed: %s", exc)
+            return False
+        self.state.last_api_contact = time.monotonic()
+        for inst in (self.state.campus.get("status") or {}).get("instances") or []:
+            if inst.get("podIP"):
+                self.state.peer_ips[inst["name"]] = inst["podIP"]
+        return True
+
+    async def ip_of(self, name: str) -> str | None:
+        with contextlib.suppress(Exception):
+            ip = await self.source.pod_ip(name)
+            if ip:
+                self.state.peer_ips[name] = ip
+                return ip
+        return self.state.peer_ips.get(name)
+
+    async def reach_a_peer(self) -> bool:
+        assert self.http is not None
+        for peer in self.peers():
+            ip = self.state.peer_ips.get(peer)
+            if not ip:
+                continue
+            with contextlib.suppress(Exception):
+                async with self.http.get(f"http://{ip}:{self.cfg.agent_port}/healthz",
+                                         timeout=aiohttp.ClientTimeout(total=0.8)) as r:
+                    if r.status == 200:
+                        self.state.last_peer_contact = time.monotonic()
+                        return True
+        return False
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self.http = aiohttp.ClientSession()
+        try:
+            while not stop.is_set():
+                try:
+                    async with self.lock:
+                        await self.tick()
+                except Exception as exc:
+                    self.state.last_error = str(exc)
+                    log.exception("agent loop error")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.cfg.loop_seconds)
+        finally:
+            await self.server.stop("fast")
+            await self.http.close()
+
+    async def tick(self) -> None:
+        api_ok = await self.refresh()
+        if not self.state.campus:
+            self.state.plan, self.state.reason = "wait", "Campus not readable yet"
+            return
+        view = self.view
+        st = self.state
+        if self.server.running and self.server.data_state() == DataState.PRIMARY:
+            reason = running_primary_must_step_down(self.cfg.name, view) if api_ok else None
+            if reason is None and not api_ok:
+                peer_ok = await self.reach_a_peer()
+                limit = float((self.spec.get("failover") or {}).get("selfFenceAfterSeconds", 3))
+                silent = time.monotonic() - max(st.last_api_contact, st.last_peer_contact)
+                if not peer_ok and self_fence_due(silent, limit):
+                    reason = (f"self-fence: no contact with the API server or any peer for "
+                              f"{silent:.1f}s")
+                    st.self_fenced = True
+            elif api_ok:
+                await self.reach_a_peer()
+            if reason:
+                log.warning("stepping down: %s", reason)
+                st.fenced, st.plan, st.reason = True, Plan.FENCE.value, reason
+                await self.server.stop("immediate")
+                return
+            await self.maintain_primary()
+            return
+        if st.self_fenced and api_ok:
+            # Contact is back; the Campus decides what happens next (rejoin or resume).
+            st.self_fenced = False
+            st.fenced = self.cfg.name in view.fenced
+        if st.fenced and self.cfg.name not in view.fenced and not st.self_fenced:
+            # A step-down lasts until the Campus settles: either it names us primary again
+            # with no failover in flight, or it names another primary we can rejoin.
+            settled_on_me = (view.current_primary == self.cfg.name
+                             and view.target_primary in (None, self.cfg.name))
+            moved_on = bool(view.current_primary) and view.current_primary != self.cfg.name
+            if settled_on_me or moved_on:
+                st.fenced = False
+        if self.server.running:
+            await self.maintain_replica(view)
+            return
+        if st.fenced:
+            st.plan = Plan.FENCE.value
+            return
+        if not api_ok:
+            st.plan, st.reason = "wait", "API server unreachable; not starting blind"
+            return
+        await self.execute(start_plan(self.cfg.name, self.server.data_state(), view))
+
+    async def execute(self, decision: Any) -> None:
+        st = self.state
+        st.plan, st.reason = decision.plan.value, decision.reason
+        plan = decision.plan
+        if plan in (Plan.WAIT, Plan.FENCE):
+            return
+        log.info("plan %s: %s", plan.value, decision.reason)
+        self.server.write_passfile()
+        try:
+            if plan == Plan.INITDB:
+                await self.server.initdb()
+                self.server.configure(self.settings(True, None), self.user_params())
+                await self.server.start()
+                await self.server.create_roles()
+                await self.server.ensure_slots(self.peers())
+            elif plan == Plan.START_PRIMARY:
+                self.server.configure(self.settings(True, None), self.user_params())
+                await self.server.start()
+                await self.server.ensure_slots(self.peers())
+            elif plan in (Plan.BASEBACKUP, Plan.START_REPLICA, Plan.REWIND):
+                upstream_ip = await self.ip_of(decision.upstream) if decision.upstream else None
+                if plan != Plan.START_REPLICA and not upstream_ip:
+                    st.reason = f"no address for {decision.upstream} yet"
+                    return
+                if plan == Plan.BASEBACKUP:
+                    assert upstream_ip is not None
+                    await self.server.basebackup(upstream_ip, self.cfg.port)
+                elif plan == Plan.REWIND:
+                    assert upstream_ip is not None
+                    await self.rejoin(upstream_ip)
+                st.upstream = decision.upstream
+                self.server.configure(self.settings(False, None if st.paused else upstream_ip),
+                                      self.user_params())
+                await self.server.start()
+            st.last_error = None
+        except ServerError as exc:
+            st.last_error = str(exc)
+            log.error("%s failed: %s", plan.value, exc)
+
+    async def rejoin(self, upstream_ip: str) -> None:
+        """A former primary follows the new one: pg_rewind, or a fresh copy if that fails."""
+        try:
+            self.server.configure(self.settings(False, upstream_ip), self.user_params())
+            await self.server.rewind(upstream_ip, self.cfg.port)
+            log.info("rewound from %s", upstream_ip)
+        except ServerError as exc:
+            log.warning("pg_rewind failed (%s); taking a fresh base backup", exc)
+            await self.server.basebackup(upstream_ip, self.cfg.port)
+
+    async def maintain_primary(self) -> None:
+        st = await self.server.status()
+        self.state.plan, self.state.reason = "primary", "serving writes"
+        if st.error or st.in_recovery:
+            return
+        connected = sum(1 for s in st.standbys or [] if s.get("state") == "streaming")
+        settings = self.settings(True, None, connected)
+        before = (self.server.data / "ringkeeper.conf").read_text()
+        self.server.configure(settings, self.user_params())
+        if (self.server.data / "ringkeeper.conf").read_text() != before:
+            await self.server.reload()
+        await self.server.ensure_slots(self.peers())
+
+    async def maintain_replica(self, view: CampusView) -> None:
+        st = self.state
+        st.plan = "replica"
+        target = view.current_primary
+        in_flight = view.target_primary not in (None, view.current_primary)
+        if st.paused or in_flight or not target or target == self.cfg.name:
+            return
+        if st.upstream != target:
+            await self.follow(target)
+
+    async def follow(self, primary: str) -> None:
+        ip = await self.ip_of(primary)
+        if not ip:
+            self.state.reason = f"no address for {primary}"
+            return
+        log.info("following %s at %s", primary, ip)
+        self.state.upstream = primary
+        self.state.paused = False
+        self.server.configure(self.settings(False, ip), self.user_params())
+        await self.server.reload()
+
+    # -- operator calls -----------------------------------------------------------------
+    async def pause(self) -> Status:
+        async with self.lock:
+            self.state.paused = True
+            if self.server.data_state() == DataState.REPLICA and self.server.running:
+                self.server.configure(self.settings(False, None), self.user_params())
+                await self.server.reload()
+            return await self.server.wait_receiver_stopped()
+
+    async def promote(self) -> Status:
+        async with self.lock:
+            if not await self.refresh():
+                raise PermissionError("cannot read the Campus: refusing to promote blind")
+            view = self.view
+            if view.target_primary != self.cfg.name:
+                raise PermissionError(f"the Campus names {view.target_primary} as target "
+                                      f"primary, not {self.cfg.name}")
+            if not self.server.running:
+                raise ServerError("server is not running")
+            await self.server.promote()
+            self.state.paused = False
+            self.state.upstream = None
+            self.state.fenced = False
+            self.server.configure(self.settings(True, None, 0), self.user_params())
+            await self.server.reload()
+            await self.server.ensure_slots(self.peers())
+            return await self.server.status()
+
+    async def follow_call(self, primary: str) -> Status:
+        async with self.lock:
+            if self.server.data_state() == DataState.PRIMARY:
+                # A former primary must rejoin through the start plan (rewind).
+                await self.server.stop("fast")
+                self.state.fenced = False
+                return await self.server.status()
+            await self.follow(primary)
+            return await self.server.status()
+
+    async def fence(self, on: bool) -> Status:
+        async with self.lock:
+            self.state.fenced = on
+            if on:
+                await self.server.stop("fast")
+            return await self.server.status()
+
+    async def report(self) -> dict[str, Any]:
+        st = await self.server.status()
+        role = ("fenced" if self.state.fenced else
+                "primary" if st.running and st.in_recovery is False else
+                "replica" if st.running and st.in_recovery else "unknown")
+        return {"name": self.cfg.name, "role": role, "podIP": self.cfg.pod_ip,
+                "plan": self.state.plan, "reason": self.state.reason,
+                "fenced": self.state.fenced, "selfFenced": self.state.self_fenced,
+                "paused": self.state.paused, "upstream": self.state.upstream,
+                "lastError": self.state.last_error, "server": st.to_json()}
+
+    def ready(self, st: Status) -> bool:
+        if self.state.fenced or not st.running or st.error:
+            return False
+        view = self.view
+        if st.in_recovery is False:
+            return view.current_primary == self.cfg.name
+        return bool(st.in_recovery)
+
+
+Handler = Callable[[], Awaitable[Status]]

@@ -1,0 +1,84 @@
+"""`ringkeeper agent`: wire configuration from the environment into the agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from ..engines import profile_for
+from .agent import Agent, AgentConfig, CampusSource
+from .http import build_app
+from .server import Credentials, Server
+from .sources import ApiCampusSource, FileCampusSource
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None or value == "":
+        raise SystemExit(f"ringkeeper agent: environment variable {name} is required")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--campus-file", help="read the Campus from this JSON file instead of the "
+                   "Kubernetes API (local tests)")
+    p.add_argument("--data-dir", default=os.environ.get("PGDATA", "/var/lib/ringkeeper/data"))
+    p.add_argument("--socket-dir", default=os.environ.get("RINGKEEPER_SOCKET_DIR",
+                                                          "/run/ringkeeper"))
+    p.add_argument("--agent-port", type=int,
+                   default=int(os.environ.get("RINGKEEPER_AGENT_PORT", "8000")))
+    p.add_argument("--verbose", action="store_true")
+
+
+async def _main(args: argparse.Namespace) -> None:
+    engine, version = _env("RINGKEEPER_ENGINE", "postgresql"), _env("RINGKEEPER_VERSION")
+    profile = profile_for(engine, version)
+    cfg = AgentConfig(
+        campus=_env("RINGKEEPER_CAMPUS"), namespace=_env("POD_NAMESPACE", "default"),
+        name=_env("POD_NAME"), pod_ip=_env("POD_IP"),
+        port=int(_env("RINGKEEPER_PORT", str(profile.default_port))),
+        agent_port=args.agent_port, token=_env("RINGKEEPER_AGENT_TOKEN"))
+    creds = Credentials(
+        superuser=_env("RINGKEEPER_SUPERUSER", profile.superuser),
+        superuser_password=_env("RINGKEEPER_SUPERUSER_PASSWORD"),
+        replication_user=_env("RINGKEEPER_REPLICATION_USER", "ringkeeper_repl"),
+        replication_password=_env("RINGKEEPER_REPLICATION_PASSWORD"),
+        app_user=_env("RINGKEEPER_APP_USER", "app"),
+        app_password=_env("RINGKEEPER_APP_PASSWORD"),
+        app_database=_env("RINGKEEPER_APP_DATABASE", "app"))
+    socket_dir = Path(args.socket_dir)
+    server = Server(profile, Path(args.data_dir), socket_dir, cfg.port, creds,
+                    pod_cidr=_env("RINGKEEPER_POD_CIDR", "0.0.0.0/0"))
+    source: CampusSource = (FileCampusSource(Path(args.campus_file)) if args.campus_file
+                            else ApiCampusSource(cfg.namespace, cfg.campus))
+    agent = Agent(cfg, source, server)
+    runner = web.AppRunner(build_app(agent), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, cfg.pod_ip, cfg.agent_port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("ringkeeper.agent").info(
+        "agent %s of campus %s (%s %s) on %s:%d", cfg.name, cfg.campus, engine, version,
+        cfg.pod_ip, cfg.agent_port)
+    try:
+        await agent.run(stop)
+    finally:
+        await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    Path(args.socket_dir).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    asyncio.run(_main(args))
+    return 0

@@ -1,0 +1,327 @@
+"""The database server as the agent's child process: create, copy, start, stop, promote.
+
+Every engine difference goes through the profile (binary, function and file
+names). The agent talks to its own server over the Unix socket with the
+superuser's password; nothing here decides *whether* to act, only *how*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ..core.instance import DataState
+from ..engines import EngineProfile
+from .config import InstanceSettings, managed_settings, render, slot_name
+
+log = logging.getLogger("ringkeeper.agent")
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Credentials:
+    superuser: str
+    superuser_password: str
+    replication_user: str
+    replication_password: str
+    app_user: str
+    app_password: str
+    app_database: str
+
+
+@dataclass
+class Status:
+    running: bool
+    in_recovery: bool | None = None
+    current_lsn: str | None = None
+    receive_lsn: str | None = None
+    replay_lsn: str | None = None
+    timeline: int | None = None
+    receiver: str | None = None
+    standbys: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class Server:
+    def __init__(self, profile: EngineProfile, data_dir: Path, socket_dir: Path, port: int,
+                 creds: Credentials, pod_cidr: str, tls: bool = False) -> None:
+        self.profile = profile
+        self.data = data_dir
+        self.sockets = socket_dir
+        self.port = port
+        self.creds = creds
+        self.pod_cidr = pod_cidr
+        self.tls = tls
+        self.proc: asyncio.subprocess.Process | None = None
+        self.passfile = socket_dir / "pgpass"
+
+    # -- state on disk -------------------------------------------------------
+    def data_state(self) -> DataState:
+        if not (self.data / "PG_VERSION").exists():
+            return DataState.EMPTY
+        if (self.data / self.profile.standby_signal).exists():
+            return DataState.REPLICA
+        return DataState.PRIMARY
+
+    def write_passfile(self) -> None:
+        self.sockets.mkdir(parents=True, exist_ok=True)
+        lines = [f"*:*:*:{self.creds.replication_user}:{self.creds.replication_password}",
+                 f"*:*:*:{self.creds.superuser}:{self.creds.superuser_password}"]
+        tmp = self.passfile.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(self.passfile)
+
+    def configure(self, settings: InstanceSettings, user_params: dict[str, str]) -> None:
+        """Write the managed include file, the hba file and the standby signal."""
+        conf = self.data / self.profile.config_file
+        include = "include_if_exists = 'ringkeeper.conf'"
+        text = conf.read_text() if conf.exists() else ""
+        if include not in text:
+            conf.write_text(text.rstrip("\n") + "\n" + include + "\n")
+        managed = managed_settings(self.profile, settings)
+        (self.data / "ringkeeper.conf").write_text(render(managed, user_params))
+        # ALTER SYSTEM must not override what Ringkeeper manages.
+        auto = self.data / self.profile.auto_config_file
+        if auto.exists():
+            keep = [ln for ln in auto.read_text().splitlines()
+                    if ln.split("=")[0].strip() not in managed]
+            auto.write_text("\n".join(keep) + "\n")
+        hba = self.profile.hba_lines(pod_cidr=self.pod_cidr,
+                                     replication_user=self.creds.replication_user, tls=self.tls)
+        (self.data / self.profile.hba_file).write_text("\n".join(hba) + "\n")
+        signal_file = self.data / self.profile.standby_signal
+        if settings.primary:
+            signal_file.unlink(missing_ok=True)
+        else:
+            signal_file.touch()
+
+    # -- processes -------------------------------------------------------------
+    async def _run(self, *argv: str, env: dict[str, str] | None = None,
+                   timeout: float = 600) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            raise ServerError(f"{argv[0]} timed out after {timeout:.0f}s") from None
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise ServerError(f"{Path(argv[0]).name} failed ({proc.returncode}): "
+                              f"{text.strip()[-800:]}")
+        return text
+
+    def _bin(self, name: str) -> str:
+        found = shutil.which(name)
+        if found is None:
+            raise ServerError(f"{name} not found on PATH ({os.environ.get('PATH')})")
+        return found
+
+    async def initdb(self) -> None:
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.data.chmod(0o700)
+        pwfile = self.sockets / "initdb.pw"
+        pwfile.write_text(self.creds.superuser_password + "\n")
+        pwfile.chmod(0o600)
+        try:
+            await self._run(self._bin(self.profile.binaries.initdb), "-D", str(self.data),
+                            "-U", self.creds.superuser, f"--pwfile={pwfile}",
+                            f"--auth-local={self.profile.auth_methods[0]}",
+                            f"--auth-host={self.profile.auth_methods[0]}",
+                            "-E", "UTF8", "--locale=C", "--data-checksums")
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    async def create_roles(self) -> None:
+        c = self.creds
+        conn = await self.connect()
+        try:
+            for user, password, extra in ((c.replication_user, c.replication_password,
+                                           "REPLICATION"),
+                                          (c.app_user, c.app_password, "")):
+                exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
+                verb = "ALTER" if exists else "CREATE"
+                await conn.execute(f'{verb} ROLE "{user}" LOGIN {extra} PASSWORD '
+                                   f"{_literal(password)}")
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
+                                       c.app_database):
+                await conn.execute(f'CREATE DATABASE "{c.app_database}" OWNER "{c.app_user}"')
+            # pg_rewind from this server needs these functions for the replication user.
+            for fn in ("pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)",
+                       "pg_read_binary_file(text)", "pg_read_binary_file(text, bigint, bigint, "
+                       "boolean)"):
+                await conn.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO \"{c.replication_user}\"")
+        finally:
+            await conn.close()
+
+    async def basebackup(self, host: str, port: int) -> None:
+        tmp = self.data.with_name(self.data.name + ".incoming")
+        shutil.rmtree(tmp, ignore_errors=True)
+        await self._run(self._bin(self.profile.binaries.basebackup), "-h", host, "-p", str(port),
+                        "-U", self.creds.replication_user, "-D", str(tmp), "-X", "stream",
+                        "-c", "fast", "--no-password",
+                        env={"PGPASSFILE": str(self.passfile), "PGCONNECT_TIMEOUT": "5"})
+        # Only a complete copy becomes the data folder.
+        shutil.rmtree(self.data, ignore_errors=True)
+        tmp.rename(self.data)
+        self.data.chmod(0o700)
+
+    async def rewind(self, host: str, port: int) -> None:
+        src = (f"host={host} port={port} user={self.creds.superuser} dbname="
+               f"{self.profile.default_database} connect_timeout=5")
+        await self._run(self._bin(self.profile.binaries.rewind), "-D", str(self.data),
+                        f"--source-server={src}", "--progress",
+                        env={"PGPASSFILE": str(self.passfile)})
+
+    def wipe(self) -> None:
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    async def start(self, timeout: float = 120) -> None:
+        if self.running:
+            return
+        if not self._postmaster_alive():
+            (self.data / "postmaster.pid").unlink(missing_ok=True)  # left by a killed server
+        logf = (self.sockets / "server.log").open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            self._bin(self.profile.binaries.server), "-D", str(self.data),
+            stdout=logf, stderr=asyncio.subprocess.STDOUT)
+        logf.close()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if self.proc.returncode is not None:
+                raise ServerError(f"server exited with {self.proc.returncode}: "
+                                  + self.log_tail())
+            try:
+                conn = await self.connect(timeout=2)
+                await conn.close()
+                return
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                pass  # starting up or replaying WAL
+            await asyncio.sleep(0.2)
+        raise ServerError("server did not accept connections in time: " + self.log_tail())
+
+    def _postmaster_alive(self) -> bool:
+        pidfile = self.data / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+            os.kill(pid, 0)
+            return True
+        except (OSError, ValueError, IndexError):
+            return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.sockets / "server.log").read_text(
+                errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        if not self.running or self.proc is None:
+            return
+        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT,
+               "immediate": signal.SIGQUIT}[mode]
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGQUIT)
+            await self.proc.wait()
+
+    async def reload(self) -> None:
+        if self.running and self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    # -- SQL -------------------------------------------------------------------
+    async def connect(self, timeout: float = 5, database: str | None = None
+                      ) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            host=str(self.sockets), port=self.port, user=self.creds.superuser,
+            password=self.creds.superuser_password,
+            database=database or self.profile.default_database, timeout=timeout)
+
+    async def status(self) -> Status:
+        if not self.running:
+            return Status(running=False)
+        try:
+            conn = await self.connect(timeout=2)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            return Status(running=True, error=str(exc))
+        try:
+            row = await conn.fetchrow(self.profile.status_query())
+            st = Status(running=True, in_recovery=row["in_recovery"],
+                        current_lsn=row["current_lsn"], receive_lsn=row["receive_lsn"],
+                        replay_lsn=row["replay_lsn"], timeline=row["timeline"],
+                        receiver=row["receiver_status"])
+            if not row["in_recovery"]:
+                st.standbys = [dict(r) for r in await conn.fetch(
+                    self.profile.replication_query())]
+            return st
+        except asyncpg.PostgresError as exc:
+            return Status(running=True, error=str(exc))
+        finally:
+            await conn.close()
+
+    async def promote(self) -> None:
+        conn = await self.connect()
+        try:
+            ok = await conn.fetchval(f"SELECT {self.profile.sql.promote}(true, 60)")
+        finally:
+            await conn.close()
+        if not ok:
+            raise ServerError("promotion did not finish within 60 s")
+        (self.data / self.profile.standby_signal).unlink(missing_ok=True)
+
+    async def ensure_slots(self, peers: list[str]) -> None:
+        """One physical slot per standby, so WAL a standby still needs is kept for it."""
+        wanted = {slot_name(p) for p in peers}
+        sql = self.profile.sql
+        conn = await self.connect()
+        try:
+            rows = await conn.fetch(f"SELECT slot_name FROM {sql.replication_slots} "
+                                    "WHERE slot_type = 'physical' AND slot_name LIKE "
+                                    "'ringkeeper\\_%'")
+            have = {r["slot_name"] for r in rows}
+            for name in sorted(wanted - have):
+                await conn.execute(f"SELECT {sql.create_physical_replication_slot}($1, true)",
+                                   name)
+            for name in sorted(have - wanted):
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await conn.execute(f"SELECT {sql.drop_replication_slot}($1)", name)
+        finally:
+            await conn.close()
+
+    async def wait_receiver_stopped(self, timeout: float = 10) -> Status:
+        deadline = asyncio.get_running_loop().time() + timeout
+        st = await self.status()
+        while st.receiver and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            st = await self.status()
+        return st
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

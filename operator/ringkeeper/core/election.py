@@ -1,0 +1,200 @@
+"""Which replica may become primary, and why: the safety core of failover.
+
+A replica is promoted only when it provably holds every commit the old primary
+acknowledged. With synchronous replication that proof comes from the primary's
+last observed view of its standbys (which of them confirmed commits), taken
+while it was healthy, plus the LSNs the replicas report once their WAL
+receivers are stopped, so the numbers compared cannot move any more.
+
+- FIRST n: every standby the primary listed as `sync` confirmed each commit,
+  so one of them must answer; then the replica furthest ahead is complete.
+- ANY n over k standbys: each commit reached n of the k. Any k-n+1 of them
+  must include one that has it, so at least k-n+1 must answer; the replica
+  furthest ahead is then complete.
+- preferred durability: the furthest-ahead replica is promoted when its gap to
+  the primary's last known LSN is within the configured bound.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+
+
+def parse_lsn(text: str | None) -> int | None:
+    """'16/B374D848' -> bytes since the start of WAL; None stays None."""
+    if text is None or text == "":
+        return None
+    m = _LSN.match(text.strip())
+    if not m:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
+
+
+def format_lsn(value: int | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class InstanceReport:
+    """One instance as its agent reported it in this cycle (or failed to)."""
+
+    name: str
+    reachable: bool = True
+    server_running: bool = True
+    in_recovery: bool = True
+    fenced: bool = False
+    timeline: int | None = None
+    current_lsn: int | None = None
+    received_lsn: int | None = None
+    replayed_lsn: int | None = None
+    receiver_active: bool = False
+
+    @property
+    def position(self) -> int:
+        """How far this instance's WAL goes: what a promotion would keep."""
+        candidates = [v for v in (self.current_lsn, self.received_lsn, self.replayed_lsn)
+                      if v is not None]
+        return max(candidates) if candidates else -1
+
+    @property
+    def healthy_primary(self) -> bool:
+        return (self.reachable and self.server_running and not self.in_recovery
+                and not self.fenced)
+
+
+@dataclass(frozen=True)
+class SyncSnapshot:
+    """The primary's view of synchronous replication, recorded while it was healthy."""
+
+    method: str  # "any" | "first"
+    number: int
+    standbys: tuple[str, ...]  # every name in synchronous_standby_names
+    confirming: tuple[str, ...]  # standbys whose sync_state was sync/quorum
+    primary_lsn: int | None = None
+
+
+class Durability(StrEnum):
+    REQUIRED = "required"
+    PREFERRED = "preferred"
+
+
+class ElectionReason(StrEnum):
+    SYNCHRONOUS_STANDBY = "SynchronousStandby"
+    QUORUM_COMPLETE = "QuorumComplete"
+    WITHIN_LAG_BOUND = "WithinLagBound"
+    NO_REPLICA_REACHABLE = "NoReplicaReachable"
+    NO_SYNCHRONOUS_STANDBY = "NoSynchronousStandby"
+    QUORUM_INCOMPLETE = "QuorumIncomplete"
+    LAG_TOO_LARGE = "LagTooLarge"
+    RECEIVERS_RUNNING = "ReceiversStillRunning"
+    NO_SYNC_SNAPSHOT = "NoSyncSnapshot"
+
+
+@dataclass(frozen=True)
+class Election:
+    candidate: str | None
+    reason: ElectionReason
+    message: str
+    considered: tuple[str, ...] = field(default=())
+
+    @property
+    def safe(self) -> bool:
+        return self.candidate is not None
+
+
+def rank(reports: Sequence[InstanceReport]) -> list[InstanceReport]:
+    """One total order, best first: reachable, not fenced, running, furthest WAL, name."""
+    return sorted(
+        reports,
+        key=lambda r: (
+            not r.reachable,
+            r.fenced,
+            not r.server_running,
+            -(r.received_lsn if r.received_lsn is not None else -1),
+            -(r.replayed_lsn if r.replayed_lsn is not None else -1),
+            r.name,
+        ),
+    )
+
+
+def _usable(r: InstanceReport) -> bool:
+    return r.reachable and r.server_running and not r.fenced and r.in_recovery
+
+
+def choose_candidate(
+    replicas: Sequence[InstanceReport],
+    snapshot: SyncSnapshot | None,
+    durability: Durability | str,
+    max_lag_bytes: int = 0,
+) -> Election:
+    """Pick the replica to promote after the primary failed, or refuse and say why.
+
+    `replicas` excludes the failed primary. Their WAL receivers must be stopped
+    first: a receiver still streaming makes the LSNs compared here meaningless.
+    """
+    usable = [r for r in replicas if _usable(r)]
+    if not usable:
+        return Election(None, ElectionReason.NO_REPLICA_REACHABLE,
+                        "no replica is reachable with a running server")
+    streaming = [r.name for r in usable if r.receiver_active]
+    if streaming:
+        return Election(None, ElectionReason.RECEIVERS_RUNNING,
+                        f"WAL receivers still running on {', '.join(streaming)}: positions "
+                        "could still move, so no replica can be compared yet")
+    ranked = rank(usable)
+    if Durability(durability) == Durability.PREFERRED:
+        best = ranked[0]
+        if snapshot is None or snapshot.primary_lsn is None:
+            return Election(best.name, ElectionReason.WITHIN_LAG_BOUND,
+                            f"promoting {best.name}: furthest ahead; the old primary's last "
+                            "position is unknown (durability preferred)",
+                            tuple(r.name for r in ranked))
+        gap = max(0, snapshot.primary_lsn - best.position)
+        if gap > max_lag_bytes:
+            return Election(None, ElectionReason.LAG_TOO_LARGE,
+                            f"furthest replica {best.name} is {gap} bytes behind the old "
+                            f"primary's last known position, above maxPromotionLagBytes "
+                            f"({max_lag_bytes})")
+        return Election(best.name, ElectionReason.WITHIN_LAG_BOUND,
+                        f"promoting {best.name}: {gap} bytes behind, within "
+                        f"maxPromotionLagBytes ({max_lag_bytes})",
+                        tuple(r.name for r in ranked))
+
+    # Durability required: prove completeness from the synchronous snapshot.
+    if snapshot is None or snapshot.number < 1 or not snapshot.standbys:
+        return Election(None, ElectionReason.NO_SYNC_SNAPSHOT,
+                        "no record of which standbys were synchronous when the primary "
+                        "failed, so no replica is known to hold every acknowledged commit")
+    if snapshot.method == "first":
+        sync = [r for r in ranked if r.name in snapshot.confirming]
+        if not sync:
+            return Election(None, ElectionReason.NO_SYNCHRONOUS_STANDBY,
+                            "none of the standbys that were synchronous at failure time ("
+                            + (", ".join(snapshot.confirming) or "none") + ") is reachable")
+        # The furthest-ahead replica overall holds at least what the synchronous standby
+        # holds, so it is complete too (and covers a sync set that changed since).
+        best = ranked[0]
+        return Election(best.name, ElectionReason.SYNCHRONOUS_STANDBY,
+                        f"promoting {best.name}: furthest ahead, at or past synchronous "
+                        f"standby {sync[0].name} of failure time", tuple(r.name for r in ranked))
+    # ANY n over k standbys.
+    k = len(snapshot.standbys)
+    needed = k - snapshot.number + 1
+    members = [r for r in ranked if r.name in snapshot.standbys]
+    if len(members) < needed:
+        return Election(None, ElectionReason.QUORUM_INCOMPLETE,
+                        f"only {len(members)} of the {k} quorum standbys answered; ANY "
+                        f"{snapshot.number} needs {needed} to be sure one of them holds every "
+                        "acknowledged commit")
+    best = ranked[0]
+    return Election(best.name, ElectionReason.QUORUM_COMPLETE,
+                    f"promoting {best.name}: furthest ahead among {len(members)} of {k} quorum "
+                    f"standbys (ANY {snapshot.number} needs {needed})",
+                    tuple(r.name for r in members))

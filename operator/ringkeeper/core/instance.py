@@ -1,0 +1,102 @@
+"""What an instance should be, decided from the Campus and its own data folder.
+
+The agent asks this at start and on every loop; the answer depends only on
+what the API says (currentPrimary, targetPrimary) and what is on disk, so an
+agent that restarts at any moment lands in the same place. The rules keep two
+primaries from ever running at once: an instance becomes primary only when the
+Campus names it, and a primary that sees another instance named steps down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class DataState(StrEnum):
+    EMPTY = "empty"  # no database yet
+    PRIMARY = "primary"  # a data folder that last ran as primary (no standby.signal)
+    REPLICA = "replica"  # a data folder set up to follow a primary
+
+
+class Plan(StrEnum):
+    INITDB = "initdb"  # create the campus's first database
+    BASEBACKUP = "basebackup"  # copy the current primary
+    START_PRIMARY = "start-primary"
+    START_REPLICA = "start-replica"
+    REWIND = "rewind"  # a former primary: pg_rewind from the new one, then follow it
+    WAIT = "wait"  # nothing safe to do yet
+    FENCE = "fence"  # stop serving: another instance is (or is becoming) primary
+
+
+@dataclass(frozen=True)
+class CampusView:
+    """The parts of the Campus the agent acts on."""
+
+    current_primary: str | None
+    target_primary: str | None
+    fenced: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Decision:
+    plan: Plan
+    upstream: str | None
+    reason: str
+
+
+def start_plan(me: str, data: DataState, campus: CampusView) -> Decision:
+    """What to do when the agent starts (or its server is down)."""
+    if me in campus.fenced:
+        return Decision(Plan.FENCE, None, f"{me} is fenced by the operator")
+    current, target = campus.current_primary, campus.target_primary
+    if target and target != current:
+        # A failover or switchover is in flight: only its target may act as primary, and
+        # it promotes on the operator's call, not on its own.
+        if me == target:
+            if data == DataState.EMPTY:
+                return Decision(Plan.WAIT, None, "named target primary but has no data")
+            return Decision(Plan.START_REPLICA if data == DataState.REPLICA else Plan.FENCE,
+                            current, "target of a failover in progress: waiting for the promote "
+                            "call")
+        if data == DataState.PRIMARY:
+            return Decision(Plan.FENCE, None, f"failover to {target} in progress")
+        return Decision(Plan.WAIT, None, f"failover to {target} in progress")
+    if current is None:
+        if target == me and data != DataState.REPLICA:
+            if data == DataState.EMPTY:
+                return Decision(Plan.INITDB, None, "named first primary of a new campus")
+            return Decision(Plan.START_PRIMARY, None, "named first primary; data present")
+        return Decision(Plan.WAIT, None, "campus has no primary yet")
+    if current == me:
+        if data == DataState.EMPTY:
+            return Decision(Plan.WAIT, None, "named primary but the data folder is empty: a "
+                            "human must choose to re-initialise (data would be lost)")
+        if data == DataState.REPLICA:
+            # The operator named us after promoting us; a promote that did not reach the
+            # disk (crash right after) is finished by starting as replica then promoting.
+            return Decision(Plan.START_REPLICA, None, "primary by status, replica on disk: "
+                            "waiting for the operator to finish the promotion")
+        return Decision(Plan.START_PRIMARY, None, "current primary")
+    if data == DataState.EMPTY:
+        return Decision(Plan.BASEBACKUP, current, f"new replica of {current}")
+    if data == DataState.PRIMARY:
+        return Decision(Plan.REWIND, current, f"former primary rejoining {current}")
+    return Decision(Plan.START_REPLICA, current, f"replica of {current}")
+
+
+def running_primary_must_step_down(me: str, campus: CampusView) -> str | None:
+    """A running primary checks this every loop; a reason means: fence now."""
+    if me in campus.fenced:
+        return f"{me} fenced by the operator"
+    if campus.target_primary and campus.target_primary != me:
+        return f"{campus.target_primary} is the target primary"
+    if campus.current_primary and campus.current_primary != me:
+        return f"{campus.current_primary} is the current primary"
+    return None
+
+
+def self_fence_due(seconds_without_contact: float, limit: float) -> bool:
+    """A primary that reached neither the API server nor any peer for `limit` seconds
+    stops accepting writes: a partitioned primary must not go on beside a new one."""
+    return seconds_without_contact >= limit
