@@ -126,8 +126,9 @@ class EngineProfile:
             f"CASE WHEN {s.is_in_recovery}() THEN {s.last_wal_replay_lsn}() "
             f"ELSE {s.current_wal_lsn}() END"
         )
+        # host() and not client_addr::text, which keeps the mask ('10.1.2.3/32').
         return (
-            "SELECT application_name, client_addr::text AS client_addr, state, sync_state, "
+            "SELECT application_name, host(client_addr) AS client_addr, state, sync_state, "
             "sent_lsn::text AS sent_lsn, write_lsn::text AS write_lsn, "
             "flush_lsn::text AS flush_lsn, replay_lsn::text AS replay_lsn, "
             f"({s.wal_lsn_diff}({here}, replay_lsn))::bigint AS replay_lag_bytes "

@@ -1,0 +1,147 @@
+"""The campus HA loop's decisions: is the primary failed, and what the status should say.
+
+Pure functions over the agents' reports (plain dicts as the agent serves them)
+and the Campus status; the controller's failover runner carries them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from .election import InstanceReport, SyncSnapshot, parse_lsn
+
+
+class PrimaryState(StrEnum):
+    HEALTHY = "Healthy"
+    SUSPECT = "Suspect"  # looks failed, not yet for the detection delay
+    FAILED = "Failed"
+    NONE = "None"  # the campus has no primary yet
+
+
+@dataclass(frozen=True)
+class PrimaryVerdict:
+    state: PrimaryState
+    failing_since: datetime | None
+    reason: str
+
+
+def to_report(name: str, raw: Mapping[str, Any] | None) -> InstanceReport:
+    """An agent's /api/status answer (None when it did not answer) as an InstanceReport."""
+    if raw is None:
+        return InstanceReport(name=name, reachable=False, server_running=False)
+    server = raw.get("server") or {}
+    return InstanceReport(
+        name=name,
+        reachable=True,
+        server_running=bool(server.get("running")) and not server.get("error"),
+        in_recovery=server.get("in_recovery") is not False,
+        fenced=bool(raw.get("fenced")),
+        timeline=server.get("timeline"),
+        current_lsn=parse_lsn(server.get("current_lsn")),
+        received_lsn=parse_lsn(server.get("receive_lsn")),
+        replayed_lsn=parse_lsn(server.get("replay_lsn")),
+        receiver_active=bool(server.get("receiver")),
+    )
+
+
+def primary_verdict(
+    primary: str | None,
+    report: InstanceReport | None,
+    pod_ready: bool,
+    failing_since: datetime | None,
+    now: datetime,
+    detection_delay: float,
+) -> PrimaryVerdict:
+    """A primary counts as failed once it looked failed for the whole detection delay."""
+    if primary is None:
+        return PrimaryVerdict(PrimaryState.NONE, None, "no primary yet")
+    if report is not None and report.healthy_primary and pod_ready:
+        return PrimaryVerdict(PrimaryState.HEALTHY, None, "primary serving")
+    if report is None or not report.reachable:
+        why = f"agent of {primary} unreachable"
+    elif not report.server_running:
+        why = f"server of {primary} down"
+    elif report.fenced:
+        why = f"{primary} fenced"
+    elif report.in_recovery:
+        why = f"{primary} is in recovery"
+    else:
+        why = f"pod {primary} not ready"
+    since = failing_since or now
+    if (now - since).total_seconds() >= detection_delay:
+        return PrimaryVerdict(PrimaryState.FAILED, since, why)
+    return PrimaryVerdict(PrimaryState.SUSPECT, since, why)
+
+
+def sync_snapshot(spec: Mapping[str, Any], campus: str, primary: str,
+                  raw: Mapping[str, Any] | None) -> SyncSnapshot | None:
+    """Record, while the primary is healthy, which standbys confirm its commits."""
+    if raw is None:
+        return None
+    server = raw.get("server") or {}
+    sync = spec.get("synchronous") or {}
+    n = int(spec.get("instances", 1))
+    standbys = tuple(f"{campus}-{i}" for i in range(n) if f"{campus}-{i}" != primary)
+    confirming = tuple(sorted(
+        s["application_name"] for s in server.get("standbys") or []
+        if s.get("sync_state") in ("sync", "quorum") and s.get("state") == "streaming"))
+    return SyncSnapshot(method=str(sync.get("method", "any")),
+                        number=min(int(sync.get("number", 1)), len(standbys)),
+                        standbys=standbys, confirming=confirming,
+                        primary_lsn=parse_lsn(server.get("current_lsn")))
+
+
+def snapshot_to_status(s: SyncSnapshot) -> dict[str, Any]:
+    return {"method": s.method, "number": s.number, "standbys": list(s.standbys),
+            "confirming": list(s.confirming),
+            "primaryLsn": None if s.primary_lsn is None else f"{s.primary_lsn:d}"}
+
+
+def snapshot_from_status(d: Mapping[str, Any] | None) -> SyncSnapshot | None:
+    if not d:
+        return None
+    lsn = d.get("primaryLsn")
+    return SyncSnapshot(method=str(d.get("method", "any")), number=int(d.get("number", 0)),
+                        standbys=tuple(d.get("standbys") or ()),
+                        confirming=tuple(d.get("confirming") or ()),
+                        primary_lsn=int(lsn) if lsn not in (None, "") else None)
+
+
+def instances_status(names: Sequence[str], raws: Mapping[str, Mapping[str, Any] | None],
+                     pod_ips: Mapping[str, str], ready: Mapping[str, bool],
+                     primary_raw: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """status.instances: role, LSNs, lag and sync state per instance."""
+    primary_lsn = None
+    sync_states: dict[str, str] = {}
+    if primary_raw:
+        server = primary_raw.get("server") or {}
+        primary_lsn = parse_lsn(server.get("current_lsn"))
+        sync_states = {s["application_name"]: s.get("sync_state", "")
+                       for s in server.get("standbys") or []}
+    out = []
+    for name in names:
+        raw = raws.get(name)
+        rep = to_report(name, raw)
+        role = str(raw.get("role")) if raw else "unknown"
+        entry: dict[str, Any] = {"name": name, "role": role, "ready": bool(ready.get(name))}
+        if name in pod_ips:
+            entry["podIP"] = pod_ips[name]
+        if rep.timeline is not None:
+            entry["timeline"] = rep.timeline
+        server = (raw or {}).get("server") or {}
+        for key, field in (("current_lsn", "currentLsn"), ("receive_lsn", "receivedLsn"),
+                           ("replay_lsn", "replayedLsn")):
+            if server.get(key):
+                entry[field] = server[key]
+        if role == "replica" and primary_lsn is not None:
+            pos = rep.replayed_lsn if rep.replayed_lsn is not None else rep.received_lsn
+            if pos is not None:
+                entry["lagBytes"] = max(0, primary_lsn - pos)
+        if name in sync_states:
+            entry["syncState"] = sync_states[name]
+        out.append(entry)
+    return out
