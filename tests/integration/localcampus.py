@@ -102,6 +102,7 @@ class LocalCampus:
     name: str = "lab"
     instances: int = 3
     subnet: int = 2
+    keep: bool = False
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -152,7 +153,7 @@ class LocalCampus:
         argv = process.launch_argv(
             argv=[sys.executable, "-m", "ringkeeper", "agent", "--campus-file", str(self.file),
                   "--data-dir", str(home / "data" / "pgdata"), "--socket-dir",
-                  str(home / "run")],
+                  str(home / "run"), *(["--verbose"] if os.environ.get("RK_AGENT_DEBUG") else [])],
             mounts=[], workdir=str(home), user=self.user, groups=[])
         log = (home / "agent.log").open("ab")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,

@@ -60,8 +60,12 @@ async def _bootstrap(c: LocalCampus, session: aiohttp.ClientSession,
 
     async def replicas_streaming() -> bool:
         st = await agents.status(first)
-        standbys = (st or {}).get("server", {}).get("standbys") or []
-        return len([s for s in standbys if s["state"] == "streaming"]) == c.instances - 1
+        standbys = [s for s in (st or {}).get("server", {}).get("standbys") or []
+                    if s["application_name"] in c.names and s["state"] == "streaming"]
+        # pg_basebackup's own WAL stream also shows up here; only instances count, and
+        # synchronous replication must be in force before the test writes.
+        return (len(standbys) == c.instances - 1
+                and any(s["sync_state"] in ("sync", "quorum") for s in standbys))
 
     await wait_until("replicas streaming", replicas_streaming, timeout=120)
 

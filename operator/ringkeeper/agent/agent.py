@@ -96,15 +96,18 @@ class Agent:
         return [p for p in instance_names(self.cfg.campus, n) if p != self.cfg.name]
 
     def settings(self, primary: bool, upstream_ip: str | None,
-                 connected: int | None = None) -> InstanceSettings:
+                 connected: int | None = None, bootstrap: bool = False) -> InstanceSettings:
         sync = self.spec.get("synchronous") or {}
+        # While the first instance creates its roles no standby can connect yet, so its
+        # commits must not wait for one; the next loop turns synchronous commit on.
+        number = 0 if bootstrap else int(sync.get("number", 1))
         return InstanceSettings(
             campus=self.cfg.campus, instance=self.cfg.name, pod_ip=self.cfg.pod_ip,
             port=self.cfg.port, socket_dir=str(self.server.sockets), primary=primary,
             upstream_host=upstream_ip, upstream_port=self.cfg.port,
             replication_user=self.server.creds.replication_user,
             passfile=str(self.server.passfile), sync_method=sync.get("method", "any"),
-            sync_number=int(sync.get("number", 1)), peers=tuple(self.peers()),
+            sync_number=number, peers=tuple(self.peers()),
             durability=sync.get("dataDurability", "required"), connected_standbys=connected)
 
     def user_params(self) -> dict[str, str]:
@@ -222,7 +225,8 @@ class Agent:
         try:
             if plan == Plan.INITDB:
                 await self.server.initdb()
-                self.server.configure(self.settings(True, None), self.user_params())
+                self.server.configure(self.settings(True, None, bootstrap=True),
+                                      self.user_params())
                 await self.server.start()
                 await self.server.create_roles()
                 await self.server.ensure_slots(self.peers())

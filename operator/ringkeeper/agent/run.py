@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -66,6 +67,7 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
     logging.getLogger("ringkeeper.agent").info(
         "agent %s of campus %s (%s %s) on %s:%d", cfg.name, cfg.campus, engine, version,
         cfg.pod_ip, cfg.agent_port)
@@ -75,7 +77,14 @@ async def _main(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+def _dump_tasks() -> None:
+    """`kill -USR2` logs where every asyncio task waits (for stuck-agent reports)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stdout)
+
+
 def run(args: argparse.Namespace) -> int:
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack
     Path(args.socket_dir).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

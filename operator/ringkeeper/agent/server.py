@@ -204,18 +204,34 @@ class Server:
             stdout=logf, stderr=asyncio.subprocess.STDOUT)
         logf.close()
         deadline = asyncio.get_running_loop().time() + timeout
+        last: BaseException | str | None = None
         while asyncio.get_running_loop().time() < deadline:
             if self.proc.returncode is not None:
                 raise ServerError(f"server exited with {self.proc.returncode}: "
                                   + self.log_tail())
-            try:
-                conn = await self.connect(timeout=2)
-                await conn.close()
-                return
-            except (OSError, asyncpg.PostgresError, TimeoutError):
-                pass  # starting up or replaying WAL
+            # The postmaster writes "ready" (or "standby") into its pid file once it accepts
+            # connections; connecting earlier can stall a client in the startup handshake.
+            state = self._postmaster_state()
+            if state in ("ready", "standby"):
+                try:
+                    conn = await self.connect(timeout=2)
+                    await conn.close()
+                    return
+                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    last = exc
+            else:
+                last = f"postmaster state {state!r}"
+            log.debug("waiting for the server: %s", last)
             await asyncio.sleep(0.2)
-        raise ServerError("server did not accept connections in time: " + self.log_tail())
+        raise ServerError(f"server did not accept connections in time ({last}): "
+                          + self.log_tail())
+
+    def _postmaster_state(self) -> str | None:
+        try:
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return None
+        return lines[7].strip() if len(lines) > 7 else None
 
     def _postmaster_alive(self) -> bool:
         pidfile = self.data / "postmaster.pid"
@@ -258,10 +274,12 @@ class Server:
     # -- SQL -------------------------------------------------------------------
     async def connect(self, timeout: float = 5, database: str | None = None
                       ) -> asyncpg.Connection:
-        return await asyncpg.connect(
+        # wait_for as well as asyncpg's own timeout: a stalled handshake must not hang the
+        # agent's loop.
+        return await asyncio.wait_for(asyncpg.connect(
             host=str(self.sockets), port=self.port, user=self.creds.superuser,
             password=self.creds.superuser_password,
-            database=database or self.profile.default_database, timeout=timeout)
+            database=database or self.profile.default_database, timeout=timeout), timeout + 1)
 
     async def status(self) -> Status:
         if not self.running:

@@ -50,7 +50,7 @@ def start_plan(me: str, data: DataState, campus: CampusView) -> Decision:
     if me in campus.fenced:
         return Decision(Plan.FENCE, None, f"{me} is fenced by the operator")
     current, target = campus.current_primary, campus.target_primary
-    if target and target != current:
+    if target and current and target != current:
         # A failover or switchover is in flight: only its target may act as primary, and
         # it promotes on the operator's call, not on its own.
         if me == target:
