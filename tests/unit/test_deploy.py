@@ -42,6 +42,16 @@ EXPECTED_RULES: list[tuple[list[str], list[str], list[str]]] = [
     ([""], ["events"], ["create", "patch"]),
     ([""], ["namespaces"], ["get", "list", "watch"]),
     (
+        [""],
+        ["serviceaccounts"],
+        ["get", "list", "watch", "create", "patch", "update", "delete"],
+    ),
+    (
+        ["rbac.authorization.k8s.io"],
+        ["roles", "rolebindings"],
+        ["get", "list", "watch", "create", "patch", "update", "delete"],
+    ),
+    (
         ["apps"],
         ["statefulsets"],
         ["get", "list", "watch", "create", "patch", "update", "delete"],

@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from . import handlers
+from . import campus, handlers
 
 
 @kopf.on.startup()
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     handlers.register()
+    campus.register()
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.health_host)
     namespaces = args.namespaces or []

@@ -14,3 +14,13 @@ RESOURCES_ACCEPTED = Gauge(
     "1 when a Ringkeeper object's spec was accepted by the operator, 0 when it was refused.",
     ["kind", "namespace", "name"],
 )
+FAILOVERS = Counter(
+    "ringkeeper_campus_failovers_total",
+    "Failovers and switchovers started by the operator, by outcome.",
+    ["namespace", "campus", "outcome"],
+)
+PRIMARY_UP = Gauge(
+    "ringkeeper_campus_primary_up",
+    "1 while the campus's primary is healthy as the operator sees it.",
+    ["namespace", "campus"],
+)

@@ -268,9 +268,11 @@ class InstanceRole(StrEnum):
 
 class InstanceStatus(ApiModel):
     name: str
-    role: InstanceRole = InstanceRole.UNKNOWN
+    role: str = Field(default="unknown", description="primary, replica, fenced or unknown.")
     ready: bool = False
+    pod_ip: str | None = Field(default=None, alias="podIP")
     timeline: int | None = None
+    current_lsn: str | None = None
     received_lsn: str | None = None
     replayed_lsn: str | None = None
     lag_bytes: int | None = None
@@ -288,6 +290,16 @@ class FailoverRecord(ApiModel):
     rto_seconds: float | None = None
 
 
+class SyncSnapshotStatus(ApiModel):
+    """Which standbys confirmed commits, recorded while the primary was healthy."""
+
+    method: str | None = None
+    number: int | None = None
+    standbys: list[str] = Field(default_factory=list)
+    confirming: list[str] = Field(default_factory=list)
+    primary_lsn: str | None = Field(default=None, description="Bytes, as a decimal string.")
+
+
 class CampusStatus(ApiModel):
     observed_generation: int | None = None
     phase: CampusPhase | None = None
@@ -296,6 +308,14 @@ class CampusStatus(ApiModel):
     ready_instances: int | None = None
     instances: list[InstanceStatus] = Field(default_factory=list)
     last_failover: FailoverRecord | None = None
+    failing_since: datetime | None = Field(
+        default=None, description="When the primary first looked failed (cleared on recovery)."
+    )
+    sync_snapshot: SyncSnapshotStatus | None = None
+    fenced_instances: list[str] = Field(
+        default_factory=list,
+        description="Instances kept stopped (ringkeeper.io/fenced-instances annotation).",
+    )
     conditions: list[Condition] = conditions_field()
 
 
