@@ -58,6 +58,7 @@ class AgentState:
     fenced: bool = False  # by the operator's call, or self-fenced
     self_fenced: bool = False
     paused: bool = False  # WAL receiver stopped for a failover comparison
+    crashed: bool = False  # primary server died: wait for the operator (failover or recover)
     upstream: str | None = None
     last_error: str | None = None
     last_api_contact: float = field(default_factory=time.monotonic)
@@ -212,7 +213,25 @@ class Agent:
         if not api_ok:
             st.plan, st.reason = "wait", "API server unreachable; not starting blind"
             return
-        await self.execute(start_plan(self.cfg.name, self.server.data_state(), view))
+        decision = start_plan(self.cfg.name, self.server.data_state(), view)
+        if decision.plan == Plan.START_PRIMARY and await self._crashed():
+            # A primary that crashed is not restarted behind the operator's back: a
+            # synchronous replica may be promoted instead; the operator says which.
+            st.crashed = True
+            st.plan, st.reason = "crashed", ("primary server stopped uncleanly: waiting for "
+                                             "the operator to fail over or recover it")
+            return
+        await self.execute(decision)
+
+    async def _crashed(self) -> bool:
+        if self.state.crashed:
+            return True
+        if self.server.proc is not None and self.server.proc.returncode not in (None, 0):
+            return True
+        try:
+            return not await self.server.shut_down_cleanly()
+        except ServerError:
+            return True
 
     async def execute(self, decision: Any) -> None:
         st = self.state
@@ -235,6 +254,7 @@ class Agent:
                 await self.server.start()
                 await self.server.ensure_slots(self.peers())
             elif plan in (Plan.BASEBACKUP, Plan.START_REPLICA, Plan.REWIND):
+                st.crashed = False  # following another primary settles a crash
                 upstream_ip = await self.ip_of(decision.upstream) if decision.upstream else None
                 if plan != Plan.START_REPLICA and not upstream_ip:
                     st.reason = f"no address for {decision.upstream} yet"
@@ -336,6 +356,17 @@ class Agent:
             await self.follow(primary)
             return await self.server.status()
 
+    async def recover(self) -> Status:
+        """The operator found no safe failover target: restart the primary in place."""
+        async with self.lock:
+            self.state.crashed = False
+            self.server.proc = None
+            view = self.view
+            decision = start_plan(self.cfg.name, self.server.data_state(), view)
+            if decision.plan == Plan.START_PRIMARY:
+                await self.execute(decision)
+            return await self.server.status()
+
     async def fence(self, on: bool) -> Status:
         async with self.lock:
             self.state.fenced = on
@@ -351,6 +382,7 @@ class Agent:
         return {"name": self.cfg.name, "role": role, "podIP": self.cfg.pod_ip,
                 "plan": self.state.plan, "reason": self.state.reason,
                 "fenced": self.state.fenced, "selfFenced": self.state.self_fenced,
+                "crashed": self.state.crashed,
                 "paused": self.state.paused, "upstream": self.state.upstream,
                 "lastError": self.state.last_error, "server": st.to_json()}
 

@@ -67,6 +67,10 @@ def build_app(agent: Agent) -> web.Application:
         await agent.follow_call(primary)
         return _json(await agent.report())
 
+    async def recover(_: web.Request) -> web.Response:
+        await agent.recover()
+        return _json(await agent.report())
+
     async def fence(_: web.Request) -> web.Response:
         await agent.fence(True)
         return _json(await agent.report())
@@ -82,6 +86,7 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_post("/api/pause", pause)
     app.router.add_post("/api/promote", promote)
     app.router.add_post("/api/follow", follow)
+    app.router.add_post("/api/recover", recover)
     app.router.add_post("/api/fence", fence)
     app.router.add_post("/api/unfence", unfence)
     return app

@@ -190,6 +190,14 @@ class Server:
                         f"--source-server={src}", "--progress",
                         env={"PGPASSFILE": str(self.passfile)})
 
+    async def shut_down_cleanly(self) -> bool:
+        """Whether the control file says the last shutdown was clean (not a crash)."""
+        out = await self._run(self._bin(self.profile.binaries.controldata), str(self.data))
+        for line in out.splitlines():
+            if line.startswith("Database cluster state:"):
+                return line.split(":", 1)[1].strip() in ("shut down", "shut down in recovery")
+        return False
+
     def wipe(self) -> None:
         shutil.rmtree(self.data, ignore_errors=True)
 

@@ -214,6 +214,14 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
         outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,
                                      ips=ips, reason=f"primary failed: {verdict.reason}")
         FAILOVERS.labels(ns, name, "promoted" if outcome.promoted else "refused").inc()
+        old = raws.get(current) or {}
+        if outcome.promoted is None and old.get("crashed") and current in ips:
+            # Nobody is provably complete, but the old primary is: restart it in place.
+            await events.emit("RecoveringInPlace", f"no safe failover target "
+                              f"({outcome.message}); restarting {current} in place",
+                              warning=True)
+            await agents.recover(ips[current])
+            return time.monotonic()
         if outcome.promoted is None:
             conds = set_condition(status.get("conditions") or [], type="FailingOver",
                                   status="False", reason="NoSafeCandidate",

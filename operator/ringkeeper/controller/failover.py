@@ -91,6 +91,12 @@ class AgentClient:
         except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
             return None
 
+    async def recover(self, ip: str) -> dict[str, Any] | None:
+        try:
+            return await self._call("POST", ip, "/api/recover", timeout=120)
+        except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
+            return None
+
     async def fence(self, ip: str, on: bool = True) -> dict[str, Any] | None:
         try:
             return await self._call("POST", ip, "/api/fence" if on else "/api/unfence",
@@ -135,7 +141,8 @@ async def run_failover(
         log.info("resuming failover to %s", target)
         return await _finish(store, agents, roles, events, ips, campus, target, started)
 
-    started = _now()
+    # The outage began when the primary first looked failed, not when we acted.
+    started = status.get("failingSince") or _now()
     name = campus["metadata"]["name"]
     n = int(spec.get("instances", 1))
     names = [f"{name}-{i}" for i in range(n)]

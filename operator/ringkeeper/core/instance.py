@@ -91,6 +91,8 @@ def running_primary_must_step_down(me: str, campus: CampusView) -> str | None:
         return f"{me} fenced by the operator"
     if campus.target_primary and campus.target_primary != me:
         return f"{campus.target_primary} is the target primary"
+    if campus.target_primary == me:
+        return None  # promoted by the operator; currentPrimary catches up in a moment
     if campus.current_primary and campus.current_primary != me:
         return f"{campus.current_primary} is the current primary"
     return None
