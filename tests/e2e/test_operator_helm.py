@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.request
 
@@ -24,7 +25,7 @@ def test_helm_install_runs_operator_that_reconciles(cluster: Cluster, namespace:
         pods = cluster.get("-n", namespace, "pods", "-l", "app.kubernetes.io/name=ringkeeper")
         (pod,) = pods["items"]
         assert pod["status"]["phase"] == "Running"
-        assert pod["status"]["podIP"].startswith("127.1.")
+        assert ipaddress.ip_address(pod["status"]["podIP"]).is_loopback
         ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
         assert ready["Ready"] == "True"
         # The operator runs as the unprivileged pod user, with the chart's ServiceAccount.

@@ -15,6 +15,7 @@ from kubernetes_asyncio import client, config
 
 from .. import faults
 from . import node, process
+from .ipam import claim_network
 from .kubelet import Runtime, Settings
 
 log = logging.getLogger("ringkeeper.devcluster.runtime")
@@ -63,17 +64,18 @@ async def main(args: argparse.Namespace, user: process.PodUser, podnet: Path | N
                                   client_configuration=configuration)
     async with client.ApiClient(configuration) as api:
         await node.register(api, args.node_name)
+        network = claim_network(os.getpid())
         rt = Runtime(api, Settings(state=state, node=args.node_name,
                                    apiserver_port=args.apiserver_port, user=user,
-                                   podnet=podnet))
+                                   podnet=podnet, network=network))
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(t) for t in (
             node.heartbeat(api, args.node_name), rt.watch_pods(), rt.watch_claims())]
-        log.info("process runtime up: node %s, pod user %s (uid %d)", args.node_name,
-                 user.name, user.uid)
+        log.info("process runtime up: node %s, pod network %s, pod user %s (uid %d)",
+                 args.node_name, network, user.name, user.uid)
         await stop.wait()
         log.info("stopping every pod")
         for t in tasks:

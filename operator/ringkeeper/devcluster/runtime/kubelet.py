@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -55,6 +56,8 @@ class Settings:
     apiserver_port: int
     user: process.PodUser
     podnet: Path | None
+    network: ipaddress.IPv4Network = field(
+        default_factory=lambda: ipaddress.IPv4Network("127.1.0.0/16"))
     max_grace: float = 30.0
 
 
@@ -509,7 +512,7 @@ class Runtime:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.settings = settings
-        self.ipam = Ipam(settings.state / "ipam.json")
+        self.ipam = Ipam(settings.state / "ipam.json", settings.network)
         self.workers: dict[str, PodWorker] = {}
 
     # -- lookups used by workers ----------------------------------------------

@@ -1,0 +1,201 @@
+"""Campus HA through the operator on the local cluster: failover loses no acknowledged commit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from e2e.campus_helpers import (
+    Writer,
+    campus_yaml,
+    committed_ids,
+    endpoints,
+    install_operator,
+    pod_ip,
+    status,
+    wait_ready,
+)
+from e2e.conftest import Cluster, wait_for
+
+
+async def _kill_and_check(cluster: Cluster, ns: str, writer: Writer, how: str) -> str:
+    before = status(cluster, ns, "lab")
+    old = before["currentPrimary"]
+    writer.mark_kill()
+    cli = ["dev-cluster", "--state-dir", str(cluster.state)]
+    if how == "container":
+        await asyncio.to_thread(cluster.ringkeeper, *cli, "fault", "kill", "-n", ns, old)
+    else:
+        await asyncio.to_thread(cluster.kubectl, "-n", ns, "delete", "pod", old,
+                                "--grace-period=0", "--force", "--wait=false")
+
+    def promoted() -> str | None:
+        st = status(cluster, ns, "lab")
+        new = st.get("currentPrimary")
+        return new if new and new != old and st.get("phase") in ("Ready", "Degraded") else None
+
+    new: str = await asyncio.to_thread(wait_for, f"a new primary after killing {old}",
+                                       promoted, 60)
+    # -rw lists only the new primary.
+    new_ip = await asyncio.to_thread(pod_ip, cluster, ns, new)
+    await asyncio.to_thread(wait_for, "-rw to follow", lambda: endpoints(
+        cluster, ns, "lab-rw") == [new_ip], 30)
+    # The writer gets through again, and every commit it saw acknowledged is there.
+    n = len(writer.acked)
+    await asyncio.to_thread(wait_for, "writes through -rw", lambda: len(writer.acked) > n + 5,
+                            30)
+    have = await committed_ids(cluster, ns, "lab", new_ip)
+    missing = set(writer.acked[: n]) - have
+    assert not missing, f"acknowledged commits lost after killing {old}: {sorted(missing)[:10]}"
+    return new
+
+
+@pytest.mark.parametrize("major", ["15", "17", "18"])
+async def test_campus_ready_rw_ro_and_failovers_lose_nothing(cluster: Cluster, namespace: str,
+                                                              major: str) -> None:
+    ns = namespace
+    install_operator(cluster, ns)
+    cluster.kubectl("apply", "-n", ns, "-f", "-",
+                    input=campus_yaml("lab", major, image=f"ghcr.io/ringkeeper/postgres:{major}"))
+    st = await asyncio.to_thread(wait_ready, cluster, ns, "lab")
+    primary = st["currentPrimary"]
+    assert endpoints(cluster, ns, "lab-rw") == [pod_ip(cluster, ns, primary)]
+    replicas = sorted(pod_ip(cluster, ns, f"lab-{i}") for i in range(3) if f"lab-{i}" != primary)
+    assert endpoints(cluster, ns, "lab-ro") == replicas
+    assert len(endpoints(cluster, ns, "lab-r")) == 3
+
+    writer = Writer(cluster, ns, "lab")
+    task = asyncio.create_task(writer.run())
+    try:
+        await asyncio.to_thread(wait_for, "first writes", lambda: len(writer.acked) > 20, 30)
+        rounds = ["container", "pod", "container"] if major == "17" else ["container"]
+        for how in rounds:
+            await _kill_and_check(cluster, ns, writer, how)
+            # The old primary comes back as a replica before the next round.
+            await asyncio.to_thread(wait_ready, cluster, ns, "lab", 120)
+    finally:
+        writer.stop.set()
+        await task
+    st = status(cluster, ns, "lab")
+    assert st["lastFailover"]["rtoSeconds"] < 30
+    roles = sorted(i["role"] for i in st["instances"])
+    assert roles == ["primary", "replica", "replica"]
+    # Reads through -ro land on replicas that hold the data.
+    ro = endpoints(cluster, ns, "lab-ro")
+    assert len(ro) == 2
+    final = await committed_ids(cluster, ns, "lab", ro[0])
+    assert set(writer.acked[:-5]) <= final | set(writer.acked[-50:])
+
+
+def test_replica_kill_causes_no_failover(cluster: Cluster, namespace: str) -> None:
+    ns = namespace
+    install_operator(cluster, ns)
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=campus_yaml("lab", "17"))
+    st = wait_ready(cluster, ns, "lab")
+    primary = st["currentPrimary"]
+    replica = next(f"lab-{i}" for i in range(3) if f"lab-{i}" != primary)
+    cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "fault", "kill",
+                       "-n", ns, replica)
+    time.sleep(8)  # longer than the detection delay
+    st = wait_ready(cluster, ns, "lab", 60)
+    assert st["currentPrimary"] == primary
+    assert "lastFailover" not in st
+
+
+def test_partitioned_primary_fences_itself(cluster: Cluster, namespace: str) -> None:
+    """Cut the primary off from the API server, its peers and the operator: it stops
+    accepting writes on its own, a replica takes over, and at no moment do two instances
+    accept writes."""
+    ns = namespace
+    install_operator(cluster, ns)
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=campus_yaml("lab", "17"))
+    st = wait_ready(cluster, ns, "lab")
+    old = st["currentPrimary"]
+    names = [f"lab-{i}" for i in range(3)]
+    others = [n for n in names if n != old]
+    operator = [p["metadata"]["name"] for p in cluster.get(
+        "-n", ns, "pods", "-l", "app.kubernetes.io/name=ringkeeper,app.kubernetes.io/component"
+        "=operator")["items"]]
+    assert operator
+    cli = ["dev-cluster", "--state-dir", str(cluster.state), "fault"]
+    cluster.ringkeeper(*cli, "partition", "-n", ns, "--from", old, "--to", "apiserver",
+                       *others, *operator)
+    promoted = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            accepting = [n for n in names if _accepts_writes(cluster, ns, n)]
+            assert len(accepting) <= 1, f"two instances accept writes: {accepting}"
+            cur = status(cluster, ns, "lab").get("currentPrimary")
+            if cur != old and accepting == [cur]:
+                promoted = cur
+                break
+            time.sleep(0.3)
+        assert promoted in others, "a replica is promoted once the primary is cut off"
+        assert not _accepts_writes(cluster, ns, old), "the cut-off primary fenced itself"
+    finally:
+        cluster.ringkeeper(*cli, "heal")
+    st = wait_ready(cluster, ns, "lab", 120)
+    assert st["currentPrimary"] == promoted
+    assert [n for n in names if _accepts_writes(cluster, ns, n)] == [promoted]
+
+
+def test_operator_restart_mid_failover_ends_with_one_primary(
+        cluster: Cluster, namespace: str) -> None:
+    """The operator dies right after recording targetPrimary (step 4); the next one finds
+    targetPrimary != currentPrimary and finishes the job."""
+    ns = namespace
+    release = install_operator(cluster, ns)
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=campus_yaml("lab", "17"))
+    st = wait_ready(cluster, ns, "lab")
+    old = st["currentPrimary"]
+    target = next(f"lab-{i}" for i in range(3) if f"lab-{i}" != old)
+    deploy = f"deploy/{release}-ringkeeper-operator"
+    cluster.kubectl("-n", ns, "scale", deploy, "--replicas=0")
+    wait_for("the operator to stop", lambda: not cluster.get(
+        "-n", ns, "pods", "-l", "app.kubernetes.io/component=operator")["items"], timeout=60)
+    patch = {"status": {"targetPrimary": target, "phase": "FailingOver",
+                        "lastFailover": {"from": old, "to": target,
+                                         "startedAt": "2026-01-01T00:00:00Z"}}}
+    cluster.kubectl("-n", ns, "patch", "campus", "lab", "--subresource=status", "--type=merge",
+                    "-p", json.dumps(patch))
+    # The old primary sees a failover to someone else in flight and steps down at once.
+    wait_for("the old primary to step down", lambda: not _accepts_writes(cluster, ns, old),
+             timeout=30)
+    cluster.kubectl("-n", ns, "scale", deploy, "--replicas=1")
+    st = wait_ready(cluster, ns, "lab", 120)
+    assert st["currentPrimary"] == target
+    assert [n for n in (f"lab-{i}" for i in range(3)) if _accepts_writes(cluster, ns, n)] == [
+        target]
+
+
+def _accepts_writes(cluster: Cluster, ns: str, pod: str) -> bool:
+    """Whether the pod's server runs as a primary, asked over its own Unix socket from inside
+    its mount namespace, so a network cut cannot hide the answer."""
+    import os
+    import subprocess
+
+    from e2e.campus_helpers import secret
+    from ringkeeper.devcluster import faults
+    from ringkeeper.devcluster.runtime import process
+
+    procs = [c for c in faults.containers(cluster.state) if c.namespace == ns and c.pod == pod]
+    if not procs:
+        return False
+    user = process.pod_user("ringkeeper-pod")
+    password = secret(cluster, ns, "lab-superuser", "password")
+    code = ("import asyncio, asyncpg, os\n"
+            "async def m():\n"
+            "    c = await asyncpg.connect(host='/run/ringkeeper', user='postgres', "
+            "database='postgres', password=os.environ['PW'], timeout=1)\n"
+            "    print(await c.fetchval('select not pg_is_in_recovery()'))\n"
+            "asyncio.run(m())\n")
+    import sys
+
+    argv = process.exec_argv(procs[0].pid, [sys.executable, "-c", code], user)
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                         env={**os.environ, "PW": password})
+    return res.returncode == 0 and res.stdout.strip() == "True"
