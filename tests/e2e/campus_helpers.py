@@ -106,8 +106,7 @@ class Writer:
                 self.acked.append(i)
                 for t0 in [t for t, v in self.first_ok_after.items() if v < 0]:
                     self.first_ok_after[t0] = time.monotonic() - t0
-            except (OSError, asyncpg.PostgresError, TimeoutError, ConnectionError,
-                    asyncpg.InterfaceError, AssertionError):
+            except Exception:  # any failure is a refused write; reconnect through -rw
                 self.errors += 1
                 if conn is not None:
                     with contextlib.suppress(Exception):

@@ -84,10 +84,17 @@ async def test_campus_ready_rw_ro_and_failovers_lose_nothing(cluster: Cluster, n
     roles = sorted(i["role"] for i in st["instances"])
     assert roles == ["primary", "replica", "replica"]
     # Reads through -ro land on replicas that hold the data.
-    ro = endpoints(cluster, ns, "lab-ro")
-    assert len(ro) == 2
-    final = await committed_ids(cluster, ns, "lab", ro[0])
-    assert set(writer.acked[:-5]) <= final | set(writer.acked[-50:])
+    ro = await asyncio.to_thread(wait_for, "two replicas behind -ro",
+                                 lambda: (lambda r: r if len(r) == 2 else None)(
+                                     endpoints(cluster, ns, "lab-ro")), 60)
+    # Every acknowledged commit reaches every replica.
+    for host in ro:
+        deadline = time.monotonic() + 30
+        while not set(writer.acked) <= await committed_ids(cluster, ns, "lab", host):
+            if time.monotonic() > deadline:
+                print(json.dumps(status(cluster, ns, "lab"), indent=1))
+                raise AssertionError(f"replica {host} misses acknowledged commits")
+            await asyncio.sleep(0.5)
 
 
 def test_replica_kill_causes_no_failover(cluster: Cluster, namespace: str) -> None:

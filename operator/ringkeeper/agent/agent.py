@@ -31,6 +31,7 @@ from .config import InstanceSettings
 from .server import Server, ServerError, Status
 
 log = logging.getLogger("ringkeeper.agent")
+PAUSE_LIMIT = 20.0  # seconds a paused replica waits for the operator's follow call
 
 
 class CampusSource(Protocol):
@@ -58,6 +59,7 @@ class AgentState:
     fenced: bool = False  # by the operator's call, or self-fenced
     self_fenced: bool = False
     paused: bool = False  # WAL receiver stopped for a failover comparison
+    paused_at: float = 0.0
     crashed: bool = False  # primary server died: wait for the operator (failover or recover)
     upstream: str | None = None
     last_error: str | None = None
@@ -204,6 +206,11 @@ class Agent:
             moved_on = bool(view.current_primary) and view.current_primary != self.cfg.name
             if settled_on_me or moved_on:
                 st.fenced = False
+        if self.server.running and self.cfg.name in view.fenced:
+            log.warning("fenced by the operator: stopping the server")
+            st.fenced, st.plan, st.reason = True, Plan.FENCE.value, "fenced by annotation"
+            await self.server.stop("fast")
+            return
         if self.server.running:
             await self.maintain_replica(view)
             return
@@ -302,6 +309,11 @@ class Agent:
         st.plan = "replica"
         target = view.current_primary
         in_flight = view.target_primary not in (None, view.current_primary)
+        if st.paused and not in_flight and time.monotonic() - st.paused_at > PAUSE_LIMIT:
+            # The election that paused us ended without a follow call reaching us.
+            log.warning("paused for %.0fs with no failover in flight: resuming", PAUSE_LIMIT)
+            st.paused = False
+            st.upstream = None
         if st.paused or in_flight or not target or target == self.cfg.name:
             return
         if st.upstream != target:
@@ -322,6 +334,7 @@ class Agent:
     async def pause(self) -> Status:
         async with self.lock:
             self.state.paused = True
+            self.state.paused_at = time.monotonic()
             if self.server.data_state() == DataState.REPLICA and self.server.running:
                 self.server.configure(self.settings(False, None), self.user_params())
                 await self.server.reload()

@@ -118,6 +118,8 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
                    help="port of the Prometheus /metrics endpoint (default 9090, 0 disables)")
     p.add_argument("--health-host", default="0.0.0.0",
                    help="address the health and metrics endpoints listen on (default 0.0.0.0)")
+    p.add_argument("--lease-name", default="ringkeeper-operator",
+                   help="Lease that elects the one active operator (in $POD_NAMESPACE)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=_cmd_operator)
 
@@ -175,6 +177,9 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="show only resources with this name")
     p.set_defaults(func=_cmd_status)
 
+    from .campus_ops import add_parsers as add_campus_ops
+
+    add_campus_ops(sub, _add_kube_args)
     from ..devcluster.cli import add_parser as add_dev_cluster
 
     add_dev_cluster(sub)

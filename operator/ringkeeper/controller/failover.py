@@ -62,7 +62,8 @@ class AgentClient:
 
     async def _call(self, method: str, ip: str, path: str, body: Any = None,
                     timeout: float | None = None) -> dict[str, Any]:
-        to = aiohttp.ClientTimeout(total=timeout) if timeout else self.timeout
+        # A partitioned agent drops packets: fail the connect fast, whatever the call's budget.
+        to = aiohttp.ClientTimeout(total=timeout or self.timeout.total, sock_connect=1.0)
         async with self.session.request(method, f"http://{ip}:{self.port}{path}", json=body,
                                         headers=self.headers, timeout=to) as resp:
             data: dict[str, Any] = await resp.json()
@@ -100,7 +101,7 @@ class AgentClient:
     async def fence(self, ip: str, on: bool = True) -> dict[str, Any] | None:
         try:
             return await self._call("POST", ip, "/api/fence" if on else "/api/unfence",
-                                    timeout=30)
+                                    timeout=5)
         except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
             return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -38,12 +39,32 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.health_host)
     namespaces = args.namespaces or []
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            liveness_endpoint=f"http://{args.health_host}:{args.health_port}/healthz",
-            standalone=True,
-        )
-    )
+    asyncio.run(_lead_then_operate(args, namespaces))
     return 0
+
+
+async def _lead_then_operate(args: argparse.Namespace, namespaces: list[str]) -> None:
+    from ..adapters.kube import api_client
+    from .leader import Leadership, identity
+
+    lease_ns = os.environ.get("POD_NAMESPACE") or (namespaces[0] if namespaces else "default")
+    async with await api_client() as api:
+        leader = Leadership(api, lease_ns, args.lease_name, identity())
+        await leader.acquire()
+
+        def lost() -> None:
+            # Stop acting at once: a second leader may already be deciding failovers.
+            logging.getLogger("ringkeeper.leader").critical("leadership lost: exiting")
+            os._exit(1)
+
+        keeper = asyncio.create_task(leader.keep(lost))
+        try:
+            await kopf.operator(
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                liveness_endpoint=f"http://{args.health_host}:{args.health_port}/healthz",
+                standalone=True,
+            )
+        finally:
+            keeper.cancel()
+            await leader.release()
