@@ -139,7 +139,9 @@ def test_rank_full_order_of_a_mixed_list() -> None:
     pytest.param([replica("a", received=9, running=False), replica("b", received=1)],
                  ["b", "a"], id="not-running-after-running"),
     pytest.param([replica("a", received=1, replayed=9), replica("b", received=2, replayed=0)],
-                 ["b", "a"], id="received-before-replayed"),
+                 ["a", "b"], id="furthest-position-first"),
+    pytest.param([replica("a", received=5, replayed=3), replica("b", received=None, replayed=5)],
+                 ["a", "b"], id="equal-position-then-received"),
     pytest.param([replica("b", received=5, replayed=5), replica("a", received=5, replayed=5)],
                  ["a", "b"], id="name-breaks-ties"),
     pytest.param([replica("a", received=(2 << 32)), replica("b", received=(1 << 32) + 0xFFFF)],
@@ -390,11 +392,7 @@ def test_unknown_durability_raises() -> None:
 # A standby that restarts while the primary is down reports pg_last_wal_receive_lsn()
 # as NULL (its WAL receiver never started since the restart), yet replays its whole
 # local pg_wal on startup: replay_lsn (== position) still holds every commit it
-# flushed. rank() sorts by received_lsn first, so that standby loses to any replica
-# with a smaller, non-NULL received_lsn, and the commits only it holds are dropped.
-@pytest.mark.xfail(strict=True, reason="rank() orders by received_lsn, not by position: a "
-                   "restarted standby (receive_lsn NULL, replay_lsn ahead) loses to a replica "
-                   "that is behind it, so an acknowledged commit is lost")
+# flushed. rank() must order by that position, or the commits only it holds are dropped.
 @pytest.mark.parametrize(("snapshot", "durability"), [
     pytest.param(snapshot_any(1, ("c-1", "c-2")), REQUIRED, id="any1-of-2"),
     pytest.param(snapshot_first(1, ("c-1", "c-2"), ["c-1"]), REQUIRED, id="first1"),

@@ -51,10 +51,14 @@ class Status:
     timeline: int | None = None
     receiver: str | None = None
     standbys: list[dict[str, Any]] | None = None
+    sync_names: str | None = None
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        out = {k: v for k, v in self.__dict__.items() if v is not None}
+        if self.sync_names is not None:
+            out["sync_names"] = self.sync_names  # '' (asynchronous) is information too
+        return out
 
 
 class Server:
@@ -305,6 +309,7 @@ class Server:
             if not row["in_recovery"]:
                 st.standbys = [dict(r) for r in await conn.fetch(
                     self.profile.replication_query())]
+                st.sync_names = str(await conn.fetchval("SHOW synchronous_standby_names"))
             return st
         except asyncpg.PostgresError as exc:
             return Status(running=True, error=str(exc))

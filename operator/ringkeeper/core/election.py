@@ -110,13 +110,19 @@ class Election:
 
 
 def rank(reports: Sequence[InstanceReport]) -> list[InstanceReport]:
-    """One total order, best first: reachable, not fenced, running, furthest WAL, name."""
+    """One total order, best first: reachable, not fenced, running, furthest WAL, name.
+
+    "Furthest" is the position a promotion keeps (the largest of the LSNs): a restarted
+    standby whose WAL receiver never came back reports no received LSN, yet replays all
+    it had flushed.
+    """
     return sorted(
         reports,
         key=lambda r: (
             not r.reachable,
             r.fenced,
             not r.server_running,
+            -r.position,
             -(r.received_lsn if r.received_lsn is not None else -1),
             -(r.replayed_lsn if r.replayed_lsn is not None else -1),
             r.name,

@@ -6,6 +6,7 @@ and the Campus status; the controller's failover runner carries them out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,15 +78,45 @@ def primary_verdict(
     return PrimaryVerdict(PrimaryState.SUSPECT, since, why)
 
 
+_SSN = re.compile(r"^\s*(ANY|FIRST)?\s*(\d+)?\s*\((.*)\)\s*$", re.IGNORECASE)
+
+
+def parse_standby_names(text: str) -> tuple[str, int, tuple[str, ...]] | None:
+    """'ANY 1 ("a", "b")' -> ("any", 1, ("a", "b")); '' or unparsable -> None."""
+    m = _SSN.match(text or "")
+    if not m:
+        return None
+    names = tuple(n.strip().strip('"').replace('""', '"') for n in m.group(3).split(",")
+                  if n.strip())
+    method = (m.group(1) or "first").lower()
+    return method, int(m.group(2) or 1), names
+
+
 def sync_snapshot(spec: Mapping[str, Any], campus: str, primary: str,
                   raw: Mapping[str, Any] | None) -> SyncSnapshot | None:
-    """Record, while the primary is healthy, which standbys confirm its commits."""
+    """Record, while the primary is healthy, which standbys confirm its commits.
+
+    The primary's own synchronous_standby_names is the truth (a spec change reaches it
+    a moment later); the spec is only the fallback for an agent that does not report it.
+    """
     if raw is None:
         return None
     server = raw.get("server") or {}
     sync = spec.get("synchronous") or {}
     n = int(spec.get("instances", 1))
     standbys = tuple(f"{campus}-{i}" for i in range(n) if f"{campus}-{i}" != primary)
+    if "sync_names" in server:
+        parsed = parse_standby_names(str(server.get("sync_names") or ""))
+        if parsed is None:  # asynchronous: nothing confirms commits
+            return SyncSnapshot(method="any", number=0, standbys=(), confirming=(),
+                                primary_lsn=parse_lsn(server.get("current_lsn")))
+        method, number, standbys = parsed
+        confirming = tuple(sorted(
+            s["application_name"] for s in server.get("standbys") or []
+            if s.get("sync_state") in ("sync", "quorum") and s.get("state") == "streaming"))
+        return SyncSnapshot(method=method, number=min(number, len(standbys)),
+                            standbys=standbys, confirming=confirming,
+                            primary_lsn=parse_lsn(server.get("current_lsn")))
     confirming = tuple(sorted(
         s["application_name"] for s in server.get("standbys") or []
         if s.get("sync_state") in ("sync", "quorum") and s.get("state") == "streaming"))
@@ -105,8 +136,10 @@ def snapshot_from_status(d: Mapping[str, Any] | None) -> SyncSnapshot | None:
     if not d:
         return None
     lsn = d.get("primaryLsn")
-    return SyncSnapshot(method=str(d.get("method", "any")), number=int(d.get("number", 0)),
-                        standbys=tuple(d.get("standbys") or ()),
+    standbys = tuple(d.get("standbys") or ())
+    return SyncSnapshot(method=str(d.get("method", "any")).lower(),
+                        number=min(int(d.get("number", 0)), len(standbys)),
+                        standbys=standbys,
                         confirming=tuple(d.get("confirming") or ()),
                         primary_lsn=int(lsn) if lsn not in (None, "") else None)
 
@@ -126,7 +159,7 @@ def instances_status(names: Sequence[str], raws: Mapping[str, Mapping[str, Any] 
     for name in names:
         raw = raws.get(name)
         rep = to_report(name, raw)
-        role = str(raw.get("role")) if raw else "unknown"
+        role = str(raw.get("role") or "unknown") if raw else "unknown"
         entry: dict[str, Any] = {"name": name, "role": role, "ready": bool(ready.get(name))}
         if name in pod_ips:
             entry["podIP"] = pod_ips[name]
