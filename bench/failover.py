@@ -44,7 +44,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump(campus))
     rounds = []
     async with await api_client() as api:
-        await wait_ready(api, ns, name, timeout=240)
+        await wait_ready(api, ns, name, timeout=240, settle=True)
         writer = Writer(api, ns, name, rate=args.rate)
         task = asyncio.create_task(writer.run())
         try:
@@ -54,7 +54,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 rounds.append(r)
                 print(f"run {i + 1}/{args.runs}: {r.old} -> {r.new}, RTO {r.rto_s:.2f}s, "
                       f"lost {r.lost} of {r.acked} acknowledged", flush=True)
-                await wait_ready(api, ns, name, timeout=180)  # the old primary rejoined
+                # The old primary rejoined and synchronous replication is back.
+                await wait_ready(api, ns, name, timeout=180, settle=True)
                 await asyncio.sleep(1)
         finally:
             writer.stopping = True

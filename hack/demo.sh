@@ -10,7 +10,7 @@ t0=$(date +%s)
 step "1/7 preparing (pip, apt, control-plane binaries; quick when done before)"
 hack/setup.sh | sed 's/^/    /'
 bin="$(hack/build-k8s.sh --print-dir)"
-kubectl="$bin/kubectl"; helm="$bin/helm"
+kubectl="$bin/kubectl"
 
 step "2/7 starting the local Kubernetes (etcd, kube-apiserver, kube-controller-manager, process runtime)"
 python3 -m ringkeeper dev-cluster up | sed 's/^/    /'
@@ -18,9 +18,7 @@ export KUBECONFIG="$(python3 -m ringkeeper dev-cluster kubeconfig)"
 "$kubectl" wait --for=condition=Ready node --all --timeout=60s | sed 's/^/    /'
 
 step "3/7 installing the CRDs and the operator with Helm"
-"$kubectl" apply --server-side -f crds/ | sed 's/^/    /'
-"$helm" upgrade --install ringkeeper charts/ringkeeper -n ringkeeper-system --create-namespace \
-  --wait --timeout 120s | sed -n '1,6p' | sed 's/^/    /'
+hack/install-operator.sh | sed 's/^/    /'
 "$kubectl" -n ringkeeper-system get pods -o wide | sed 's/^/    /'
 
 step "4/7 deploying the single-campus example: three PostgreSQL 17 instances, one synchronous standby"

@@ -44,10 +44,16 @@ def status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     return dict(cluster.get("-n", ns, "campus", name).get("status") or {})
 
 
-def wait_ready(cluster: Cluster, ns: str, name: str, timeout: float = 120) -> dict[str, Any]:
+def wait_ready(cluster: Cluster, ns: str, name: str, timeout: float = 120,
+               settle: bool = True) -> dict[str, Any]:
+    """Ready, and by default settled: every instance serving and the synchronous snapshot
+    recorded, so that a kill right after has a provably complete failover candidate."""
+    from ringkeeper.devcluster.workload import settled
+
     def ready() -> dict[str, Any] | None:
         st = status(cluster, ns, name)
-        return st if st.get("phase") == "Ready" and st.get("currentPrimary") else None
+        ok = st.get("phase") == "Ready" and st.get("currentPrimary")
+        return st if ok and (not settle or settled(st)) else None
 
     result: dict[str, Any] = wait_for(f"campus {name} Ready", ready, timeout=timeout)
     return result

@@ -206,3 +206,45 @@ def _accepts_writes(cluster: Cluster, ns: str, pod: str) -> bool:
     res = subprocess.run(argv, capture_output=True, text=True, timeout=10,
                          env={**os.environ, "PW": password})
     return res.returncode == 0 and res.stdout.strip() == "True"
+
+
+async def test_switchover_by_command_loses_nothing_and_fence_stops_a_replica(
+        cluster: Cluster, namespace: str) -> None:
+    ns = namespace
+    install_operator(cluster, ns)
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=campus_yaml("lab", "17"))
+    st = await asyncio.to_thread(wait_ready, cluster, ns, "lab")
+    old = st["currentPrimary"]
+    target = next(f"lab-{i}" for i in range(3) if f"lab-{i}" != old)
+    writer = Writer(cluster, ns, "lab")
+    task = asyncio.create_task(writer.run())
+    try:
+        await asyncio.to_thread(wait_for, "first writes", lambda: len(writer.acked) > 20, 30)
+        res = await asyncio.to_thread(cluster.ringkeeper, "promote", "-n", ns, "lab", target,
+                                      "--timeout", "90")
+        assert f"{target} is the primary of lab" in res.stdout
+        n = len(writer.acked)
+        await asyncio.to_thread(wait_for, "writes after the switchover",
+                                lambda: len(writer.acked) > n + 10, 30)
+    finally:
+        writer.stop.set()
+        await task
+    new_ip = pod_ip(cluster, ns, target)
+    assert endpoints(cluster, ns, "lab-rw") == [new_ip]
+    assert set(writer.acked) <= await committed_ids(cluster, ns, "lab", new_ip)
+    st = await asyncio.to_thread(wait_ready, cluster, ns, "lab", 120)
+    assert st["currentPrimary"] == target
+
+    # Fencing the primary is refused; fencing a replica stops it until unfenced.
+    res = cluster.ringkeeper("fence", "-n", ns, "lab", target, check=False)
+    assert res.returncode == 1 and "promote another instance first" in res.stderr
+    replica = next(f"lab-{i}" for i in range(3) if f"lab-{i}" != target)
+    cluster.ringkeeper("fence", "-n", ns, "lab", replica)
+    await asyncio.to_thread(wait_for, "the fenced replica to leave -ro", lambda: pod_ip(
+        cluster, ns, replica) not in endpoints(cluster, ns, "lab-ro"), 30)
+    await asyncio.to_thread(wait_for, "the replica reported fenced", lambda: any(
+        i["name"] == replica and i["role"] == "fenced"
+        for i in status(cluster, ns, "lab").get("instances", [])), 30)
+    cluster.ringkeeper("unfence", "-n", ns, "lab", replica)
+    await asyncio.to_thread(wait_for, "the replica back behind -ro", lambda: pod_ip(
+        cluster, ns, replica) in endpoints(cluster, ns, "lab-ro"), 60)

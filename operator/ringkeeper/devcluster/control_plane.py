@@ -115,7 +115,8 @@ class Layout:
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "runtime")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie (a zombie still answers kill 0)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -139,7 +140,7 @@ def read_pid(layout: Layout, component: str) -> int | None:
 
 def component_alive(layout: Layout, component: str) -> bool:
     pid = read_pid(layout, component)
-    return pid is not None and _alive(pid)
+    return pid is not None and pid_alive(pid)
 
 
 def _port_free(port: int) -> bool:
@@ -340,13 +341,13 @@ def down(state: Path, timeout: float = 20.0) -> list[str]:
         pid = read_pid(layout, component)
         if pid is None:
             continue
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(pid):
+            if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
             stopped.append(component)
@@ -371,7 +372,7 @@ def status(state: Path) -> dict[str, str]:
         pid = read_pid(layout, component)
         if pid is None:
             out[component] = "not started"
-        elif _alive(pid):
+        elif pid_alive(pid):
             out[component] = f"running (pid {pid})"
         else:
             out[component] = f"CRASHED (pid {pid} gone; see {layout.log(component)})"

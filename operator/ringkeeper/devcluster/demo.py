@@ -25,7 +25,7 @@ def say(text: str) -> None:
 async def main(args: argparse.Namespace) -> int:
     async with await api_client() as api:
         say(f"waiting for campus {args.namespace}/{args.campus} to be Ready")
-        st = await wait_ready(api, args.namespace, args.campus, timeout=240)
+        st = await wait_ready(api, args.namespace, args.campus, timeout=240, settle=True)
         say(f"primary {st['currentPrimary']}, {st.get('readyInstances')} instances ready")
         writer = Writer(api, args.namespace, args.campus, rate=args.rate)
         task = asyncio.create_task(writer.run())

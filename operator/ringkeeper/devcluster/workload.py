@@ -43,15 +43,26 @@ async def secret_value(api: client.ApiClient, ns: str, name: str, key: str) -> s
     return base64.b64decode((s.data or {})[key]).decode()
 
 
+def settled(st: dict[str, Any]) -> bool:
+    """Every instance serving its role and the synchronous snapshot recorded: a failover
+    now would have a provably complete candidate."""
+    insts = st.get("instances") or []
+    snap = st.get("syncSnapshot") or {}
+    return (st.get("phase") == "Ready" and bool(insts)
+            and all(i.get("ready") and i.get("role") in ("primary", "replica") for i in insts)
+            and len(snap.get("confirming") or []) >= int(snap.get("number") or 1))
+
+
 async def wait_ready(api: client.ApiClient, ns: str, campus: str, timeout: float = 180,
-                     not_primary: str | None = None) -> dict[str, Any]:
+                     not_primary: str | None = None, settle: bool = False) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     st: dict[str, Any] = {}
     while time.monotonic() < deadline:
         with contextlib.suppress(client.exceptions.ApiException):
             st = await campus_status(api, ns, campus)
             if (st.get("phase") == "Ready" and st.get("currentPrimary")
-                    and st.get("currentPrimary") != not_primary):
+                    and st.get("currentPrimary") != not_primary
+                    and (not settle or settled(st))):
                 return st
         await asyncio.sleep(0.3)
     raise TimeoutError(f"campus {ns}/{campus} not Ready after {timeout:.0f}s (last: "

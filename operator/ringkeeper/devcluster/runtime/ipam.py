@@ -10,22 +10,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 from pathlib import Path
+
+from ..control_plane import pid_alive
 
 POD_NETWORK = ipaddress.ip_network("127.1.0.0/16")
 CLAIMS = Path("/run/ringkeeper-dev/networks")
 FIRST_OCTET, LAST_OCTET = 16, 115
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def claim_network(pid: int, claims: Path = CLAIMS) -> ipaddress.IPv4Network:
@@ -35,7 +26,7 @@ def claim_network(pid: int, claims: Path = CLAIMS) -> ipaddress.IPv4Network:
         path = claims / str(octet)
         with contextlib.suppress(OSError, ValueError):
             holder = int(path.read_text())
-            if holder != pid and _alive(holder):
+            if holder != pid and pid_alive(holder):
                 continue
         path.write_text(str(pid))
         return ipaddress.IPv4Network(f"127.{octet}.0.0/16")
