@@ -77,6 +77,7 @@ class Writer:
     acked: list[int] = field(default_factory=list)
     failures: int = 0
     last_ok: float = 0.0
+    last_ok_started: float = 0.0  # when the newest acknowledged write was sent
     stopping: bool = False
     rate: float = 200.0  # transactions per second, at most
     _next: int = 0
@@ -97,10 +98,11 @@ class Writer:
                                        "(id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
                 i = self._next
                 self._next += 1
+                started = time.monotonic()
                 await asyncio.wait_for(
                     conn.execute("INSERT INTO ringkeeper_workload (id) VALUES ($1)", i), 5)
                 self.acked.append(i)  # the commit returned: acknowledged
-                self.last_ok = time.monotonic()
+                self.last_ok, self.last_ok_started = time.monotonic(), started
             except Exception:  # any failure is a refused write; reconnect through -rw
                 self.failures += 1
                 if conn is not None:
@@ -113,9 +115,11 @@ class Writer:
             await conn.close()
 
     async def first_ok_after(self, t0: float, timeout: float = 120) -> float:
+        """Seconds from t0 to the first acknowledged write that was *sent* after t0 (a commit
+        already in flight at the kill does not count as service restored)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.last_ok > t0:
+            if self.last_ok_started > t0:
                 return self.last_ok - t0
             await asyncio.sleep(0.02)
         raise TimeoutError("no write got through -rw after the kill")
@@ -145,13 +149,19 @@ async def kill_primary_round(api: client.ApiClient, state: Path, ns: str, campus
     """SIGKILL every process of the primary's container; measure kill -> first write."""
     before = await campus_status(api, ns, campus)
     old = str(before["currentPrimary"])
-    t0 = time.monotonic()
     faults.signal_container(state, ns, old, None, signal.SIGKILL)
+    t0 = time.monotonic()  # every process of the primary's container is gone now
     rto = await writer.first_ok_after(t0)
     st = await wait_ready(api, ns, campus, not_primary=old)
     new = str(st["currentPrimary"])
     acked = list(writer.acked)
     rw = await rw_address(api, ns, campus)
+    deadline = time.monotonic() + 60
+    while len(rw) != 1:  # the EndpointSlice catches up with the new primary's readiness
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{campus}-rw never listed one primary (last: {rw})")
+        await asyncio.sleep(0.2)
+        rw = await rw_address(api, ns, campus)
     have = await committed(api, ns, campus, rw[0])
     lost = len(set(acked) - have)
     return Round(old, new, rto, lost, len(acked))
