@@ -37,3 +37,31 @@ def test_matching_pods_by_labels(tmp_path: Path) -> None:
     assert faults.matching_pods(tmp_path, "ns", "campus=a") == ["a-0", "a-1"]
     assert faults.matching_pods(tmp_path, "ns", "campus=a,role=primary") == ["a-0"]
     assert faults.matching_pods(tmp_path, "other", "campus=a") == []
+
+
+def test_signal_tree_reaches_children_that_left_the_process_group() -> None:
+    """PostgreSQL backends call setsid(); a container kill must still take them."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    parent = subprocess.Popen(["sh", "-c", "sleep 60 & setsid sleep 60 & wait"],
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        tree = faults.process_tree(parent.pid)
+        while len(tree) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            tree = faults.process_tree(parent.pid)
+        assert len(tree) == 3, tree
+        sessions = {os.getsid(p) for p in tree}
+        assert len(sessions) == 2, "one child runs in a session of its own"
+        faults.signal_tree(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=5)
+        time.sleep(0.2)
+        for pid in tree[1:]:
+            stat = Path(f"/proc/{pid}/stat")
+            assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    finally:
+        faults.signal_tree(parent.pid, signal.SIGKILL)

@@ -79,20 +79,47 @@ def containers(state: Path) -> list[ContainerProcess]:
     return out
 
 
+def process_tree(root: int) -> list[int]:
+    """root and every process below it, by parent pid.
+
+    A container is all of them: PostgreSQL backends call setsid(), so they leave the
+    container's process group, and a kill of the group alone would let them commit on.
+    """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def signal_tree(root: int, sig: signal.Signals) -> None:
+    for pid in process_tree(root):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(root, sig)
+
+
 def signal_container(state: Path, namespace: str, pod: str, container: str | None,
                      sig: signal.Signals) -> list[ContainerProcess]:
-    """Send a signal to a pod's container(s). SIGKILL/SIGSTOP/SIGCONT hit the whole process
-    group, as a container runtime would freeze or kill every process of the container."""
+    """Send a signal to a pod's container(s). SIGKILL/SIGSTOP/SIGCONT hit every process of
+    the container, as a container runtime freezes or kills its whole cgroup."""
     hit = [c for c in containers(state) if c.namespace == namespace and c.pod == pod
            and (container is None or c.container == container)]
     if not hit:
         raise FaultError(f"no running container found for pod {namespace}/{pod}"
                          + (f" container {container}" if container else ""))
     for c in hit:
-        with contextlib.suppress(ProcessLookupError):
-            if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
-                os.killpg(c.pid, sig)
-            else:
+        if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+            signal_tree(c.pid, sig)
+        else:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, sig)
     return hit
 
@@ -100,9 +127,8 @@ def signal_container(state: Path, namespace: str, pod: str, container: str | Non
 def kill_leftover_pods(state: Path) -> int:
     n = 0
     for c in containers(state):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(c.pid, signal.SIGKILL)
-            n += 1
+        signal_tree(c.pid, signal.SIGKILL)
+        n += 1
     return n
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from .. import faults
 from . import images, process, volumes
 from .ipam import Ipam
 from .podspec import (
@@ -423,12 +424,10 @@ class PodWorker:
         try:
             await asyncio.wait_for(proc.wait(), timeout=max(grace, 0.1))
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            faults.signal_tree(proc.pid, signal.SIGKILL)
             await proc.wait()
-        # Children left in the group (a crashed server's workers) go with the container.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        # Processes left behind (a killed server's backends) go with the container.
+        faults.signal_tree(proc.pid, signal.SIGKILL)
 
     async def _stop_all(self, grace: float) -> None:
         for r in self.main + self.init:
