@@ -152,4 +152,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     try:
         yield name
     finally:
+        # Campuses first, while their operator still runs to release its finalizer.
+        cluster.kubectl("-n", name, "delete", "campuses", "--all", "--wait=true",
+                        "--timeout=60s", check=False)
         cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

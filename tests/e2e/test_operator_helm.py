@@ -20,9 +20,12 @@ def test_helm_lint_and_template(cluster: Cluster) -> None:
 
 def test_helm_install_runs_operator_that_reconciles(cluster: Cluster, namespace: str) -> None:
     release = f"rk-{namespace}"
-    cluster.helm("install", release, CHART, "-n", namespace, "--wait", "--timeout", "120s")
+    # Watch only this namespace: a cluster-wide operator would also take campuses that
+    # other tests' operators manage.
+    cluster.helm("install", release, CHART, "-n", namespace, "--set",
+                 f"watchNamespaces={{{namespace}}}", "--wait", "--timeout", "120s")
     try:
-        pods = cluster.get("-n", namespace, "pods", "-l", "app.kubernetes.io/name=ringkeeper")
+        pods = cluster.get("-n", namespace, "pods", "-l", "app.kubernetes.io/component=operator")
         (pod,) = pods["items"]
         assert pod["status"]["phase"] == "Running"
         assert ipaddress.ip_address(pod["status"]["podIP"]).is_loopback
@@ -50,7 +53,7 @@ def test_helm_install_runs_operator_that_reconciles(cluster: Cluster, namespace:
     finally:
         cluster.helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s")
     wait_for("operator pods to go", lambda: not cluster.get(
-        "-n", namespace, "pods", "-l", "app.kubernetes.io/name=ringkeeper")["items"], timeout=60)
+        "-n", namespace, "pods", "-l", "app.kubernetes.io/component=operator")["items"], timeout=90)
     deployments = json.loads(cluster.kubectl("-n", namespace, "get", "deploy", "-o",
                                              "json").stdout)
     assert deployments["items"] == []

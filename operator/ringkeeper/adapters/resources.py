@@ -98,6 +98,15 @@ async def patch_campus_status(api: client.ApiClient, namespace: str, name: str,
     return result
 
 
+async def patch_campus(api: client.ApiClient, namespace: str, name: str,
+                       patch: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch of the Campus itself (annotations), never of its spec's lists."""
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/campuses/{name}"
+    result: dict[str, Any] = await _call(api, "PATCH", path, patch,
+                                         "application/merge-patch+json")
+    return result
+
+
 async def secret_value(api: client.ApiClient, namespace: str, name: str, key: str) -> str:
     import base64
 

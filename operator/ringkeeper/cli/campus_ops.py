@@ -33,6 +33,8 @@ def _instances(campus: dict[str, Any]) -> list[str]:
 
 
 async def _promote(args: argparse.Namespace) -> int:
+    from ..adapters import resources
+
     api, co, ns = await _campus_api(args)
     async with api:
         campus = await co.get_namespaced_custom_object("ringkeeper.io", "v1alpha1", ns,
@@ -45,9 +47,8 @@ async def _promote(args: argparse.Namespace) -> int:
         if status.get("currentPrimary") == args.instance:
             print(f"{args.instance} is already the primary of {args.campus}")
             return 0
-        await co.patch_namespaced_custom_object(
-            "ringkeeper.io", "v1alpha1", ns, "campuses", args.campus,
-            {"metadata": {"annotations": {SWITCHOVER: args.instance}}})
+        await resources.patch_campus(api, ns, args.campus,
+                                     {"metadata": {"annotations": {SWITCHOVER: args.instance}}})
         print(f"switchover of {args.campus} to {args.instance} requested "
               f"(primary now {status.get('currentPrimary')})")
         if not args.wait:
@@ -76,6 +77,8 @@ async def _promote(args: argparse.Namespace) -> int:
 
 
 async def _fence(args: argparse.Namespace, on: bool) -> int:
+    from ..adapters import resources
+
     api, co, ns = await _campus_api(args)
     async with api:
         campus = await co.get_namespaced_custom_object("ringkeeper.io", "v1alpha1", ns,
@@ -91,8 +94,8 @@ async def _fence(args: argparse.Namespace, on: bool) -> int:
         annotations = campus["metadata"].get("annotations") or {}
         fenced = set(json.loads(annotations.get(FENCED, "[]") or "[]"))
         fenced = fenced | {args.instance} if on else fenced - {args.instance}
-        await co.patch_namespaced_custom_object(
-            "ringkeeper.io", "v1alpha1", ns, "campuses", args.campus,
+        await resources.patch_campus(
+            api, ns, args.campus,
             {"metadata": {"annotations": {FENCED: json.dumps(sorted(fenced))}}})
         print(f"{args.instance} {'fenced: its server stops' if on else 'unfenced'}")
         return 0

@@ -250,9 +250,8 @@ async def _none() -> None:
 
 
 async def _clear_switchover(api: client.ApiClient, ns: str, name: str) -> None:
-    await client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        "ringkeeper.io", "v1alpha1", ns, "campuses", name,
-        {"metadata": {"annotations": {SWITCHOVER_ANNOTATION: None}}})
+    await resources.patch_campus(api, ns, name,
+                                 {"metadata": {"annotations": {SWITCHOVER_ANNOTATION: None}}})
 
 
 async def _publish(store: _Store, campus: dict[str, Any], names: list[str],
