@@ -51,6 +51,9 @@ def test_helm_install_runs_operator_that_reconciles(cluster: Cluster, namespace:
             body = resp.read().decode()
         assert 'ringkeeper_reconciles_total{kind="Campus",result="accepted"}' in body
     finally:
+        # Delete the campus while the operator still runs, so it releases its finalizer.
+        cluster.kubectl("-n", namespace, "delete", "campus", "--all", "--wait=true",
+                        "--timeout=60s", check=False, timeout=90)
         cluster.helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s")
     wait_for("operator pods to go", lambda: not cluster.get(
         "-n", namespace, "pods", "-l", "app.kubernetes.io/component=operator")["items"], timeout=90)
