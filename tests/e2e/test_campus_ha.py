@@ -230,7 +230,8 @@ async def test_switchover_by_command_loses_nothing_and_fence_stops_a_replica(
         writer.stop.set()
         await task
     new_ip = pod_ip(cluster, ns, target)
-    assert endpoints(cluster, ns, "lab-rw") == [new_ip]
+    await asyncio.to_thread(wait_for, "-rw to list only the new primary",
+                            lambda: endpoints(cluster, ns, "lab-rw") == [new_ip], 30)
     assert set(writer.acked) <= await committed_ids(cluster, ns, "lab", new_ip)
     st = await asyncio.to_thread(wait_ready, cluster, ns, "lab", 120)
     assert st["currentPrimary"] == target
