@@ -192,7 +192,6 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
         return time.monotonic()
     wanted = meta.get("annotations", {}).get(SWITCHOVER_ANNOTATION)
     if wanted and wanted != current:
-        await _clear_switchover(api, ns, name)
         if wanted not in names:
             await events.emit("SwitchoverRefused", f"{wanted} is not an instance of {name}",
                               warning=True)
@@ -201,6 +200,9 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
                                          ips=ips, reason=f"switchover requested to {wanted}",
                                          planned_target=wanted)
             FAILOVERS.labels(ns, name, "switchover" if outcome.promoted else "refused").inc()
+        # Cleared only once decided, so `ringkeeper promote` reads "annotation gone and
+        # primary unchanged" as a refusal, never as a switchover still under way.
+        await _clear_switchover(api, ns, name)
         return time.monotonic()
     if wanted == current:
         await _clear_switchover(api, ns, name)
