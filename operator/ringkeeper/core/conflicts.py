@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from ..api.v1alpha1.ring import ConflictPolicy
 
-class Policy(StrEnum):
-    LAST_WRITER_WINS = "lastWriterWins"
-    CAMPUS_PRIORITY = "campusPriority"
+# The spec's enum is the one vocabulary for policies (conflicts.policy in a ring).
+Policy = ConflictPolicy
 
 
 class Kind(StrEnum):

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
+from ..api.v1alpha1.ring import Topology
 
-class Topology(StrEnum):
-    RING = "ring"
-    MESH = "mesh"
+__all__ = ["Link", "Topology", "links", "path_of"]
 
 
 @dataclass(frozen=True)
