@@ -62,10 +62,12 @@ async def test_campus_ready_rw_ro_and_failovers_lose_nothing(cluster: Cluster, n
                     input=campus_yaml("lab", major, image=f"ghcr.io/ringkeeper/postgres:{major}"))
     st = await asyncio.to_thread(wait_ready, cluster, ns, "lab")
     primary = st["currentPrimary"]
-    assert endpoints(cluster, ns, "lab-rw") == [pod_ip(cluster, ns, primary)]
     replicas = sorted(pod_ip(cluster, ns, f"lab-{i}") for i in range(3) if f"lab-{i}" != primary)
-    assert endpoints(cluster, ns, "lab-ro") == replicas
-    assert len(endpoints(cluster, ns, "lab-r")) == 3
+    # EndpointSlices trail pod readiness by a moment: wait, do not sample once.
+    await asyncio.to_thread(wait_for, "Services to select their roles", lambda: (
+        endpoints(cluster, ns, "lab-rw") == [pod_ip(cluster, ns, primary)]
+        and endpoints(cluster, ns, "lab-ro") == replicas
+        and len(endpoints(cluster, ns, "lab-r")) == 3), 30)
 
     writer = Writer(cluster, ns, "lab")
     task = asyncio.create_task(writer.run())
