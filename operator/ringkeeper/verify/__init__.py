@@ -1,0 +1,1 @@
+"""Data verification between ring members: chunked checksums, bisection, repair."""
