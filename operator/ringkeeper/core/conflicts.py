@@ -74,3 +74,70 @@ def resolve(kind: Kind, local: Version | None, incoming: Version,
     if local.deleted and not incoming.deleted and not apply:
         why += "; the tombstone keeps the row deleted"
     return Resolution(kind, apply, keep, why)
+
+
+class Op(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Action(StrEnum):
+    INSERT = "insert"  # write the incoming row as new
+    UPDATE = "update"  # overwrite the local row with the incoming one
+    DELETE = "delete"  # remove the local row (the tombstone trigger records it)
+    TOMBSTONE = "tombstone"  # nothing to remove, but remember the delete
+    SKIP = "skip"  # the local version stays
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    conflict: Kind | None
+    reason: str
+
+
+def decide(op: Op, incoming: Version, row: Version | None, tombstone: Version | None,
+           policy: Policy | str, *, complete: bool = True) -> Decision:
+    """What one incoming change does to one key, given the local row and tombstone.
+
+    `row` is the local row's version, `tombstone` the latest delete recorded for the
+    key. `complete` is False when an update lacks unchanged TOASTed values, so it
+    cannot stand in for a missing row. Only cases where two campuses' writes meet are
+    conflicts: a row last written by the same origin, older than the change, is the
+    normal sequence of that origin's writes.
+    """
+    if row is not None:
+        keep = winner(row, incoming, policy)
+        wins = keep is incoming
+        if op == Op.INSERT:
+            return Decision(Action.UPDATE if wins else Action.SKIP, Kind.INSERT_EXISTS,
+                            _why(wins, keep, policy))
+        # Two campuses' writes met only if the incoming change loses: a newer local
+        # version from elsewhere. Overwriting an older version is the normal sequence
+        # (the other side, where the newer write stays, records the conflict).
+        kind = None if wins else Kind.UPDATE_UPDATE
+        action = Action.UPDATE if op == Op.UPDATE else Action.DELETE
+        return Decision(action if wins else Action.SKIP, kind, _why(wins, keep, policy))
+    # No local row.
+    if tombstone is not None and winner(tombstone, incoming, policy) is tombstone:
+        if op == Op.DELETE:
+            return Decision(Action.SKIP, None, "already deleted by a newer or equal delete")
+        return Decision(Action.SKIP, Kind.UPDATE_DELETED,
+                        f"a delete from {tombstone.origin} is newer: the row stays deleted")
+    if op == Op.INSERT:
+        return Decision(Action.INSERT, None, "new row")
+    if op == Op.UPDATE:
+        if not complete:
+            return Decision(Action.SKIP, Kind.UPDATE_MISSING,
+                            "row missing and the update lacks unchanged TOASTed values: "
+                            "left for verification repair")
+        return Decision(Action.INSERT, Kind.UPDATE_MISSING,
+                        "row missing: applying the incoming update as the row")
+    return Decision(Action.TOMBSTONE, Kind.DELETE_MISSING,
+                    "row missing: recording a tombstone so a late write cannot resurrect it")
+
+
+def _why(wins: bool, keep: Version, policy: Policy | str) -> str:
+    return (f"{'incoming' if wins else 'local'} version from {keep.origin} wins "
+            f"({Policy(policy).value})")

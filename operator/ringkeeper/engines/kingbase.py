@@ -54,6 +54,11 @@ KINGBASE_SQL = SqlNames(
     replication_origin_xact_setup="sys_replication_origin_xact_setup",
     replication_origin_progress="sys_replication_origin_progress",
     create_logical_replication_slot="sys_create_logical_replication_slot",
+    copy_logical_replication_slot="sys_copy_logical_replication_slot",
+    replication_origin_session_reset="sys_replication_origin_session_reset",
+    replication_origin_drop="sys_replication_origin_drop",
+    xact_commit_timestamp_origin="sys_xact_commit_timestamp_origin",
+    replication_origin_catalog="sys_replication_origin",
 )
 
 

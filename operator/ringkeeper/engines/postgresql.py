@@ -41,6 +41,11 @@ POSTGRESQL_SQL = SqlNames(
     replication_origin_xact_setup="pg_replication_origin_xact_setup",
     replication_origin_progress="pg_replication_origin_progress",
     create_logical_replication_slot="pg_create_logical_replication_slot",
+    copy_logical_replication_slot="pg_copy_logical_replication_slot",
+    replication_origin_session_reset="pg_replication_origin_session_reset",
+    replication_origin_drop="pg_replication_origin_drop",
+    xact_commit_timestamp_origin="pg_xact_commit_timestamp_origin",
+    replication_origin_catalog="pg_replication_origin",
 )
 
 

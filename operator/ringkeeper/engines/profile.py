@@ -64,6 +64,11 @@ class SqlNames:
     replication_origin_xact_setup: str
     replication_origin_progress: str
     create_logical_replication_slot: str
+    copy_logical_replication_slot: str
+    replication_origin_session_reset: str
+    replication_origin_drop: str
+    xact_commit_timestamp_origin: str
+    replication_origin_catalog: str
 
 
 @dataclass(frozen=True)

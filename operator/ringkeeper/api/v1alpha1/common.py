@@ -9,6 +9,8 @@ server would print at admission.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -237,3 +239,20 @@ def name_length_rule(kind: str, limit: int, why: str) -> Rule:
         check=lambda obj: obj.metadata.name is None or len(obj.metadata.name) <= limit,
         reason="FieldValueInvalid",
     )
+
+
+_QUANTITY_SUFFIXES = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+def parse_quantity(text: str) -> float:
+    """A Kubernetes quantity ("50Gi", "1.5G", "500m") as a plain number."""
+    m = re.fullmatch(r"([0-9.]+)(m|[kMGTPE]i?|)", text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a quantity such as 50Gi or 1G")
+    number, suffix = m.groups()
+    if suffix == "m":
+        return float(number) / 1000
+    return float(number) * _QUANTITY_SUFFIXES[suffix]

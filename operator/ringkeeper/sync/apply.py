@@ -1,0 +1,509 @@
+"""Apply a remote transaction at this member, exactly once, keeping its true origin.
+
+Each upstream transaction becomes one local transaction under the replication
+origin of the campus that first committed it, with that campus's commit LSN and
+time (pg_replication_origin_xact_setup). The commit then advances the origin's
+progress atomically with the data: after any crash, progress says exactly which
+transactions are in. The row's commit timestamp is the original one, so the next
+conflict at this member compares original times, as every other member does.
+
+Rows go in set-based batches (values travel as text and are cast to the target's
+own column types). The fast path covers the normal case, a row last written by
+the same origin; anything else takes the slow path, where the conflict rules in
+core.conflicts decide and the decision is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+
+from ..core.conflicts import Action, Decision, Kind, Op, Policy, Version, decide
+from ..engines import EngineProfile
+from . import names
+from .catalog import apply_canonical_settings, quote_ident
+from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update, Value, lsn_to_str
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 1000
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class ApplyError(RuntimeError):
+    """A change cannot be applied as the target is; the message names what to fix."""
+
+
+@dataclass
+class TableMap:
+    """An upstream relation matched to the local table by schema and name."""
+
+    relation: str
+    quoted: str
+    columns: list[str]  # local names, in upstream tuple order; None-like "" = ignored
+    types: dict[str, str]  # local column -> format_type
+    key: list[str]  # local key columns in key order
+    key_pos: list[int]  # positions of key columns in the upstream tuple
+    statements: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Change:
+    op: Op
+    key: tuple[str, ...]
+    values: dict[str, str | None]  # column -> text; unchanged TOAST columns left out
+    complete: bool  # no unchanged TOAST values
+    old_key: tuple[str, ...] | None = None  # an update that changed the key
+
+    @property
+    def key_json(self) -> str:
+        return json.dumps(list(self.key), ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class Stats:
+    txns: int = 0
+    rows: int = 0
+    skipped_txns: int = 0
+    conflicts: dict[str, int] = field(default_factory=dict)
+    last_commit_ts: datetime | None = None
+    last_applied_at: datetime | None = None
+
+
+def _lsn_int(text: str | None) -> int:
+    if not text:
+        return 0
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+class Applier:
+    """Applies transactions at one member over one connection (one origin at a time)."""
+
+    def __init__(self, conn: asyncpg.Connection, profile: EngineProfile, ring: str, local: str,
+                 priorities: dict[str, int], policy: Policy | str) -> None:
+        self.conn = conn
+        self.profile = profile
+        self.ring = ring
+        self.local = local
+        self.priorities = priorities
+        self.policy = Policy(policy)
+        self.stats = Stats()
+        self.progress: dict[str, int] = {}
+        self._roident: dict[int, str] = {}
+        self._tables: dict[int, TableMap] = {}
+        self._session_origin: str | None = None
+        self._txn: tuple[str, int, datetime] | None = None
+        self._pending: list[Change] = []
+        self._pending_table: TableMap | None = None
+        self._txn_rows: dict[tuple[str, tuple[str, ...]], bool] = {}
+        self._txn_dirty: dict[str, set[str]] = {}
+        self._txn_conflicts: list[tuple[object, ...]] = []
+
+    # -- session ---------------------------------------------------------------------
+    async def start(self) -> None:
+        await apply_canonical_settings(self.conn)
+        # replica: user triggers and foreign keys behave as in native apply (the change
+        # was checked where it was first committed); commits need not wait for fsync
+        # because slots only move on flushed progress (origin_progress(flush => true)).
+        await self.conn.execute(
+            "SET session_replication_role = replica; SET synchronous_commit = off; "
+            "SET enable_hashjoin = off; SET enable_mergejoin = off")
+        await self.refresh_origins()
+
+    async def refresh_origins(self) -> None:
+        s = self.profile.sql
+        rows = await self.conn.fetch(
+            f"SELECT roident, roname, {s.replication_origin_progress}(roname, false)::text AS lsn "
+            f"FROM {s.replication_origin_catalog}")
+        self._roident = {int(r["roident"]): r["roname"] for r in rows}
+        for r in rows:
+            member = names.member_of_origin(self.ring, r["roname"])
+            if member is not None:
+                self.progress[member] = max(self.progress.get(member, 0), _lsn_int(r["lsn"]))
+
+    def version_of(self, roident: int | None, ts: datetime | None) -> Version:
+        """A local row's or tombstone's version from its xmin's commit data."""
+        if not roident:
+            origin = self.local
+        else:
+            name = self._roident.get(roident, "")
+            origin = names.member_of_origin(self.ring, name) or self.local
+        when = ts or EPOCH  # frozen or pre-ring rows: older than anything that travels
+        prio = -1 if origin == names.SEED else self.priorities.get(origin, 0)
+        return Version(origin=origin, committed_at=when, priority=prio)
+
+    def wanted(self, origin: str, origin_lsn: int) -> bool:
+        """Whether a transaction from `origin` is new here (not ours, not applied yet)."""
+        return origin != self.local and origin_lsn > self.progress.get(origin, 0)
+
+    # -- relations -------------------------------------------------------------------
+    async def relation(self, rel: Relation) -> None:
+        rows = await self.conn.fetch(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, "
+            "a.attgenerated <> '' AS generated FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum", f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}")
+        if not rows:
+            raise ApplyError(f"table {rel.qualified} does not exist at member {self.local}: "
+                             "create it with the same columns before it joins the ring")
+        types = {r["attname"]: r["type"] for r in rows if not r["generated"]}
+        key = await self.conn.fetchval(
+            "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
+            "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
+            f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}")
+        if not key:
+            raise ApplyError(f"table {rel.qualified} has no primary key at member "
+                             f"{self.local}: the ring matches rows by primary key")
+        upstream = [c.name for c in rel.columns]
+        missing = [c for c in upstream if c not in types and c not in
+                   {r["attname"] for r in rows}]
+        if missing:
+            raise ApplyError(f"table {rel.qualified} at member {self.local} lacks column(s) "
+                             f"{', '.join(missing)} that upstream sends")
+        lost_key = [k for k in key if k not in upstream]
+        if lost_key:
+            raise ApplyError(f"key column(s) {', '.join(lost_key)} of {rel.qualified} are not "
+                             "sent by upstream: the tables differ between members")
+        self._tables[rel.oid] = TableMap(
+            relation=rel.qualified,
+            quoted=f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}",
+            columns=[c if c in types else "" for c in upstream], types=types, key=list(key),
+            key_pos=[upstream.index(k) for k in key])
+
+    # -- transactions ----------------------------------------------------------------
+    async def begin(self, origin: str, origin_lsn: int, commit_ts: datetime) -> None:
+        s = self.profile.sql
+        oname = names.origin_name(self.ring, origin)
+        if self._session_origin != oname:
+            if self._session_origin is not None:
+                await self.conn.execute(f"SELECT {s.replication_origin_session_reset}()")
+                self._session_origin = None
+            await self.conn.execute(f"SELECT {s.replication_origin_session_setup}($1)", oname)
+            self._session_origin = oname
+        await self.conn.execute(
+            f"BEGIN; SELECT {s.replication_origin_xact_setup}("
+            f"'{lsn_to_str(origin_lsn)}', '{commit_ts.isoformat()}')")
+        self._txn = (origin, origin_lsn, commit_ts)
+        self._txn_rows.clear()
+        self._txn_dirty.clear()
+        self._txn_conflicts.clear()
+
+    async def change(self, relid: int, msg: Insert | Update | Delete) -> None:
+        table = self._tables.get(relid)
+        if table is None:
+            raise ApplyError(f"change for relation {relid} before its description")
+        ch = self._to_change(table, msg)
+        if (self._pending_table is not table or (self._pending and self._pending[0].op != ch.op)
+                or len(self._pending) >= BATCH_ROWS
+                or any(p.key == ch.key for p in self._pending)):
+            await self._flush()
+        self._pending_table = table
+        self._pending.append(ch)
+
+    async def commit(self) -> None:
+        assert self._txn is not None
+        await self._flush()
+        if self._txn_conflicts:
+            await self.conn.executemany(
+                "INSERT INTO ringkeeper.conflicts (ring, relation, key, kind, resolution, "
+                "local_origin, local_committed_at, remote_origin, remote_committed_at, reason) "
+                "VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)", self._txn_conflicts)
+        for relation, keys in self._txn_dirty.items():
+            await self.conn.execute(
+                "INSERT INTO ringkeeper.dirty_keys (relation, key) "
+                "SELECT $1, k FROM unnest($2::jsonb[]) AS k "
+                "ON CONFLICT (relation, key) DO UPDATE SET changed_at = clock_timestamp()",
+                relation, sorted(keys))
+        await self.conn.execute("COMMIT")
+        origin, origin_lsn, commit_ts = self._txn
+        self.progress[origin] = max(self.progress.get(origin, 0), origin_lsn)
+        self.stats.txns += 1
+        self.stats.last_commit_ts = commit_ts
+        self.stats.last_applied_at = datetime.now(UTC)
+        self._txn = None
+
+    async def abort(self) -> None:
+        self._pending.clear()
+        self._pending_table = None
+        if self._txn is not None and not self.conn.is_closed():
+            await self.conn.execute("ROLLBACK")
+        self._txn = None
+
+    # -- rows ------------------------------------------------------------------------
+    def _to_change(self, t: TableMap, msg: Insert | Update | Delete) -> Change:
+        def key_of(tup: Sequence[Value]) -> tuple[str, ...]:
+            out = []
+            for p in t.key_pos:
+                v = tup[p]
+                if not isinstance(v, str):
+                    raise ApplyError(f"{t.relation}: key column {t.columns[p]} arrived "
+                                     f"without a text value ({v!r})")
+                out.append(v)
+            return tuple(out)
+
+        def values_of(tup: Sequence[Value]) -> tuple[dict[str, str | None], bool]:
+            vals: dict[str, str | None] = {}
+            complete = True
+            for col, v in zip(t.columns, tup, strict=False):
+                if not col:
+                    continue
+                if v is UNCHANGED:
+                    complete = False
+                elif isinstance(v, bytes):
+                    vals[col] = v.decode()
+                else:
+                    vals[col] = v  # type: ignore[assignment]
+            return vals, complete
+
+        if isinstance(msg, Insert):
+            vals, complete = values_of(msg.new)
+            return Change(Op.INSERT, key_of(msg.new), vals, complete)
+        if isinstance(msg, Update):
+            vals, complete = values_of(msg.new)
+            new_key = key_of(msg.new)
+            old_key = key_of(msg.old) if msg.old is not None else None
+            return Change(Op.UPDATE, new_key, vals, complete,
+                          old_key if old_key is not None and old_key != new_key else None)
+        return Change(Op.DELETE, key_of(msg.old), {}, True)
+
+    def _key_cond(self, t: TableMap, alias: str, first: int) -> str:
+        return " AND ".join(f"t.{quote_ident(k)} = {alias}.k{i}::{t.types[k]}"
+                            for i, k in enumerate(t.key)) or "true"
+
+    async def _flush(self) -> None:
+        t, batch = self._pending_table, self._pending
+        self._pending = []
+        if t is None or not batch:
+            return
+        assert self._txn is not None
+        origin, _, ts = self._txn
+        roident = await self._origin_id(origin)
+        op = batch[0].op
+        fast: list[Change] = []
+        slow: list[Change] = []
+        for ch in batch:
+            (slow if ch.old_key is not None else fast).append(ch)
+        done: set[tuple[str, ...]] = set()
+        if fast:
+            if op == Op.INSERT:
+                fresh = [c for c in fast if (t.relation, c.key) not in self._txn_rows]
+                own = [c for c in fast if (t.relation, c.key) in self._txn_rows]
+                done |= await self._insert_fast(t, fresh)
+                slow += [c for c in fresh if c.key not in done]
+                slow += own  # written earlier in this transaction: decide with state
+            elif op == Op.UPDATE:
+                for cols, group in _by_columns(fast).items():
+                    done |= await self._update_fast(t, group, cols, roident, ts)
+                slow += [c for c in fast if c.key not in done]
+            else:
+                done |= await self._delete_fast(t, fast, roident, ts)
+                slow += [c for c in fast if c.key not in done]
+        for ch in fast:
+            if ch.key in done:
+                self._txn_rows[(t.relation, ch.key)] = op != Op.DELETE
+        for ch in slow:
+            await self._slow(t, ch)
+        self.stats.rows += len(batch)
+        dirty = self._txn_dirty.setdefault(t.relation, set())
+        dirty.update(c.key_json for c in batch)
+        dirty.update(json.dumps(list(c.old_key), ensure_ascii=False, separators=(",", ":"))
+                     for c in batch if c.old_key)
+
+    async def _origin_id(self, origin: str) -> int:
+        oname = names.origin_name(self.ring, origin)
+        for ident, name in self._roident.items():
+            if name == oname:
+                return ident
+        await self.refresh_origins()
+        for ident, name in self._roident.items():
+            if name == oname:
+                return ident
+        raise ApplyError(f"replication origin {oname} is missing at member {self.local}")
+
+    # Fast paths: one statement per batch; what they leave goes to the slow path.
+    async def _insert_fast(self, t: TableMap, rows: list[Change]) -> set[tuple[str, ...]]:
+        if not rows:
+            return set()
+        cols = [c for c in t.columns if c]
+        sig = "ins:" + ",".join(cols)
+        sql = t.statements.get(sig)
+        if sql is None:
+            params = ", ".join(f"${i + 2}::text[]" for i in range(len(cols)))
+            aliases = ", ".join(f"c{i}" for i in range(len(cols)))
+            casts = ", ".join(f"u.c{i}::{t.types[c]}" for i, c in enumerate(cols))
+            keys = ", ".join(f"{quote_ident(k)}::text" for k in t.key)
+            sql = (f"INSERT INTO {t.quoted} ({', '.join(quote_ident(c) for c in cols)}) "
+                   f"SELECT {casts} FROM unnest($1::jsonb[], {params}) AS u(tk, {aliases}) "
+                   "WHERE NOT EXISTS (SELECT 1 FROM ringkeeper.tombstones tb "
+                   f"WHERE tb.relation = '{t.relation.replace(chr(39), chr(39) * 2)}' "
+                   f"AND tb.key = u.tk) "
+                   f"ON CONFLICT ({', '.join(quote_ident(k) for k in t.key)}) DO NOTHING "
+                   f"RETURNING {keys}")
+            t.statements[sig] = sql
+        args: list[list[str | None]] = [[c.key_json for c in rows]]
+        args += [[c.values.get(col) for c in rows] for col in cols]
+        out = await self.conn.fetch(sql, *args)
+        return {tuple(r) for r in out}
+
+    async def _update_fast(self, t: TableMap, rows: list[Change], cols: tuple[str, ...],
+                           roident: int, ts: datetime) -> set[tuple[str, ...]]:
+        sig = "upd:" + ",".join(cols)
+        sql = t.statements.get(sig)
+        nk = len(t.key)
+        if sql is None:
+            kp = [f"${i + 1}::text[]" for i in range(nk)]
+            vp = [f"${nk + i + 1}::text[]" for i in range(len(cols))]
+            own = f"${nk + len(cols) + 1}::bool[]"
+            ro, tsp = f"${nk + len(cols) + 2}::oid", f"${nk + len(cols) + 3}::timestamptz"
+            aliases = [f"k{i}" for i in range(nk)] + [f"v{i}" for i in range(len(cols))]
+            sets = ", ".join(f"{quote_ident(c)} = u.v{i}::{t.types[c]}"
+                             for i, c in enumerate(cols))
+            keys = ", ".join(f"u.k{i}" for i in range(nk))
+            x = self.profile.sql.xact_commit_timestamp_origin
+            sql = (f"UPDATE {t.quoted} AS t SET {sets} FROM unnest({', '.join(kp + vp)}, {own}) "
+                   f"AS u({', '.join(aliases)}, own) WHERE {self._key_cond(t, 'u', 0)} "
+                   f"AND (u.own OR (SELECT x.roident = {ro} AND x.timestamp <= {tsp} "
+                   f"FROM {x}(t.xmin) AS x)) RETURNING {keys}")
+            t.statements[sig] = sql
+        args: list[object] = [[c.key[i] for c in rows] for i in range(nk)]
+        args += [[c.values.get(col) for c in rows] for col in cols]
+        args.append([(t.relation, c.key) in self._txn_rows for c in rows])
+        args += [roident, ts]
+        return {tuple(r) for r in await self.conn.fetch(sql, *args)}
+
+    async def _delete_fast(self, t: TableMap, rows: list[Change], roident: int,
+                           ts: datetime) -> set[tuple[str, ...]]:
+        sql = t.statements.get("del")
+        nk = len(t.key)
+        if sql is None:
+            kp = [f"${i + 1}::text[]" for i in range(nk)]
+            own = f"${nk + 1}::bool[]"
+            aliases = [f"k{i}" for i in range(nk)]
+            keys = ", ".join(f"u.k{i}" for i in range(nk))
+            x = self.profile.sql.xact_commit_timestamp_origin
+            sql = (f"DELETE FROM {t.quoted} AS t USING unnest({', '.join(kp)}, {own}) "
+                   f"AS u({', '.join(aliases)}, own) WHERE {self._key_cond(t, 'u', 0)} "
+                   f"AND (u.own OR (SELECT x.roident = ${nk + 2}::oid AND x.timestamp <= "
+                   f"${nk + 3}::timestamptz FROM {x}(t.xmin) AS x)) RETURNING {keys}")
+            t.statements["del"] = sql
+        args: list[object] = [[c.key[i] for c in rows] for i in range(nk)]
+        args.append([(t.relation, c.key) in self._txn_rows for c in rows])
+        args += [roident, ts]
+        return {tuple(r) for r in await self.conn.fetch(sql, *args)}
+
+    # Slow path: read the local version and tombstone, decide, act, log.
+    async def _slow(self, t: TableMap, ch: Change, attempt: int = 0) -> None:
+        assert self._txn is not None
+        origin, _, ts = self._txn
+        incoming = Version(origin=origin, committed_at=ts,
+                           priority=self.priorities.get(origin, 0), deleted=ch.op == Op.DELETE)
+        lookup = ch.old_key or ch.key
+        known = self._txn_rows.get((t.relation, lookup))
+        x = self.profile.sql.xact_commit_timestamp_origin
+        row = None
+        xmin = None
+        if known is None or known:
+            r = await self.conn.fetchrow(
+                f"SELECT t.xmin::text AS xmin, x.roident, x.timestamp FROM {t.quoted} AS t "
+                f"LEFT JOIN LATERAL {x}(t.xmin) AS x ON true WHERE "
+                + " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::{t.types[k]}"
+                               for i, k in enumerate(t.key)), *lookup)
+            if r is not None:
+                xmin = r["xmin"]
+                row = self.version_of(r["roident"], r["timestamp"])
+        if known:  # written earlier in this transaction: the newest version by definition
+            decision = Decision(Action.UPDATE if ch.op != Op.DELETE else Action.DELETE, None,
+                                "same transaction")
+            if row is None:
+                decision = Decision(Action.INSERT if ch.op != Op.DELETE else Action.SKIP, None,
+                                    "same transaction")
+        else:
+            tomb = None
+            if row is None:
+                tr = await self.conn.fetchrow(
+                    f"SELECT x.roident, x.timestamp FROM ringkeeper.tombstones tb "
+                    f"LEFT JOIN LATERAL {x}(tb.xmin) AS x ON true "
+                    "WHERE tb.relation = $1 AND tb.key = $2::jsonb", t.relation,
+                    json.dumps(list(lookup), ensure_ascii=False, separators=(",", ":")))
+                if tr is not None:
+                    tomb = self.version_of(tr["roident"], tr["timestamp"])
+                    tomb = Version(tomb.origin, tomb.committed_at, tomb.priority, deleted=True)
+            decision = decide(ch.op, incoming, row, tomb, self.policy, complete=ch.complete)
+            if decision.conflict is not None and not (row and row.origin == names.SEED):
+                local = row or tomb
+                self._txn_conflicts.append((
+                    self.ring, t.relation, json.dumps(list(lookup), ensure_ascii=False),
+                    decision.conflict.value,
+                    "apply_remote" if decision.action != Action.SKIP else "keep_local",
+                    local.origin if local else None, local.committed_at if local else None,
+                    origin, ts, decision.reason))
+                kind = decision.conflict.value
+                self.stats.conflicts[kind] = self.stats.conflicts.get(kind, 0) + 1
+        ok = await self._act(t, ch, decision.action, lookup, xmin)
+        if not ok:
+            if attempt >= 3:
+                raise ApplyError(f"{t.relation} key {list(lookup)} keeps changing under apply")
+            await self._slow(t, ch, attempt + 1)
+            return
+        if decision.action in (Action.INSERT, Action.UPDATE):
+            self._txn_rows[(t.relation, ch.key)] = True
+            if ch.old_key:
+                self._txn_rows[(t.relation, ch.old_key)] = False
+        elif decision.action == Action.DELETE:
+            self._txn_rows[(t.relation, lookup)] = False
+
+    async def _act(self, t: TableMap, ch: Change, action: Action, lookup: tuple[str, ...],
+                   xmin: str | None) -> bool:
+        """Carry out one decision; False if the row changed since it was read (retry)."""
+        guard = "" if xmin is None else f" AND t.xmin::text = ${len(t.key) + 1}"
+        where = " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::{t.types[k]}"
+                             for i, k in enumerate(t.key))
+        if action == Action.SKIP:
+            return True
+        if action == Action.TOMBSTONE:
+            await self.conn.execute(
+                "INSERT INTO ringkeeper.tombstones (relation, key) VALUES ($1, $2::jsonb) "
+                "ON CONFLICT (relation, key) DO UPDATE SET key = EXCLUDED.key", t.relation,
+                json.dumps(list(lookup), ensure_ascii=False, separators=(",", ":")))
+            return True
+        if action == Action.DELETE:
+            dargs: list[str] = [*lookup] + ([xmin] if xmin is not None else [])
+            status: str = await self.conn.execute(
+                f"DELETE FROM {t.quoted} AS t WHERE {where}{guard}", *dargs)
+            return status != "DELETE 0"
+        cols = [c for c in t.columns if c and c in ch.values]
+        if action == Action.INSERT:
+            vals = ", ".join(f"${i + 1}::{t.types[c]}" for i, c in enumerate(cols))
+            status = await self.conn.execute(
+                f"INSERT INTO {t.quoted} ({', '.join(quote_ident(c) for c in cols)}) "
+                f"VALUES ({vals}) ON CONFLICT DO NOTHING", *[ch.values[c] for c in cols])
+            return status != "INSERT 0 0"
+        n = len(t.key) + (1 if xmin is not None else 0)
+        sets = ", ".join(f"{quote_ident(c)} = ${n + i + 1}::{t.types[c]}"
+                         for i, c in enumerate(cols))
+        args: list[str | None] = [*lookup]
+        if xmin is not None:
+            args.append(xmin)
+        args += [ch.values[c] for c in cols]
+        status = await self.conn.execute(
+            f"UPDATE {t.quoted} AS t SET {sets} WHERE {where}{guard}", *args)
+        return status != "UPDATE 0"
+
+
+def _by_columns(rows: list[Change]) -> dict[tuple[str, ...], list[Change]]:
+    out: dict[tuple[str, ...], list[Change]] = {}
+    for c in rows:
+        out.setdefault(tuple(c.values), []).append(c)
+    return out
+
+
+def describe_conflict(kind: Kind) -> str:
+    return kind.value.replace("_", " ")

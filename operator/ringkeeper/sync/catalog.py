@@ -1,0 +1,300 @@
+"""What a ring keeps inside each member's database, created idempotently.
+
+The sidecar may restart at any point, and a member may be a fresh promotion of a
+standby, so every object is created "if missing" and checked rather than assumed:
+the ringkeeper schema (tombstones, conflict log, changed keys), the publication of
+the selected tables, the delete trigger that records tombstones, one replication
+origin per member, and the member's logical slots.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from ..engines import EngineProfile
+from . import names
+
+log = logging.getLogger(__name__)
+
+SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS ringkeeper;
+CREATE TABLE IF NOT EXISTS ringkeeper.tombstones (
+    relation text NOT NULL,
+    key jsonb NOT NULL,
+    PRIMARY KEY (relation, key)
+);
+CREATE TABLE IF NOT EXISTS ringkeeper.conflicts (
+    id bigserial PRIMARY KEY,
+    logged_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    ring text NOT NULL,
+    relation text NOT NULL,
+    key jsonb NOT NULL,
+    kind text NOT NULL,
+    resolution text NOT NULL,
+    local_origin text,
+    local_committed_at timestamptz,
+    remote_origin text NOT NULL,
+    remote_committed_at timestamptz,
+    reason text
+);
+CREATE TABLE IF NOT EXISTS ringkeeper.dirty_keys (
+    relation text NOT NULL,
+    key jsonb NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (relation, key)
+);
+CREATE TABLE IF NOT EXISTS ringkeeper.slot_history (
+    slot text NOT NULL,
+    created_lsn pg_lsn NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (slot, created_lsn)
+);
+CREATE TABLE IF NOT EXISTS ringkeeper.seed_state (
+    ring text NOT NULL,
+    source text NOT NULL,
+    finished_at timestamptz,
+    PRIMARY KEY (ring)
+);
+-- Keys travel as JSON arrays of each key column's text form; the trigger builds the
+-- same form from the deleted row, in UTC and ISO style like the sync sessions.
+CREATE OR REPLACE FUNCTION ringkeeper.tombstone() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog SET TimeZone = 'UTC' SET DateStyle = 'ISO'
+SET IntervalStyle = 'postgres' SET extra_float_digits = '3' SET bytea_output = 'hex' AS $fn$
+DECLARE k jsonb;
+BEGIN
+    EXECUTE 'SELECT jsonb_build_array(' || TG_ARGV[0] || ')' INTO k USING OLD;
+    INSERT INTO ringkeeper.tombstones (relation, key)
+    VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, k)
+    ON CONFLICT (relation, key) DO UPDATE SET key = EXCLUDED.key;
+    RETURN NULL;
+END
+$fn$;
+"""
+
+# Session settings that make text forms identical on every member and major.
+CANONICAL_SETTINGS = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+}
+
+
+class SetupError(RuntimeError):
+    """A member cannot take part in the ring as it is; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    schema: str
+    name: str
+    key: tuple[str, ...]  # primary key (or replica identity index) columns, in order
+
+    @property
+    def relation(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def quoted(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def matches(relation: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """schema.table patterns where * matches any run of characters (no other wildcard)."""
+    def hit(pattern: str) -> bool:
+        return fnmatch.fnmatchcase(relation, pattern.replace("[", "[[]").replace("?", "[?]"))
+    return any(hit(p) for p in include) and not any(hit(p) for p in exclude)
+
+
+async def apply_canonical_settings(conn: asyncpg.Connection) -> None:
+    await conn.execute("; ".join(f"SET {k} = '{v}'" for k, v in CANONICAL_SETTINGS.items()))
+
+
+async def check_server(conn: asyncpg.Connection) -> None:
+    row = await conn.fetchrow(
+        "SELECT current_setting('wal_level') AS wal_level, "
+        "current_setting('track_commit_timestamp') AS commit_ts, pg_is_in_recovery() AS standby")
+    assert row is not None
+    problems = []
+    if row["wal_level"] != "logical":
+        problems.append(f"wal_level is {row['wal_level']}, the ring needs logical")
+    if row["commit_ts"] != "on":
+        problems.append("track_commit_timestamp is off, conflict resolution needs it on")
+    if row["standby"]:
+        problems.append("the server is a standby; only a primary takes part in the ring")
+    if problems:
+        raise SetupError("; ".join(problems))
+
+
+async def ensure_schema(conn: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        # Two sidecars (an old and a new primary's) may race here; serialise them.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ringkeeper.schema'))")
+        await conn.execute(SCHEMA_SQL)
+
+
+async def replicated_tables(conn: asyncpg.Connection, include: Sequence[str],
+                            exclude: Sequence[str]) -> tuple[list[TableInfo], list[str]]:
+    """The tables the ring carries, and those selected but refused (no key to match on)."""
+    rows = await conn.fetch(
+        """
+        SELECT n.nspname AS schema, c.relname AS name,
+               (SELECT array_agg(a.attname ORDER BY k.ord)
+                  FROM pg_index i
+                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                 WHERE i.indrelid = c.oid
+                   AND (i.indisprimary OR (c.relreplident = 'i' AND i.indisreplident))
+                   AND i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2
+                                        WHERE i2.indrelid = c.oid
+                                          AND (i2.indisprimary OR
+                                               (c.relreplident = 'i' AND i2.indisreplident))
+                                        ORDER BY i2.indisprimary DESC LIMIT 1)) AS key
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'ringkeeper')
+           AND n.nspname NOT LIKE 'pg\\_%'
+         ORDER BY 1, 2
+        """)
+    tables: list[TableInfo] = []
+    refused: list[str] = []
+    for r in rows:
+        rel = f"{r['schema']}.{r['name']}"
+        if not matches(rel, include, exclude):
+            continue
+        if not r["key"]:
+            refused.append(rel)
+        else:
+            tables.append(TableInfo(r["schema"], r["name"], tuple(r["key"])))
+    return tables, refused
+
+
+async def ensure_publication(conn: asyncpg.Connection, ring: str,
+                             tables: Sequence[TableInfo]) -> None:
+    pub = names.publication_name(ring)
+    exists = await conn.fetchval("SELECT count(*) FROM pg_publication WHERE pubname = $1", pub)
+    if not exists:
+        # TRUNCATE does not travel: in a multi-active ring one campus must not be able
+        # to empty a table everywhere with a statement no conflict rule can weigh.
+        await conn.execute(f"CREATE PUBLICATION {quote_ident(pub)} "
+                           "WITH (publish = 'insert, update, delete')")
+    current = {f"{r['schemaname']}.{r['tablename']}" for r in await conn.fetch(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", pub)}
+    wanted = {t.relation: t for t in tables}
+    add = [wanted[r].quoted for r in sorted(set(wanted) - current)]
+    drop = sorted(current - set(wanted))
+    if add:
+        await conn.execute(f"ALTER PUBLICATION {quote_ident(pub)} ADD TABLE {', '.join(add)}")
+    if drop:
+        quoted = [".".join(quote_ident(p) for p in r.split(".", 1)) for r in drop]
+        await conn.execute(
+            f"ALTER PUBLICATION {quote_ident(pub)} DROP TABLE {', '.join(quoted)}")
+
+
+async def ensure_tombstone_triggers(conn: asyncpg.Connection,
+                                    tables: Sequence[TableInfo]) -> None:
+    have = {r["rel"] for r in await conn.fetch(
+        "SELECT tgrelid::regclass::text AS rel FROM pg_trigger "
+        "WHERE tgname = 'ringkeeper_tombstone'")}
+    for t in tables:
+        if t.quoted in have or t.relation in have or t.name in have:
+            continue
+        expr = ", ".join(f"($1).{quote_ident(c)}::text" for c in t.key)
+        literal = "'" + expr.replace("'", "''") + "'"
+        async with conn.transaction():
+            await conn.execute(
+                f"CREATE TRIGGER ringkeeper_tombstone AFTER DELETE ON {t.quoted} "
+                f"FOR EACH ROW EXECUTE FUNCTION ringkeeper.tombstone({literal})")
+            # ALWAYS: deletes applied by the ring (session_replication_role = replica)
+            # need their tombstone as much as local ones.
+            await conn.execute(
+                f"ALTER TABLE {t.quoted} ENABLE ALWAYS TRIGGER ringkeeper_tombstone")
+
+
+async def ensure_origins(conn: asyncpg.Connection, profile: EngineProfile, ring: str,
+                         members: Sequence[str]) -> None:
+    s = profile.sql
+    wanted = [names.origin_name(ring, m) for m in members] + [names.seed_origin(ring)]
+    have = {r["roname"] for r in await conn.fetch(
+        f"SELECT roname FROM {s.replication_origin_catalog}")}
+    for origin in wanted:
+        if origin not in have:
+            await conn.execute(f"SELECT {s.replication_origin_create}($1)", origin)
+
+
+async def slot_exists(conn: asyncpg.Connection, profile: EngineProfile, slot: str) -> bool:
+    return bool(await conn.fetchval(
+        f"SELECT count(*) FROM {profile.sql.replication_slots} WHERE slot_name = $1", slot))
+
+
+async def ensure_slot(conn: asyncpg.Connection, profile: EngineProfile, slot: str) -> bool:
+    """Create the logical slot if missing; True if it was created now (and so starts at
+    the current WAL position: anything committed before it is not in it)."""
+    if await slot_exists(conn, profile, slot):
+        return False
+    s = profile.sql
+    if profile.failover_slots:
+        # A failover slot is copied to standbys, so a promoted standby keeps capturing.
+        lsn = await conn.fetchval(
+            f"SELECT lsn::text FROM {s.create_logical_replication_slot}"
+            "($1, $2, false, false, true)", slot, profile.logical_plugin)
+    else:
+        lsn = await conn.fetchval(
+            f"SELECT lsn::text FROM {s.create_logical_replication_slot}($1, $2)",
+            slot, profile.logical_plugin)
+    await conn.execute(
+        "INSERT INTO ringkeeper.slot_history (slot, created_lsn) VALUES ($1, $2::text::pg_lsn) "
+        "ON CONFLICT DO NOTHING", slot, lsn)
+    log.info("created logical slot %s at %s", slot, lsn)
+    return True
+
+
+async def slot_was_lost(conn: asyncpg.Connection, slot: str) -> bool:
+    """Whether this member had the slot before (history says so) but it is new now:
+    a failover to a standby without failover slots, so changes may be missing."""
+    n = await conn.fetchval("SELECT count(*) FROM ringkeeper.slot_history WHERE slot = $1", slot)
+    return bool(n and n > 1)
+
+
+async def copy_slot(conn: asyncpg.Connection, profile: EngineProfile, source: str,
+                    target: str) -> bool:
+    if await slot_exists(conn, profile, target):
+        return False
+    await conn.execute(f"SELECT {profile.sql.copy_logical_replication_slot}($1, $2)",
+                       source, target)
+    return True
+
+
+async def drop_slot(conn: asyncpg.Connection, profile: EngineProfile, slot: str) -> None:
+    if await slot_exists(conn, profile, slot):
+        await conn.execute(f"SELECT {profile.sql.drop_replication_slot}($1)", slot)
+
+
+async def origin_progress(conn: asyncpg.Connection, profile: EngineProfile,
+                          ring: str) -> dict[str, int]:
+    """Durable per-origin progress: member -> origin LSN applied and flushed here.
+
+    `flush => true` flushes WAL up to the commit of that progress first, so what it
+    returns survives a crash: the basis for moving any slot on."""
+    s = profile.sql
+    rows = await conn.fetch(
+        f"SELECT roname, {s.replication_origin_progress}(roname, true)::text AS lsn "
+        f"FROM {s.replication_origin_catalog} WHERE starts_with(roname, $1)",
+        f"rk_{ring}_")
+    out: dict[str, int] = {}
+    for r in rows:
+        member = names.member_of_origin(ring, r["roname"])
+        if member is not None and r["lsn"]:
+            hi, lo = r["lsn"].split("/")
+            out[member] = (int(hi, 16) << 32) | int(lo, 16)
+    return out

@@ -1,0 +1,83 @@
+"""What one sync sidecar needs to know about its ring, from a file or a Secret.
+
+The operator resolves campuses to their current primaries and writes the result
+as JSON (a Secret, because connection strings carry passwords); tests and the
+bench write the same JSON to a file. The sidecar re-reads it, so a failover
+elsewhere in the ring reaches it without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..api.v1alpha1.common import parse_quantity
+from ..api.v1alpha1.ring import ConflictPolicy, ReplicationRingSpec, Topology
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    name: str
+    dsn: str | None  # None while the member has no primary to reach
+    priority: int = 100
+    engine: str = "postgresql"
+    version: str = "17"
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    ring: str
+    members: tuple[MemberInfo, ...]
+    topology: Topology = Topology.RING
+    policy: ConflictPolicy = ConflictPolicy.LAST_WRITER_WINS
+    include: tuple[str, ...] = ("*.*",)
+    exclude: tuple[str, ...] = ()
+    bypass_after_seconds: float = 60.0
+    max_slot_wal_keep_bytes: int = 50 * 1024**3
+    seed: tuple[str, ...] = field(default_factory=tuple)  # members to stock-sync on join
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def member(self, name: str) -> MemberInfo:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(f"{name!r} is not a member of ring {self.ring!r}: members are "
+                       f"{', '.join(self.names)}")
+
+    def priorities(self) -> dict[str, int]:
+        return {m.name: m.priority for m in self.members}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RingConfig:
+        """{"ring": name, "spec": <ReplicationRing spec>, "members": {name: {dsn, engine,
+        version}}, "seed": [names]}: the spec as users write it, plus where each member is."""
+        try:
+            spec = ReplicationRingSpec.model_validate(data["spec"])
+            ring = str(data["ring"])
+            where: dict[str, dict[str, Any]] = data.get("members", {})
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"ring config needs 'ring', 'spec' and 'members': {exc}") from None
+        members = tuple(
+            MemberInfo(name=m.name, dsn=where.get(m.name, {}).get("dsn"), priority=m.priority,
+                       engine=str(where.get(m.name, {}).get("engine", "postgresql")),
+                       version=str(where.get(m.name, {}).get("version", "17")))
+            for m in spec.members)
+        return cls(
+            ring=ring, members=members, topology=spec.topology,
+            policy=spec.conflicts.policy, include=tuple(spec.tables.include),
+            exclude=tuple(spec.tables.exclude),
+            bypass_after_seconds=float(spec.healing.bypass_after_seconds),
+            max_slot_wal_keep_bytes=int(parse_quantity(spec.healing.max_slot_wal_keep_size)),
+            seed=tuple(str(s) for s in data.get("seed", [])))
+
+    @classmethod
+    def load(cls, path: Path) -> RingConfig:
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read ring config {path}: {exc}") from None

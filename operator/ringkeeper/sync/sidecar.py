@@ -1,0 +1,371 @@
+"""The sync sidecar of one member: set the member up, pull its inbound links, keep
+its hold slot honest, and report.
+
+It acts only while its own database is a primary (a standby's sidecar waits), so
+after an in-campus failover the sidecar next to the new primary takes over from
+the slots it finds there. Decisions (which member feeds this one, how far a slot
+may move) are pure functions in core; this module connects and acts on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from ..core import retention
+from ..core.ring import links as ring_links
+from ..engines import EngineProfile, profile_for
+from . import catalog, names
+from .apply import Applier
+from .config import RingConfig
+from .link import Link, LinkStatus, SlotLost, connect
+from .pgoutput import Begin, Commit, Origin, lsn_to_str, parse
+from .seed import SeedProgress, needs_seed, seed
+
+log = logging.getLogger(__name__)
+
+ConfigSource = Callable[[], Awaitable[RingConfig]]
+
+
+@dataclass
+class MemberState:
+    member: str
+    role: str = "Unknown"  # Primary, Standby, Unreachable
+    error: str | None = None
+    refused_tables: list[str] = field(default_factory=list)
+    tables: int = 0
+    links: dict[str, LinkStatus] = field(default_factory=dict)
+    seeding: SeedProgress | None = None
+    gaps: list[str] = field(default_factory=list)
+    needs_reseed: set[str] = field(default_factory=set)
+    hold_lag_bytes: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "member": self.member, "role": self.role, "error": self.error,
+            "tables": self.tables, "refusedTables": self.refused_tables,
+            "links": [lk.as_dict() for lk in self.links.values()],
+            "seeding": self.seeding.as_dict() if self.seeding else None,
+            "gaps": self.gaps, "needsReseed": sorted(self.needs_reseed),
+            "holdLagBytes": self.hold_lag_bytes,
+        }
+
+
+class Sidecar:
+    def __init__(self, member: str, local_dsn: str, config: ConfigSource, *,
+                 poll_seconds: float = 0.05, hold_every: float = 2.0) -> None:
+        self.member = member
+        self.local_dsn = local_dsn
+        self.config = config
+        self.poll = poll_seconds
+        self.hold_every = hold_every
+        self.state = MemberState(member)
+        self._down_since: dict[str, float] = {}
+        self._progress_cache: dict[str, dict[str, int]] = {}
+
+    # -- main loop ---------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                await self._run_primary(stop)
+                backoff = 0.2
+            except (OSError, asyncpg.PostgresError, catalog.SetupError, SlotLost,
+                    RuntimeError, TimeoutError) as exc:
+                self.state.error = str(exc)
+                log.warning("member %s: %s", self.member, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _run_primary(self, stop: asyncio.Event) -> None:
+        cfg = await self.config()
+        me = cfg.member(self.member)
+        profile = profile_for(me.engine, me.version)
+        local = await connect(self.local_dsn)
+        try:
+            standby = await local.fetchval("SELECT pg_is_in_recovery()")
+            if standby:
+                self.state.role = "Standby"
+                self.state.error = None
+                await asyncio.wait_for(stop.wait(), 2.0)
+                return
+            self.state.role = "Primary"
+            await self.setup(local, cfg, profile)
+            self.state.error = None
+            await self._serve(local, cfg, profile, stop)
+        finally:
+            await local.close()
+
+    async def setup(self, local: asyncpg.Connection, cfg: RingConfig,
+                    profile: EngineProfile) -> list[catalog.TableInfo]:
+        await catalog.check_server(local)
+        await catalog.ensure_schema(local)
+        tables, refused = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
+        self.state.refused_tables = refused
+        self.state.tables = len(tables)
+        if refused:
+            log.warning("tables without a primary key are not replicated: %s",
+                        ", ".join(refused))
+        await catalog.ensure_publication(local, cfg.ring, tables)
+        await catalog.ensure_tombstone_triggers(local, tables)
+        await catalog.ensure_origins(local, profile, cfg.ring, cfg.names)
+        own = self._own_slots(cfg)
+        for slot in own:
+            had_before = await local.fetchval(
+                "SELECT count(*) FROM ringkeeper.slot_history WHERE slot = $1", slot)
+            created = await catalog.ensure_slot(local, profile, slot)
+            if created and had_before:
+                gap = (f"slot {slot} was re-created at this member (a failover without "
+                       "failover slots): changes committed just before it may not have "
+                       "reached the ring; run a verification with repair")
+                if gap not in self.state.gaps:
+                    self.state.gaps.append(gap)
+        return tables
+
+    def _own_slots(self, cfg: RingConfig) -> list[str]:
+        if cfg.topology == "mesh":
+            return [names.link_slot_name(cfg.ring, self.member, t)
+                    for t in cfg.names if t != self.member]
+        # The hold slot first, so it never starts after the slot it backs up.
+        return [names.hold_slot_name(cfg.ring, self.member),
+                names.slot_name(cfg.ring, self.member)]
+
+    async def _serve(self, local: asyncpg.Connection, cfg: RingConfig,
+                     profile: EngineProfile, stop: asyncio.Event) -> None:
+        """Run inbound links and the hold keeper until the config changes or we stop."""
+        if self.member in cfg.seed and await needs_seed(local, cfg.ring):
+            await self._seed(local, cfg, profile)
+        tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        last_hold = 0.0
+        try:
+            while not stop.is_set():
+                cfg = await self.config()
+                wanted = self._inbound(cfg)
+                for key in list(tasks):
+                    if key not in wanted or tasks[key][0].done():
+                        task, ev = tasks.pop(key)
+                        ev.set()
+                        with contextlib.suppress(Exception):
+                            await task
+                        if key not in wanted:
+                            self.state.links.pop(key, None)
+                            await self._drop_bypass_slot(cfg, key)
+                for key, (source, slot, carries, bypassing) in wanted.items():
+                    if key not in tasks:
+                        ev = asyncio.Event()
+                        tasks[key] = (asyncio.create_task(self._link_loop(
+                            cfg, profile, source, slot, carries, bypassing, ev)), ev)
+                if cfg.topology != "mesh" and time.monotonic() - last_hold >= self.hold_every:
+                    last_hold = time.monotonic()
+                    try:
+                        await self.keep_hold(local, cfg, profile)
+                    except (OSError, asyncpg.PostgresError) as exc:
+                        log.warning("hold slot: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                if await local.fetchval("SELECT pg_is_in_recovery()"):
+                    self.state.role = "Standby"
+                    return
+        finally:
+            for _task, ev in tasks.values():
+                ev.set()
+            for task, _ in tasks.values():
+                with contextlib.suppress(Exception):
+                    await task
+
+    def _inbound(self, cfg: RingConfig) -> dict[str, tuple[str, str, frozenset[str] | None,
+                                                            tuple[str, ...]]]:
+        """link key -> (source, slot on source, origins carried, bypassed members)."""
+        now = time.monotonic()
+        down = frozenset(m for m, since in self._down_since.items()
+                         if now - since >= cfg.bypass_after_seconds and m != self.member)
+        out: dict[str, tuple[str, str, frozenset[str] | None, tuple[str, ...]]] = {}
+        for lk in ring_links(cfg.names, cfg.topology, down):
+            if lk.target != self.member:
+                continue
+            if cfg.topology == "mesh":
+                slot = names.link_slot_name(cfg.ring, lk.source, self.member)
+                carries: frozenset[str] | None = frozenset({lk.source})
+            elif lk.bypassing:
+                slot = names.link_slot_name(cfg.ring, lk.source, self.member)
+                carries = None
+            else:
+                slot = names.slot_name(cfg.ring, lk.source)
+                carries = None
+            out[f"{lk.source}->{self.member}"] = (lk.source, slot, carries, lk.bypassing)
+        return out
+
+    async def _link_loop(self, cfg: RingConfig, profile: EngineProfile, source: str,
+                         slot: str, carries: frozenset[str] | None,
+                         bypassing: tuple[str, ...], stop: asyncio.Event) -> None:
+        key = f"{source}->{self.member}"
+        status = self.state.links.setdefault(key, LinkStatus(source, self.member, slot))
+        status.slot, status.bypassing = slot, bypassing
+        backoff = 0.2
+        while not stop.is_set():
+            info = (await self.config()).member(source)
+            try:
+                if info.dsn is None:
+                    raise OSError(f"member {source} has no primary to connect to")
+                src_profile = profile_for(info.engine, info.version)
+                if bypassing:
+                    await self._ensure_bypass_slot(cfg, source, slot, src_profile, info.dsn)
+                local = await connect(self.local_dsn)
+                try:
+                    applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
+                                      cfg.policy)
+                    await applier.start()
+                    link = Link(ring=cfg.ring, source=source, local=self.member,
+                                source_dsn=info.dsn, slot=slot, applier=applier,
+                                profile=profile, source_profile=src_profile, carries=carries,
+                                status=status, poll_seconds=self.poll)
+                    self._down_since.pop(source, None)
+                    status.state = "CatchingUp" if bypassing else "Streaming"
+                    backoff = 0.2
+                    await link.run(stop)
+                finally:
+                    await local.close()
+            except SlotLost as exc:
+                status.state, status.message = "NeedsReseed", str(exc)
+            except (OSError, asyncpg.PostgresError, TimeoutError, RuntimeError) as exc:
+                if isinstance(exc, (OSError, TimeoutError,
+                                    asyncpg.CannotConnectNowError,
+                                    asyncpg.ConnectionDoesNotExistError)):
+                    self._down_since.setdefault(source, time.monotonic())
+                    status.state = "Down"
+                else:
+                    status.state = "Error"
+                status.message = str(exc) or type(exc).__name__
+                log.warning("link %s: %s", key, status.message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 3.0)
+
+    async def _ensure_bypass_slot(self, cfg: RingConfig, source: str, slot: str,
+                                  src_profile: EngineProfile, dsn: str) -> None:
+        """Around a dead member, read `source`'s changes from its hold slot's position:
+        the hold slot kept everything some member still lacks, this one included."""
+        src = await connect(dsn)
+        try:
+            await catalog.copy_slot(src, src_profile, names.hold_slot_name(cfg.ring, source),
+                                    slot)
+        finally:
+            await src.close()
+
+    async def _drop_bypass_slot(self, cfg: RingConfig, key: str) -> None:
+        source = key.split("->", 1)[0]
+        slot = names.link_slot_name(cfg.ring, source, self.member)
+        if cfg.topology == "mesh":
+            return
+        with contextlib.suppress(Exception):
+            info = cfg.member(source)
+            if info.dsn:
+                src = await connect(info.dsn)
+                try:
+                    await catalog.drop_slot(src, profile_for(info.engine, info.version), slot)
+                finally:
+                    await src.close()
+
+    # -- retention -------------------------------------------------------------------
+    async def member_progress(self, cfg: RingConfig) -> dict[str, dict[str, int]]:
+        """Flushed per-origin progress of every member; the last known for unreachable ones."""
+        for m in cfg.members:
+            if m.name == self.member or m.dsn is None:
+                continue
+            try:
+                conn = await connect(m.dsn, timeout=2)
+                try:
+                    self._progress_cache[m.name] = await catalog.origin_progress(
+                        conn, profile_for(m.engine, m.version), cfg.ring)
+                finally:
+                    await conn.close()
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                pass
+        return self._progress_cache
+
+    async def keep_hold(self, local: asyncpg.Connection, cfg: RingConfig,
+                        profile: EngineProfile) -> None:
+        """Move this member's hold slot to what every other member has."""
+        s = profile.sql
+        hold = names.hold_slot_name(cfg.ring, self.member)
+        progress = await self.member_progress(cfg)
+        marks: list[retention.TxnMark] = []
+        begin: Begin | None = None
+        origin: Origin | None = None
+        async with local.transaction():
+            cur = local.cursor(
+                f"SELECT data FROM {s.logical_slot_peek_binary_changes}($1, NULL, 5000, "
+                "'proto_version', '1', 'publication_names', $2)",
+                hold, names.publication_name(cfg.ring), prefetch=2000)
+            async for rec in cur:
+                data = rec["data"]
+                if data[:1] not in (b"B", b"O", b"C"):
+                    continue
+                msg = parse(data)
+                if isinstance(msg, Begin):
+                    begin, origin = msg, None
+                elif isinstance(msg, Origin):
+                    origin = msg
+                elif isinstance(msg, Commit) and begin is not None:
+                    member = names.member_of_origin(cfg.ring, origin.name) if origin else None
+                    if origin is not None and member is not None:
+                        marks.append(retention.TxnMark(msg.end_lsn, member, origin.origin_lsn))
+                    else:
+                        marks.append(retention.TxnMark(msg.end_lsn, self.member,
+                                                       begin.final_lsn))
+        holders = [m for m in cfg.names if m != self.member and m not in self.state.needs_reseed]
+        lag = await local.fetchval(
+            f"SELECT {s.wal_lsn_diff}({s.current_wal_lsn}(), restart_lsn)::bigint "
+            f"FROM {s.replication_slots} WHERE slot_name = $1", hold)
+        self.state.hold_lag_bytes = int(lag) if lag is not None else None
+        if lag is not None and lag > 0.8 * cfg.max_slot_wal_keep_bytes and marks:
+            # Keep the disk: a member this far behind gets a re-seed, not more WAL.
+            behind = [m for m in holders if not retention.holds(marks[0], m, progress)]
+            for m in behind:
+                log.warning("member %s fell behind the WAL budget: it needs a re-seed", m)
+                self.state.needs_reseed.add(m)
+            holders = [m for m in holders if m not in behind]
+        forwarded = frozenset(cfg.names)
+        target = retention.safe_advance(marks, holders, progress, forwarded)
+        if target is not None:
+            await local.execute(f"SELECT {s.replication_slot_advance}($1, $2::text::pg_lsn)",
+                                hold, lsn_to_str(target))
+
+    async def _seed(self, local: asyncpg.Connection, cfg: RingConfig,
+                    profile: EngineProfile) -> None:
+        inbound = self._inbound(cfg)
+        if not inbound:
+            raise RuntimeError("no live upstream member to seed from")
+        # Every inbound slot first: whatever commits after the snapshot stays in them.
+        for src_name, slot, _, _ in inbound.values():
+            m = cfg.member(src_name)
+            if m.dsn is None:
+                raise OSError(f"member {src_name} has no primary to seed from")
+            src = await connect(m.dsn)
+            try:
+                await catalog.ensure_slot(src, profile_for(m.engine, m.version), slot)
+            finally:
+                await src.close()
+        source = next(iter(inbound.values()))[0]
+        info = cfg.member(source)
+        assert info.dsn is not None
+        tables, _ = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
+        self.state.seeding = SeedProgress(self.member, source)
+        await seed(local, profile, cfg.ring, info.dsn, tables, self.state.seeding)
+
+
+def file_config(path: str) -> ConfigSource:
+    from pathlib import Path
+
+    async def load() -> RingConfig:
+        return await asyncio.to_thread(RingConfig.load, Path(path))
+
+    return load

@@ -1,0 +1,187 @@
+"""A replication ring of real local PostgreSQL servers with real sync sidecars.
+
+Sidecars run in this process (asyncio tasks) or as `ringkeeper sync` processes
+(for kill tests). The ring config is the same JSON file the CLI reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from pgserver import PgServer
+
+from ringkeeper.sync.sidecar import Sidecar, file_config
+
+SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS lis;
+CREATE TABLE IF NOT EXISTS lis.samples (
+    id bigint PRIMARY KEY,
+    campus text NOT NULL,
+    patient text,
+    status text NOT NULL,
+    result numeric(12, 3),
+    collected_at timestamptz NOT NULL DEFAULT now(),
+    flags text[],
+    payload bytea
+);
+CREATE TABLE IF NOT EXISTS lis.results (
+    sample_id bigint NOT NULL,
+    test_code text NOT NULL,
+    value double precision,
+    note text,
+    PRIMARY KEY (sample_id, test_code)
+);
+"""
+
+CHECKSUM = {
+    "lis.samples": "SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, '|' "
+                   "ORDER BY id)), '') FROM lis.samples t",
+    "lis.results": "SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, '|' "
+                   "ORDER BY sample_id, test_code)), '') FROM lis.results t",
+}
+
+
+async def wait_until(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 60,
+                     every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class LocalRing:
+    majors: tuple[str, ...]
+    ring: str = "lis"
+    topology: str = "ring"
+    bypass_after: int = 5
+    priorities: dict[str, int] = field(default_factory=dict)
+    seed: tuple[str, ...] = ()
+    names: list[str] = field(default_factory=list)
+    servers: dict[str, PgServer] = field(default_factory=dict)
+    sidecars: dict[str, Sidecar] = field(default_factory=dict)
+    tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    members_in_config: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            self.names = [chr(ord("a") + i) for i in range(len(self.majors))]
+        self.root = Path(f"/tmp/rk-ring-{os.getpid()}-{id(self)}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.root / "ring.json"
+        if not self.members_in_config:
+            self.members_in_config = list(self.names)
+
+    # -- servers -------------------------------------------------------------------------
+    def start_servers(self, settings: dict[str, str] | None = None) -> None:
+        for name, major in zip(self.names, self.majors, strict=True):
+            s = PgServer(major, name=name, settings=dict(settings or {}))
+            s.start()
+            self.servers[name] = s
+            s.psql(SCHEMA)
+        self.write_config()
+
+    def write_config(self) -> None:
+        spec = {
+            "members": [{"name": n, "priority": self.priorities.get(n, 100),
+                         "external": {"host": "127.0.0.1", "database": "postgres",
+                                      "engine": "postgresql",
+                                      "version": self.servers[n].major,
+                                      "passwordSecret": {"name": "x", "key": "y"}}}
+                        for n in self.members_in_config],
+            "topology": self.topology,
+            "tables": {"include": ["lis.*"]},
+            "healing": {"bypassAfterSeconds": self.bypass_after,
+                        "maxSlotWalKeepSize": "1Gi"},
+        }
+        data = {"ring": self.ring, "spec": spec, "seed": list(self.seed),
+                "members": {n: {"dsn": self.servers[n].dsn(), "engine": "postgresql",
+                                "version": self.servers[n].major}
+                            for n in self.members_in_config}}
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.config_path)
+
+    def destroy(self) -> None:
+        for name in list(self.procs):
+            self.kill_process(name)
+        for s in self.servers.values():
+            s.destroy()
+
+    async def conn(self, name: str) -> asyncpg.Connection:
+        c: asyncpg.Connection = await asyncpg.connect(self.servers[name].dsn())
+        return c
+
+    # -- sidecars ------------------------------------------------------------------------
+    def start_sidecar(self, name: str) -> None:
+        sc = Sidecar(name, self.servers[name].dsn(), file_config(str(self.config_path)),
+                     hold_every=0.5)
+        ev = asyncio.Event()
+        self.sidecars[name] = sc
+        self.tasks[name] = (asyncio.create_task(sc.run(ev)), ev)
+
+    async def stop_sidecar(self, name: str) -> None:
+        task, ev = self.tasks.pop(name)
+        ev.set()
+        await asyncio.wait_for(task, 30)
+
+    async def stop_all(self) -> None:
+        for name in list(self.tasks):
+            await self.stop_sidecar(name)
+
+    def start_process(self, name: str, log: Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "ringkeeper", "sync", "--member", name,
+                "--local-dsn", self.servers[name].dsn(), "--ring-file", str(self.config_path),
+                "--status-port", "0"]
+        with log.open("ab") as out:
+            self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                                env=env, start_new_session=True)
+
+    def kill_process(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    # -- data ----------------------------------------------------------------------------
+    async def checksums(self, table: str = "lis.samples") -> dict[str, str]:
+        out = {}
+        for n in self.names:
+            c = await self.conn(n)
+            try:
+                await c.execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
+                out[n] = await c.fetchval(CHECKSUM[table])
+            finally:
+                await c.close()
+        return out
+
+    async def wait_converged(self, tables: tuple[str, ...] = ("lis.samples",),
+                             timeout: float = 90, members: list[str] | None = None) -> None:
+        who = members or self.names
+
+        async def same() -> bool:
+            for t in tables:
+                sums = await self.checksums(t)
+                if len({sums[n] for n in who}) != 1:
+                    return False
+            return True
+
+        await wait_until(f"{tables} identical on {who}", same, timeout)
