@@ -1,1 +1,39 @@
-"""Data verification between ring members: chunked checksums, bisection, repair."""
+"""Data verification between ring members: chunked checksums, bisection, repair.
+
+The API the CLI and the operator call:
+
+    report = await verify(members, tables=None, mode="full" | "incremental", ...)
+    write_report(report, "verify.json")            # + verify.txt
+    result = await repair(report, members, source=None | "member", dry_run=True)
+"""
+
+from ..core.verify import (
+    Fix,
+    KeyDifference,
+    MemberConn,
+    Progress,
+    Report,
+    RowVersion,
+    TableReport,
+    origin_name,
+)
+from .repair import RepairResult, repair
+from .report import load_report, write_report
+from .runner import VerifyError, verify
+
+__all__ = [
+    "Fix",
+    "KeyDifference",
+    "MemberConn",
+    "Progress",
+    "RepairResult",
+    "Report",
+    "RowVersion",
+    "TableReport",
+    "VerifyError",
+    "load_report",
+    "origin_name",
+    "repair",
+    "verify",
+    "write_report",
+]
