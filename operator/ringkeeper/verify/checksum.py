@@ -43,13 +43,38 @@ SESSION_SETTINGS: dict[str, str] = {
 }
 """Set on every verification connection so text forms are identical across members."""
 
-# Types whose extended hash is value-based and identical across majors.
-TYPED_HASH = frozenset({
-    "int2", "int4", "int8", "numeric", "float4", "float8", "bool", "date", "time",
-    "timetz", "timestamp", "timestamptz", "uuid", "bytea", "jsonb", "text", "varchar",
-    "char", "name", "oid", "macaddr", "inet", "cidr",
-})
-COLLATABLE = frozenset({"text", "varchar", "name", "bpchar"})
+# Per type, the type's own extended hash (the support function hash partitioning uses,
+# value-based and identical across majors), called on a value of the base type. Types
+# missing here are hashed as their canonical text.
+TYPED_HASH: dict[str, str] = {
+    "int2": "hashint2extended({v}, {s})",
+    "int4": "hashint4extended({v}, {s})",
+    "int8": "hashint8extended({v}, {s})",
+    "numeric": "hash_numeric_extended({v}, {s})",  # scale-blind: 1.50 = 1.5
+    "float4": "hashfloat4extended({v}, {s})",  # -0 hashes as 0; NaN as NaN
+    "float8": "hashfloat8extended({v}, {s})",
+    "bool": "hashint4extended({v}::int4, {s})",
+    "date": "hashint4extended({v} - DATE '2000-01-01', {s})",
+    "time": "time_hash_extended({v}, {s})",
+    # the instant, as UTC wall time (verification sessions run with TimeZone=UTC)
+    "timestamptz": "timestamp_hash_extended({v}::timestamp, {s})",
+    "timestamp": "timestamp_hash_extended({v}, {s})",
+    "uuid": "uuid_hash_extended({v}, {s})",
+    "jsonb": "jsonb_hash_extended({v}, {s})",
+    "json": "jsonb_hash_extended({v}::jsonb, {s})",
+    "text": 'hashtextextended({v} COLLATE "C", {s})',
+    "varchar": 'hashtextextended({v}::text COLLATE "C", {s})',
+    "name": 'hashtextextended({v}::text COLLATE "C", {s})',
+    "bpchar": 'hashtextextended({v}::text COLLATE "C", {s})',
+    "char": "hashcharextended({v}, {s})",
+    "oid": "hashoidextended({v}, {s})",
+    "inet": "hashinetextended({v}, {s})",
+    "cidr": "hashinetextended({v}, {s})",
+    "macaddr": "hashmacaddrextended({v}, {s})",
+}
+ARRAY_ELEMENTS = frozenset({"int2", "int4", "int8", "numeric", "float4", "float8", "bool",
+                            "date", "timestamp", "timestamptz", "uuid", "jsonb"})
+TEXT_ELEMENTS = frozenset({"text", "varchar", "name", "bpchar"})
 INTEGER_KEYS = frozenset({"int2", "int4", "int8"})
 
 INTROSPECT_SQL = """
@@ -137,6 +162,7 @@ class Column:
     element: str = ""  # element typname when the base is an array
     generated: str = ""
     identity: str = ""
+    not_null: bool = False
 
     @property
     def ident(self) -> str:
@@ -204,28 +230,38 @@ def text_expr(c: Column, alias: str = "t") -> str:
     return f"{v}::text"
 
 
-def typed_expr(c: Column, alias: str = "t") -> str:
-    """A value whose type's extended hash implements equality portably, else its text."""
+def null_marker(position: int) -> int:
+    """A fixed signed 64-bit stand-in for a NULL in column `position` (hash functions are
+    strict), distinct per position so NULLs in different columns do not cancel."""
+    v = (0x9E3779B97F4A7C15 * (position + 1)) % (1 << 64)
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def typed_hash(c: Column, position: int, alias: str = "t", not_null: bool = False) -> str:
+    """One column's 64-bit hash, seeded by its position in the compared column list."""
     v = _as_base(c, alias)
-    if c.base in COLLATABLE:
-        return f'({v})::text COLLATE "C"' if c.base == "bpchar" else f'{v} COLLATE "C"'
-    if c.base == "json":
-        return f"{v}::jsonb"
+    seed = position + 1
     if c.base in TYPED_HASH:
-        return v
-    if c.base_kind == "b" and c.element in TYPED_HASH and c.element not in COLLATABLE:
-        return v
-    if c.base_kind == "b" and c.element in COLLATABLE:
-        return f"{v}::text[] COLLATE \"C\""
-    return f'({text_expr(c, alias)}) COLLATE "C"'
+        h = TYPED_HASH[c.base].format(v=v, s=seed)
+    elif c.base_kind == "b" and c.element in ARRAY_ELEMENTS:
+        h = f"hash_array_extended({v}, {seed})"
+    elif c.base_kind == "b" and c.element in TEXT_ELEMENTS:
+        h = f'hash_array_extended({v}::text[] COLLATE "C", {seed})'
+    else:
+        h = f'hashtextextended(({text_expr(c, alias)}) COLLATE "C", {seed})'
+    return h if not_null else f"coalesce({h}, {null_marker(position)})"
 
 
 def row_hash_expr(shape: TableShape, canonical: Canonical = "typed", alias: str = "t") -> str:
-    """A signed 64-bit hash of the row's canonical form."""
+    """A signed 64-bit hash of the row's canonical form.
+
+    typed: the XOR of the columns' position-seeded hashes (XOR inside a row is safe: the
+    seeds differ per column, so equal values in two columns do not cancel; across rows
+    the digest SUMS, see core.verify.Digest)."""
     cols = shape.compared
     if canonical == "typed":
-        inner = ", ".join(typed_expr(c, alias) for c in cols)
-        return f"hash_record_extended(ROW({inner}), 0)"
+        return "(" + " # ".join(typed_hash(c, i, alias, c.not_null)
+                                for i, c in enumerate(cols)) + ")"
     # ROW(...)::text quotes '' as "" and prints NULL as nothing: the two stay distinct.
     inner = ", ".join(f"{text_expr(c, alias)}" for c in cols)
     return f'hashtextextended(ROW({inner})::text COLLATE "C", 0)'

@@ -108,7 +108,7 @@ async def table_shape(member: Member, table: str) -> TableShape:
     cols = tuple(cs.Column(name=r["name"], sql_type=r["sql_type"], base=r["base"],
                            base_sql_type=r["base_sql_type"], base_kind=r["base_kind"],
                            element=r["element"], generated=r["generated"],
-                           identity=r["identity"]) for r in rows)
+                           identity=r["identity"], not_null=r["not_null"]) for r in rows)
     return TableShape(table=cs.relation_name(table), columns=cols, key=key)
 
 
