@@ -201,6 +201,9 @@ async def test_injected_differences_are_named_exactly(ring: Ring, canonical: str
     assert d.versions["b"].values is not None and d.versions["b"].values["t"] is None
     text = report.render_text()
     assert "missing_on" in text and "extra_on" in text and "10102" in text
+    capped = await verify(ring.members[:2], ["items"], chunk_rows=400, leaf_rows=50,
+                          settle_seconds=0, max_keys=3)
+    assert capped.tables[0].truncated and len(capped.differences) == 3 and not capped.passed
 
 
 async def _commit_info(conn: Any, key: int) -> tuple[datetime, str]:
@@ -273,8 +276,18 @@ async def test_three_members_repair_by_newest_commit(ring: Ring) -> None:
     }
     c_ts, _ = (await c.fetchrow("SELECT pg_xact_commit_timestamp(xmin), 0 FROM acct "
                                 "WHERE region = 'north' AND id = 7"))
+    # The sidecar holds c's origin at a for a moment: repair waits for it.
+    holder = await asyncpg.connect(ring.members[0].dsn)
+    await holder.execute("SELECT pg_replication_origin_create('rk_ring_c')")
+    await holder.execute("SELECT pg_replication_origin_session_setup('rk_ring_c')")
+    release = asyncio.get_running_loop().call_later(
+        0.5, lambda: asyncio.ensure_future(holder.close()))
+    t0 = time.monotonic()
     result = await repair(report, ring.members, dry_run=False)  # ring policy
+    release.cancel()
+    await holder.close()
     assert result.applied == 2 + 2 + 1 + 2
+    assert time.monotonic() - t0 >= 0.4  # it did wait for the busy origin
     again = await verify(ring.members, ["acct"], chunk_rows=300, settle_seconds=0)
     assert again.passed, again.render_text()
     for conn in (a, b):

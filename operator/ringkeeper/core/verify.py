@@ -141,7 +141,12 @@ def split_points(ordered_keys: Sequence[Key], parts: int) -> list[Key]:
     if parts < 2 or len(ordered_keys) < 2:
         return []
     step = len(ordered_keys) / parts
-    return [ordered_keys[int(i * step)] for i in range(1, parts) if int(i * step) > 0]
+    out: list[Key] = []
+    for i in range(1, parts):
+        j = int(i * step)
+        if j > 0 and (not out or ordered_keys[j] != out[-1]):
+            out.append(ordered_keys[j])
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -472,11 +477,12 @@ class TableReport(BaseModel):
     keys_rechecked: int = 0
     differences: list[KeyDifference] = Field(default_factory=list)
     unsettled: list[KeyDifference] = Field(default_factory=list)
+    truncated: bool = False
     seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
-        return not self.differences and not self.unsettled
+        return not self.differences and not self.unsettled and not self.truncated
 
 
 class Report(BaseModel):
@@ -530,6 +536,9 @@ def render_text(report: Report) -> str:
         lines.append(f"  {t.table}: rows {rows or '-'}; chunks {t.chunks} "
                      f"({t.chunks_differing} differing); keys touched {t.keys_touched}; "
                      f"{len(t.differences)} difference(s); {t.seconds:.2f}s")
+        if t.truncated:
+            lines.append("    stopped naming keys at the max_keys limit: more rows differ "
+                         "(a member far behind or empty? compare row counts)")
         if t.unsettled:
             lines.append(f"    {len(t.unsettled)} key(s) still changing when rechecks "
                          "timed out (not verified): "

@@ -170,6 +170,8 @@ class Context:
     progress: ProgressFn | None
     started: float = field(default_factory=time.monotonic)
     keys_touched: int = 0
+    max_keys: int = 100_000
+    truncated: bool = False
     chunks_total: int = 0
     chunks_differing: int = 0
     rows: dict[str, int] = field(default_factory=dict)
@@ -235,13 +237,17 @@ def disagreeing(hashes: dict[Key, dict[str, int]], names: Sequence[str]) -> list
 
 async def bisect(ctx: Context, chunk: Chunk, digests: dict[str, Digest], leaf_rows: int,
                  found: set[Key]) -> None:
-    """Split a differing chunk until its ranges are small, then name the differing keys."""
+    """Split a differing chunk until its ranges are small, then name the differing keys
+    (at most `ctx.max_keys`: past that the report says it stopped, memory stays bounded)."""
     if not digests_differ(digests):
+        return
+    if len(found) >= ctx.max_keys:
+        ctx.truncated = True
         return
     if not needs_bisection(digests, leaf_rows):
         hashes = await leaf_hashes(ctx, chunk)
         ctx.keys_touched += len(hashes)
-        found.update(disagreeing(hashes, ctx.names))
+        found.update(disagreeing(hashes, ctx.names)[:ctx.max_keys - len(found)])
         return
     # Split points from the member holding the most rows in this range.
     biggest = max(range(len(ctx.members)), key=lambda i: digests[ctx.names[i]].rows)
@@ -403,10 +409,10 @@ async def incremental_candidates(ctx: Context, since: datetime | None) -> set[Ke
 async def verify_table(members: list[Member], table: str, *, mode: Mode, chunk_rows: int,
                        leaf_rows: int, settle_seconds: float, recheck_timeout: float,
                        canonical: Canonical, reference: str, since: datetime | None,
-                       progress: ProgressFn | None) -> TableReport:
+                       progress: ProgressFn | None, max_keys: int = 100_000) -> TableReport:
     shapes = aligned_shapes(
         await asyncio.gather(*(table_shape(m, table) for m in members)), members)
-    ctx = Context(members, shapes, canonical, shapes[0].table, progress)
+    ctx = Context(members, shapes, canonical, shapes[0].table, progress, max_keys=max_keys)
     run_start: list[datetime] = []
     if mode == "incremental":
         run_start = [await m.pg.fetchval("SELECT clock_timestamp()") for m in members]
@@ -419,7 +425,7 @@ async def verify_table(members: list[Member], table: str, *, mode: Mode, chunk_r
                       rows=ctx.rows, chunks=ctx.chunks_total,
                       chunks_differing=ctx.chunks_differing, keys_touched=ctx.keys_touched,
                       keys_rechecked=len(found), differences=diffs, unsettled=unsettled,
-                      seconds=time.monotonic() - ctx.started)
+                      truncated=ctx.truncated, seconds=time.monotonic() - ctx.started)
     if mode == "incremental" and rep.passed:
         # Everything changed before this run started is now known to be equal.
         rel = cs.relation_name(ctx.table)
@@ -433,7 +439,7 @@ async def verify(members: Sequence[MemberConn], tables: Sequence[str] | None = N
                  mode: Mode = "full", chunk_rows: int = 100_000, leaf_rows: int = 2_000,
                  settle_seconds: float = 5.0, recheck_timeout: float | None = None,
                  canonical: Canonical = "typed", reference: str | None = None,
-                 since: datetime | None = None,
+                 since: datetime | None = None, max_keys: int = 100_000,
                  progress: ProgressFn | None = None) -> Report:
     """Verify tables across 2..N members and name every persistent difference.
 
@@ -443,8 +449,10 @@ async def verify(members: Sequence[MemberConn], tables: Sequence[str] | None = N
     A difference is reported only once it stayed unchanged for `settle_seconds` and its
     newest version is older than that (live replication is not damage); keys still
     changing after `recheck_timeout` (default max(30 s, 6 x settle)) are listed as
-    unsettled. `tables` default to every table with a primary key outside the system
-    schemas and ringkeeper (tables without one are listed in `Report.skipped`).
+    unsettled. At most `max_keys` differing keys are named per table in full mode
+    (`TableReport.truncated` says more differ). `tables` default to every table with a
+    primary key outside the system schemas and ringkeeper (tables without one are listed
+    in `Report.skipped`).
     """
     if len(members) < 2:
         raise VerifyError("verification needs at least two members")
@@ -474,7 +482,7 @@ async def verify(members: Sequence[MemberConn], tables: Sequence[str] | None = N
             report.tables.append(await verify_table(
                 conns, t, mode=mode, chunk_rows=chunk_rows, leaf_rows=leaf_rows,
                 settle_seconds=settle_seconds, recheck_timeout=timeout, canonical=canonical,
-                reference=ref, since=since, progress=progress))
+                reference=ref, since=since, progress=progress, max_keys=max_keys))
         report.finished_at = datetime.now(UTC)
         return report
     finally:
