@@ -54,7 +54,7 @@ TYPED_HASH: dict[str, str] = {
     "float4": "hashfloat4extended({v}, {s})",  # -0 hashes as 0; NaN as NaN
     "float8": "hashfloat8extended({v}, {s})",
     "bool": "hashint4extended({v}::int4, {s})",
-    "date": "hashint4extended({v} - DATE '2000-01-01', {s})",
+    "date": "timestamp_hash_extended({v}::timestamp, {s})",  # infinity-safe
     "time": "time_hash_extended({v}, {s})",
     # the instant, as UTC wall time (verification sessions run with TimeZone=UTC)
     "timestamptz": "timestamp_hash_extended({v}::timestamp, {s})",
