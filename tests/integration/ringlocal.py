@@ -162,9 +162,10 @@ class LocalRing:
         proc.wait(10)
 
     # -- data ----------------------------------------------------------------------------
-    async def checksums(self, table: str = "lis.samples") -> dict[str, str]:
+    async def checksums(self, table: str = "lis.samples",
+                        members: list[str] | None = None) -> dict[str, str]:
         out = {}
-        for n in self.names:
+        for n in members or self.names:
             c = await self.conn(n)
             try:
                 await c.execute("SET TimeZone = 'UTC'; SET extra_float_digits = 3")
@@ -179,7 +180,7 @@ class LocalRing:
 
         async def same() -> bool:
             for t in tables:
-                sums = await self.checksums(t)
+                sums = await self.checksums(t, who)
                 if len({sums[n] for n in who}) != 1:
                     return False
             return True

@@ -76,6 +76,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from ..sync.run import run
+
+    return run(args)
+
+
 def _cmd_not_yet(name: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         print(
@@ -142,7 +148,10 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
         description="Run the sync sidecar: captures this campus's changes and applies them at "
         "the next ring member with origin tracking and exactly-once progress.",
     )
-    p.set_defaults(func=_cmd_not_yet("sync"))
+    from ..sync.run import add_arguments as add_sync_arguments
+
+    add_sync_arguments(p)
+    p.set_defaults(func=_cmd_sync)
 
     p = sub.add_parser(
         "crds",

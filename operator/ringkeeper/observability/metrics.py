@@ -24,3 +24,45 @@ PRIMARY_UP = Gauge(
     "1 while the campus's primary is healthy as the operator sees it.",
     ["namespace", "campus"],
 )
+
+# Ring sync sidecar (one process per member; labels name the link).
+LINK_LAG_BYTES = Gauge(
+    "ringkeeper_link_lag_bytes",
+    "WAL of the source not yet applied by the target of a ring link.",
+    ["ring", "source", "target"],
+)
+LINK_LAG_SECONDS = Gauge(
+    "ringkeeper_link_lag_seconds",
+    "Age of the newest change a link has applied while it is behind (0 when caught up).",
+    ["ring", "source", "target"],
+)
+LINK_ROWS = Gauge(
+    "ringkeeper_link_rows_per_second",
+    "Rows a ring link applied per second over the last ten seconds.",
+    ["ring", "source", "target"],
+)
+LINK_UP = Gauge(
+    "ringkeeper_link_streaming",
+    "1 while a ring link streams (or catches up), 0 otherwise.",
+    ["ring", "source", "target"],
+)
+LINK_APPLIED_TXNS = Gauge(
+    "ringkeeper_link_applied_transactions",
+    "Transactions a ring link applied since the sidecar started.",
+    ["ring", "source", "target"],
+)
+CONFLICTS = Gauge(
+    "ringkeeper_link_conflicts",
+    "Conflicts a ring link resolved since the sidecar started.",
+    ["ring", "source", "target"],
+)
+SEED_PERCENT = Gauge(
+    "ringkeeper_seed_progress_percent",
+    "Progress of a member's stock sync, in percent of rows.",
+    ["ring", "member"],
+)
+HOLD_LAG_BYTES = Gauge(
+    "ringkeeper_hold_slot_retained_bytes",
+    "WAL a member keeps for ring members that have not received it yet.",
+    ["ring", "member"],
+)

@@ -32,7 +32,7 @@ from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update, Value, lsn_to
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1000
-EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ApplyError(RuntimeError):
@@ -414,7 +414,7 @@ class Applier:
             r = await self.conn.fetchrow(
                 f"SELECT t.xmin::text AS xmin, x.roident, x.timestamp FROM {t.quoted} AS t "
                 f"LEFT JOIN LATERAL {x}(t.xmin) AS x ON true WHERE "
-                + " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::{t.types[k]}"
+                + " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::text::{t.types[k]}"
                                for i, k in enumerate(t.key)), *lookup)
             if r is not None:
                 xmin = r["xmin"]
@@ -464,7 +464,7 @@ class Applier:
                    xmin: str | None) -> bool:
         """Carry out one decision; False if the row changed since it was read (retry)."""
         guard = "" if xmin is None else f" AND t.xmin::text = ${len(t.key) + 1}"
-        where = " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::{t.types[k]}"
+        where = " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::text::{t.types[k]}"
                              for i, k in enumerate(t.key))
         if action == Action.SKIP:
             return True
@@ -481,13 +481,13 @@ class Applier:
             return status != "DELETE 0"
         cols = [c for c in t.columns if c and c in ch.values]
         if action == Action.INSERT:
-            vals = ", ".join(f"${i + 1}::{t.types[c]}" for i, c in enumerate(cols))
+            vals = ", ".join(f"${i + 1}::text::{t.types[c]}" for i, c in enumerate(cols))
             status = await self.conn.execute(
                 f"INSERT INTO {t.quoted} ({', '.join(quote_ident(c) for c in cols)}) "
                 f"VALUES ({vals}) ON CONFLICT DO NOTHING", *[ch.values[c] for c in cols])
             return status != "INSERT 0 0"
         n = len(t.key) + (1 if xmin is not None else 0)
-        sets = ", ".join(f"{quote_ident(c)} = ${n + i + 1}::{t.types[c]}"
+        sets = ", ".join(f"{quote_ident(c)} = ${n + i + 1}::text::{t.types[c]}"
                          for i, c in enumerate(cols))
         args: list[str | None] = [*lookup]
         if xmin is not None:

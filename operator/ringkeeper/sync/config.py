@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..api.v1alpha1.common import parse_quantity
 from ..api.v1alpha1.ring import ConflictPolicy, ReplicationRingSpec, Topology
 
@@ -62,6 +64,9 @@ class RingConfig:
             where: dict[str, dict[str, Any]] = data.get("members", {})
         except (KeyError, TypeError) as exc:
             raise ValueError(f"ring config needs 'ring', 'spec' and 'members': {exc}") from None
+        except ValidationError as exc:
+            raise ValueError(f"ring config: invalid spec: {exc.errors()[0]['loc']}: "
+                             f"{exc.errors()[0]['msg']}") from None
         members = tuple(
             MemberInfo(name=m.name, dsn=where.get(m.name, {}).get("dsn"), priority=m.priority,
                        engine=str(where.get(m.name, {}).get("engine", "postgresql")),

@@ -128,7 +128,8 @@ class Link:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stream until stopped; errors propagate (the sidecar reconnects with backoff)."""
-        await self.open()
+        if self._src is None:
+            await self.open()
         self.status.state = "Streaming"
         self.status.message = None
         try:

@@ -42,16 +42,12 @@ def publication_name(ring: str) -> str:
     return _slot_safe(f"rk_{ring}")
 
 
-def slot_name(ring: str, source: str) -> str:
-    """The slot on `source` its ring successor reads from."""
-    return _slot_safe(f"rk_{ring}_{source}")
-
-
 def hold_slot_name(ring: str, source: str) -> str:
     """The slot on `source` that keeps WAL until every member has each change."""
     return _slot_safe(f"rk_{ring}_{source}_hold")
 
 
 def link_slot_name(ring: str, source: str, target: str) -> str:
-    """A slot on `source` for one target: mesh links, and ring links that bypass."""
+    """The slot on `source` that one target reads from (its ring successor, a member
+    bypassing a dead one, or a mesh peer)."""
     return _slot_safe(f"rk_{ring}_{source}_to_{target}")

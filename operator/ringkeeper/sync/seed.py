@@ -133,9 +133,10 @@ async def _copy_table(src: asyncpg.Connection, local: asyncpg.Connection,
             await queue.put(None)
 
     async with local.transaction():
-        # The oldest commit time there is: any change replayed from the slot wins.
+        # Older than any real commit: any change replayed from the slot wins. (Not
+        # 2000-01-01: that is PostgreSQL's zero timestamp, which means "unset" here.)
         await local.execute(
-            f"SELECT {profile.sql.replication_origin_xact_setup}('0/0', '2000-01-01 00:00:00+00')")
+            f"SELECT {profile.sql.replication_origin_xact_setup}('0/0', '1970-01-01 00:00:00+00')")
         task = asyncio.create_task(reader())
         try:
             await local.copy_to_table(t.name, schema_name=t.schema, columns=cols,

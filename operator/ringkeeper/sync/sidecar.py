@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 
 ConfigSource = Callable[[], Awaitable[RingConfig]]
 
+# Failures that a reconnect may cure: the network, a restarting server, a closed socket.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+LINK_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, RuntimeError)
+MEMBER_ERRORS: tuple[type[BaseException], ...] = (*LINK_ERRORS, ValueError)
+
 
 @dataclass
 class MemberState:
@@ -69,6 +75,7 @@ class Sidecar:
         self.state = MemberState(member)
         self._down_since: dict[str, float] = {}
         self._progress_cache: dict[str, dict[str, int]] = {}
+        self._probed: dict[str, float] = {}
 
     # -- main loop ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -77,8 +84,7 @@ class Sidecar:
             try:
                 await self._run_primary(stop)
                 backoff = 0.2
-            except (OSError, asyncpg.PostgresError, catalog.SetupError, SlotLost,
-                    RuntimeError, TimeoutError) as exc:
+            except MEMBER_ERRORS as exc:
                 self.state.error = str(exc)
                 log.warning("member %s: %s", self.member, exc)
             with contextlib.suppress(TimeoutError):
@@ -134,9 +140,13 @@ class Sidecar:
         if cfg.topology == "mesh":
             return [names.link_slot_name(cfg.ring, self.member, t)
                     for t in cfg.names if t != self.member]
-        # The hold slot first, so it never starts after the slot it backs up.
+        # The hold slot first, so it never starts after the slot it backs up. Each
+        # target has its own slot: a new successor never inherits a position another
+        # member moved on.
+        order = cfg.names
+        successor = order[(order.index(self.member) + 1) % len(order)]
         return [names.hold_slot_name(cfg.ring, self.member),
-                names.slot_name(cfg.ring, self.member)]
+                names.link_slot_name(cfg.ring, self.member, successor)]
 
     async def _serve(self, local: asyncpg.Connection, cfg: RingConfig,
                      profile: EngineProfile, stop: asyncio.Event) -> None:
@@ -157,17 +167,18 @@ class Sidecar:
                             await task
                         if key not in wanted:
                             self.state.links.pop(key, None)
-                            await self._drop_bypass_slot(cfg, key)
+                            await self._drop_inbound_slot(cfg, key)
                 for key, (source, slot, carries, bypassing) in wanted.items():
                     if key not in tasks:
                         ev = asyncio.Event()
                         tasks[key] = (asyncio.create_task(self._link_loop(
                             cfg, profile, source, slot, carries, bypassing, ev)), ev)
+                await self._probe_down(cfg)
                 if cfg.topology != "mesh" and time.monotonic() - last_hold >= self.hold_every:
                     last_hold = time.monotonic()
                     try:
                         await self.keep_hold(local, cfg, profile)
-                    except (OSError, asyncpg.PostgresError) as exc:
+                    except TRANSIENT as exc:
                         log.warning("hold slot: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
@@ -181,6 +192,27 @@ class Sidecar:
                 with contextlib.suppress(Exception):
                     await task
 
+    async def _probe_down(self, cfg: RingConfig) -> None:
+        """A bypassed member is not read from, so ask it directly whether it is back."""
+        now = time.monotonic()
+        for name, since in list(self._down_since.items()):
+            if now - since < cfg.bypass_after_seconds or now - self._probed.get(name, 0) < 1:
+                continue
+            self._probed[name] = now
+            info = cfg.member(name)
+            if info.dsn is None:
+                continue
+            try:
+                conn = await connect(info.dsn, timeout=2)
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                continue
+            try:
+                if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+                    log.info("member %s is back: the ring closes through it again", name)
+                    self._down_since.pop(name, None)
+            finally:
+                await conn.close()
+
     def _inbound(self, cfg: RingConfig) -> dict[str, tuple[str, str, frozenset[str] | None,
                                                             tuple[str, ...]]]:
         """link key -> (source, slot on source, origins carried, bypassed members)."""
@@ -191,15 +223,8 @@ class Sidecar:
         for lk in ring_links(cfg.names, cfg.topology, down):
             if lk.target != self.member:
                 continue
-            if cfg.topology == "mesh":
-                slot = names.link_slot_name(cfg.ring, lk.source, self.member)
-                carries: frozenset[str] | None = frozenset({lk.source})
-            elif lk.bypassing:
-                slot = names.link_slot_name(cfg.ring, lk.source, self.member)
-                carries = None
-            else:
-                slot = names.slot_name(cfg.ring, lk.source)
-                carries = None
+            slot = names.link_slot_name(cfg.ring, lk.source, self.member)
+            carries = frozenset({lk.source}) if cfg.topology == "mesh" else None
             out[f"{lk.source}->{self.member}"] = (lk.source, slot, carries, lk.bypassing)
         return out
 
@@ -216,8 +241,7 @@ class Sidecar:
                 if info.dsn is None:
                     raise OSError(f"member {source} has no primary to connect to")
                 src_profile = profile_for(info.engine, info.version)
-                if bypassing:
-                    await self._ensure_bypass_slot(cfg, source, slot, src_profile, info.dsn)
+                await self._ensure_inbound_slot(cfg, source, slot, src_profile, info.dsn)
                 local = await connect(self.local_dsn)
                 try:
                     applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
@@ -227,6 +251,7 @@ class Sidecar:
                                 source_dsn=info.dsn, slot=slot, applier=applier,
                                 profile=profile, source_profile=src_profile, carries=carries,
                                 status=status, poll_seconds=self.poll)
+                    await link.open()
                     self._down_since.pop(source, None)
                     status.state = "CatchingUp" if bypassing else "Streaming"
                     backoff = 0.2
@@ -235,8 +260,8 @@ class Sidecar:
                     await local.close()
             except SlotLost as exc:
                 status.state, status.message = "NeedsReseed", str(exc)
-            except (OSError, asyncpg.PostgresError, TimeoutError, RuntimeError) as exc:
-                if isinstance(exc, (OSError, TimeoutError,
+            except LINK_ERRORS as exc:
+                if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError,
                                     asyncpg.CannotConnectNowError,
                                     asyncpg.ConnectionDoesNotExistError)):
                     self._down_since.setdefault(source, time.monotonic())
@@ -249,23 +274,33 @@ class Sidecar:
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 3.0)
 
-    async def _ensure_bypass_slot(self, cfg: RingConfig, source: str, slot: str,
-                                  src_profile: EngineProfile, dsn: str) -> None:
-        """Around a dead member, read `source`'s changes from its hold slot's position:
-        the hold slot kept everything some member still lacks, this one included."""
+    async def _ensure_inbound_slot(self, cfg: RingConfig, source: str, slot: str,
+                                   src_profile: EngineProfile, dsn: str) -> None:
+        """A ring slot this member lacks on `source` (it bypasses a dead member, joined,
+        or the ring was re-ordered) starts as a copy of the source's hold slot: the hold
+        slot kept everything some member still lacks, this one included, so nothing
+        between the old and the new reader is lost. Replays are skipped by progress."""
+        if cfg.topology == "mesh":
+            return
         src = await connect(dsn)
         try:
-            await catalog.copy_slot(src, src_profile, names.hold_slot_name(cfg.ring, source),
-                                    slot)
+            if await catalog.slot_exists(src, src_profile, slot):
+                return
+            hold = names.hold_slot_name(cfg.ring, source)
+            if await catalog.slot_exists(src, src_profile, hold):
+                await catalog.copy_slot(src, src_profile, hold, slot)
+                log.info("slot %s on %s starts from the hold slot", slot, source)
         finally:
             await src.close()
 
-    async def _drop_bypass_slot(self, cfg: RingConfig, key: str) -> None:
+    async def _drop_inbound_slot(self, cfg: RingConfig, key: str) -> None:
+        """A link no longer used leaves its slot behind, holding WAL: drop it. Safe even
+        if it is needed again later: a new one starts from the hold slot."""
         source = key.split("->", 1)[0]
         slot = names.link_slot_name(cfg.ring, source, self.member)
-        if cfg.topology == "mesh":
+        if cfg.topology == "mesh" and source in cfg.names:
             return
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*TRANSIENT, KeyError):
             info = cfg.member(source)
             if info.dsn:
                 src = await connect(info.dsn)
@@ -287,7 +322,7 @@ class Sidecar:
                         conn, profile_for(m.engine, m.version), cfg.ring)
                 finally:
                     await conn.close()
-            except (OSError, asyncpg.PostgresError, TimeoutError):
+            except TRANSIENT:
                 pass
         return self._progress_cache
 
@@ -349,9 +384,11 @@ class Sidecar:
             m = cfg.member(src_name)
             if m.dsn is None:
                 raise OSError(f"member {src_name} has no primary to seed from")
+            src_profile = profile_for(m.engine, m.version)
+            await self._ensure_inbound_slot(cfg, src_name, slot, src_profile, m.dsn)
             src = await connect(m.dsn)
             try:
-                await catalog.ensure_slot(src, profile_for(m.engine, m.version), slot)
+                await catalog.ensure_slot(src, src_profile, slot)
             finally:
                 await src.close()
         source = next(iter(inbound.values()))[0]

@@ -10,7 +10,6 @@ server would print at admission.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime

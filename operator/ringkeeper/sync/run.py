@@ -1,0 +1,167 @@
+"""`ringkeeper sync`: the sidecar process, its status endpoint and metrics.
+
+Config comes from a JSON file (local rings, tests, the bench) or from the ring's
+Secret that the operator writes (in pods). The status endpoint is read-only and
+carries no secrets; the operator polls it to fill the ReplicationRing status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..observability import metrics as m
+from .config import RingConfig
+from .sidecar import ConfigSource, Sidecar, file_config
+
+log = logging.getLogger("ringkeeper.sync")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--member", default=os.environ.get("RINGKEEPER_CAMPUS"),
+                   help="this member's name in the ring (default: $RINGKEEPER_CAMPUS)")
+    p.add_argument("--local-dsn", default=os.environ.get("RINGKEEPER_LOCAL_DSN"),
+                   help="connection string of the local database (default: the pod's "
+                   "Unix socket with the superuser password from the environment)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--ring-file", help="read the ring config from this JSON file")
+    src.add_argument("--ring-secret", default=os.environ.get("RINGKEEPER_RING_SECRET"),
+                     help="read the ring config from this Secret (key ring.json) in "
+                     "$POD_NAMESPACE")
+    p.add_argument("--status-address",
+                   default=os.environ.get("POD_IP", "127.0.0.1"),
+                   help="address of the status and metrics endpoint")
+    p.add_argument("--status-port", type=int,
+                   default=int(os.environ.get("RINGKEEPER_SYNC_PORT", "8001")),
+                   help="port of the status endpoint (0: do not serve)")
+    p.add_argument("--verbose", action="store_true")
+
+
+def _local_dsn(args: argparse.Namespace) -> str:
+    if args.local_dsn:
+        return str(args.local_dsn)
+    password = os.environ.get("RINGKEEPER_SUPERUSER_PASSWORD")
+    if not password:
+        raise SystemExit("ringkeeper sync: give --local-dsn, or set "
+                         "RINGKEEPER_SUPERUSER_PASSWORD for the pod's Unix socket")
+    user = os.environ.get("RINGKEEPER_SUPERUSER", "postgres")
+    db = os.environ.get("RINGKEEPER_APP_DATABASE", "app")
+    sock = os.environ.get("RINGKEEPER_SOCKET_DIR", "/run/ringkeeper")
+    port = os.environ.get("RINGKEEPER_PORT", "5432")
+    return (f"postgresql://{quote(user)}:{quote(password, safe='')}@/{quote(db)}"
+            f"?host={quote(sock, safe='')}&port={port}")
+
+
+def secret_config(namespace: str, name: str) -> ConfigSource:
+    cache: dict[str, Any] = {}
+
+    async def load() -> RingConfig:
+        from kubernetes_asyncio import client
+
+        from ..adapters.kube import api_client
+
+        if "api" not in cache:
+            cache["api"] = await api_client()
+        core = client.CoreV1Api(cache["api"])
+        try:
+            s = await asyncio.wait_for(core.read_namespaced_secret(name, namespace), 5)
+            raw = base64.b64decode((s.data or {})["ring.json"]).decode()
+            cache["cfg"] = RingConfig.from_dict(json.loads(raw))
+        except Exception as exc:  # the API may blink; keep the last good config
+            if "cfg" not in cache:
+                raise RuntimeError(f"cannot read ring config Secret {namespace}/{name}: "
+                                   f"{exc}") from exc
+            log.warning("ring config Secret unreadable, keeping the last one: %s", exc)
+        cfg: RingConfig = cache["cfg"]
+        return cfg
+
+    return load
+
+
+def export_metrics(ring: str, sidecar: Sidecar) -> None:
+    st = sidecar.state
+    for lk in st.links.values():
+        labels = (ring, lk.source, lk.target)
+        m.LINK_LAG_BYTES.labels(*labels).set(lk.lag_bytes or 0)
+        m.LINK_LAG_SECONDS.labels(*labels).set(lk.lag_seconds or 0)
+        m.LINK_ROWS.labels(*labels).set(lk.rows_per_second)
+        m.LINK_UP.labels(*labels).set(1 if lk.state in ("Streaming", "CatchingUp") else 0)
+        m.LINK_APPLIED_TXNS.labels(*labels).set(lk.applied_txns)
+        m.CONFLICTS.labels(*labels).set(lk.conflicts)
+    if st.seeding is not None:
+        m.SEED_PERCENT.labels(ring, st.member).set(st.seeding.percent)
+    if st.hold_lag_bytes is not None:
+        m.HOLD_LAG_BYTES.labels(ring, st.member).set(st.hold_lag_bytes)
+
+
+def build_app(sidecar: Sidecar, ring: str) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"sync": "ok", "member": sidecar.member})
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(sidecar.state.as_dict(),
+                                 dumps=lambda d: json.dumps(d, default=str))
+
+    async def metrics(_: web.Request) -> web.Response:
+        export_metrics(ring, sidecar)
+        return web.Response(body=generate_latest(), headers={"Content-Type":
+                                                             CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _main(args: argparse.Namespace) -> None:
+    if not args.member:
+        raise SystemExit("ringkeeper sync: --member (or $RINGKEEPER_CAMPUS) is required")
+    if args.ring_file:
+        source = file_config(args.ring_file)
+    elif args.ring_secret:
+        source = secret_config(os.environ.get("POD_NAMESPACE", "default"), args.ring_secret)
+    else:
+        raise SystemExit("ringkeeper sync: give --ring-file or --ring-secret")
+    cfg = await source()
+    cfg.member(args.member)  # a clear error now rather than in the loop
+    sidecar = Sidecar(args.member, _local_dsn(args), source)
+    runner = None
+    if args.status_port:
+        runner = web.AppRunner(build_app(sidecar, cfg.ring), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, args.status_address, args.status_port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("sync sidecar for member %s of ring %s (%s)", args.member, cfg.ring,
+             cfg.topology)
+    try:
+        await sidecar.run(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    try:
+        asyncio.run(_main(args))
+    except ValueError as exc:
+        print(f"ringkeeper sync: {exc}", file=sys.stderr)
+        return 2
+    return 0
