@@ -112,3 +112,19 @@ async def secret_value(api: client.ApiClient, namespace: str, name: str, key: st
 
     s = await client.CoreV1Api(api).read_namespaced_secret(name, namespace)
     return base64.b64decode((s.data or {})[key]).decode()
+
+
+async def read_custom(api: client.ApiClient, namespace: str, plural: str,
+                      name: str) -> dict[str, Any]:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}"
+    result: dict[str, Any] = await _call(api, "GET", path, None, "application/json")
+    return result
+
+
+async def patch_custom_status(api: client.ApiClient, namespace: str, plural: str, name: str,
+                              status: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch of a Ringkeeper object's status subresource."""
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status"
+    result: dict[str, Any] = await _call(api, "PATCH", path, {"status": status},
+                                         "application/merge-patch+json")
+    return result

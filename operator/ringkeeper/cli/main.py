@@ -100,6 +100,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ..verify.cli import run
+
+    return run(args)
+
+
 def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -185,6 +191,19 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     p.add_argument("name", nargs="?", help="show only resources with this name")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "verify",
+        help="compare a ring's members row by row, and repair differences",
+        description="Verify that every member of a replication ring holds the same rows: "
+        "chunked checksums inside each database, bisection down to the differing keys, a "
+        "readable table and a JSON report. --repair shows the plan and applies it when "
+        "confirmed. Exit 0: members agree (or were repaired), 1: differences, 2: error.",
+    )
+    from ..verify.cli import add_arguments as add_verify_arguments
+
+    add_verify_arguments(p)
+    p.set_defaults(func=_cmd_verify)
 
     from .campus_ops import add_parsers as add_campus_ops
 

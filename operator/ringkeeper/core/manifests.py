@@ -17,6 +17,7 @@ CAMPUS_LABEL = "ringkeeper.io/campus"
 ROLE_LABEL = "ringkeeper.io/role"
 INSTANCE_LABEL = "ringkeeper.io/instance"
 AGENT_PORT = 8000
+SYNC_PORT = 8001
 DATA_MOUNT = "/var/lib/ringkeeper/data"
 SOCKET_DIR = "/run/ringkeeper"
 SECRET_KEYS = {"superuser": "password", "replication": "password", "app": "password",
@@ -98,13 +99,21 @@ def instance_rbac(campus: Mapping[str, Any]) -> list[dict[str, Any]]:
          "metadata": _meta(campus, name),
          "rules": [{"apiGroups": ["ringkeeper.io"], "resources": ["campuses"],
                     "resourceNames": [c], "verbs": ["get"]},
-                   {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]},
+                   {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+                   # The sync sidecar reads where the ring's members are, nothing else.
+                   {"apiGroups": [""], "resources": ["secrets"],
+                    "resourceNames": [ring_secret_name(c)], "verbs": ["get"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": _meta(campus, name),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
          "subjects": [{"kind": "ServiceAccount", "name": name,
                        "namespace": campus["metadata"]["namespace"]}]},
     ]
+
+
+def ring_secret_name(campus: str) -> str:
+    """The Secret the operator writes for a Campus's sync sidecar (its ring's members)."""
+    return f"{campus}-ring"
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
@@ -163,6 +172,27 @@ def statefulset(campus: Mapping[str, Any], profile: EngineProfile,
     }
     if spec.get("resources"):
         container["resources"] = spec["resources"]
+    # The sync sidecar: idle until the Campus is in a ring (its Secret appears) and
+    # active only next to the primary; it reaches the database over the Unix socket.
+    sync_env = [e for e in env if e["name"] in {
+        "RINGKEEPER_CAMPUS", "RINGKEEPER_PORT", "POD_NAMESPACE", "POD_IP",
+        "RINGKEEPER_SOCKET_DIR", "RINGKEEPER_SUPERUSER", "RINGKEEPER_SUPERUSER_PASSWORD",
+        "RINGKEEPER_APP_DATABASE"}]
+    sync_env.append({"name": "RINGKEEPER_RING_SECRET", "value": ring_secret_name(c)})
+    sync_env.append({"name": "RINGKEEPER_SYNC_PORT", "value": str(SYNC_PORT)})
+    sync: dict[str, Any] = {
+        "name": "sync",
+        "image": spec.get("image") or profile.image,
+        "command": ["ringkeeper", "sync"],
+        "env": sync_env,
+        "ports": [{"name": "sync", "containerPort": SYNC_PORT}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "sync"},
+                          "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 2},
+        "volumeMounts": [{"name": "sockets", "mountPath": SOCKET_DIR},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _meta(campus, c),
@@ -180,7 +210,7 @@ def statefulset(campus: Mapping[str, Any], profile: EngineProfile,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 26, "runAsGroup": 26,
                                         "fsGroup": 26,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [container],
+                    "containers": [container, sync],
                     "volumes": [{"name": "sockets", "emptyDir": {}},
                                 {"name": "tmp", "emptyDir": {}}],
                 },

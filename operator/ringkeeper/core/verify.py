@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ..api.v1alpha1.ring import VerificationResult, VerificationStatus
 from .conflicts import Policy, Version, winner
 
 Key = tuple[str, ...]
@@ -557,3 +558,42 @@ def render_text(report: Report) -> str:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
                          .rstrip())
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# ReplicationRing status
+
+
+def rows_compared(report: Report) -> int:
+    """Rows compared: per table the most rows any member held (or looked up), summed."""
+    return sum(max(t.rows.values(), default=0) for t in report.tables)
+
+
+def verification_status(report: Report | None, *, mode: Mode | str, started_at: datetime,
+                        completed_at: datetime | None, report_path: str | None,
+                        progress_percent: float | None = None,
+                        error: bool = False) -> dict[str, object]:
+    """The ReplicationRing `status.lastVerification` object (camelCase, as in the CRD).
+
+    With a report: Passed or Failed with its counts and progress 100. Without one: Running
+    (with `progress_percent`) while `completed_at` is None, Error once it is set (or with
+    `error`, e.g. when the members could not be reached)."""
+    data: dict[str, object] = {"started_at": started_at, "completed_at": completed_at,
+                               "mode": str(mode), "report": report_path}
+    if report is not None and not error:
+        data.update(tables=len(report.tables), rows_compared=rows_compared(report),
+                    differences=len(report.differences) + sum(
+                        len(t.unsettled) for t in report.tables),
+                    result=(VerificationResult.PASSED if report.passed
+                            else VerificationResult.FAILED),
+                    progress_percent=100.0)
+    elif completed_at is None and not error:
+        data.update(result=VerificationResult.RUNNING,
+                    progress_percent=round(progress_percent or 0.0, 1))
+    else:
+        data.update(result=VerificationResult.ERROR)
+        if report is not None:
+            data.update(tables=len(report.tables), rows_compared=rows_compared(report))
+    status = VerificationStatus.model_validate(data)
+    out: dict[str, object] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return out

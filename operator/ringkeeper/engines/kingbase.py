@@ -58,7 +58,7 @@ KINGBASE_SQL = SqlNames(
     replication_origin_session_reset="sys_replication_origin_session_reset",
     replication_origin_drop="sys_replication_origin_drop",
     xact_commit_timestamp_origin="sys_xact_commit_timestamp_origin",
-    replication_origin_catalog="sys_replication_origin",
+    replication_origin="sys_replication_origin",
 )
 
 

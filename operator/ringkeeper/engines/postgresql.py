@@ -45,7 +45,7 @@ POSTGRESQL_SQL = SqlNames(
     replication_origin_session_reset="pg_replication_origin_session_reset",
     replication_origin_drop="pg_replication_origin_drop",
     xact_commit_timestamp_origin="pg_xact_commit_timestamp_origin",
-    replication_origin_catalog="pg_replication_origin",
+    replication_origin="pg_replication_origin",
 )
 
 

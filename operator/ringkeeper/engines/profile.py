@@ -68,7 +68,7 @@ class SqlNames:
     replication_origin_session_reset: str
     replication_origin_drop: str
     xact_commit_timestamp_origin: str
-    replication_origin_catalog: str
+    replication_origin: str
 
 
 @dataclass(frozen=True)

@@ -66,3 +66,20 @@ HOLD_LAG_BYTES = Gauge(
     "WAL a member keeps for ring members that have not received it yet.",
     ["ring", "member"],
 )
+
+# Ring, as the operator sees it (from every member's sidecar report).
+RING_HEALTHY_LINKS = Gauge(
+    "ringkeeper_ring_healthy_links",
+    "Ring links that carry changes right now.",
+    ["namespace", "ring"],
+)
+RING_MAX_LAG = Gauge(
+    "ringkeeper_ring_max_lag_seconds",
+    "Largest lag of any link of the ring.",
+    ["namespace", "ring"],
+)
+RING_CONFLICTS = Gauge(
+    "ringkeeper_ring_conflicts",
+    "Conflicts the ring's sidecars resolved since they started.",
+    ["namespace", "ring"],
+)

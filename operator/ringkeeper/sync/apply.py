@@ -120,7 +120,7 @@ class Applier:
         s = self.profile.sql
         rows = await self.conn.fetch(
             f"SELECT roident, roname, {s.replication_origin_progress}(roname, false)::text AS lsn "
-            f"FROM {s.replication_origin_catalog}")
+            f"FROM {s.replication_origin}")
         self._roident = {int(r["roident"]): r["roname"] for r in rows}
         for r in rows:
             member = names.member_of_origin(self.ring, r["roname"])

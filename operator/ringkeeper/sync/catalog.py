@@ -226,7 +226,7 @@ async def ensure_origins(conn: asyncpg.Connection, profile: EngineProfile, ring:
     s = profile.sql
     wanted = [names.origin_name(ring, m) for m in members] + [names.seed_origin(ring)]
     have = {r["roname"] for r in await conn.fetch(
-        f"SELECT roname FROM {s.replication_origin_catalog}")}
+        f"SELECT roname FROM {s.replication_origin}")}
     for origin in wanted:
         if origin not in have:
             await conn.execute(f"SELECT {s.replication_origin_create}($1)", origin)
@@ -289,7 +289,7 @@ async def origin_progress(conn: asyncpg.Connection, profile: EngineProfile,
     s = profile.sql
     rows = await conn.fetch(
         f"SELECT roname, {s.replication_origin_progress}(roname, true)::text AS lsn "
-        f"FROM {s.replication_origin_catalog} WHERE starts_with(roname, $1)",
+        f"FROM {s.replication_origin} WHERE starts_with(roname, $1)",
         f"rk_{ring}_")
     out: dict[str, int] = {}
     for r in rows:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -114,7 +115,7 @@ def build_app(sidecar: Sidecar, ring: str) -> web.Application:
                                  dumps=lambda d: json.dumps(d, default=str))
 
     async def metrics(_: web.Request) -> web.Response:
-        export_metrics(ring, sidecar)
+        export_metrics(sidecar.ring or ring, sidecar)
         return web.Response(body=generate_latest(), headers={"Content-Type":
                                                              CONTENT_TYPE_LATEST})
 
@@ -134,21 +135,34 @@ async def _main(args: argparse.Namespace) -> None:
         source = secret_config(os.environ.get("POD_NAMESPACE", "default"), args.ring_secret)
     else:
         raise SystemExit("ringkeeper sync: give --ring-file or --ring-secret")
-    cfg = await source()
-    cfg.member(args.member)  # a clear error now rather than in the loop
-    sidecar = Sidecar(args.member, _local_dsn(args), source)
-    runner = None
-    if args.status_port:
-        runner = web.AppRunner(build_app(sidecar, cfg.ring), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, args.status_address, args.status_port).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("sync sidecar for member %s of ring %s (%s)", args.member, cfg.ring,
-             cfg.topology)
+    sidecar = Sidecar(args.member, _local_dsn(args), source)
+    runner = None
+    if args.status_port:
+        runner = web.AppRunner(build_app(sidecar, os.environ.get("RINGKEEPER_RING", "")),
+                               access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, args.status_address, args.status_port).start()
     try:
+        # A Campus not (yet) in a ring has no config: wait for it instead of restarting.
+        while not stop.is_set():
+            try:
+                cfg = await source()
+                cfg.member(args.member)
+                break
+            except (RuntimeError, ValueError, KeyError, OSError) as exc:
+                sidecar.state.error = f"waiting for the ring config: {exc}"
+                log.info("%s", sidecar.state.error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5)
+        else:
+            return
+        log.info("sync sidecar for member %s of ring %s (%s)", args.member, cfg.ring,
+                 cfg.topology)
+        sidecar.ring = cfg.ring
         await sidecar.run(stop)
     finally:
         if runner is not None:

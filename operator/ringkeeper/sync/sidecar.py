@@ -73,6 +73,7 @@ class Sidecar:
         self.poll = poll_seconds
         self.hold_every = hold_every
         self.state = MemberState(member)
+        self.ring = ""
         self._down_since: dict[str, float] = {}
         self._progress_cache: dict[str, dict[str, int]] = {}
         self._probed: dict[str, float] = {}
@@ -152,7 +153,7 @@ class Sidecar:
                      profile: EngineProfile, stop: asyncio.Event) -> None:
         """Run inbound links and the hold keeper until the config changes or we stop."""
         if self.member in cfg.seed and await needs_seed(local, cfg.ring):
-            await self._seed(local, cfg, profile)
+            await self._seed_or_skip(local, cfg, profile)
         tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         last_hold = 0.0
         try:
@@ -373,6 +374,24 @@ class Sidecar:
         if target is not None:
             await local.execute(f"SELECT {s.replication_slot_advance}($1, $2::text::pg_lsn)",
                                 hold, lsn_to_str(target))
+
+    async def _seed_or_skip(self, local: asyncpg.Connection, cfg: RingConfig,
+                            profile: EngineProfile) -> None:
+        """Stock-sync a member that joins empty; one that already holds data keeps it
+        (overwriting a campus's data is for people to decide) and says so."""
+        tables, _ = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
+        for t in tables:
+            if await local.fetchval(f"SELECT EXISTS (SELECT 1 FROM {t.quoted})"):
+                self.state.seeding = SeedProgress(self.member, "", state="Skipped",
+                                                  message=f"{t.relation} already holds rows: "
+                                                  "no stock sync; verify and repair instead")
+                await local.execute(
+                    "INSERT INTO ringkeeper.seed_state (ring, source, finished_at) "
+                    "VALUES ($1, '', clock_timestamp()) ON CONFLICT (ring) DO NOTHING",
+                    cfg.ring)
+                log.warning("member %s: %s", self.member, self.state.seeding.message)
+                return
+        await self._seed(local, cfg, profile)
 
     async def _seed(self, local: asyncpg.Connection, cfg: RingConfig,
                     profile: EngineProfile) -> None:

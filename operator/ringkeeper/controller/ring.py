@@ -1,0 +1,174 @@
+"""ReplicationRing daemon: tell the sidecars where the members are, and report.
+
+Each member's sync sidecar does the replication work. The operator resolves
+every member to its Campus's current primary (it moves on failover), writes the
+result to a Secret per member Campus (connection strings carry passwords), polls
+each primary's sidecar status on its pod IP, and turns the reports into the
+ring's status, conditions, Events and metrics (core.ringplan decides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import aiohttp
+import kopf
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..adapters import resources
+from ..adapters.kube import api_client
+from ..core import manifests
+from ..core.ringplan import dsn, primary_address, ring_status, sync_config
+from ..engines import profile_for
+from ..observability.metrics import RING_CONFLICTS, RING_HEALTHY_LINKS, RING_MAX_LAG
+
+log = logging.getLogger("ringkeeper.ring")
+PERIOD_SECONDS = 2.0
+APP_DATABASE = "app"
+
+
+class _State:
+    def __init__(self) -> None:
+        self.secret_hashes: dict[str, str] = {}
+        self.link_states: dict[str, str] = {}
+
+
+def _owner(ring: dict[str, Any]) -> dict[str, Any]:
+    meta = ring["metadata"]
+    return {"apiVersion": ring["apiVersion"], "kind": ring["kind"], "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": False}
+
+
+async def _endpoint(api: client.ApiClient, ns: str, member: dict[str, Any]
+                    ) -> tuple[dict[str, Any], str | None, str | None]:
+    """(endpoint for the sidecars, sidecar host to poll, campus name or None)."""
+    if member.get("campusRef"):
+        cname = member["campusRef"]["name"]
+        campus = await resources.read_campus(api, ns, cname)
+        spec = campus["spec"]
+        profile = profile_for(spec.get("engine", "postgresql"), str(spec["version"]))
+        host = primary_address(campus)
+        target: str | None = None
+        if host:
+            user = await resources.secret_value(
+                api, ns, manifests.secret_name(cname, "superuser"), "username")
+            pw = await resources.secret_value(
+                api, ns, manifests.secret_name(cname, "superuser"), "password")
+            target = dsn(host, profile.default_port, APP_DATABASE, user, pw)
+        return ({"dsn": target, "engine": profile.engine, "version": profile.version},
+                host, cname)
+    ext = member["external"]
+    ref = ext["passwordSecret"]
+    pw = await resources.secret_value(api, ns, ref["name"], ref.get("key", "password"))
+    target = dsn(ext["host"], int(ext.get("port", 5432)), ext["database"],
+                 ext.get("user", "ringkeeper_sync"), pw)
+    return ({"dsn": target, "engine": ext["engine"], "version": str(ext["version"])},
+            None, None)
+
+
+async def _write_secret(api: client.ApiClient, ring: dict[str, Any], name: str,
+                        payload: str, state: _State) -> None:
+    digest = hashlib.sha256(payload.encode()).hexdigest()
+    if state.secret_hashes.get(name) == digest:
+        return
+    ns = ring["metadata"]["namespace"]
+    await resources.apply(api, {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": [_owner(ring)],
+                     "labels": {"app.kubernetes.io/name": "ringkeeper",
+                                "ringkeeper.io/ring": ring["metadata"]["name"]}},
+        "stringData": {"ring.json": payload}})
+    state.secret_hashes[name] = digest
+
+
+async def _report(session: aiohttp.ClientSession, host: str | None) -> dict[str, Any] | None:
+    if host is None:
+        return None
+    try:
+        async with session.get(f"http://{host}:{manifests.SYNC_PORT}/status",
+                               timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            if resp.status != 200:
+                return None
+            data: dict[str, Any] = await resp.json()
+            return data
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
+                     ring: dict[str, Any], state: _State) -> None:
+    meta, spec = ring["metadata"], ring["spec"]
+    ns, name = meta["namespace"], meta["name"]
+    endpoints: dict[str, dict[str, Any]] = {}
+    hosts: dict[str, str | None] = {}
+    campuses: list[str] = []
+    for member in spec.get("members") or []:
+        try:
+            ep, host, cname = await _endpoint(api, ns, member)
+        except (ApiException, KeyError, ValueError) as exc:
+            log.warning("ring %s/%s: member %s unresolved: %s", ns, name, member["name"],
+                        getattr(exc, "reason", exc))
+            ep, host, cname = {"dsn": None}, None, None
+        endpoints[member["name"]] = ep
+        hosts[member["name"]] = host
+        if cname:
+            campuses.append(cname)
+    payload = json.dumps(sync_config(name, spec, endpoints), sort_keys=True)
+    for cname in campuses:
+        await _write_secret(api, ring, manifests.ring_secret_name(cname), payload, state)
+    await _write_secret(api, ring, f"{name}-sync", payload, state)
+    reports = {m: await _report(session, h) for m, h in hosts.items()}
+    previous = (ring.get("status") or {}).get("conditions") or []
+    status = ring_status(spec, reports, meta.get("generation"), datetime.now(UTC), previous)
+    _events(ring, status, state)
+    RING_HEALTHY_LINKS.labels(ns, name).set(
+        sum(1 for lk in status["links"] if lk["state"] in ("Streaming", "CatchingUp")))
+    RING_MAX_LAG.labels(ns, name).set(status["maxLagSeconds"] or 0)
+    RING_CONFLICTS.labels(ns, name).set(status["conflictsTotal"] or 0)
+    await resources.patch_custom_status(api, ns, "replicationrings", name, status)
+
+
+def _events(ring: dict[str, Any], status: dict[str, Any], state: _State) -> None:
+    for lk in status["links"]:
+        key = f"{lk['from']}->{lk['to']}"
+        before = state.link_states.get(key)
+        if before == lk["state"]:
+            continue
+        state.link_states[key] = lk["state"]
+        if before is None and lk["state"] == "Streaming":
+            kopf.info(cast(Any, ring), reason="LinkStreaming", message=f"link {key} streams")
+            continue
+        warn = lk["state"] not in ("Streaming", "CatchingUp")
+        (kopf.warn if warn else kopf.info)(
+            cast(Any, ring), reason=f"Link{lk['state']}",
+            message=f"link {key}: {before or 'new'} -> {lk['state']}"
+            + (f" ({lk['message']})" if lk.get("message") else ""))
+
+
+async def ring_loop(body: dict[str, Any], stopped: Any) -> None:
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    state = _State()
+    async with await api_client() as api, aiohttp.ClientSession() as session:
+        while not stopped:
+            try:
+                ring = await resources.read_custom(api, ns, "replicationrings", name)
+                await ring_cycle(api, session, ring, state)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                log.warning("ring %s/%s: API error %s", ns, name, exc.reason)
+            except Exception:
+                log.exception("ring %s/%s: cycle failed", ns, name)
+            await stopped.wait(PERIOD_SECONDS)
+
+
+def register() -> None:
+    @kopf.daemon("ringkeeper.io", "v1alpha1", "replicationrings", id="ring-sync",
+                 cancellation_timeout=5)
+    async def _ring(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        await ring_loop(dict(body), stopped)
