@@ -159,6 +159,17 @@ class ProgressBar:
             self.stream.flush()
 
 
+MAX_LINES = 60
+
+
+def clip(text: str, where: str, limit: int = MAX_LINES) -> str:
+    """At most `limit` lines of a long table; the rest is in the file `where`."""
+    lines = text.rstrip("\n").splitlines()
+    if len(lines) <= limit:
+        return "\n".join(lines)
+    return "\n".join([*lines[:limit], f"... {len(lines) - limit} more line(s) in {where}"])
+
+
 def _columns() -> int:
     import shutil
 
@@ -308,7 +319,7 @@ async def _verify(run: Run, cfg: RingConfig, members: list[MemberConn]) -> int:
         jp, tp = write_report(report, path)
     except OSError as exc:
         raise Failure(f"cannot write the report to {path}: {exc}") from None
-    run.say(render_text(report).rstrip("\n"))
+    run.say(clip(render_text(report), str(tp)))
     run.say(f"report: {jp}\n        {tp}")
     await run.set_status(report, completed=True, report_path=str(jp))
     if report.passed:
@@ -320,32 +331,46 @@ async def _verify(run: Run, cfg: RingConfig, members: list[MemberConn]) -> int:
                 + f"; to repair: {PROG} {cfg.ring} --repair [--source MEMBER] "
                 "(shows the plan first)", err=True)
         return 1
-    return await _repair(run, cfg, members, report, str(jp), unsettled)
+    return await _repair(run, cfg, members, report, jp, unsettled)
+
+
+def _save(result: RepairResult, path: Path) -> None:
+    try:
+        path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise Failure(f"cannot write {path}: {exc}") from None
 
 
 async def _repair(run: Run, cfg: RingConfig, members: list[MemberConn], report: Report,
-                  report_path: str, unsettled: int) -> int:
+                  report_json: Path, unsettled: int) -> int:
     args = run.args
+    report_path = str(report_json)
+    plan_path = report_json.with_name(report_json.stem + ".repair-plan.json")
+    done_path = report_json.with_name(report_json.stem + ".repair.json")
     if not report.differences:
         run.say(f"nothing to repair: {unsettled} key(s) were still changing when rechecks "
                 "timed out; run the verification again", err=True)
         return 1
     kw: dict[str, Any] = {"source": args.source, "policy": cfg.policy.value}
     plan = await repair(report, members, dry_run=True, **kw)
-    run.say("repair plan (dry run):")
-    run.say(plan.render_text().rstrip("\n"))
+    _save(plan, plan_path)
+    run.say(f"repair plan (dry run, also in {plan_path}):")
+    run.say(clip(plan.render_text(), str(plan_path)))
     if plan.fixes:
         if not await _confirm(args, len(plan.fixes)):
             run.say("repair not applied; re-run with --repair --yes to apply it", err=True)
             return 1
         done: RepairResult = await repair(report, members, dry_run=False, **kw)
-        run.say(done.render_text().rstrip("\n"))
+        _save(done, done_path)
+        run.say(clip(done.render_text(), str(done_path)))
     # Re-read every key the report named: a dry run plans nothing once all agree.
     check = await repair(report, members, dry_run=True, **kw)
     keys = len(report.differences)
     if check.fixes:
         left = sorted({f"{f.table} [{','.join(f.key)}]" for f in check.fixes})
-        run.say(f"re-verified {keys} key(s): {len(left)} still differ: {', '.join(left)}")
+        shown = ", ".join(left[:20]) + (f", ... ({len(left) - 20} more)" if len(left) > 20
+                                        else "")
+        run.say(f"re-verified {keys} key(s): {len(left)} still differ: {shown}")
         return 1
     run.say(f"re-verified {keys} repaired key(s): equal at every member "
             f"({', '.join(m.name for m in members)})")
