@@ -19,7 +19,9 @@ import pytest
 from pgserver import PASSWORD, free_port, unavailable
 from ringkeeper.cli.main import main
 from ringkeeper.core.verify import Progress
+from ringkeeper.sync.config import RingConfig
 from ringkeeper.verify.cli import ProgressBar, Redactor
+from ringkeeper.verify.schedule import report_name, scheduled_verification
 
 from .ringlocal import LocalRing, wait_until
 
@@ -191,6 +193,12 @@ async def test_verify_repair_reverify_on_a_real_ring(tmp_path: Path,
                                    "--report", str(tmp_path / "incr.json"))
         assert code == 0, out + err
         assert json.loads((tmp_path / "incr.json").read_text())["mode"] == "incremental"
+
+        # The operator's scheduled run: same tables, report written under report_dir.
+        rep = await scheduled_verification(RingConfig.load(ring.config_path), mode="full",
+                                           chunk_rows=100, report_dir=tmp_path / "sched")
+        assert rep.passed and {t.table for t in rep.tables} == {"lis.samples", "lis.results"}
+        assert (tmp_path / "sched" / report_name("lis", rep.started_at)).exists()
 
         # Errors: a table that does not exist, a source that is not a member.
         code, out, err = await run("--table", "lis.nope", "--report", str(tmp_path / "x.json"))
