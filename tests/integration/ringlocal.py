@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pgserver import PgServer
 
+from pgserver import PgServer
 from ringkeeper.sync.sidecar import Sidecar, file_config
 
 SCHEMA = """

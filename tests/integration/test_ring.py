@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from pgserver import unavailable
 
 from .ringlocal import LocalRing, wait_until

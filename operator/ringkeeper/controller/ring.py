@@ -104,6 +104,10 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
                      ring: dict[str, Any], state: _State) -> None:
     meta, spec = ring["metadata"], ring["spec"]
     ns, name = meta["namespace"], meta["name"]
+    accepted = next((c for c in (ring.get("status") or {}).get("conditions") or []
+                     if c.get("type") == "Accepted"), None)
+    if accepted is None or accepted.get("status") != "True":
+        return  # the admission handler has not accepted this spec (yet): touch nothing
     endpoints: dict[str, dict[str, Any]] = {}
     hosts: dict[str, str | None] = {}
     campuses: list[str] = []

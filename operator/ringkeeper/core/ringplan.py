@@ -31,7 +31,7 @@ def primary_address(campus: Mapping[str, Any]) -> str | None:
 
 def dsn(host: str, port: int, database: str, user: str, password: str) -> str:
     return (f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
-            f"{quote(database, safe='')}?connect_timeout=3")
+            f"{quote(database, safe='')}")
 
 
 def sync_config(ring: str, spec: Mapping[str, Any],

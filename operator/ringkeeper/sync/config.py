@@ -66,8 +66,8 @@ class RingConfig:
             raise ValueError(f"ring config needs 'ring', 'spec' and 'members': {exc}") from None
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"ring config: invalid spec at {where}: {first['msg']}") from None
+            at = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"ring config: invalid spec at {at}: {first['msg']}") from None
         members = tuple(
             MemberInfo(name=m.name, dsn=where.get(m.name, {}).get("dsn"), priority=m.priority,
                        engine=str(where.get(m.name, {}).get("engine", "postgresql")),

@@ -81,8 +81,10 @@ def secret_config(namespace: str, name: str) -> ConfigSource:
             cache["cfg"] = RingConfig.from_dict(json.loads(raw))
         except Exception as exc:  # the API may blink; keep the last good config
             if "cfg" not in cache:
-                raise RuntimeError(f"cannot read ring config Secret {namespace}/{name}: "
-                                   f"{exc}") from exc
+                why = ("not found: the Campus is not in a ring yet"
+                       if getattr(exc, "status", None) == 404 else
+                       str(getattr(exc, "reason", None) or exc).splitlines()[0])
+                raise RuntimeError(f"ring config Secret {namespace}/{name} {why}") from exc
             log.warning("ring config Secret unreadable, keeping the last one: %s", exc)
         cfg: RingConfig = cache["cfg"]
         return cfg
