@@ -47,6 +47,7 @@ import json
 import os
 import pstats
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -738,6 +739,7 @@ def teardown() -> None:
         for s in r.servers.values():
             with contextlib.suppress(Exception):
                 s.destroy()
+        shutil.rmtree(r.root, ignore_errors=True)  # ring.json and the sidecars' logs
     for s in SERVERS:
         with contextlib.suppress(Exception):
             s.destroy()
