@@ -296,3 +296,94 @@ async def test_member_joins_with_stock_sync_while_writes_continue() -> None:
     finally:
         await ring.stop_all()
         ring.destroy()
+
+
+async def test_failover_of_a_postgresql_17_member_mid_stream_loses_nothing() -> None:
+    """Failover slots: the standby has the ring's slots, so its promotion loses nothing."""
+    import os
+    import subprocess
+
+    from pgserver import PgServer, _as_pod_user
+
+    ring = LocalRing(("17", "15"))
+    ring.start_servers()
+    primary = ring.servers["a"]
+    primary.psql("SELECT pg_create_physical_replication_slot('sb')")
+    standby = PgServer("17", name="a-standby")
+    os.environ["PGPASSWORD"] = "ringkeeper-test"
+    subprocess.run(_as_pod_user([str(standby.bin / "pg_basebackup"), "-D", str(standby.data),
+                                 "-d", primary.dsn() + "?application_name=standby", "-R",
+                                 "-S", "sb", "-X", "stream"]), check=True, capture_output=True)
+    with (standby.data / "postgresql.conf").open("a") as f:
+        f.write(f"port = {standby.port}\nunix_socket_directories = '{standby.root}'\n"
+                "synchronized_standby_slots = ''\nsynchronous_standby_names = ''\n"
+                "sync_replication_slots = on\nhot_standby_feedback = on\n"
+                f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
+                "password=ringkeeper-test dbname=postgres application_name=standby'\n")
+    standby.start()
+    # Synchronous (RPO 0), and logical readers never ahead of the standby's slot copies.
+    primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'standby'")
+    primary.psql("ALTER SYSTEM SET synchronized_standby_slots = 'sb'")
+    primary.psql("SELECT pg_reload_conf()")
+    try:
+        for n in ring.names:
+            ring.start_sidecar(n)
+        await wait_until("sidecars set up", _all_streaming(ring), 30)
+
+        async def synced() -> bool:
+            c: asyncpg.Connection = await asyncpg.connect(standby.dsn())
+            try:
+                return bool(await c.fetchval(
+                    "SELECT count(*) = 2 FROM pg_replication_slots WHERE synced "
+                    "AND NOT temporary AND slot_name LIKE 'rk_lis_a_%'"))
+            finally:
+                await c.close()
+
+        committed: list[int] = []
+
+        async def writer() -> None:
+            conn = await ring.conn("a")
+            try:
+                for i in range(1, 100000):
+                    await conn.execute("INSERT INTO lis.samples (id, campus, status) "
+                                       "VALUES ($1, 'a', 'x')", i)
+                    committed.append(i)  # acknowledged: on the synchronous standby too
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
+
+        task = asyncio.create_task(writer())
+        # A synced slot becomes usable once its origin has moved past what the standby
+        # kept (PostgreSQL 17 keeps it temporary until then): writes make that happen.
+        await wait_until("the ring's slots synchronised to the standby", synced, 60)
+        await asyncio.sleep(2)
+        primary.stop("immediate")  # the primary dies mid-stream
+        await task
+        await ring.stop_sidecar("a")
+        subprocess.run([str(standby.bin / "psql"), standby.dsn(), "-c", "SELECT pg_promote()"],
+                       check=True, capture_output=True)
+        ring.servers["a"] = standby  # the campus's primary is now the old standby
+        ring.write_config()
+        ring.start_sidecar("a")
+        assert len(committed) > 100
+
+        async def all_there() -> bool:
+            c = await ring.conn("b")
+            try:
+                got = await c.fetchval("SELECT count(*) FROM lis.samples WHERE id = ANY($1)",
+                                       committed)
+                return bool(got == len(committed))
+            finally:
+                await c.close()
+
+        await wait_until("every acknowledged row at the other member", all_there, 60)
+        await ring.wait_converged(timeout=60)
+        assert ring.sidecars["a"].state.gaps == []
+    finally:
+        await ring.stop_all()
+        standby.destroy()
+        primary.destroy()
+        ring.servers["a"] = primary
+        ring.destroy()
