@@ -311,9 +311,12 @@ async def test_failover_of_a_postgresql_17_member_mid_stream_loses_nothing() -> 
     primary.psql("SELECT pg_create_physical_replication_slot('sb')")
     standby = PgServer("17", name="a-standby")
     os.environ["PGPASSWORD"] = "ringkeeper-test"
-    subprocess.run(_as_pod_user([str(standby.bin / "pg_basebackup"), "-D", str(standby.data),
-                                 "-d", primary.dsn() + "?application_name=standby", "-R",
-                                 "-S", "sb", "-X", "stream"]), check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run, _as_pod_user([str(standby.bin / "pg_basebackup"), "-D",
+                                      str(standby.data), "-d",
+                                      primary.dsn() + "?application_name=standby", "-R",
+                                      "-S", "sb", "-X", "stream"]),
+        check=True, capture_output=True)
     with (standby.data / "postgresql.conf").open("a") as f:
         f.write(f"port = {standby.port}\nunix_socket_directories = '{standby.root}'\n"
                 "synchronized_standby_slots = ''\nsynchronous_standby_names = ''\n"
@@ -362,8 +365,9 @@ async def test_failover_of_a_postgresql_17_member_mid_stream_loses_nothing() -> 
         primary.stop("immediate")  # the primary dies mid-stream
         await task
         await ring.stop_sidecar("a")
-        subprocess.run([str(standby.bin / "psql"), standby.dsn(), "-c", "SELECT pg_promote()"],
-                       check=True, capture_output=True)
+        await asyncio.to_thread(
+            subprocess.run, [str(standby.bin / "psql"), standby.dsn(), "-c",
+                             "SELECT pg_promote()"], check=True, capture_output=True)
         ring.servers["a"] = standby  # the campus's primary is now the old standby
         ring.write_config()
         ring.start_sidecar("a")

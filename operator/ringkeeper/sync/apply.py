@@ -59,10 +59,12 @@ class Change:
     values: dict[str, str | None]  # column -> text; unchanged TOAST columns left out
     complete: bool  # no unchanged TOAST values
     old_key: tuple[str, ...] | None = None  # an update that changed the key
+    key_json: str = ""
 
-    @property
-    def key_json(self) -> str:
-        return json.dumps(list(self.key), ensure_ascii=False, separators=(",", ":"))
+    def __post_init__(self) -> None:
+        if not self.key_json:
+            self.key_json = json.dumps(list(self.key), ensure_ascii=False,
+                                       separators=(",", ":"))
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Applier:
         self._session_origin: str | None = None
         self._txn: tuple[str, int, datetime] | None = None
         self._pending: list[Change] = []
+        self._pending_keys: set[tuple[str, ...]] = set()
         self._pending_table: TableMap | None = None
         self._txn_rows: dict[tuple[str, tuple[str, ...]], bool] = {}
         self._txn_dirty: dict[str, set[str]] = {}
@@ -202,11 +205,11 @@ class Applier:
             raise ApplyError(f"change for relation {relid} before its description")
         ch = self._to_change(table, msg)
         if (self._pending_table is not table or (self._pending and self._pending[0].op != ch.op)
-                or len(self._pending) >= BATCH_ROWS
-                or any(p.key == ch.key for p in self._pending)):
+                or len(self._pending) >= BATCH_ROWS or ch.key in self._pending_keys):
             await self._flush()
         self._pending_table = table
         self._pending.append(ch)
+        self._pending_keys.add(ch.key)
 
     async def commit(self) -> None:
         assert self._txn is not None
@@ -232,6 +235,7 @@ class Applier:
 
     async def abort(self) -> None:
         self._pending.clear()
+        self._pending_keys.clear()
         self._pending_table = None
         if self._txn is not None and not self.conn.is_closed():
             await self.conn.execute("ROLLBACK")
@@ -281,6 +285,7 @@ class Applier:
     async def _flush(self) -> None:
         t, batch = self._pending_table, self._pending
         self._pending = []
+        self._pending_keys = set()
         if t is None or not batch:
             return
         assert self._txn is not None

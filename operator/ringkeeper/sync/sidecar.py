@@ -66,7 +66,7 @@ class MemberState:
 
 class Sidecar:
     def __init__(self, member: str, local_dsn: str, config: ConfigSource, *,
-                 poll_seconds: float = 0.05, hold_every: float = 2.0) -> None:
+                 poll_seconds: float = 0.05, hold_every: float = 10.0) -> None:
         self.member = member
         self.local_dsn = local_dsn
         self.config = config
