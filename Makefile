@@ -48,6 +48,14 @@ bench-failover: ## RTO over 10 primary kills of a 3-instance campus (starts the 
 	hack/install-operator.sh
 	KUBECONFIG=$$($(PYTHON) -m ringkeeper dev-cluster kubeconfig) $(PYTHON) bench/failover.py
 
+.PHONY: bench-ring
+bench-ring: ## one link vs native logical replication, 4-member ring latency, pgbench capture overhead (~4 min, local servers)
+	$(PYTHON) bench/ring.py
+
+.PHONY: bench-verify
+bench-verify: ## full vs naive vs incremental verification of 10M rows between PostgreSQL 15 and 18
+	$(PYTHON) bench/verify.py
+
 .PHONY: demo-down
 demo-down: ## stop the demo's local cluster
 	$(PYTHON) -m ringkeeper dev-cluster down

@@ -26,7 +26,9 @@ def ring_yaml() -> str:
         "apiVersion": "ringkeeper.io/v1alpha1", "kind": "ReplicationRing",
         "metadata": {"name": "lis"},
         "spec": {"members": [{"name": c, "campusRef": {"name": c}} for c in CAMPUSES],
-                 "tables": {"include": ["lis.*"]}, "lagAlertSeconds": 30}})
+                 "tables": {"include": ["lis.*"]}, "lagAlertSeconds": 30,
+                 # Every minute, so the test sees the operator run one.
+                 "verification": {"schedule": "* * * * *", "mode": "full"}}})
 
 
 async def _connect(cluster: Cluster, ns: str, campus: str) -> asyncpg.Connection:
@@ -107,3 +109,12 @@ async def test_ring_of_three_majors_through_the_operator(cluster: Cluster, names
     assert "LinkStreaming" in events
     secret_names = {s["metadata"]["name"] for s in cluster.get("-n", ns, "secrets")["items"]}
     assert {"east-ring", "west-ring", "north-ring", "lis-sync"} <= secret_names
+
+    # The scheduled verification (cron in spec.verification) runs in the operator.
+    def verified() -> dict[str, Any] | None:
+        last = _ring(cluster, ns).get("lastVerification") or {}
+        return last if last.get("result") in ("Passed", "Failed", "Error") else None
+
+    last = await asyncio.to_thread(wait_for, "a scheduled verification", verified, 150)
+    assert last["result"] == "Passed", last
+    assert last["differences"] == 0 and last["rowsCompared"] >= 600 * 3

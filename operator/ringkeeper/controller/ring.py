@@ -9,10 +9,12 @@ ring's status, conditions, Events and metrics (core.ringplan decides).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -23,19 +25,32 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from ..adapters import resources
 from ..adapters.kube import api_client
 from ..core import manifests
+from ..core.cron import next_fire
 from ..core.ringplan import dsn, primary_address, ring_status, sync_config
+from ..core.verify import Report, verification_status
 from ..engines import profile_for
-from ..observability.metrics import RING_CONFLICTS, RING_HEALTHY_LINKS, RING_MAX_LAG
+from ..observability.metrics import (
+    RING_CONFLICTS,
+    RING_HEALTHY_LINKS,
+    RING_MAX_LAG,
+    VERIFY_DIFFERENCES,
+    VERIFY_RESULT,
+)
+from ..sync.config import RingConfig
+from ..verify.schedule import report_name, scheduled_verification
 
 log = logging.getLogger("ringkeeper.ring")
 PERIOD_SECONDS = 2.0
 APP_DATABASE = "app"
+REPORT_DIR = "/tmp/ringkeeper-verify"  # the operator pod's writable emptyDir
 
 
 class _State:
     def __init__(self) -> None:
         self.secret_hashes: dict[str, str] = {}
         self.link_states: dict[str, str] = {}
+        self.verification: asyncio.Task[None] | None = None
+        self.next_verification: datetime | None = None
 
 
 def _owner(ring: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +150,64 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
     RING_MAX_LAG.labels(ns, name).set(status["maxLagSeconds"] or 0)
     RING_CONFLICTS.labels(ns, name).set(status["conflictsTotal"] or 0)
     await resources.patch_custom_status(api, ns, "replicationrings", name, status)
+    _maybe_verify(api, ring, payload, state)
+
+
+def _maybe_verify(api: client.ApiClient, ring: dict[str, Any], payload: str,
+                  state: _State) -> None:
+    """Start the scheduled verification when its cron expression fires (one at a time)."""
+    settings = ring["spec"].get("verification") or {}
+    schedule = settings.get("schedule")
+    if not schedule or (state.verification is not None and not state.verification.done()):
+        return
+    now = datetime.now(UTC)
+    if state.next_verification is None:
+        state.next_verification = next_fire(schedule, now)
+        return
+    if now < state.next_verification:
+        return
+    state.next_verification = next_fire(schedule, now)
+    cfg = RingConfig.from_dict(json.loads(payload))
+    state.verification = asyncio.create_task(_verify(api, ring, cfg, settings))
+
+
+async def _verify(api: client.ApiClient, ring: dict[str, Any], cfg: RingConfig,
+                  settings: dict[str, Any]) -> None:
+    ns, name = ring["metadata"]["namespace"], ring["metadata"]["name"]
+    mode = settings.get("mode", "incremental")
+    started = datetime.now(UTC)
+
+    async def publish(report: Report | None, done: datetime | None, error: bool = False,
+                      path: str | None = None) -> None:
+        status = verification_status(report, mode=mode, started_at=started, completed_at=done,
+                                     report_path=path, error=error)
+        await resources.patch_custom_status(api, ns, "replicationrings", name,
+                                            {"lastVerification": _jsonable(status)})
+
+    await publish(None, None)
+    kopf.info(cast(Any, ring), reason="VerificationStarted",
+              message=f"scheduled {mode} verification of ring {name}")
+    try:
+        report = await scheduled_verification(cfg, mode=mode,
+                                              chunk_rows=int(settings.get("chunkRows", 100000)),
+                                              report_dir=REPORT_DIR)
+    except Exception as exc:
+        await publish(None, datetime.now(UTC), error=True)
+        kopf.warn(cast(Any, ring), reason="VerificationError", message=str(exc)[:500])
+        VERIFY_RESULT.labels(ns, name).set(-1)
+        return
+    path = str(Path(REPORT_DIR) / report_name(cfg.ring, report.started_at))
+    await publish(report, datetime.now(UTC), path=path)
+    VERIFY_DIFFERENCES.labels(ns, name).set(len(report.differences))
+    VERIFY_RESULT.labels(ns, name).set(1 if report.passed else 0)
+    (kopf.info if report.passed else kopf.warn)(
+        cast(Any, ring), reason="VerificationPassed" if report.passed else "VerificationFailed",
+        message=f"{len(report.tables)} tables, {len(report.differences)} differences ({path})")
+
+
+def _jsonable(data: dict[str, object]) -> dict[str, object]:
+    return {k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v)
+            for k, v in data.items()}
 
 
 def _events(ring: dict[str, Any], status: dict[str, Any], state: _State) -> None:

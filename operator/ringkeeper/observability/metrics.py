@@ -83,3 +83,14 @@ RING_CONFLICTS = Gauge(
     "Conflicts the ring's sidecars resolved since they started.",
     ["namespace", "ring"],
 )
+VERIFY_DIFFERENCES = Gauge(
+    "ringkeeper_verification_differences",
+    "Rows that differed between members in the ring's last scheduled verification.",
+    ["namespace", "ring"],
+)
+VERIFY_RESULT = Gauge(
+    "ringkeeper_verification_passed",
+    "1 if the ring's last scheduled verification passed, 0 if it found differences, "
+    "-1 if it could not run.",
+    ["namespace", "ring"],
+)

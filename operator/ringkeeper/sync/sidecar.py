@@ -137,6 +137,13 @@ class Sidecar:
                     self.state.gaps.append(gap)
         return tables
 
+    async def refresh_tables(self, local: asyncpg.Connection, cfg: RingConfig) -> None:
+        tables, refused = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
+        self.state.refused_tables = refused
+        self.state.tables = len(tables)
+        await catalog.ensure_publication(local, cfg.ring, tables)
+        await catalog.ensure_tombstone_triggers(local, tables)
+
     def _own_slots(self, cfg: RingConfig) -> list[str]:
         if cfg.topology == "mesh":
             return [names.link_slot_name(cfg.ring, self.member, t)
@@ -156,6 +163,7 @@ class Sidecar:
             await self._seed_or_skip(local, cfg, profile)
         tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         last_hold = 0.0
+        last_tables = time.monotonic()
         try:
             while not stop.is_set():
                 cfg = await self.config()
@@ -175,6 +183,10 @@ class Sidecar:
                         tasks[key] = (asyncio.create_task(self._link_loop(
                             cfg, profile, source, slot, carries, bypassing, ev)), ev)
                 await self._probe_down(cfg)
+                if time.monotonic() - last_tables >= 10:
+                    # Tables created after the ring started join it (and leave when dropped).
+                    last_tables = time.monotonic()
+                    await self.refresh_tables(local, cfg)
                 if cfg.topology != "mesh" and time.monotonic() - last_hold >= self.hold_every:
                     last_hold = time.monotonic()
                     try:
