@@ -62,6 +62,7 @@ class AgentState:
     paused_at: float = 0.0
     crashed: bool = False  # primary server died: wait for the operator (failover or recover)
     upstream: str | None = None
+    upstream_ip: str | None = None
     last_error: str | None = None
     last_api_contact: float = field(default_factory=time.monotonic)
     last_peer_contact: float = field(default_factory=time.monotonic)
@@ -316,7 +317,10 @@ class Agent:
             st.upstream = None
         if st.paused or in_flight or not target or target == self.cfg.name:
             return
-        if st.upstream != target:
+        # Follow again when the primary's pod came back with a new address under the same
+        # name (a deleted pod recreated before any failover): the old address is dead.
+        moved = self.state.peer_ips.get(target) not in (None, st.upstream_ip)
+        if st.upstream != target or moved:
             await self.follow(target)
 
     async def follow(self, primary: str) -> None:
@@ -326,6 +330,7 @@ class Agent:
             return
         log.info("following %s at %s", primary, ip)
         self.state.upstream = primary
+        self.state.upstream_ip = ip
         self.state.paused = False
         self.server.configure(self.settings(False, ip), self.user_params())
         await self.server.reload()
