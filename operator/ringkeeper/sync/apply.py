@@ -27,7 +27,7 @@ from ..core.conflicts import Action, Decision, Kind, Op, Policy, Version, decide
 from ..engines import EngineProfile
 from . import names
 from .catalog import apply_canonical_settings, quote_ident
-from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update, Value, lsn_to_str
+from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update, Value, lsn_to_str, str_to_lsn
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,7 @@ class Stats:
 
 
 def _lsn_int(text: str | None) -> int:
-    if not text:
-        return 0
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
+    return str_to_lsn(text) if text else 0
 
 
 class Applier:

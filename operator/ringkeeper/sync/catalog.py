@@ -18,6 +18,7 @@ import asyncpg
 
 from ..engines import EngineProfile
 from . import names
+from .pgoutput import str_to_lsn
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,5 @@ async def origin_progress(conn: asyncpg.Connection, profile: EngineProfile,
     for r in rows:
         member = names.member_of_origin(ring, r["roname"])
         if member is not None and r["lsn"]:
-            hi, lo = r["lsn"].split("/")
-            out[member] = (int(hi, 16) << 32) | int(lo, 16)
+            out[member] = str_to_lsn(r["lsn"])
     return out
