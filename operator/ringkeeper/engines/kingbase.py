@@ -58,6 +58,8 @@ KINGBASE_SQL = SqlNames(
     replication_origin_session_reset="sys_replication_origin_session_reset",
     replication_origin_drop="sys_replication_origin_drop",
     xact_commit_timestamp_origin="sys_xact_commit_timestamp_origin",
+    terminate_backend="sys_terminate_backend",
+    replication_origin_status="sys_replication_origin_status",
     replication_origin="sys_replication_origin",
 )
 

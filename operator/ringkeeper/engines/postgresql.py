@@ -45,6 +45,8 @@ POSTGRESQL_SQL = SqlNames(
     replication_origin_session_reset="pg_replication_origin_session_reset",
     replication_origin_drop="pg_replication_origin_drop",
     xact_commit_timestamp_origin="pg_xact_commit_timestamp_origin",
+    terminate_backend="pg_terminate_backend",
+    replication_origin_status="pg_replication_origin_status",
     replication_origin="pg_replication_origin",
 )
 

@@ -69,6 +69,8 @@ class SqlNames:
     replication_origin_drop: str
     xact_commit_timestamp_origin: str
     replication_origin: str
+    terminate_backend: str
+    replication_origin_status: str
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ core.conflicts decide and the decision is logged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -25,13 +27,15 @@ import asyncpg
 
 from ..core.conflicts import Action, Decision, Kind, Op, Policy, Version, decide
 from ..engines import EngineProfile
-from . import names
+from . import bulk, names
 from .catalog import apply_canonical_settings, quote_ident
 from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update, Value, lsn_to_str, str_to_lsn
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1000
+BULK_ROWS = 4000  # rows per bulk script (many upstream transactions, one round trip)
+CLASSIC_AFTER_MISS = 32  # transactions applied row by row after a bulk script missed
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -50,6 +54,10 @@ class TableMap:
     key: list[str]  # local key columns in key order
     key_pos: list[int]  # positions of key columns in the upstream tuple
     statements: dict[str, str] = field(default_factory=dict)
+    positions: tuple[int, ...] = ()  # upstream positions of the columns applied here
+
+    def __post_init__(self) -> None:
+        self.positions = tuple(i for i, c in enumerate(self.columns) if c)
 
 
 @dataclass
@@ -65,6 +73,17 @@ class Change:
         if not self.key_json:
             self.key_json = json.dumps(list(self.key), ensure_ascii=False,
                                        separators=(",", ":"))
+
+
+@dataclass
+class Txn:
+    """One whole upstream transaction, routed: what the bulk path applies."""
+
+    origin: str
+    origin_lsn: int
+    commit_ts: datetime
+    end_lsn: int
+    changes: list[Insert | Update | Delete]
 
 
 @dataclass
@@ -104,6 +123,11 @@ class Applier:
         self._txn_rows: dict[tuple[str, tuple[str, ...]], bool] = {}
         self._txn_dirty: dict[str, set[str]] = {}
         self._txn_conflicts: list[tuple[object, ...]] = []
+        self._classic_left = 0
+        self._prepared = 0
+        self._inflight: tuple[asyncio.Future[str], list[Txn]] | None = None
+        self.bulk_scripts = 0
+        self.bulk_misses = 0
 
     # -- session ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,10 +137,12 @@ class Applier:
         # because slots only move on flushed progress (origin_progress(flush => true)).
         await self.conn.execute(
             "SET session_replication_role = replica; SET synchronous_commit = off; "
-            "SET enable_hashjoin = off; SET enable_mergejoin = off")
+            "SET enable_hashjoin = off; SET enable_mergejoin = off; "
+            "SET standard_conforming_strings = on; SET plan_cache_mode = force_generic_plan")
         await self.refresh_origins()
 
     async def refresh_origins(self) -> None:
+        await self.settle()
         s = self.profile.sql
         rows = await self.conn.fetch(
             f"SELECT roident, roname, {s.replication_origin_progress}(roname, false)::text AS lsn "
@@ -144,6 +170,7 @@ class Applier:
 
     # -- relations -------------------------------------------------------------------
     async def relation(self, rel: Relation) -> None:
+        await self.settle()
         rows = await self.conn.fetch(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, "
             "a.attgenerated <> '' AS generated FROM pg_attribute a "
@@ -180,6 +207,7 @@ class Applier:
 
     # -- transactions ----------------------------------------------------------------
     async def begin(self, origin: str, origin_lsn: int, commit_ts: datetime) -> None:
+        await self.settle()
         s = self.profile.sql
         oname = names.origin_name(self.ring, origin)
         if self._session_origin != oname:
@@ -196,10 +224,14 @@ class Applier:
         self._txn_dirty.clear()
         self._txn_conflicts.clear()
 
-    async def change(self, relid: int, msg: Insert | Update | Delete) -> None:
+    def table(self, relid: int) -> TableMap:
         table = self._tables.get(relid)
         if table is None:
             raise ApplyError(f"change for relation {relid} before its description")
+        return table
+
+    async def change(self, relid: int, msg: Insert | Update | Delete) -> None:
+        table = self.table(relid)
         ch = self._to_change(table, msg)
         if (self._pending_table is not table or (self._pending and self._pending[0].op != ch.op)
                 or len(self._pending) >= BATCH_ROWS or ch.key in self._pending_keys):
@@ -230,7 +262,148 @@ class Applier:
         self.stats.last_applied_at = datetime.now(UTC)
         self._txn = None
 
+    # -- many transactions -----------------------------------------------------------
+    async def apply_txns(self, txns: Sequence[Txn]) -> None:
+        """Apply whole transactions, in order, as few round trips as the data allows."""
+        s = self.profile.sql
+        script: list[str] = []
+        batch: list[Txn] = []
+        rows = 0
+        session = self._session_origin
+        for txn in txns:
+            if not self.wanted(txn.origin, txn.origin_lsn):
+                self.stats.skipped_txns += 1
+                continue
+            stmts: list[str] | None = None
+            if self._classic_left > 0:
+                self._classic_left -= 1
+            else:
+                try:
+                    stmts = await self._bulk_statements(txn)
+                except bulk.NotBulk:
+                    stmts = None
+            if stmts is None:
+                if script:
+                    await self._run_script(script, batch)
+                    script, batch, rows = [], [], 0
+                await self.apply_one(txn)
+                session = self._session_origin
+                continue
+            oname = names.origin_name(self.ring, txn.origin)
+            if session != oname:
+                if session is not None:
+                    script.append(f"SELECT {s.replication_origin_session_reset}()")
+                script.append(f"SELECT {s.replication_origin_session_setup}('{oname}')")
+                session = oname
+            script += stmts
+            batch.append(txn)
+            rows += len(txn.changes)
+            if rows >= BULK_ROWS:
+                await self._run_script(script, batch)
+                script, batch, rows = [], [], 0
+                session = self._session_origin
+        if script:
+            await self._run_script(script, batch)
+
+    async def _bulk_statements(self, txn: Txn) -> list[str]:
+        """BEGIN .. COMMIT of one transaction. The origin is set up last, just before
+        COMMIT: an aborted transaction that had set it up would still move the origin's
+        progress (PostgreSQL records aborts of origin transactions too), and progress is
+        how a failed script finds which of its transactions are in. Constraints are
+        checked per statement so that COMMIT itself does not fail."""
+        s = self.profile.sql
+        origin = bulk.Origin(await self._origin_id(txn.origin), txn.commit_ts)
+        out = ["BEGIN", "SET CONSTRAINTS ALL IMMEDIATE"]
+        for g in bulk.groups([(self.table(m.relid), m) for m in txn.changes]):
+            t: TableMap = g.table  # type: ignore[assignment]
+            name = t.statements.get(g.shape)
+            if name is None:
+                self._prepared += 1
+                name = f"rk_bulk_{self._prepared}"
+                await self.settle()
+                try:
+                    await self.conn.execute(
+                        bulk.prepare_sql(name, g, s.xact_commit_timestamp_origin))
+                except asyncpg.PostgresError as e:
+                    raise bulk.NotBulk(f"cannot prepare the bulk statement: {e}") from e
+                t.statements[g.shape] = name
+            out.append(bulk.execute_sql(name, g, origin))
+        out += [f"SELECT {s.replication_origin_xact_setup}('{lsn_to_str(txn.origin_lsn)}', "
+                f"'{txn.commit_ts.isoformat()}')", "COMMIT"]
+        return out
+
+    async def _run_script(self, script: list[str], batch: list[Txn]) -> None:
+        """Send a script and return while the server runs it: the next one is built
+        meanwhile. Anything else on this connection settles it first."""
+        if await self.settle():
+            # The script before failed and went row by row; this one was built assuming
+            # it would not (session origin), so build it again.
+            await self.apply_txns(batch)
+            return
+        self._inflight = (asyncio.ensure_future(self.conn.execute(";\n".join(script))), batch)
+        self._session_origin = names.origin_name(self.ring, batch[-1].origin)
+
+    async def settle(self) -> bool:
+        """Wait for the script in flight; True if it failed (and was redone row by row)."""
+        if self._inflight is None:
+            return False
+        task, batch = self._inflight
+        self._inflight = None
+        try:
+            await task
+        except asyncpg.PostgresError as e:
+            await self._redo(batch, e)
+            return True
+        self.bulk_scripts += 1
+        for txn in batch:
+            self.progress[txn.origin] = max(self.progress.get(txn.origin, 0), txn.origin_lsn)
+            self._count(txn)
+        return False
+
+    async def _redo(self, batch: list[Txn], e: asyncpg.PostgresError) -> None:
+        # Committed up to the transaction that failed; find where from progress.
+        s = self.profile.sql
+        self.bulk_misses += 1
+        self._classic_left = CLASSIC_AFTER_MISS
+        if getattr(e, "sqlstate", None) != bulk.FAST_PATH_SQLSTATE:
+            log.debug("bulk apply fell back to row by row: %s", e)
+        await self.conn.execute("ROLLBACK")
+        with contextlib.suppress(asyncpg.PostgresError):
+            await self.conn.execute(f"SELECT {s.replication_origin_session_reset}()")
+        self._session_origin = None
+        await self.refresh_origins()
+        for txn in batch:
+            if self.wanted(txn.origin, txn.origin_lsn):
+                await self.apply_one(txn)
+            else:
+                self._count(txn)
+
+    def _count(self, txn: Txn) -> None:
+        self.stats.txns += 1
+        self.stats.rows += len(txn.changes)
+        self.stats.last_commit_ts = txn.commit_ts
+        self.stats.last_applied_at = datetime.now(UTC)
+
+    async def apply_one(self, txn: Txn) -> None:
+        """One transaction row by row, with the conflict rules."""
+        await self.begin(txn.origin, txn.origin_lsn, txn.commit_ts)
+        try:
+            for m in txn.changes:
+                await self.change(m.relid, m)
+            await self.commit()
+        except BaseException:
+            await self.abort()
+            raise
+
     async def abort(self) -> None:
+        if self._inflight is not None:
+            task, _ = self._inflight
+            self._inflight = None
+            with contextlib.suppress(BaseException):
+                await task
+            if not self.conn.is_closed():
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await self.conn.execute("ROLLBACK")
         self._pending.clear()
         self._pending_keys.clear()
         self._pending_table = None

@@ -49,6 +49,24 @@ CREATE TABLE IF NOT EXISTS ringkeeper.dirty_keys (
     changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (relation, key)
 );
+-- The bulk apply path records changed keys as one row per table and transaction:
+-- keys[i][j] is key column i of the j-th key (a 2-D text array, like dirty_keys' text).
+CREATE TABLE IF NOT EXISTS ringkeeper.dirty_key_sets (
+    relation text NOT NULL,
+    keys text[] NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- The bulk apply path's premise check (sync/bulk.py): RK001 sends a transaction to
+-- the row-by-row path.
+CREATE OR REPLACE FUNCTION ringkeeper.fast_path_check(missed bigint) RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF missed <> 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'RK001',
+            MESSAGE = format('bulk apply: %s row(s) need the conflict rules', missed);
+    END IF;
+END $fn$;
+
 CREATE TABLE IF NOT EXISTS ringkeeper.slot_history (
     slot text NOT NULL,
     created_lsn pg_lsn NOT NULL,

@@ -1,18 +1,19 @@
-"""One link: read a source member's slot, apply here, then let the slot move on.
+"""One link: stream a source member's slot, apply here, then let the slot move on.
 
-The slot is read with pg_logical_slot_peek_binary_changes through a cursor, so a
-large transaction streams through in bounded pieces instead of landing in memory,
-and nothing is consumed until this member has durably applied it: the slot moves
-(pg_replication_slot_advance) only to the end of transactions whose origin
-progress here has been flushed. A crash anywhere re-reads from the slot, and the
-per-origin progress skips what is already in; nothing is applied twice, nothing
-is skipped.
+The slot is read over a replication connection (walstream): the source decodes each
+change once, while this member applies what came before, so capture and apply
+overlap. A reader task assembles whole transactions (a large one travels in bounded
+parts) into a bounded queue; the apply loop hands runs of whole transactions to the
+applier's bulk path. Nothing is consumed until this member has durably applied it:
+the flush position reported to the source only moves to the end of transactions
+whose origin progress here has been flushed. A crash anywhere re-reads from the slot,
+and the per-origin progress skips what is already in; nothing is applied twice,
+nothing is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,23 +23,17 @@ import asyncpg
 
 from ..engines import EngineProfile
 from . import catalog, names
-from .apply import Applier
-from .pgoutput import (
-    Begin,
-    Commit,
-    Delete,
-    Insert,
-    Origin,
-    Relation,
-    Update,
-    lsn_to_str,
-    parse,
-)
+from .apply import Applier, Txn
+from .pgoutput import Begin, Commit, Delete, Insert, Origin, Relation, Update, parse
+from .walstream import WalStream
 
 log = logging.getLogger(__name__)
 
-PEEK_CHANGES = 20000  # changes per peek; whole transactions, so a peek may return more
-FETCH_ROWS = 2000  # rows pulled from the cursor at a time: the memory bound
+PART_ROWS = 2000  # a transaction larger than this is applied in parts of this size
+BUNDLE_ROWS = 2000  # rows per queue item
+QUEUE_BUNDLES = 8  # queue items between reader and applier: with the above, the memory bound
+FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
+FEEDBACK_EVERY = 10.0  # seconds between status updates to the source however idle
 
 
 @dataclass
@@ -56,6 +51,8 @@ class LinkStatus:
     applied_txns: int = 0
     skipped_txns: int = 0
     bypassing: tuple[str, ...] = ()
+    bulk_scripts: int = 0  # scripts of many transactions applied in one round trip
+    bulk_misses: int = 0  # scripts that met a conflict and went row by row
     _rate: list[tuple[float, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -67,6 +64,7 @@ class LinkStatus:
             "conflicts": self.conflicts, "message": self.message,
             "appliedTxns": self.applied_txns, "skippedTxns": self.skipped_txns,
             "bypassing": list(self.bypassing),
+            "bulkScripts": self.bulk_scripts, "bulkMisses": self.bulk_misses,
         }
 
     def note_rows(self, total_rows: int) -> None:
@@ -88,6 +86,45 @@ async def connect(dsn: str, *, timeout: float = 5.0) -> asyncpg.Connection:
     return conn
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A transaction this member does not take (its own, a seed copy, not carried)."""
+
+    end_lsn: int
+
+
+@dataclass
+class Part:
+    """A piece of a transaction too large to hold whole."""
+
+    origin: str
+    origin_lsn: int
+    commit_ts: datetime
+    changes: list[Insert | Update | Delete]
+    first: bool
+    end_lsn: int | None = None  # set on the last part
+
+
+Event = Relation | Txn | Skip | Part
+
+
+def route(ring: str, source: str, begin: Begin, origin: Origin | None,
+          carries: frozenset[str] | None) -> tuple[str, int] | None:
+    """(true origin, origin LSN) of a transaction read from `source`, or None when this
+    link must not bring it (a stock-sync copy, or an origin it does not carry)."""
+    if origin is not None:
+        member = names.member_of_origin(ring, origin.name)
+        if member == names.SEED:
+            return None  # a stock-sync copy: local to the member that was seeded
+        true_origin = member or source
+        origin_lsn = origin.origin_lsn if member else begin.final_lsn
+    else:
+        true_origin, origin_lsn = source, begin.final_lsn
+    if carries is not None and true_origin not in carries:
+        return None
+    return true_origin, origin_lsn
+
+
 class Link:
     """Pulls `source`'s changes into the local member through one slot on the source."""
 
@@ -107,6 +144,10 @@ class Link:
         self.status = status
         self.poll = poll_seconds
         self._src: asyncpg.Connection | None = None
+        self._ws: WalStream | None = None
+        self._end = 0  # end LSN of the last transaction applied or skipped here
+        self._part_applying = False
+        self._skipped = 0  # transactions not taken (besides the applier's own count)
 
     async def open(self) -> None:
         self._src = await connect(self.source_dsn)
@@ -114,14 +155,34 @@ class Link:
         # A ring's first link, or a member that joined: the slot starts here. (A slot
         # that existed and vanished is a failover gap; the source's sidecar reports it.)
         await catalog.ensure_slot(self._src, self.source_profile, self.slot)
+        s = self.source_profile.sql
         row = await self._src.fetchrow(
-            f"SELECT wal_status FROM {self.source_profile.sql.replication_slots} "
-            "WHERE slot_name = $1", self.slot)
+            f"SELECT wal_status, active_pid FROM {s.replication_slots} WHERE slot_name = $1",
+            self.slot)
         if row is not None and row["wal_status"] == "lost":
             raise SlotLost(f"slot {self.slot} on {self.source} lost WAL this member still "
                            "needed (max_slot_wal_keep_size): the member needs a re-seed")
+        if row is not None and row["active_pid"] is not None:
+            # This link is the slot's only reader: a session still holding it is ours
+            # from before a restart or a cut connection, waiting for its timeout.
+            log.info("slot %s on %s still held by pid %s: ending that session", self.slot,
+                     self.source, row["active_pid"])
+            await self._src.execute(f"SELECT {s.terminate_backend}($1)", row["active_pid"])
+            for _ in range(50):
+                if not await self._src.fetchval(
+                        f"SELECT active_pid IS NOT NULL FROM {s.replication_slots} "
+                        "WHERE slot_name = $1", self.slot):
+                    break
+                await asyncio.sleep(0.1)
+        self._ws = await WalStream.open(self.source_dsn)
+        pub = names.publication_name(self.ring)
+        await self._ws.start_logical(self.slot, 0, [
+            ("proto_version", "1"), ("publication_names", '"' + pub.replace('"', '""') + '"')])
 
     async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
         if self._src is not None:
             await self._src.close()
             self._src = None
@@ -130,85 +191,147 @@ class Link:
         """Stream until stopped; errors propagate (the sidecar reconnects with backoff)."""
         if self._src is None:
             await self.open()
+        assert self._ws is not None
+        ws = self._ws
         self.status.state = "Streaming"
         self.status.message = None
+        queue: asyncio.Queue[list[Event]] = asyncio.Queue(maxsize=QUEUE_BUNDLES)
+        reader = asyncio.create_task(self._read(ws, queue))
+        stopper = asyncio.create_task(stop.wait())
+        getter: asyncio.Task[list[Event]] | None = None
+        last_flush = last_feedback = last_measure = time.monotonic()
         try:
             while not stop.is_set():
-                got = await self.step()
-                if not got:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self.poll)
+                if getter is None:
+                    getter = asyncio.create_task(queue.get())
+                await asyncio.wait({getter, reader, stopper}, timeout=FLUSH_EVERY,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if reader.done():
+                    reader.result()  # raises what ended the stream
+                    raise ConnectionResetError("replication stream ended")
+                applied = getter.done()
+                if applied:
+                    await self._apply(getter.result())
+                    getter = None
+                now = time.monotonic()
+                idle = queue.empty()
+                if self._end > ws.flushed and (idle or now - last_flush >= FLUSH_EVERY):
+                    # Flush this member's progress before the source may forget the changes.
+                    await self.applier.settle()
+                    await catalog.origin_progress(self.applier.conn, self.profile, self.ring)
+                    ws.feedback(self._end)
+                    last_flush = last_feedback = now
+                elif now - last_feedback >= FEEDBACK_EVERY:
+                    ws.feedback()
+                    last_feedback = now
+                if now - last_measure >= 1.0 or (idle and applied):
+                    await self._measure(idle)
+                    last_measure = now
+        except BaseException:
+            await self.applier.abort()
+            raise
         finally:
+            for t in (reader, stopper, getter):
+                if t is not None:
+                    t.cancel()
+            await asyncio.gather(reader, stopper, *([getter] if getter else []),
+                                 return_exceptions=True)
             await self.close()
 
-    async def step(self) -> int:
-        """One peek: apply what is new, then advance the slot. Returns transactions read."""
-        assert self._src is not None
-        s = self.source_profile.sql
-        pub = names.publication_name(self.ring)
-        end: int | None = None
-        txns = 0
-        applying = False
+    async def _read(self, ws: WalStream, queue: asyncio.Queue[list[Event]]) -> None:
+        """Assemble the stream into events, in order, bounded by the queue."""
+        bundle: list[Event] = []
+        rows = 0
         begin: Begin | None = None
         origin: Origin | None = None
+        routed: tuple[str, int] | None = None
+        changes: list[Insert | Update | Delete] = []
+        parts = 0
+        while True:
+            for data in await ws.read():
+                msg = parse(data)
+                if isinstance(msg, (Insert, Update, Delete)):
+                    if begin is not None and parts == 0 and not changes:
+                        routed = route(self.ring, self.source, begin, origin, self.carries)
+                    if routed is None:
+                        continue
+                    changes.append(msg)
+                    if len(changes) >= PART_ROWS:
+                        assert begin is not None
+                        bundle.append(Part(routed[0], routed[1], begin.commit_ts, changes,
+                                           first=parts == 0))
+                        parts += 1
+                        rows += len(changes)
+                        changes = []
+                elif isinstance(msg, Begin):
+                    begin, origin, routed, changes, parts = msg, None, None, [], 0
+                elif isinstance(msg, Origin):
+                    origin = msg
+                elif isinstance(msg, Relation):
+                    bundle.append(msg)
+                elif isinstance(msg, Commit):
+                    if begin is None:
+                        continue
+                    if parts:
+                        assert routed is not None
+                        bundle.append(Part(routed[0], routed[1], begin.commit_ts, changes,
+                                           first=False, end_lsn=msg.end_lsn))
+                    elif changes and routed is not None:
+                        bundle.append(Txn(routed[0], routed[1], begin.commit_ts, msg.end_lsn,
+                                          changes))
+                    else:
+                        bundle.append(Skip(msg.end_lsn))
+                    rows += len(changes)
+                    begin, changes, parts = None, [], 0
+                if rows >= BUNDLE_ROWS:
+                    await queue.put(bundle)
+                    bundle, rows = [], 0
+            if bundle:
+                await queue.put(bundle)
+                bundle, rows = [], 0
+
+    async def _apply(self, events: list[Event]) -> None:
         applier = self.applier
-        try:
-            async with self._src.transaction():
-                cur = self._src.cursor(
-                    f"SELECT data FROM {s.logical_slot_peek_binary_changes}($1, NULL, $2, "
-                    "'proto_version', '1', 'publication_names', $3)",
-                    self.slot, PEEK_CHANGES, pub, prefetch=FETCH_ROWS)
-                async for rec in cur:
-                    msg = parse(rec["data"])
-                    if isinstance(msg, (Insert, Update, Delete)):
-                        if begin is not None:
-                            applying = await self._start(begin, origin)
-                            begin = None
-                        if applying:
-                            await applier.change(msg.relid, msg)
-                    elif isinstance(msg, Begin):
-                        begin, origin, applying = msg, None, False
-                    elif isinstance(msg, Origin):
-                        origin = msg
-                    elif isinstance(msg, Relation):
-                        await applier.relation(msg)
-                    elif isinstance(msg, Commit):
-                        if applying:
-                            await applier.commit()
-                            self.status.applied_txns += 1
-                        else:
-                            self.status.skipped_txns += 1
-                        begin, applying = None, False
-                        end = msg.end_lsn
-                        txns += 1
-        except BaseException:
-            await applier.abort()
-            raise
-        if end is not None:
-            # Flush this member's progress before the source may forget the changes.
-            await catalog.origin_progress(applier.conn, self.profile, self.ring)
-            await self._src.execute(f"SELECT {s.replication_slot_advance}($1, $2::text::pg_lsn)",
-                                    self.slot, lsn_to_str(end))
-        await self._measure(txns)
-        return txns
+        run: list[Txn] = []
+        for ev in events:
+            if isinstance(ev, Txn):
+                run.append(ev)
+                continue
+            if run:
+                await self._apply_run(run)
+                run = []
+            if isinstance(ev, Relation):
+                await applier.relation(ev)
+            elif isinstance(ev, Skip):
+                self._skipped += 1
+                self._end = max(self._end, ev.end_lsn)
+            else:
+                await self._apply_part(ev)
+        if run:
+            await self._apply_run(run)
 
-    async def _start(self, begin: Begin, origin: Origin | None) -> bool:
-        if origin is not None:
-            member = names.member_of_origin(self.ring, origin.name)
-            if member == names.SEED:
-                return False  # a stock-sync copy: local to the member that was seeded
-            true_origin = member or self.source
-            origin_lsn = origin.origin_lsn if member else begin.final_lsn
-        else:
-            true_origin, origin_lsn = self.source, begin.final_lsn
-        if self.carries is not None and true_origin not in self.carries:
-            return False
-        if not self.applier.wanted(true_origin, origin_lsn):
-            return False
-        await self.applier.begin(true_origin, origin_lsn, begin.commit_ts)
-        return True
+    async def _apply_run(self, run: list[Txn]) -> None:
+        await self.applier.apply_txns(run)
+        self._end = max(self._end, run[-1].end_lsn)
 
-    async def _measure(self, txns: int) -> None:
+    async def _apply_part(self, part: Part) -> None:
+        applier = self.applier
+        if part.first:
+            self._part_applying = applier.wanted(part.origin, part.origin_lsn)
+            if self._part_applying:
+                await applier.begin(part.origin, part.origin_lsn, part.commit_ts)
+        if self._part_applying:
+            for m in part.changes:
+                await applier.change(m.relid, m)
+        if part.end_lsn is not None:
+            if self._part_applying:
+                await applier.commit()
+            else:
+                self._skipped += 1
+            self._part_applying = False
+            self._end = max(self._end, part.end_lsn)
+
+    async def _measure(self, idle: bool) -> None:
         assert self._src is not None
         s = self.source_profile.sql
         row = await self._src.fetchrow(
@@ -220,7 +343,10 @@ class Link:
         st.conflicts = sum(stats.conflicts.values())
         st.last_applied_at = stats.last_applied_at
         st.note_rows(stats.rows)
-        if txns == 0:
+        st.applied_txns = stats.txns
+        st.bulk_scripts, st.bulk_misses = self.applier.bulk_scripts, self.applier.bulk_misses
+        st.skipped_txns = stats.skipped_txns + self._skipped
+        if idle:
             st.lag_seconds = 0.0
         elif stats.last_commit_ts is not None:
             st.lag_seconds = max(0.0, (datetime.now(UTC) - stats.last_commit_ts).total_seconds())

@@ -164,7 +164,40 @@ def _need(buf: bytes, pos: int, size: int, what: str) -> None:
         _fail(buf, pos, f"truncated {what}")
 
 
+class _Irregular(Exception):
+    pass
+
+
 def _tuple(buf: bytes, pos: int) -> tuple[tuple[Value, ...], int]:
+    """The hot path: text and NULL values only, bounds checked once at the end; any
+    other shape (or damage) goes to the checked reader for its exact message."""
+    try:
+        (ncols,) = _U16.unpack_from(buf, pos)
+        p = pos + 2
+        values: list[Value] = []
+        append = values.append
+        unpack = _I32.unpack_from
+        for _ in range(ncols):
+            kind = buf[p]
+            if kind == 0x74:
+                (n,) = unpack(buf, p + 1)
+                if n < 0:
+                    raise _Irregular
+                p += 5 + n
+                append(buf[p - n:p].decode())
+            elif kind == 0x6E:
+                append(None)
+                p += 1
+            else:
+                raise _Irregular
+        if p > len(buf):
+            raise _Irregular
+        return tuple(values), p
+    except (_Irregular, IndexError, struct.error, UnicodeDecodeError):
+        return _tuple_checked(buf, pos)
+
+
+def _tuple_checked(buf: bytes, pos: int) -> tuple[tuple[Value, ...], int]:
     _need(buf, pos, 2, "column count")
     (ncols,) = _U16.unpack_from(buf, pos)
     pos += 2
@@ -324,6 +357,10 @@ def parse(data: bytes) -> Message:
     buf = data if type(data) is bytes else bytes(data)
     if not buf:
         raise ProtocolError("empty pgoutput message")
+    if buf[0] == 0x49 and len(buf) > 6 and buf[5] == _N:  # Insert: the hot path
+        new, end = _tuple(buf, 6)
+        if end == len(buf):
+            return Insert(_U32.unpack_from(buf, 1)[0], new)
     parser = _PARSERS.get(buf[0])
     if parser is None:
         if buf[0] in _STREAMING:

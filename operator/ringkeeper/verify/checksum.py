@@ -124,6 +124,10 @@ CREATE TABLE IF NOT EXISTS ringkeeper.dirty_keys (
   key jsonb NOT NULL,
   changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
   PRIMARY KEY (relation, key));
+CREATE TABLE IF NOT EXISTS ringkeeper.dirty_key_sets (
+  relation text NOT NULL,
+  keys text[] NOT NULL,
+  changed_at timestamptz NOT NULL DEFAULT clock_timestamp());
 """
 
 

@@ -381,8 +381,18 @@ async def incremental_candidates(ctx: Context, since: datetime | None) -> set[Ke
     rel = cs.relation_name(ctx.table)
     sql = ("SELECT key FROM ringkeeper.dirty_keys WHERE relation = $1 "
            "AND ($2::timestamptz IS NULL OR changed_at > $2)")
+    # The sync sidecar's bulk path records one row per transaction and table:
+    # keys[i][j] is key column i of the j-th key.
+    sets_sql = ("SELECT keys FROM ringkeeper.dirty_key_sets WHERE relation = $1 "
+                "AND ($2::timestamptz IS NULL OR changed_at > $2)")
     per_member = await asyncio.gather(*(m.pg.fetch(sql, rel, since) for m in ctx.members))
-    dirty = sorted({parse_dirty_key(r[0]) for rows in per_member for r in rows})
+    per_member_sets = await asyncio.gather(
+        *(m.pg.fetch(sets_sql, rel, since) for m in ctx.members))
+    dirty_set = {parse_dirty_key(r[0]) for rows in per_member for r in rows}
+    for rows in per_member_sets:
+        for r in rows:
+            dirty_set.update(tuple(k) for k in zip(*r[0], strict=True))
+    dirty = sorted(dirty_set)
     ctx.keys_touched = len(dirty)
     width = len(ctx.shapes[0].key)
     bad = [k for k in dirty if len(k) != width]
@@ -431,6 +441,9 @@ async def verify_table(members: list[Member], table: str, *, mode: Mode, chunk_r
         rel = cs.relation_name(ctx.table)
         await asyncio.gather(*(m.pg.execute(
             "DELETE FROM ringkeeper.dirty_keys WHERE relation = $1 AND changed_at < $2",
+            rel, ts) for m, ts in zip(members, run_start, strict=True)))
+        await asyncio.gather(*(m.pg.execute(
+            "DELETE FROM ringkeeper.dirty_key_sets WHERE relation = $1 AND changed_at < $2",
             rel, ts) for m, ts in zip(members, run_start, strict=True)))
     return rep
 

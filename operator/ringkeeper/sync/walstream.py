@@ -1,0 +1,327 @@
+"""A logical replication connection: the walsender's streaming protocol, read directly.
+
+asyncpg cannot speak the replication sub-protocol (START_REPLICATION answers with
+CopyBoth), and reading a slot through SQL peeks makes the source decode every change
+twice (peek, then advance) and hand it over only after the whole peek is decoded. On a
+replication connection the walsender decodes once, continuously, while this member
+applies what came before; the slot moves when the standby status update reports a
+flush position, which the link only sends after this member's origin progress for
+those transactions is on disk. This module is the minimum of the PostgreSQL v3 wire
+protocol that needs: startup, password/MD5/SCRAM-SHA-256 authentication, optional
+TLS, simple queries, and CopyBoth framing. It knows nothing about pgoutput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import ssl
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .pgoutput import lsn_to_str
+
+PROTOCOL_V3 = 196608
+SSL_REQUEST = 80877103
+PG_EPOCH_UNIX = 946684800  # 2000-01-01 in Unix seconds
+READ_CHUNK = 1 << 18
+
+_HEAD = struct.Struct(">cI")
+_KEEPALIVE = struct.Struct(">QqB")
+_STATUS = struct.Struct(">cQQQqB")
+_I32 = struct.Struct(">i")
+
+
+class ReplicationError(RuntimeError):
+    """The server refused or broke the replication session (message from the server)."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@dataclass(frozen=True)
+class ConnParams:
+    host: str
+    port: int
+    user: str
+    password: str | None
+    database: str
+    sslmode: str = "prefer"
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> ConnParams:
+        """A postgresql:// URL as the ring configuration carries it."""
+        u = urlsplit(dsn)
+        if u.scheme not in ("postgresql", "postgres"):
+            raise ValueError("replication connections need a postgresql:// URL "
+                             f"(got scheme {u.scheme!r})")
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        user = unquote(u.username) if u.username else q.get("user", "postgres")
+        password = unquote(u.password) if u.password is not None else q.get("password")
+        database = unquote(u.path.lstrip("/")) or q.get("dbname", user)
+        return cls(host=u.hostname or q.get("host", "localhost"), port=u.port or 5432,
+                   user=user, password=password, database=database,
+                   sslmode=q.get("sslmode", "prefer"))
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return kind + _I32.pack(len(body) + 4) + body
+
+
+def _error_fields(body: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in body.split(b"\0"):
+        if part:
+            out[chr(part[0])] = part[1:].decode(errors="replace")
+    return out
+
+
+def scram_client_proof(password: str, client_first_bare: str, server_first: str,
+                       client_final_bare: str) -> tuple[bytes, bytes]:
+    """(ClientProof, expected ServerSignature) of RFC 5802 with SHA-256."""
+    attrs = dict(p.split("=", 1) for p in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]),
+                                 int(attrs["i"]))
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored = hashlib.sha256(client_key).digest()
+    auth = f"{client_first_bare},{server_first},{client_final_bare}".encode()
+    signature = hmac.digest(stored, auth, "sha256")
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    return proof, hmac.digest(server_key, auth, "sha256")
+
+
+class WalStream:
+    """One walsender session. Not safe for concurrent readers; one link owns it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._r = reader
+        self._w = writer
+        self._buf = bytearray()
+        self._pos = 0
+        self.flushed = 0  # last flush position reported to the server
+        self.server_wal_end = 0
+        self.copying = False
+
+    # -- connection --------------------------------------------------------------------
+    @classmethod
+    async def open(cls, dsn: str, *, application_name: str = "ringkeeper-sync",
+                   timeout: float = 10.0) -> WalStream:
+        p = ConnParams.from_dsn(dsn)
+        return await asyncio.wait_for(cls._open(p, application_name), timeout)
+
+    @classmethod
+    async def _open(cls, p: ConnParams, application_name: str) -> WalStream:
+        reader, writer = await asyncio.open_connection(p.host, p.port)
+        if p.sslmode != "disable":
+            writer.write(struct.pack(">ii", 8, SSL_REQUEST))
+            await writer.drain()
+            answer = await reader.readexactly(1)
+            if answer == b"S":
+                ctx = ssl.create_default_context()
+                if p.sslmode in ("require", "prefer", "allow"):
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                await writer.start_tls(ctx, server_hostname=p.host)
+            elif p.sslmode in ("require", "verify-ca", "verify-full"):
+                writer.close()
+                raise ReplicationError(f"{p.host}:{p.port} does not offer TLS "
+                                       f"(sslmode={p.sslmode})")
+        self = cls(reader, writer)
+        params = {"user": p.user, "database": p.database, "replication": "database",
+                  "application_name": application_name, "client_encoding": "UTF8"}
+        body = _I32.pack(PROTOCOL_V3) + b"".join(
+            k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+        writer.write(_I32.pack(len(body) + 4) + body)
+        await self._authenticate(p)
+        while True:
+            kind, body = await self._next()
+            if kind == b"Z":
+                return self
+            if kind == b"E":
+                self._raise(body)
+            # ParameterStatus, BackendKeyData, NoticeResponse: nothing to do
+
+    async def _authenticate(self, p: ConnParams) -> None:
+        nonce = ""
+        first_bare = ""
+        expect_server: bytes | None = None
+        while True:
+            kind, body = await self._next()
+            if kind == b"E":
+                self._raise(body)
+            if kind != b"R":
+                raise ReplicationError(f"unexpected message {kind!r} during authentication")
+            (code,) = _I32.unpack_from(body, 0)
+            if code == 0:
+                return
+            if p.password is None and code in (3, 5, 10):
+                raise ReplicationError(f"server at {p.host}:{p.port} asks for a password "
+                                       "and the connection string has none")
+            pw = p.password or ""
+            if code == 3:  # cleartext
+                self._w.write(_msg(b"p", pw.encode() + b"\0"))
+            elif code == 5:  # md5
+                inner = hashlib.md5((pw + p.user).encode()).hexdigest()
+                digest = hashlib.md5(inner.encode() + body[4:8]).hexdigest()
+                self._w.write(_msg(b"p", b"md5" + digest.encode() + b"\0"))
+            elif code == 10:  # SASL
+                mechanisms = [m.decode() for m in body[4:].split(b"\0") if m]
+                if "SCRAM-SHA-256" not in mechanisms:
+                    raise ReplicationError(f"no supported SASL mechanism in {mechanisms}")
+                nonce = base64.b64encode(os.urandom(18)).decode()
+                first_bare = f"n=,r={nonce}"
+                first = ("n,," + first_bare).encode()
+                self._w.write(_msg(b"p", b"SCRAM-SHA-256\0" + _I32.pack(len(first)) + first))
+            elif code == 11:  # SASL continue
+                server_first = body[4:].decode()
+                attrs = dict(x.split("=", 1) for x in server_first.split(","))
+                if not attrs.get("r", "").startswith(nonce):
+                    raise ReplicationError("SCRAM: server nonce does not extend ours")
+                final_bare = f"c=biws,r={attrs['r']}"
+                proof, expect_server = scram_client_proof(pw, first_bare, server_first,
+                                                          final_bare)
+                final = f"{final_bare},p={base64.b64encode(proof).decode()}"
+                self._w.write(_msg(b"p", final.encode()))
+            elif code == 12:  # SASL final
+                attrs = dict(x.split("=", 1) for x in body[4:].decode().split(","))
+                got = base64.b64decode(attrs.get("v", ""))
+                if expect_server is None or not hmac.compare_digest(got, expect_server):
+                    raise ReplicationError("SCRAM: the server's signature does not match")
+            else:
+                raise ReplicationError(f"unsupported authentication request {code}")
+            await self._w.drain()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._w.write(_msg(b"X", b""))
+            self._w.close()
+            await asyncio.wait_for(self._w.wait_closed(), 2)
+
+    # -- framing -----------------------------------------------------------------------
+    def _raise(self, body: bytes) -> None:
+        f = _error_fields(body)
+        raise ReplicationError(f.get("M", "server error"), f.get("C"))
+
+    async def _fill(self) -> None:
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
+        chunk = await self._r.read(READ_CHUNK)
+        if not chunk:
+            raise ConnectionResetError("replication connection closed by the server")
+        self._buf += chunk
+
+    def _take(self) -> tuple[bytes, bytes] | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 5:
+            return None
+        kind, n = _HEAD.unpack_from(buf, pos)
+        end = pos + 1 + n
+        if len(buf) < end:
+            return None
+        self._pos = end
+        return kind, bytes(buf[pos + 5:end])
+
+    async def _next(self) -> tuple[bytes, bytes]:
+        while True:
+            got = self._take()
+            if got is not None:
+                return got
+            await self._fill()
+
+    async def query(self, sql: str) -> list[list[str | None]]:
+        """A simple query on the replication connection (IDENTIFY_SYSTEM, SHOW ...)."""
+        self._w.write(_msg(b"Q", sql.encode() + b"\0"))
+        rows: list[list[str | None]] = []
+        error: bytes | None = None
+        while True:
+            kind, body = await self._next()
+            if kind == b"D":
+                (ncols,) = struct.unpack_from(">H", body, 0)
+                pos, row = 2, []
+                for _ in range(ncols):
+                    (n,) = _I32.unpack_from(body, pos)
+                    pos += 4
+                    row.append(None if n < 0 else body[pos:pos + n].decode())
+                    pos += max(n, 0)
+                rows.append(row)
+            elif kind == b"E":
+                error = body
+            elif kind == b"Z":
+                if error is not None:
+                    self._raise(error)
+                return rows
+
+    # -- streaming ---------------------------------------------------------------------
+    async def start_logical(self, slot: str, start_lsn: int,
+                            options: Sequence[tuple[str, str]]) -> None:
+        opts = ", ".join(f'"{k}" \'{v.replace(chr(39), chr(39) * 2)}\'' for k, v in options)
+        ident = '"' + slot.replace('"', '""') + '"'
+        self._w.write(_msg(b"Q", (f"START_REPLICATION SLOT {ident} LOGICAL "
+                                  f"{lsn_to_str(start_lsn)} ({opts})").encode() + b"\0"))
+        while True:
+            kind, body = await self._next()
+            if kind == b"W":
+                self.copying = True
+                self.flushed = start_lsn
+                return
+            if kind == b"E":
+                self._raise(body)
+
+    def feedback(self, flush_lsn: int | None = None, *, reply: bool = False) -> None:
+        """Standby status update: everything before `flush_lsn` is safe downstream."""
+        if flush_lsn is not None and flush_lsn > self.flushed:
+            self.flushed = flush_lsn
+        now = int((time.time() - PG_EPOCH_UNIX) * 1_000_000)
+        lsn = self.flushed
+        self._w.write(_msg(b"d", _STATUS.pack(b"r", lsn, lsn, lsn, now, 1 if reply else 0)))
+
+    async def drain(self) -> None:
+        await self._w.drain()
+
+    async def read(self, max_messages: int = 5000) -> list[bytes]:
+        """Waits for at least one change, then returns the payloads (pgoutput messages)
+        already buffered.
+
+        Keepalives are answered here (with the last flush position)."""
+        out: list[bytes] = []
+        append = out.append
+        head = _HEAD.unpack_from
+        while True:
+            buf, pos, size = self._buf, self._pos, len(self._buf)
+            while len(out) < max_messages and size - pos >= 5:
+                kind, n = head(buf, pos)
+                end = pos + 1 + n
+                if size < end:
+                    break
+                if kind == b"d" and buf[pos + 5] == 0x77:  # CopyData, XLogData ('w')
+                    append(bytes(buf[pos + 30:end]))  # after wal start, wal end, send time
+                    pos = end
+                    continue
+                body = bytes(buf[pos + 5:end])
+                pos = end
+                if kind == b"d" and body[:1] == b"k":
+                    wal_end, _, want = _KEEPALIVE.unpack_from(body, 1)
+                    self.server_wal_end = max(self.server_wal_end, wal_end)
+                    if want:
+                        self.feedback()
+                elif kind == b"E":
+                    self._pos = pos
+                    self._raise(body)
+                elif kind in (b"c", b"C", b"Z"):
+                    self._pos = pos
+                    self.copying = False
+                    raise ConnectionResetError("the server ended the replication stream")
+            self._pos = pos
+            if out:
+                return out
+            await self._fill()
