@@ -392,7 +392,7 @@ class LinkPair:
                 profile.disable()
                 await r.stop_sidecar("b")
             else:
-                r.kill_process("b")
+                r.term_process("b")
         settle(src, dst)
         rate, steady = ROWS / secs, ROWS / (secs - first_s)
         say(f"link   {'->'.join(self.majors)}: backlog written in {w:.1f}s; applied "

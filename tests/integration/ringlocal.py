@@ -155,6 +155,17 @@ class LocalRing:
             self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                                 env=env, start_new_session=True)
 
+    def term_process(self, name: str) -> None:
+        """Stop a sidecar process the way Kubernetes does (SIGTERM, then wait)."""
+        proc = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
     def kill_process(self, name: str) -> None:
         proc = self.procs.pop(name)
         with contextlib.suppress(ProcessLookupError):

@@ -34,7 +34,7 @@ from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update, Value, lsn_to
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1000
-BULK_ROWS = 4000  # rows per bulk script (many upstream transactions, one round trip)
+BULK_ROWS = 2000  # rows per bulk script (many upstream transactions, one round trip)
 CLASSIC_AFTER_MISS = 32  # transactions applied row by row after a bulk script missed
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -55,6 +55,7 @@ class TableMap:
     key_pos: list[int]  # positions of key columns in the upstream tuple
     statements: dict[str, str] = field(default_factory=dict)
     positions: tuple[int, ...] = ()  # upstream positions of the columns applied here
+    deferrable: bool = False  # has a deferrable unique/exclusion constraint
 
     def __post_init__(self) -> None:
         self.positions = tuple(i for i, c in enumerate(self.columns) if c)
@@ -199,7 +200,11 @@ class Applier:
         if lost_key:
             raise ApplyError(f"key column(s) {', '.join(lost_key)} of {rel.qualified} are not "
                              "sent by upstream: the tables differ between members")
-        self._tables[rel.oid] = TableMap(
+        deferred = bool(await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) "
+            "AND condeferrable AND contype IN ('p', 'u', 'x'))",
+            f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}"))
+        self._tables[rel.oid] = TableMap(deferrable=deferred,
             relation=rel.qualified,
             quoted=f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}",
             columns=[c if c in types else "" for c in upstream], types=types, key=list(key),
@@ -310,11 +315,15 @@ class Applier:
         COMMIT: an aborted transaction that had set it up would still move the origin's
         progress (PostgreSQL records aborts of origin transactions too), and progress is
         how a failed script finds which of its transactions are in. Constraints are
-        checked per statement so that COMMIT itself does not fail."""
+        checked per statement (where a table has deferrable ones) so that COMMIT itself
+        does not fail."""
         s = self.profile.sql
         origin = bulk.Origin(await self._origin_id(txn.origin), txn.commit_ts)
-        out = ["BEGIN", "SET CONSTRAINTS ALL IMMEDIATE"]
-        for g in bulk.groups([(self.table(m.relid), m) for m in txn.changes]):
+        groups = bulk.groups([(self.table(m.relid), m) for m in txn.changes])
+        out = ["BEGIN"]
+        if any(g.table.deferrable for g in groups):
+            out.append("SET CONSTRAINTS ALL IMMEDIATE")
+        for g in groups:
             t: TableMap = g.table  # type: ignore[assignment]
             name = t.statements.get(g.shape)
             if name is None:

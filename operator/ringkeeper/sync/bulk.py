@@ -35,6 +35,7 @@ class Table(Protocol):
     key: list[str]
     key_pos: list[int]
     positions: tuple[int, ...]  # upstream tuple positions of the columns applied here
+    deferrable: bool  # has a deferrable unique/exclusion constraint
 
 
 class NotBulk(Exception):
@@ -123,19 +124,21 @@ def prepare_sql(name: str, g: Group, xact_origin_fn: str) -> str:
     rel = literal(t.relation)
     params = ", ".join(f"${i + 1}" for i in range(n))
     aliases = ", ".join(f"c{i}" for i in range(n))
-    head = (f"WITH u AS MATERIALIZED (SELECT * FROM unnest({params}) AS u({aliases})), "
-            f"d AS (INSERT INTO ringkeeper.dirty_key_sets (relation, keys) VALUES ({rel}, "
+    rows = f"unnest({params}) AS u({aliases})"
+    head = (f"WITH d AS (INSERT INTO ringkeeper.dirty_key_sets (relation, keys) VALUES ({rel}, "
             f"ARRAY[{', '.join(f'${i + 1}' for i in key_cols)}])), ")
     types = ["text[]"] * n
     if g.op == "I":
         casts = ", ".join(f"u.c{i}::{t.types[c]}" for i, c in enumerate(cols))
         tomb = ("CASE WHEN EXISTS (SELECT 1 FROM ringkeeper.tombstones WHERE relation = "
-                f"{rel}) THEN (SELECT count(*) FROM u JOIN ringkeeper.tombstones tb ON "
+                f"{rel}) THEN (SELECT count(*) FROM unnest("
+                f"{', '.join(f'${i + 1}' for i in key_cols)}) AS u("
+                f"{', '.join(f'c{i}' for i in key_cols)}) JOIN ringkeeper.tombstones tb ON "
                 f"tb.relation = {rel} AND tb.key = jsonb_build_array("
                 f"{', '.join(f'u.c{i}' for i in key_cols)})) ELSE 0 END")
         # A key that exists here fails the insert (unique violation): conflict rules.
         body = (head + f"w AS (INSERT INTO {t.quoted} "
-                f"({', '.join(quote_ident(c) for c in cols)}) SELECT {casts} FROM u) "
+                f"({', '.join(quote_ident(c) for c in cols)}) SELECT {casts} FROM {rows}) "
                 f"SELECT ringkeeper.fast_path_check({tomb})")
     else:
         types += ["oid", "timestamptz", "bigint"]
@@ -149,9 +152,10 @@ def prepare_sql(name: str, g: Group, xact_origin_fn: str) -> str:
             if not sets:  # nothing but the key was sent: touch it so the row is versioned
                 k = cols[key_cols[0]]
                 sets = f"{quote_ident(k)} = t.{quote_ident(k)}"
-            dml = f"UPDATE {t.quoted} AS t SET {sets} FROM u WHERE {match} AND {same_origin}"
+            dml = (f"UPDATE {t.quoted} AS t SET {sets} FROM {rows} WHERE {match} "
+                   f"AND {same_origin}")
         else:
-            dml = f"DELETE FROM {t.quoted} AS t USING u WHERE {match} AND {same_origin}"
+            dml = f"DELETE FROM {t.quoted} AS t USING {rows} WHERE {match} AND {same_origin}"
         body = (head + f"w AS ({dml} RETURNING 1) "
                 f"SELECT ringkeeper.fast_path_check(${n + 3} - (SELECT count(*) FROM w))")
     return f"PREPARE {name} ({', '.join(types)}) AS {body}"

@@ -227,6 +227,13 @@ class Link:
                 if now - last_measure >= 1.0 or (idle and applied):
                     await self._measure(idle)
                     last_measure = now
+            # Stopping: what is applied is flushed and reported, so the next start does
+            # not read it again.
+            await self.applier.settle()
+            if self._end > ws.flushed:
+                await catalog.origin_progress(self.applier.conn, self.profile, self.ring)
+                ws.feedback(self._end)
+                await ws.drain()
         except BaseException:
             await self.applier.abort()
             raise

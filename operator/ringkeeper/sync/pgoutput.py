@@ -84,13 +84,13 @@ class TypeInfo:
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per row, and frozen costs twice
 class Insert:
     relid: int
     new: tuple[Value, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per row, and frozen costs twice
 class Update:
     relid: int
     old: tuple[Value, ...] | None
@@ -98,7 +98,7 @@ class Update:
     new: tuple[Value, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per row, and frozen costs twice
 class Delete:
     relid: int
     old: tuple[Value, ...]
@@ -137,6 +137,7 @@ _U32 = struct.Struct(">I")
 _I32 = struct.Struct(">i")
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
+_KIND_LEN = struct.Struct(">Bi")
 _K, _O, _N = 0x4B, 0x4F, 0x4E  # 'K', 'O', 'N'
 
 
@@ -170,26 +171,25 @@ class _Irregular(Exception):
 
 def _tuple(buf: bytes, pos: int) -> tuple[tuple[Value, ...], int]:
     """The hot path: text and NULL values only, bounds checked once at the end; any
-    other shape (or damage) goes to the checked reader for its exact message."""
+    other shape (or damage) goes to the checked reader for its exact message. An ASCII
+    message is decoded once and sliced (byte and character offsets agree)."""
     try:
         (ncols,) = _U16.unpack_from(buf, pos)
         p = pos + 2
         values: list[Value] = []
         append = values.append
-        unpack = _I32.unpack_from
+        head = _KIND_LEN.unpack_from
+        text = buf.decode("ascii") if buf.isascii() else None
         for _ in range(ncols):
-            kind = buf[p]
-            if kind == 0x74:
-                (n,) = unpack(buf, p + 1)
-                if n < 0:
-                    raise _Irregular
-                p += 5 + n
-                append(buf[p - n:p].decode())
-            elif kind == 0x6E:
+            if buf[p] == 0x6E:  # 'n' NULL
                 append(None)
                 p += 1
-            else:
+                continue
+            kind, n = head(buf, p)
+            if kind != 0x74 or n < 0:
                 raise _Irregular
+            p += 5 + n
+            append(text[p - n:p] if text is not None else buf[p - n:p].decode())
         if p > len(buf):
             raise _Irregular
         return tuple(values), p
