@@ -114,3 +114,55 @@ async def test_conflicting_insert_falls_back_to_the_rules() -> None:
     finally:
         await ring.stop_all()
         ring.destroy()
+
+
+FAIL_ONCE = """
+CREATE SCHEMA ctl;
+CREATE SEQUENCE ctl.small;
+CREATE SEQUENCE ctl.large;
+CREATE FUNCTION ctl.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- nextval is not undone by the rollback: the first attempt fails, the next passes.
+    IF (NEW.id = 25 AND nextval('ctl.small') = 1)
+            OR (NEW.id = 3000 AND nextval('ctl.large') = 1) THEN
+        RAISE EXCEPTION 'injected failure at row %', NEW.id;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER fail_once BEFORE INSERT ON lis.samples FOR EACH ROW
+    EXECUTE FUNCTION ctl.fail_once();
+ALTER TABLE lis.samples ENABLE ALWAYS TRIGGER fail_once;
+"""
+
+
+async def test_transaction_failing_at_the_target_is_applied_on_retry() -> None:
+    """PostgreSQL moves a replication origin's progress even for an aborted transaction
+    that had set it up. A transaction that fails half-way at the target (here a trigger
+    raising once, in a small transaction on the bulk path and in one large enough to be
+    applied in parts) must be applied when tried again, never counted as applied."""
+    ring = LocalRing(("17", "18"))
+    ring.start_servers()
+    try:
+        ring.servers["b"].psql(FAIL_ONCE)
+        for n in ring.names:
+            ring.start_sidecar(n)
+        await wait_until("links streaming", _streaming(ring), 60)
+        a = await ring.conn("a")
+        try:
+            await a.execute("INSERT INTO lis.samples (id, campus, status) "
+                            "SELECT g, 'a', 'small' FROM generate_series(1, 50) g")
+            await a.execute("INSERT INTO lis.samples (id, campus, status) "
+                            "SELECT g, 'a', 'large' FROM generate_series(1001, 6000) g")
+        finally:
+            await a.close()
+        await ring.wait_converged(("lis.samples",), timeout=90)
+        b = await ring.conn("b")
+        try:
+            assert await b.fetchval("SELECT count(*) FROM lis.samples") == 5050
+            for seq in ("ctl.small", "ctl.large"):  # each failed once, then passed
+                assert await b.fetchval(f"SELECT last_value FROM {seq}") == 2, seq
+        finally:
+            await b.close()
+    finally:
+        await ring.stop_all()
+        ring.destroy()

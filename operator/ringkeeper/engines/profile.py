@@ -19,6 +19,8 @@ from dataclasses import dataclass
 # PostgreSQL added failover slots (CREATE ... failover => true, sync_replication_slots)
 # in 17; before that a promoted standby has no copy of the primary's logical slots.
 _FAILOVER_SLOTS_MIN_POSTGRESQL_MAJOR = 17
+# pgoutput's origin option (CREATE SUBSCRIPTION ... origin = none) came in PostgreSQL 16.
+_ORIGIN_FILTER_MIN_POSTGRESQL_MAJOR = 16
 
 _SYNC_METHODS = {"any": "ANY", "first": "FIRST"}
 
@@ -99,6 +101,12 @@ class EngineProfile:
     def failover_slots(self) -> bool:
         """Whether logical slots can be synchronised to standbys (PostgreSQL 17+ only)."""
         return self.engine == "postgresql" and self.major >= _FAILOVER_SLOTS_MIN_POSTGRESQL_MAJOR
+
+    @property
+    def origin_filter(self) -> bool:
+        """Whether the logical output plugin takes origin 'none' (PostgreSQL 16+): send
+        only changes written at this server, filtered before they are even queued."""
+        return self.engine == "postgresql" and self.major >= _ORIGIN_FILTER_MIN_POSTGRESQL_MAJOR
 
     @property
     def pg_rewind_needs_wal_log_hints(self) -> bool:

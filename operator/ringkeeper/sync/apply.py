@@ -221,9 +221,10 @@ class Applier:
                 self._session_origin = None
             await self.conn.execute(f"SELECT {s.replication_origin_session_setup}($1)", oname)
             self._session_origin = oname
-        await self.conn.execute(
-            f"BEGIN; SELECT {s.replication_origin_xact_setup}("
-            f"'{lsn_to_str(origin_lsn)}', '{commit_ts.isoformat()}')")
+        # The origin's LSN and time are set at COMMIT, not here: PostgreSQL moves an
+        # origin's progress for an aborted transaction too, and a transaction that
+        # fails half-way must be read again, not counted as applied.
+        await self.conn.execute("BEGIN")
         self._txn = (origin, origin_lsn, commit_ts)
         self._txn_rows.clear()
         self._txn_dirty.clear()
@@ -259,8 +260,11 @@ class Applier:
                 "SELECT $1, k FROM unnest($2::jsonb[]) AS k "
                 "ON CONFLICT (relation, key) DO UPDATE SET changed_at = clock_timestamp()",
                 relation, sorted(keys))
-        await self.conn.execute("COMMIT")
         origin, origin_lsn, commit_ts = self._txn
+        s = self.profile.sql
+        await self.conn.execute(
+            f"SELECT {s.replication_origin_xact_setup}('{lsn_to_str(origin_lsn)}', "
+            f"'{commit_ts.isoformat()}'); COMMIT")
         self.progress[origin] = max(self.progress.get(origin, 0), origin_lsn)
         self.stats.txns += 1
         self.stats.last_commit_ts = commit_ts

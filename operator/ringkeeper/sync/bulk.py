@@ -4,8 +4,8 @@ Applying one upstream transaction at a time costs several round trips, and build
 parameter arrays row by row in Python costs more than the rows themselves. In the
 normal case (every row new here, or last written by the same origin at an older
 time) none of that is needed: each upstream transaction becomes
-``BEGIN; xact_setup; EXECUTE <one prepared statement per table, operation and column
-set>; COMMIT`` with its values as array literals, and a few dozen of them travel as
+``BEGIN; EXECUTE <one prepared statement per table, operation and column
+set>; xact_setup; COMMIT`` with its values as array literals, and a few dozen travel as
 one simple query. The statements are prepared once per session (planning them for
 every transaction cost more than the inserts). Every statement proves its own
 premise and raises (SQLSTATE RK001) when it does not hold, so the server stops at the

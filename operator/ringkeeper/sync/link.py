@@ -33,7 +33,8 @@ PART_ROWS = 2000  # a transaction larger than this is applied in parts of this s
 BUNDLE_ROWS = 2000  # rows per queue item
 QUEUE_BUNDLES = 8  # queue items between reader and applier: with the above, the memory bound
 FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
-FEEDBACK_EVERY = 10.0  # seconds between status updates to the source however idle
+FEEDBACK_EVERY = 10.0
+_ROW_MESSAGES = frozenset(b"IUD")  # seconds between status updates to the source however idle
 
 
 @dataclass
@@ -109,9 +110,10 @@ Event = Relation | Txn | Skip | Part
 
 
 def route(ring: str, source: str, begin: Begin, origin: Origin | None,
-          carries: frozenset[str] | None) -> tuple[str, int] | None:
+          carries: frozenset[str] | None, local: str | None = None) -> tuple[str, int] | None:
     """(true origin, origin LSN) of a transaction read from `source`, or None when this
-    link must not bring it (a stock-sync copy, or an origin it does not carry)."""
+    link must not bring it (a stock-sync copy, the target's own change coming back, or
+    an origin it does not carry)."""
     if origin is not None:
         member = names.member_of_origin(ring, origin.name)
         if member == names.SEED:
@@ -120,9 +122,15 @@ def route(ring: str, source: str, begin: Begin, origin: Origin | None,
         origin_lsn = origin.origin_lsn if member else begin.final_lsn
     else:
         true_origin, origin_lsn = source, begin.final_lsn
-    if carries is not None and true_origin not in carries:
+    if true_origin == local or (carries is not None and true_origin not in carries):
         return None
     return true_origin, origin_lsn
+
+
+def only_source_changes(source: str, carries: frozenset[str] | None) -> bool:
+    """Whether a link brings nothing but what was written at its source (a mesh link,
+    or a two-member ring), so the source may filter out every forwarded change."""
+    return carries is not None and carries <= {source}
 
 
 class Link:
@@ -148,6 +156,7 @@ class Link:
         self._end = 0  # end LSN of the last transaction applied or skipped here
         self._part_applying = False
         self._skipped = 0  # transactions not taken (besides the applier's own count)
+        self._applied = False  # applied something since progress was last flushed
 
     async def open(self) -> None:
         self._src = await connect(self.source_dsn)
@@ -176,8 +185,13 @@ class Link:
                 await asyncio.sleep(0.1)
         self._ws = await WalStream.open(self.source_dsn)
         pub = names.publication_name(self.ring)
-        await self._ws.start_logical(self.slot, 0, [
-            ("proto_version", "1"), ("publication_names", '"' + pub.replace('"', '""') + '"')])
+        options = [("proto_version", "1"),
+                   ("publication_names", '"' + pub.replace('"', '""') + '"')]
+        if self.source_profile.origin_filter and only_source_changes(self.source,
+                                                                      self.carries):
+            # Forwarded changes would only be skipped here: the source never queues them.
+            options.append(("origin", "none"))
+        await self._ws.start_logical(self.slot, 0, options)
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -216,9 +230,13 @@ class Link:
                 now = time.monotonic()
                 idle = queue.empty()
                 if self._end > ws.flushed and (idle or now - last_flush >= FLUSH_EVERY):
-                    # Flush this member's progress before the source may forget the changes.
-                    await self.applier.settle()
-                    await catalog.origin_progress(self.applier.conn, self.profile, self.ring)
+                    if self._applied:
+                        # Flush this member's progress before the source may forget the
+                        # changes. (Skipped transactions alone need nothing flushed.)
+                        await self.applier.settle()
+                        await catalog.origin_progress(self.applier.conn, self.profile,
+                                                      self.ring)
+                        self._applied = False
                     ws.feedback(self._end)
                     last_flush = last_feedback = now
                 elif now - last_feedback >= FEEDBACK_EVERY:
@@ -254,14 +272,18 @@ class Link:
         routed: tuple[str, int] | None = None
         changes: list[Insert | Update | Delete] = []
         parts = 0
+        decided = False
         while True:
             for data in await ws.read():
-                msg = parse(data)
-                if isinstance(msg, (Insert, Update, Delete)):
-                    if begin is not None and parts == 0 and not changes:
-                        routed = route(self.ring, self.source, begin, origin, self.carries)
+                if data[0] in _ROW_MESSAGES:
+                    if not decided and begin is not None:
+                        routed = route(self.ring, self.source, begin, origin, self.carries,
+                                       self.local)
+                        decided = True
                     if routed is None:
-                        continue
+                        continue  # not ours to bring: not even parsed
+                    msg = parse(data)
+                    assert isinstance(msg, (Insert, Update, Delete))
                     changes.append(msg)
                     if len(changes) >= PART_ROWS:
                         assert begin is not None
@@ -270,8 +292,11 @@ class Link:
                         parts += 1
                         rows += len(changes)
                         changes = []
-                elif isinstance(msg, Begin):
+                    continue
+                msg = parse(data)
+                if isinstance(msg, Begin):
                     begin, origin, routed, changes, parts = msg, None, None, [], 0
+                    decided = False
                 elif isinstance(msg, Origin):
                     origin = msg
                 elif isinstance(msg, Relation):
@@ -318,11 +343,13 @@ class Link:
             await self._apply_run(run)
 
     async def _apply_run(self, run: list[Txn]) -> None:
+        self._applied = True
         await self.applier.apply_txns(run)
         self._end = max(self._end, run[-1].end_lsn)
 
     async def _apply_part(self, part: Part) -> None:
         applier = self.applier
+        self._applied = True
         if part.first:
             self._part_applying = applier.wanted(part.origin, part.origin_lsn)
             if self._part_applying:

@@ -237,8 +237,8 @@ class Sidecar:
             if lk.target != self.member:
                 continue
             slot = names.link_slot_name(cfg.ring, lk.source, self.member)
-            carries = frozenset({lk.source}) if cfg.topology == "mesh" else None
-            out[f"{lk.source}->{self.member}"] = (lk.source, slot, carries, lk.bypassing)
+            out[f"{lk.source}->{self.member}"] = (lk.source, slot, lk.forwards_origins,
+                                                    lk.bypassing)
         return out
 
     async def _link_loop(self, cfg: RingConfig, profile: EngineProfile, source: str,
