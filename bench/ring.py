@@ -23,17 +23,18 @@
    (transactions of 10 rows) for SECONDS seconds; a watcher per other member polls
    max(id) every POLL_MS ms. A transaction's latency is the time from its commit
    returning at a to the first poll that saw it at the last of the other members.
-3. Capture overhead: pgbench TPS (-c 4 -j 2 -T CAPTURE_SECONDS, scale 10) on member a
-   of a 2-member ring (CAPTURE_MAJORS, default 17,17), alternating runs without the
-   ring's sidecars and with both running (a's writes captured and applied at b
-   throughout). With 2+ CPUs the machine is split in two "hosts" (CAPTURE_PIN=1, the
+3. Capture overhead: pgbench TPS (-c 4 -j 2 -T CAPTURE_SECONDS, scale 10) on member a of a
+   2-member ring (CAPTURE_MAJORS, default 17,17), alternating runs without the ring's
+   sidecars and with both running (a's writes captured and applied at b throughout), and
+   (as a reference) with a native publication/subscription of the same tables instead
+   (origin = none). With 2+ CPUs the machine is split in two "hosts" (CAPTURE_PIN=1, the
    default): a's server, its sidecar and pgbench on the first half of the CPUs, b's server
-   and sidecar on the other, in every run, so b's apply work does not count as a's
-   capture cost. Between runs (sidecars stopped) every ring slot is advanced to the
-   current WAL position: each "with" run starts with nothing queued, and whatever b had
-   not applied by the end of a run is skipped rather than waited for (reported). b's
-   data directory is on /dev/shm (CAPTURE_B_TMPFS=1, the default) so b's WAL and
-   fsyncs do not queue on the disk a's commits wait for, as on two machines.
+   and sidecar on the other, in every run, so b's apply work does not count as a's capture
+   cost. Between runs (sidecars stopped) every ring slot is advanced to the current WAL
+   position: each "with" run starts with nothing queued, and whatever b had not applied by
+   the end of a run is skipped rather than waited for (reported). b's data directory is on
+   /dev/shm (CAPTURE_B_TMPFS=1, the default) so b's WAL and fsyncs do not queue on the
+   disk a's commits wait for, as on two machines.
 
 Progress goes to stdout; the last line is one JSON object. SKIP=throughput,latency,capture
 skips parts. Every server and sidecar process is destroyed on exit, Ctrl-C included.
@@ -678,7 +679,38 @@ async def capture(out: dict[str, Any]) -> None:
 
     def ring_off() -> None:
         for n in list(ring.procs):
-            ring.kill_process(n)
+            ring.term_process(n)
+
+    # The reference: what native logical replication of the same tables costs a (a
+    # publication at a, a subscription at b with origin = none, enabled only for its runs).
+    sa.psql("CREATE PUBLICATION bench_native FOR TABLE pgbench_accounts, pgbench_branches, "
+            "pgbench_tellers, pgbench_history")
+    sb.psql(f"CREATE SUBSCRIPTION bench_native CONNECTION '{conninfo(sa)}' PUBLICATION "
+            "bench_native WITH (copy_data = false, enabled = false, origin = none)")
+
+    async def native_on() -> None:
+        sa.psql("SELECT pg_replication_slot_advance('bench_native', pg_current_wal_lsn())")
+        sb.psql("ALTER SUBSCRIPTION bench_native ENABLE")
+        c = await asyncpg.connect(sb.dsn())
+        try:
+            await wait_for("the native apply worker", lambda: c.fetchval(
+                "SELECT pid IS NOT NULL FROM pg_stat_subscription "
+                "WHERE subname = 'bench_native'"), 60, 0.1)
+        finally:
+            await c.close()
+        sa.psql("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+                "VALUES (1, 1, 1, 0, now())")
+        await wait_for("a probe row from a at b (native)", caught_up, 120, 0.1)
+
+    async def native_off() -> None:
+        sb.psql("ALTER SUBSCRIPTION bench_native DISABLE")
+        c = await asyncpg.connect(sa.dsn())
+        try:
+            await wait_for("the native walsender gone", lambda: c.fetchval(
+                "SELECT active_pid IS NULL FROM pg_replication_slots "
+                "WHERE slot_name = 'bench_native'"), 60, 0.1)
+        finally:
+            await c.close()
 
     a_cpu: dict[str, list[float]] = {"server_without": [], "server_with": [],
                                      "sidecar_with": []}
@@ -706,6 +738,7 @@ async def capture(out: dict[str, Any]) -> None:
 
     without: list[float] = []
     with_ring: list[float] = []
+    with_native: list[float] = []
     applied: list[float] = []
     await ring_on()  # the ring's objects and slots exist from here on
     ring_off()
@@ -720,11 +753,19 @@ async def capture(out: dict[str, Any]) -> None:
         applied.append((hb - h0) / max(1, ha - h0))
         say(f"during the run b applied {hb - h0:,} of a's {ha - h0:,} pgbench transactions "
             f"({applied[-1]:.0%}); the rest is skipped")
+        await native_on()
+        with_native.append(await run("with native rep."))
+        await native_off()
     ratios = [w / wo for w, wo in zip(with_ring, without, strict=True)]
     ratio = median(ratios)
+    native_ratio = median([w / wo for w, wo in zip(with_native, without, strict=True)])
+    say(f"reference: native logical replication of the same tables keeps "
+        f"{native_ratio:.3f} of the TPS (median {median(with_native):,.0f} tps)")
     say(f"capture: median TPS without {median(without):,.0f}, with {median(with_ring):,.0f}; "
         f"median of paired ratios {ratio:.3f} ({[round(r, 3) for r in ratios]})")
     out.update({"capture_tps_ratio": round(ratio, 3),
+                "capture_tps_ratio_native": round(native_ratio, 3),
+                "capture_tps_with_native": [round(x) for x in with_native],
                 "capture_tps_without": [round(x) for x in without],
                 "capture_tps_with": [round(x) for x in with_ring],
                 "capture_b_applied_fraction": [round(x, 3) for x in applied],

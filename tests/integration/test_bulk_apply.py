@@ -166,3 +166,48 @@ async def test_transaction_failing_at_the_target_is_applied_on_retry() -> None:
     finally:
         await ring.stop_all()
         ring.destroy()
+
+
+async def test_hold_slots_keep_up_without_decoding() -> None:
+    """Every member's hold slot passes a burst of 20,000 rows written at one member once
+    the ring has it everywhere, the members that only forwarded included (they move on
+    by their link slots' confirmed positions, not by decoding their own WAL)."""
+    ring = LocalRing(("15", "17", "18"))
+    ring.start_servers()
+    try:
+        for n in ring.names:
+            ring.start_sidecar(n)
+        await wait_until("links streaming", _streaming(ring), 60)
+        a = await ring.conn("a")
+        try:
+            for lo in range(1, 20001, 2000):
+                await a.execute("INSERT INTO lis.samples (id, campus, status) "
+                                "SELECT g, 'a', 'burst' FROM generate_series($1::int, $2) g",
+                                lo, lo + 1999)
+        finally:
+            await a.close()
+        await ring.wait_converged(("lis.samples",), timeout=90)
+        marks: dict[str, str] = {}
+        for n in ring.names:
+            c = await ring.conn(n)
+            try:
+                marks[n] = await c.fetchval("SELECT pg_current_wal_lsn()::text")
+            finally:
+                await c.close()
+
+        async def passed() -> bool:
+            for n in ring.names:
+                c = await ring.conn(n)
+                try:
+                    if not await c.fetchval(
+                            "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM "
+                            "pg_replication_slots WHERE slot_name = $2", marks[n],
+                            f"rk_{ring.ring}_{n}_hold"):
+                        return False
+                finally:
+                    await c.close()
+            return True
+        await wait_until("every hold slot past the burst", passed, 30)
+    finally:
+        await ring.stop_all()
+        ring.destroy()

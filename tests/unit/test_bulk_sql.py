@@ -10,7 +10,7 @@ import pytest
 
 from ringkeeper.sync import bulk, names
 from ringkeeper.sync.apply import TableMap
-from ringkeeper.sync.link import route
+from ringkeeper.sync.link import only_source_changes, route
 from ringkeeper.sync.pgoutput import UNCHANGED, Begin, Delete, Insert, Origin, Truncate, Update
 from ringkeeper.sync.walstream import ConnParams, scram_client_proof
 
@@ -104,3 +104,26 @@ def test_conn_params_from_ring_dsn() -> None:
         "rk@x", "p/w", "10.0.0.1", 5433, "lis", "require")
     with pytest.raises(ValueError, match="postgresql://"):
         ConnParams.from_dsn("host=x dbname=y")
+
+
+def test_route_drops_the_targets_own_changes() -> None:
+    back = Origin(77, names.origin_name("r", "b"))
+    assert route("r", "a", BEGIN, back, None, local="b") is None
+    assert route("r", "a", BEGIN, back, None, local="c") == ("b", 77)
+
+
+@pytest.mark.parametrize(("source", "carries", "want"), [
+    ("a", frozenset({"a"}), True),        # mesh link, or a two-member ring
+    ("a", frozenset({"a", "c"}), False),  # a ring link forwarding c's changes
+    ("a", None, False),                   # everything but ours
+])
+def test_only_source_changes(source: str, carries: frozenset[str] | None, want: bool) -> None:
+    assert only_source_changes(source, carries) is want
+
+
+@pytest.mark.parametrize(("engine", "version", "want"), [
+    ("postgresql", "15", False), ("postgresql", "16", True), ("postgresql", "17", True),
+    ("postgresql", "18", True), ("kingbase", "V9R1", False)])
+def test_origin_filter_needs_postgresql_16(engine: str, version: str, want: bool) -> None:
+    from ringkeeper.engines import profile_for
+    assert profile_for(engine, version).origin_filter is want

@@ -26,7 +26,7 @@ from . import catalog, names
 from .apply import Applier
 from .config import RingConfig
 from .link import Link, LinkStatus, SlotLost, connect
-from .pgoutput import Begin, Commit, Origin, lsn_to_str, parse
+from .pgoutput import lsn_to_str, str_to_lsn
 from .seed import SeedProgress, needs_seed, seed
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Sidecar:
         self._down_since: dict[str, float] = {}
         self._progress_cache: dict[str, dict[str, int]] = {}
         self._probed: dict[str, float] = {}
+        self._samples: list[retention.OriginSample] = []  # origin status, for the hold slot
 
     # -- main loop ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -341,51 +342,63 @@ class Sidecar:
 
     async def keep_hold(self, local: asyncpg.Connection, cfg: RingConfig,
                         profile: EngineProfile) -> None:
-        """Move this member's hold slot to what every other member has."""
+        """Move this member's hold slot to what every other member has.
+
+        Nothing is decoded for it: the facts are this member's WAL position, its origin
+        status (where each origin's latest applied transaction ended here), every
+        member's flushed progress and its own link slots' confirmed positions; the
+        decision is core.retention.hold_target. Only the move itself reads the WAL, in
+        fast-forward (no output plugin)."""
         s = profile.sql
         hold = names.hold_slot_name(cfg.ring, self.member)
+        prefix = f"rk_{cfg.ring}_"
+        now_lsn = str_to_lsn(await local.fetchval(f"SELECT {s.current_wal_lsn}()::text"))
+        status = await local.fetch(
+            f"SELECT external_id, remote_lsn::text AS remote, local_lsn::text AS local "
+            f"FROM {s.replication_origin_status} WHERE starts_with(external_id, $1)", prefix)
+        for r in status:
+            origin = names.member_of_origin(cfg.ring, r["external_id"])
+            if origin is None or r["remote"] is None or r["local"] is None:
+                continue
+            sample = retention.OriginSample(origin, str_to_lsn(r["local"]),
+                                            str_to_lsn(r["remote"]))
+            if not self._samples or sample not in self._samples[-len(status):]:
+                self._samples.append(sample)
+        slots = {r["slot_name"]: r for r in await local.fetch(
+            f"SELECT slot_name, confirmed_flush_lsn::text AS flushed, "
+            f"{s.wal_lsn_diff}({s.current_wal_lsn}(), restart_lsn)::bigint AS lag "
+            f"FROM {s.replication_slots} WHERE starts_with(slot_name, $1)", prefix)}
+        row = slots.get(hold)
+        if row is None or row["flushed"] is None:
+            return
+        at = str_to_lsn(row["flushed"])
+        self.state.hold_lag_bytes = int(row["lag"]) if row["lag"] is not None else None
+        outbound = {m: str_to_lsn(r["flushed"]) for m in cfg.names if m != self.member
+                    and (r := slots.get(names.link_slot_name(cfg.ring, self.member, m)))
+                    is not None and r["flushed"] is not None}
         progress = await self.member_progress(cfg)
-        marks: list[retention.TxnMark] = []
-        begin: Begin | None = None
-        origin: Origin | None = None
-        async with local.transaction():
-            cur = local.cursor(
-                f"SELECT data FROM {s.logical_slot_peek_binary_changes}($1, NULL, 5000, "
-                "'proto_version', '1', 'publication_names', $2)",
-                hold, names.publication_name(cfg.ring), prefetch=2000)
-            async for rec in cur:
-                data = rec["data"]
-                if data[:1] not in (b"B", b"O", b"C"):
-                    continue
-                msg = parse(data)
-                if isinstance(msg, Begin):
-                    begin, origin = msg, None
-                elif isinstance(msg, Origin):
-                    origin = msg
-                elif isinstance(msg, Commit) and begin is not None:
-                    member = names.member_of_origin(cfg.ring, origin.name) if origin else None
-                    if origin is not None and member is not None:
-                        marks.append(retention.TxnMark(msg.end_lsn, member, origin.origin_lsn))
-                    else:
-                        marks.append(retention.TxnMark(msg.end_lsn, self.member,
-                                                       begin.final_lsn))
         holders = [m for m in cfg.names if m != self.member and m not in self.state.needs_reseed]
-        lag = await local.fetchval(
-            f"SELECT {s.wal_lsn_diff}({s.current_wal_lsn}(), restart_lsn)::bigint "
-            f"FROM {s.replication_slots} WHERE slot_name = $1", hold)
-        self.state.hold_lag_bytes = int(lag) if lag is not None else None
-        if lag is not None and lag > 0.8 * cfg.max_slot_wal_keep_bytes and marks:
+
+        def target(who: list[str]) -> int | None:
+            return retention.hold_target(
+                member=self.member, holders=who, progress=progress, samples=self._samples,
+                now_lsn=now_lsn, outbound=outbound, owed=frozenset(cfg.names))
+
+        lag = self.state.hold_lag_bytes
+        if lag is not None and lag > 0.8 * cfg.max_slot_wal_keep_bytes:
             # Keep the disk: a member this far behind gets a re-seed, not more WAL.
-            behind = [m for m in holders if not retention.holds(marks[0], m, progress)]
+            behind = [m for m in holders if (target([m]) or 0) <= at]
             for m in behind:
                 log.warning("member %s fell behind the WAL budget: it needs a re-seed", m)
                 self.state.needs_reseed.add(m)
             holders = [m for m in holders if m not in behind]
-        forwarded = frozenset(cfg.names)
-        target = retention.safe_advance(marks, holders, progress, forwarded)
-        if target is not None:
+        moved = target(holders)
+        if moved is not None and moved > at:
             await local.execute(f"SELECT {s.replication_slot_advance}($1, $2::text::pg_lsn)",
-                                hold, lsn_to_str(target))
+                                hold, lsn_to_str(moved))
+            at = moved
+        # Samples wholly behind the slot can no longer bound anything it may pass.
+        self._samples = [x for x in self._samples if x.local_end >= at]
 
     async def _seed_or_skip(self, local: asyncpg.Connection, cfg: RingConfig,
                             profile: EngineProfile) -> None:
