@@ -3,7 +3,8 @@ conflicts still go through the rules, and changed keys reach incremental verific
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -29,23 +30,32 @@ def _streaming(ring: LocalRing) -> Callable[[], Awaitable[bool]]:
     return check
 
 
+@contextlib.asynccontextmanager
+async def started(majors: tuple[str, ...], *, server_sql: dict[str, str] | None = None
+                  ) -> AsyncIterator[LocalRing]:
+    """A local ring with every sidecar streaming; everything is torn down after."""
+    ring = LocalRing(majors)
+    ring.start_servers()
+    try:
+        for n, sql in (server_sql or {}).items():
+            ring.servers[n].psql(sql)
+        for n in ring.names:
+            ring.start_sidecar(n)
+        await wait_until("links streaming", _streaming(ring), 60)
+        yield ring
+    finally:
+        await ring.stop_all()
+        ring.destroy()
+
+
 async def _links(ring: LocalRing, member: str) -> list[dict[str, object]]:
     return [lk.as_dict() for lk in ring.sidecars[member].state.links.values()]
 
 
 async def test_bulk_path_keeps_every_value_and_marks_keys() -> None:
-    ring = LocalRing(("15", "18"))
-    ring.start_servers()
-    try:
-        for n in ring.names:
-            ring.start_sidecar(n)
-
-        await wait_until("links streaming", _streaming(ring), 60)
+    async with started(("15", "18")) as ring:
         a = await ring.conn("a")
         try:
-            # A key both members write before either sees the other's: a conflict.
-            await a.execute("INSERT INTO lis.samples (id, campus, status) "
-                            "VALUES (999999, 'a', 'from a')")
             for i, v in enumerate(NASTY * 20):
                 await a.execute(
                     "INSERT INTO lis.samples (id, campus, patient, status, result, flags, "
@@ -77,18 +87,10 @@ async def test_bulk_path_keeps_every_value_and_marks_keys() -> None:
         t = report.tables[0]
         assert t.keys_touched >= len(NASTY * 20)
         assert [list(d.key) for d in report.differences] == [["7"]]
-    finally:
-        await ring.stop_all()
-        ring.destroy()
 
 
 async def test_conflicting_insert_falls_back_to_the_rules() -> None:
-    ring = LocalRing(("15", "18"))
-    ring.start_servers()
-    try:
-        for n in ring.names:
-            ring.start_sidecar(n)
-        await wait_until("links streaming", _streaming(ring), 60)
+    async with started(("15", "18")) as ring:
         await ring.stop_all()
         conns: dict[str, asyncpg.Connection] = {n: await ring.conn(n) for n in ring.names}
         try:
@@ -111,9 +113,6 @@ async def test_conflicting_insert_falls_back_to_the_rules() -> None:
         finally:
             for c in conns.values():
                 await c.close()
-    finally:
-        await ring.stop_all()
-        ring.destroy()
 
 
 FAIL_ONCE = """
@@ -140,13 +139,7 @@ async def test_transaction_failing_at_the_target_is_applied_on_retry() -> None:
     that had set it up. A transaction that fails half-way at the target (here a trigger
     raising once, in a small transaction on the bulk path and in one large enough to be
     applied in parts) must be applied when tried again, never counted as applied."""
-    ring = LocalRing(("17", "18"))
-    ring.start_servers()
-    try:
-        ring.servers["b"].psql(FAIL_ONCE)
-        for n in ring.names:
-            ring.start_sidecar(n)
-        await wait_until("links streaming", _streaming(ring), 60)
+    async with started(("17", "18"), server_sql={"b": FAIL_ONCE}) as ring:
         a = await ring.conn("a")
         try:
             await a.execute("INSERT INTO lis.samples (id, campus, status) "
@@ -163,21 +156,13 @@ async def test_transaction_failing_at_the_target_is_applied_on_retry() -> None:
                 assert await b.fetchval(f"SELECT last_value FROM {seq}") == 2, seq
         finally:
             await b.close()
-    finally:
-        await ring.stop_all()
-        ring.destroy()
 
 
 async def test_hold_slots_keep_up_without_decoding() -> None:
     """Every member's hold slot passes a burst of 20,000 rows written at one member once
     the ring has it everywhere, the members that only forwarded included (they move on
     by their link slots' confirmed positions, not by decoding their own WAL)."""
-    ring = LocalRing(("15", "17", "18"))
-    ring.start_servers()
-    try:
-        for n in ring.names:
-            ring.start_sidecar(n)
-        await wait_until("links streaming", _streaming(ring), 60)
+    async with started(("15", "17", "18")) as ring:
         a = await ring.conn("a")
         try:
             for lo in range(1, 20001, 2000):
@@ -208,6 +193,3 @@ async def test_hold_slots_keep_up_without_decoding() -> None:
                     await c.close()
             return True
         await wait_until("every hold slot past the burst", passed, 30)
-    finally:
-        await ring.stop_all()
-        ring.destroy()

@@ -323,7 +323,14 @@ class Applier:
         does not fail."""
         s = self.profile.sql
         origin = bulk.Origin(await self._origin_id(txn.origin), txn.commit_ts)
-        groups = bulk.groups([(self.table(m.relid), m) for m in txn.changes])
+        tables: dict[int, TableMap] = {}
+        pairs: list[tuple[bulk.Table, Insert | Update | Delete]] = []
+        for m in txn.changes:
+            tm = tables.get(m.relid)
+            if tm is None:
+                tm = tables[m.relid] = self.table(m.relid)
+            pairs.append((tm, m))
+        groups = bulk.groups(pairs)
         out = ["BEGIN"]
         if any(g.table.deferrable for g in groups):
             out.append("SET CONSTRAINTS ALL IMMEDIATE")

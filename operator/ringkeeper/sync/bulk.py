@@ -90,6 +90,12 @@ def groups(changes: Sequence[tuple[Table, Insert | Update | Delete]]) -> list[Gr
     then finds a row written by this very transaction (no commit time yet, or a
     duplicate key, or a fresh tombstone) and raises, so the transaction goes row by row.
     """
+    if changes:
+        t0 = changes[0][0]
+        if all(t is t0 and type(m) is Insert for t, m in changes):
+            # The usual bulk shape: rows inserted into one table.
+            return [Group(t0, "I", t0.positions,
+                          [m.new for _, m in changes])]  # type: ignore[union-attr]
     out: dict[tuple[int, str, tuple[int, ...]], Group] = {}
     for t, m in changes:
         if type(m) is Insert:
