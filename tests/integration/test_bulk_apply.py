@@ -193,3 +193,19 @@ async def test_hold_slots_keep_up_without_decoding() -> None:
                     await c.close()
             return True
         await wait_until("every hold slot past the burst", passed, 30)
+
+        # WAL the ring does not carry (a table outside it) must not stay pinned either:
+        # a caught-up link confirms the source's WAL end from its keepalives.
+        a = await ring.conn("a")
+        try:
+            await a.execute("CREATE TABLE public.noise AS SELECT g FROM "
+                            "generate_series(1, 50000) g")
+            noise_end = await a.fetchval("SELECT pg_current_wal_lsn()::text")
+
+            async def link_confirmed() -> bool:
+                return bool(await a.fetchval(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots "
+                    "WHERE slot_name = $2", noise_end, f"rk_{ring.ring}_a_to_b"))
+            await wait_until("a's link slot past WAL it does not carry", link_confirmed, 30)
+        finally:
+            await a.close()

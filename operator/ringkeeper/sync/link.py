@@ -154,6 +154,7 @@ class Link:
         self._src: asyncpg.Connection | None = None
         self._ws: WalStream | None = None
         self._end = 0  # end LSN of the last transaction applied or skipped here
+        self._seen_end = 0  # source WAL end from a keepalive, all before it queued
         self._part_applying = False
         self._skipped = 0  # transactions not taken (besides the applier's own count)
         self._applied = False  # applied something since progress was last flushed
@@ -229,7 +230,10 @@ class Link:
                     getter = None
                 now = time.monotonic()
                 idle = queue.empty()
-                if self._end > ws.flushed and (idle or now - last_flush >= FLUSH_EVERY):
+                # Taken before any await below: everything the reader had seen up to it
+                # is applied (or in the applier's last script, settled before feedback).
+                end = self._confirmable(idle)
+                if end > ws.flushed and (idle or now - last_flush >= FLUSH_EVERY):
                     if self._applied:
                         # Flush this member's progress before the source may forget the
                         # changes. (Skipped transactions alone need nothing flushed.)
@@ -237,7 +241,7 @@ class Link:
                         await catalog.origin_progress(self.applier.conn, self.profile,
                                                       self.ring)
                         self._applied = False
-                    ws.feedback(self._end)
+                    ws.feedback(end)
                     last_flush = last_feedback = now
                 elif now - last_feedback >= FEEDBACK_EVERY:
                     ws.feedback()
@@ -247,10 +251,11 @@ class Link:
                     last_measure = now
             # Stopping: what is applied is flushed and reported, so the next start does
             # not read it again.
+            end = self._confirmable(queue.empty() and (getter is None or not getter.done()))
             await self.applier.settle()
-            if self._end > ws.flushed:
+            if end > ws.flushed:
                 await catalog.origin_progress(self.applier.conn, self.profile, self.ring)
-                ws.feedback(self._end)
+                ws.feedback(end)
                 await ws.drain()
         except BaseException:
             await self.applier.abort()
@@ -263,6 +268,17 @@ class Link:
                                  return_exceptions=True)
             await self.close()
 
+    def _confirmable(self, drained: bool) -> int:
+        """How far the source may be told this member is: the end of the last
+        transaction applied or skipped; or, once everything read has been taken from the
+        queue and no transaction is open, the source's WAL end as of the last keepalive
+        read (what lies before it and was not sent is not for this link). Without the
+        latter a quiet link would hold the slot's restart point, and so WAL, at its last
+        transaction, and the next start would decode again from there."""
+        if drained and not self._part_applying:
+            return max(self._end, self._seen_end)
+        return self._end
+
     async def _read(self, ws: WalStream, queue: asyncio.Queue[list[Event]]) -> None:
         """Assemble the stream into events, in order, bounded by the queue."""
         bundle: list[Event] = []
@@ -274,7 +290,9 @@ class Link:
         parts = 0
         decided = False
         while True:
-            for data in await ws.read():
+            batch = await ws.read()
+            seen = ws.server_wal_end  # keepalives in this batch came after its data
+            for data in batch:
                 if data[0] in _ROW_MESSAGES:
                     if not decided and begin is not None:
                         routed = route(self.ring, self.source, begin, origin, self.carries,
@@ -321,6 +339,10 @@ class Link:
             if bundle:
                 await queue.put(bundle)
                 bundle, rows = [], 0
+            if begin is None:
+                # Every transaction the stream held before this keepalive position is
+                # in the queue by now.
+                self._seen_end = max(self._seen_end, seen)
 
     async def _apply(self, events: list[Event]) -> None:
         applier = self.applier

@@ -289,13 +289,14 @@ class WalStream:
         await self._w.drain()
 
     async def read(self, max_messages: int = 5000) -> list[bytes]:
-        """Waits for at least one change, then returns the payloads (pgoutput messages)
-        already buffered.
+        """Waits for at least one change or keepalive, then returns the payloads
+        (pgoutput messages) already buffered; `server_wal_end` has the keepalives'.
 
         Keepalives are answered here (with the last flush position)."""
         out: list[bytes] = []
         append = out.append
         head = _HEAD.unpack_from
+        ping = False
         while True:
             buf, pos, size = self._buf, self._pos, len(self._buf)
             while len(out) < max_messages and size - pos >= 5:
@@ -312,6 +313,7 @@ class WalStream:
                 if kind == b"d" and body[:1] == b"k":
                     wal_end, _, want = _KEEPALIVE.unpack_from(body, 1)
                     self.server_wal_end = max(self.server_wal_end, wal_end)
+                    ping = True
                     if want:
                         self.feedback()
                 elif kind == b"E":
@@ -322,6 +324,6 @@ class WalStream:
                     self.copying = False
                     raise ConnectionResetError("the server ended the replication stream")
             self._pos = pos
-            if out:
+            if out or ping:
                 return out
             await self._fill()
