@@ -668,10 +668,9 @@ async def capture(out: dict[str, Any]) -> None:
         for n, other in ((a, b), (b, a)):
             c = await asyncpg.connect(ring.servers[n].dsn())
             try:
-                want = [names.hold_slot_name(ring.ring, n),
-                        names.link_slot_name(ring.ring, n, other)]
+                want = [names.link_slot_name(ring.ring, n, other)]  # 2 members: no hold
                 await wait_for(f"{n}'s slots", lambda c=c, want=want: c.fetchval(
-                    "SELECT count(*) = 2 FROM pg_replication_slots "
+                    "SELECT count(*) = 1 FROM pg_replication_slots "
                     "WHERE slot_name = ANY($1::text[])", want), 60, 0.1)
             finally:
                 await c.close()

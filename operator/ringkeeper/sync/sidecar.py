@@ -154,8 +154,8 @@ class Sidecar:
         # member moved on.
         order = cfg.names
         successor = order[(order.index(self.member) + 1) % len(order)]
-        return [names.hold_slot_name(cfg.ring, self.member),
-                names.link_slot_name(cfg.ring, self.member, successor)]
+        hold = [names.hold_slot_name(cfg.ring, self.member)] if needs_hold(cfg) else []
+        return [*hold, names.link_slot_name(cfg.ring, self.member, successor)]
 
     async def _serve(self, local: asyncpg.Connection, cfg: RingConfig,
                      profile: EngineProfile, stop: asyncio.Event) -> None:
@@ -351,6 +351,14 @@ class Sidecar:
         fast-forward (no output plugin)."""
         s = profile.sql
         hold = names.hold_slot_name(cfg.ring, self.member)
+        if not needs_hold(cfg):
+            # Two members: no one to bypass to, and the link slot keeps what the other
+            # lacks. A hold slot left from a larger ring would only pin WAL.
+            if await catalog.slot_exists(local, profile, hold):
+                await catalog.drop_slot(local, profile, hold)
+            return
+        if await catalog.ensure_slot(local, profile, hold):
+            return  # the ring grew past two members: the hold slot starts here
         prefix = f"rk_{cfg.ring}_"
         now_lsn = str_to_lsn(await local.fetchval(f"SELECT {s.current_wal_lsn}()::text"))
         status = await local.fetch(
@@ -441,6 +449,12 @@ class Sidecar:
         tables, _ = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
         self.state.seeding = SeedProgress(self.member, source)
         await seed(local, profile, cfg.ring, info.dsn, tables, self.state.seeding)
+
+
+def needs_hold(cfg: RingConfig) -> bool:
+    """A hold slot lets the ring heal around a dead member, which takes a ring of
+    three or more (a mesh reads every member directly)."""
+    return cfg.topology != "mesh" and len(cfg.names) > 2
 
 
 def file_config(path: str) -> ConfigSource:
