@@ -49,7 +49,7 @@ bench-failover: ## RTO over 10 primary kills of a 3-instance campus (starts the 
 	KUBECONFIG=$$($(PYTHON) -m ringkeeper dev-cluster kubeconfig) $(PYTHON) bench/failover.py
 
 .PHONY: bench-ring
-bench-ring: ## one link vs native logical replication, 4-member ring latency, pgbench capture overhead (~4 min, local servers)
+bench-ring: ## one link vs native logical replication, 4-member ring latency, pgbench capture overhead vs native (~7 min, local servers)
 	$(PYTHON) bench/ring.py
 
 .PHONY: bench-verify

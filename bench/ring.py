@@ -27,14 +27,15 @@
    2-member ring (CAPTURE_MAJORS, default 17,17), alternating runs without the ring's
    sidecars and with both running (a's writes captured and applied at b throughout), and
    (as a reference) with a native publication/subscription of the same tables instead
-   (origin = none). With 2+ CPUs the machine is split in two "hosts" (CAPTURE_PIN=1, the
-   default): a's server, its sidecar and pgbench on the first half of the CPUs, b's server
-   and sidecar on the other, in every run, so b's apply work does not count as a's capture
-   cost. Between runs (sidecars stopped) every ring slot is advanced to the current WAL
-   position: each "with" run starts with nothing queued, and whatever b had not applied by
-   the end of a run is skipped rather than waited for (reported). b's data directory is on
-   /dev/shm (CAPTURE_B_TMPFS=1, the default) so b's WAL and fsyncs do not queue on the
-   disk a's commits wait for, as on two machines.
+   (origin = none; which of the two follows the run without alternates). With 2+ CPUs the
+   machine is split in two "hosts" (CAPTURE_PIN=1, the default): a's server, its sidecar
+   and pgbench on the first half of the CPUs, b's server and sidecar on the other, in
+   every run, so b's apply work does not count as a's capture cost. Between runs (sidecars
+   stopped) every ring slot is advanced to the current WAL position: each "with" run
+   starts with nothing queued, and whatever b had not applied by the end of a run is
+   skipped rather than waited for (reported). b's data directory is on /dev/shm
+   (CAPTURE_B_TMPFS=1, the default) so b's WAL and fsyncs do not queue on the disk a's
+   commits wait for, as on two machines.
 
 Progress goes to stdout; the last line is one JSON object. SKIP=throughput,latency,capture
 skips parts. Every server and sidecar process is destroyed on exit, Ctrl-C included.
@@ -78,7 +79,7 @@ SECONDS = float(os.environ.get("SECONDS", "25"))
 RATE = int(os.environ.get("RATE", "1000"))
 POLL_MS = float(os.environ.get("POLL_MS", "5"))
 CAPTURE_SECONDS = int(os.environ.get("CAPTURE_SECONDS", "20"))
-CAPTURE_PAIRS = int(os.environ.get("CAPTURE_PAIRS", "2"))
+CAPTURE_PAIRS = int(os.environ.get("CAPTURE_PAIRS", "4"))
 SCALE = int(os.environ.get("SCALE", "10"))
 CAPTURE_PIN = os.environ.get("CAPTURE_PIN", "1") not in ("", "0")
 CAPTURE_B_TMPFS = os.environ.get("CAPTURE_B_TMPFS", "1") not in ("", "0")
@@ -744,8 +745,7 @@ async def capture(out: dict[str, Any]) -> None:
     applied: list[float] = []
     await ring_on()  # the ring's objects and slots exist from here on
     ring_off()
-    for _ in range(CAPTURE_PAIRS):
-        without.append(await run("without the ring"))
+    async def ring_run() -> None:
         await ring_on()
         h0 = await max_hist(sa)
         with_ring.append(await run("with the ring   "))
@@ -755,12 +755,20 @@ async def capture(out: dict[str, Any]) -> None:
         applied.append((hb - h0) / max(1, ha - h0))
         say(f"during the run b applied {hb - h0:,} of a's {ha - h0:,} pgbench transactions "
             f"({applied[-1]:.0%}); the rest is skipped")
+
+    async def native_run() -> None:
         await native_on()
         with_native.append(await run("with native rep."))
         await native_off()
         # The native apply wrote b's rows under its own origin: put a's back, so the
         # ring's next run applies a's updates on the fast path again.
         stamp_b()
+
+    for i in range(CAPTURE_PAIRS):
+        without.append(await run("without the ring"))
+        # Which goes second alternates, so neither gains from running later.
+        for step in (ring_run, native_run) if i % 2 == 0 else (native_run, ring_run):
+            await step()
     ratios = [w / wo for w, wo in zip(with_ring, without, strict=True)]
     ratio = median(ratios)
     native_ratio = median([w / wo for w, wo in zip(with_native, without, strict=True)])
