@@ -691,29 +691,26 @@ async def capture(out: dict[str, Any]) -> None:
     sb.psql(f"CREATE SUBSCRIPTION bench_native CONNECTION '{conninfo(sa)}' PUBLICATION "
             "bench_native WITH (copy_data = false, enabled = false, origin = none)")
 
+    async def until(what: str, s: PgServer, sql: str) -> None:
+        c = await asyncpg.connect(s.dsn())
+        try:
+            await wait_for(what, lambda: c.fetchval(sql), 60, 0.1)
+        finally:
+            await c.close()
+
     async def native_on() -> None:
         sa.psql("SELECT pg_replication_slot_advance('bench_native', pg_current_wal_lsn())")
         sb.psql("ALTER SUBSCRIPTION bench_native ENABLE")
-        c = await asyncpg.connect(sb.dsn())
-        try:
-            await wait_for("the native apply worker", lambda: c.fetchval(
-                "SELECT pid IS NOT NULL FROM pg_stat_subscription "
-                "WHERE subname = 'bench_native'"), 60, 0.1)
-        finally:
-            await c.close()
+        await until("the native apply worker", sb, "SELECT pid IS NOT NULL FROM "
+                    "pg_stat_subscription WHERE subname = 'bench_native'")
         sa.psql("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
                 "VALUES (1, 1, 1, 0, now())")
         await wait_for("a probe row from a at b (native)", caught_up, 120, 0.1)
 
     async def native_off() -> None:
         sb.psql("ALTER SUBSCRIPTION bench_native DISABLE")
-        c = await asyncpg.connect(sa.dsn())
-        try:
-            await wait_for("the native walsender gone", lambda: c.fetchval(
-                "SELECT active_pid IS NULL FROM pg_replication_slots "
-                "WHERE slot_name = 'bench_native'"), 60, 0.1)
-        finally:
-            await c.close()
+        await until("the native walsender gone", sa, "SELECT active_pid IS NULL FROM "
+                    "pg_replication_slots WHERE slot_name = 'bench_native'")
 
     a_cpu: dict[str, list[float]] = {"server_without": [], "server_with": [],
                                      "sidecar_with": []}

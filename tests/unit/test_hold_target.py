@@ -64,3 +64,14 @@ def test_never_beyond_now() -> None:
 def test_fewer_holders(holders: tuple[str, ...]) -> None:
     got = target({"b": {"a": 600}, "c": {"a": 100}}, holders=holders)
     assert got == (1000 if not holders else 600)
+
+
+def test_behind_names_the_holders_that_pin_the_slot() -> None:
+    from ringkeeper.core.retention import behind
+    progress = {"b": {"a": 700}, "c": {"a": 100}}
+
+    def reach(who: list[str]) -> int | None:
+        return target(progress, holders=tuple(who))
+    # The slot sits at 100: c alone keeps it there, b would let it move to 700.
+    assert behind(["b", "c"], 100, reach) == ["c"]
+    assert behind(["b", "c"], 700, reach) == ["b", "c"]

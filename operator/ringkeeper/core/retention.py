@@ -10,7 +10,7 @@ ledger: each member's flushed per-origin progress.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -111,3 +111,10 @@ def hold_target(*, member: str, holders: Iterable[str],
         if local_ok(lsn) and forwarded_ok(lsn):
             return lsn
     return None
+
+
+def behind(holders: Iterable[str], at: int,
+           target: Callable[[list[str]], int | None]) -> list[str]:
+    """Holders that on their own keep the hold slot where it is (`target` gives how far
+    the slot may move for a set of holders): the ones to re-seed when WAL runs short."""
+    return [m for m in holders if (target([m]) or 0) <= at]

@@ -33,8 +33,8 @@ PART_ROWS = 2000  # a transaction larger than this is applied in parts of this s
 BUNDLE_ROWS = 2000  # rows per queue item
 QUEUE_BUNDLES = 8  # queue items between reader and applier: with the above, the memory bound
 FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
-FEEDBACK_EVERY = 10.0
-_ROW_MESSAGES = frozenset(b"IUD")  # seconds between status updates to the source however idle
+FEEDBACK_EVERY = 10.0  # seconds between status updates to the source however idle
+_ROW_MESSAGES = frozenset(b"IUD")
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Link:
     def __init__(self, *, ring: str, source: str, local: str, source_dsn: str,
                  slot: str, applier: Applier, profile: EngineProfile,
                  source_profile: EngineProfile, carries: frozenset[str] | None,
-                 status: LinkStatus, poll_seconds: float = 0.05) -> None:
+                 status: LinkStatus) -> None:
         self.ring = ring
         self.source = source
         self.local = local
@@ -150,7 +150,6 @@ class Link:
         self.source_profile = source_profile
         self.carries = carries  # origins this link may bring (None: all but ours)
         self.status = status
-        self.poll = poll_seconds
         self._src: asyncpg.Connection | None = None
         self._ws: WalStream | None = None
         self._end = 0  # end LSN of the last transaction applied or skipped here
@@ -234,14 +233,7 @@ class Link:
                 # is applied (or in the applier's last script, settled before feedback).
                 end = self._confirmable(idle)
                 if end > ws.flushed and (idle or now - last_flush >= FLUSH_EVERY):
-                    if self._applied:
-                        # Flush this member's progress before the source may forget the
-                        # changes. (Skipped transactions alone need nothing flushed.)
-                        await self.applier.settle()
-                        await catalog.origin_progress(self.applier.conn, self.profile,
-                                                      self.ring)
-                        self._applied = False
-                    ws.feedback(end)
+                    await self._report(ws, end)
                     last_flush = last_feedback = now
                 elif now - last_feedback >= FEEDBACK_EVERY:
                     ws.feedback()
@@ -252,10 +244,8 @@ class Link:
             # Stopping: what is applied is flushed and reported, so the next start does
             # not read it again.
             end = self._confirmable(queue.empty() and (getter is None or not getter.done()))
-            await self.applier.settle()
             if end > ws.flushed:
-                await catalog.origin_progress(self.applier.conn, self.profile, self.ring)
-                ws.feedback(end)
+                await self._report(ws, end)
                 await ws.drain()
         except BaseException:
             await self.applier.abort()
@@ -267,6 +257,15 @@ class Link:
             await asyncio.gather(reader, stopper, *([getter] if getter else []),
                                  return_exceptions=True)
             await self.close()
+
+    async def _report(self, ws: WalStream, end: int) -> None:
+        """Tell the source it may forget everything before `end`, after this member's
+        progress for what it applied is on disk (skipped transactions need no flush)."""
+        if self._applied:
+            await self.applier.settle()
+            await catalog.origin_progress(self.applier.conn, self.profile, self.ring)
+            self._applied = False
+        ws.feedback(end)
 
     def _confirmable(self, drained: bool) -> int:
         """How far the source may be told this member is: the end of the last

@@ -264,7 +264,7 @@ class Sidecar:
                     link = Link(ring=cfg.ring, source=source, local=self.member,
                                 source_dsn=info.dsn, slot=slot, applier=applier,
                                 profile=profile, source_profile=src_profile, carries=carries,
-                                status=status, poll_seconds=self.poll)
+                                status=status)
                     await link.open()
                     self._down_since.pop(source, None)
                     status.state = "CatchingUp" if bypassing else "Streaming"
@@ -395,7 +395,7 @@ class Sidecar:
         lag = self.state.hold_lag_bytes
         if lag is not None and lag > 0.8 * cfg.max_slot_wal_keep_bytes:
             # Keep the disk: a member this far behind gets a re-seed, not more WAL.
-            behind = [m for m in holders if (target([m]) or 0) <= at]
+            behind = retention.behind(holders, at, target)
             for m in behind:
                 log.warning("member %s fell behind the WAL budget: it needs a re-seed", m)
                 self.state.needs_reseed.add(m)

@@ -8,7 +8,7 @@ applies what came before; the slot moves when the standby status update reports 
 flush position, which the link only sends after this member's origin progress for
 those transactions is on disk. This module is the minimum of the PostgreSQL v3 wire
 protocol that needs: startup, password/MD5/SCRAM-SHA-256 authentication, optional
-TLS, simple queries, and CopyBoth framing. It knows nothing about pgoutput.
+TLS, START_REPLICATION and CopyBoth framing. It knows nothing about pgoutput.
 """
 
 from __future__ import annotations
@@ -109,7 +109,6 @@ class WalStream:
         self._pos = 0
         self.flushed = 0  # last flush position reported to the server
         self.server_wal_end = 0
-        self.copying = False
 
     # -- connection --------------------------------------------------------------------
     @classmethod
@@ -238,29 +237,6 @@ class WalStream:
                 return got
             await self._fill()
 
-    async def query(self, sql: str) -> list[list[str | None]]:
-        """A simple query on the replication connection (IDENTIFY_SYSTEM, SHOW ...)."""
-        self._w.write(_msg(b"Q", sql.encode() + b"\0"))
-        rows: list[list[str | None]] = []
-        error: bytes | None = None
-        while True:
-            kind, body = await self._next()
-            if kind == b"D":
-                (ncols,) = struct.unpack_from(">H", body, 0)
-                pos, row = 2, []
-                for _ in range(ncols):
-                    (n,) = _I32.unpack_from(body, pos)
-                    pos += 4
-                    row.append(None if n < 0 else body[pos:pos + n].decode())
-                    pos += max(n, 0)
-                rows.append(row)
-            elif kind == b"E":
-                error = body
-            elif kind == b"Z":
-                if error is not None:
-                    self._raise(error)
-                return rows
-
     # -- streaming ---------------------------------------------------------------------
     async def start_logical(self, slot: str, start_lsn: int,
                             options: Sequence[tuple[str, str]]) -> None:
@@ -271,7 +247,6 @@ class WalStream:
         while True:
             kind, body = await self._next()
             if kind == b"W":
-                self.copying = True
                 self.flushed = start_lsn
                 return
             if kind == b"E":
@@ -321,7 +296,6 @@ class WalStream:
                     self._raise(body)
                 elif kind in (b"c", b"C", b"Z"):
                     self._pos = pos
-                    self.copying = False
                     raise ConnectionResetError("the server ended the replication stream")
             self._pos = pos
             if out or ping:
