@@ -27,15 +27,16 @@
    2-member ring (CAPTURE_MAJORS, default 17,17), alternating runs without the ring's
    sidecars and with both running (a's writes captured and applied at b throughout), and
    (as a reference) with a native publication/subscription of the same tables instead
-   (origin = none; which of the two follows the run without alternates). With 2+ CPUs the
+   (origin = none, subscribed by a third server n beside b, so b only holds rows the
+   ring wrote; which of the two follows the run without alternates). With 2+ CPUs the
    machine is split in two "hosts" (CAPTURE_PIN=1, the default): a's server, its sidecar
-   and pgbench on the first half of the CPUs, b's server and sidecar on the other, in
-   every run, so b's apply work does not count as a's capture cost. Between runs (sidecars
+   and pgbench on the first half of the CPUs, b's (and n's) server and b's sidecar on the
+   other, in every run, so b's apply work does not count as a's capture cost. Between runs (sidecars
    stopped) every ring slot is advanced to the current WAL position: each "with" run
    starts with nothing queued, and whatever b had not applied by the end of a run is
-   skipped rather than waited for (reported). b's data directory is on /dev/shm
-   (CAPTURE_B_TMPFS=1, the default) so b's WAL and fsyncs do not queue on the disk a's
-   commits wait for, as on two machines.
+   skipped rather than waited for (reported). b's and n's data directories are on
+   /dev/shm (CAPTURE_B_TMPFS=1, the default) so their WAL and fsyncs do not queue on the
+   disk a's commits wait for, as on two machines.
 
 Progress goes to stdout; the last line is one JSON object. SKIP=throughput,latency,capture
 skips parts. Every server and sidecar process is destroyed on exit, Ctrl-C included.
@@ -597,7 +598,7 @@ def pgbench(s: PgServer, *args: str, cpus: set[int] | None = None) -> str:
 
 def _capture_roots() -> dict[str, Path]:
     if CAPTURE_B_TMPFS and os.path.isdir("/dev/shm"):
-        return {"b": Path(tempfile.mkdtemp(prefix="rk-pg-", dir="/dev/shm"))}
+        return {n: Path(tempfile.mkdtemp(prefix="rk-pg-", dir="/dev/shm")) for n in ("b", "n")}
     return {}
 
 
@@ -618,27 +619,31 @@ async def capture(out: dict[str, Any]) -> None:
         f"of runs without / with the sidecars{where}")
     ring.start_servers()
     sa, sb = ring.servers[a], ring.servers[b]
+    # The native reference's subscriber: a server of its own beside b (same CPUs, same
+    # kind of disk), so b only ever holds rows the ring wrote.
+    sn = PgServer(CAPTURE_MAJORS[1], name="n", settings={},
+                  **({"root": roots["n"]} if roots else {}))
+    SERVERS.append(sn)
+    sn.start()
     await asyncio.gather(*(asyncio.to_thread(pgbench, s, "-i", "-q", "-s", str(SCALE))
-                           for s in (sa, sb)))
+                           for s in (sa, sb, sn)))
     origin_a = names.origin_name(ring.ring, a)
-    for s in (sa, sb):
+    for s in (sa, sb, sn):
         s.psql("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
     # b holds the same rows as if the ring had brought them from a (pgbench -i is
     # deterministic): rewritten under a's replication origin, so a's later updates take
     # the apply fast path instead of resolving a conflict per row.
-    sb.psql(f"SELECT pg_replication_origin_create('{origin_a}')")
-
-    def stamp_b() -> None:
-        sb.psql(f"SELECT pg_replication_origin_session_setup('{origin_a}'); "
-                "UPDATE pgbench_accounts SET abalance = abalance; "
-                "UPDATE pgbench_tellers SET tbalance = tbalance; "
-                "UPDATE pgbench_branches SET bbalance = bbalance;")
-    stamp_b()
-    for s in (sa, sb):
+    sb.psql(f"SELECT pg_replication_origin_create('{origin_a}'); "
+            f"SELECT pg_replication_origin_session_setup('{origin_a}'); "
+            "UPDATE pgbench_accounts SET abalance = abalance; "
+            "UPDATE pgbench_tellers SET tbalance = tbalance; "
+            "UPDATE pgbench_branches SET bbalance = bbalance;")
+    for s in (sa, sb, sn):
         s.psql("VACUUM ANALYZE")
-    for n, s in ring.servers.items():
-        if split:
+    if split:
+        for n, s in ring.servers.items():
             pin_server(s, split[n])
+        pin_server(sn, split[b])
     say("pgbench tables loaded at a and b")
     log = {n: ring.root / f"sync-{n}.log" for n in ring.names}
 
@@ -649,8 +654,8 @@ async def capture(out: dict[str, Any]) -> None:
         finally:
             await c.close()
 
-    async def caught_up() -> bool:
-        return await max_hist(sa) == await max_hist(sb)
+    async def caught_up(target: PgServer = sb) -> bool:
+        return await max_hist(sa) == await max_hist(target)
 
     async def skip_queued() -> None:
         """Sidecars stopped: move every ring slot to the current WAL position."""
@@ -688,7 +693,7 @@ async def capture(out: dict[str, Any]) -> None:
     # publication at a, a subscription at b with origin = none, enabled only for its runs).
     sa.psql("CREATE PUBLICATION bench_native FOR TABLE pgbench_accounts, pgbench_branches, "
             "pgbench_tellers, pgbench_history")
-    sb.psql(f"CREATE SUBSCRIPTION bench_native CONNECTION '{conninfo(sa)}' PUBLICATION "
+    sn.psql(f"CREATE SUBSCRIPTION bench_native CONNECTION '{conninfo(sa)}' PUBLICATION "
             "bench_native WITH (copy_data = false, enabled = false, origin = none)")
 
     async def until(what: str, s: PgServer, sql: str) -> None:
@@ -700,15 +705,15 @@ async def capture(out: dict[str, Any]) -> None:
 
     async def native_on() -> None:
         sa.psql("SELECT pg_replication_slot_advance('bench_native', pg_current_wal_lsn())")
-        sb.psql("ALTER SUBSCRIPTION bench_native ENABLE")
-        await until("the native apply worker", sb, "SELECT pid IS NOT NULL FROM "
+        sn.psql("ALTER SUBSCRIPTION bench_native ENABLE")
+        await until("the native apply worker", sn, "SELECT pid IS NOT NULL FROM "
                     "pg_stat_subscription WHERE subname = 'bench_native'")
         sa.psql("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
                 "VALUES (1, 1, 1, 0, now())")
-        await wait_for("a probe row from a at b (native)", caught_up, 120, 0.1)
+        await wait_for("a probe row from a at n (native)", lambda: caught_up(sn), 120, 0.1)
 
     async def native_off() -> None:
-        sb.psql("ALTER SUBSCRIPTION bench_native DISABLE")
+        sn.psql("ALTER SUBSCRIPTION bench_native DISABLE")
         await until("the native walsender gone", sa, "SELECT active_pid IS NULL FROM "
                     "pg_replication_slots WHERE slot_name = 'bench_native'")
 
@@ -716,8 +721,8 @@ async def capture(out: dict[str, Any]) -> None:
                                      "sidecar_with": []}
 
     async def run(label: str) -> float:
-        sa.psql("CHECKPOINT")
-        sb.psql("CHECKPOINT")
+        for s in (sa, sb, sn):
+            s.psql("CHECKPOINT")
         c0 = server_cpu(sa)
         p0 = proc_cpu(ring.procs[a].pid) if a in ring.procs else None
         text = await asyncio.to_thread(pgbench, sa, "-c", "4", "-j", "2", "-T",
@@ -757,9 +762,6 @@ async def capture(out: dict[str, Any]) -> None:
         await native_on()
         with_native.append(await run("with native rep."))
         await native_off()
-        # The native apply wrote b's rows under its own origin: put a's back, so the
-        # ring's next run applies a's updates on the fast path again.
-        stamp_b()
 
     for i in range(CAPTURE_PAIRS):
         without.append(await run("without the ring"))

@@ -65,6 +65,24 @@ async def test_bulk_path_keeps_every_value_and_marks_keys() -> None:
                 await a.execute("UPDATE lis.samples SET patient = NULL, status = 'updated' "
                                 "WHERE id % 3 = 0")
                 await a.execute("DELETE FROM lis.samples WHERE id % 5 = 0")
+            # Small transactions (values as typed parameters, a few rows per statement).
+            for i in range(1, 120, 7):
+                async with a.transaction():
+                    await a.execute("UPDATE lis.samples SET patient = $2, result = $3 "
+                                    "WHERE id = ANY($1::bigint[])", [i, i + 1, i + 2],
+                                    NASTY[i % len(NASTY)], -i / 3)
+                    await a.execute("DELETE FROM lis.samples WHERE id = ANY($1::bigint[])",
+                                    [i + 3, i + 4])
+            # One key deleted and inserted again, another inserted and then updated, each
+            # in one transaction: a single statement cannot see its own groups' rows.
+            async with a.transaction():
+                await a.execute("DELETE FROM lis.samples WHERE id = 2")
+                await a.execute("INSERT INTO lis.samples (id, campus, status, patient) "
+                                "VALUES (2, 'a', 'again', 'it''s back')")
+            async with a.transaction():
+                await a.execute("INSERT INTO lis.samples (id, campus, status) "
+                                "VALUES (100000, 'a', 'new')")
+                await a.execute("UPDATE lis.samples SET status = 'newer' WHERE id = 100000")
         finally:
             await a.close()
         await ring.wait_converged(("lis.samples",), timeout=60)

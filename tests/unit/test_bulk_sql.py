@@ -54,23 +54,73 @@ def test_key_change_and_truncate_go_row_by_row() -> None:
 
 
 def test_non_text_values_go_row_by_row() -> None:
-    g = bulk.groups([(T, Insert(1, ("1", b"\x00", "x", "n")))])[0]
-    with pytest.raises(bulk.NotBulk, match="not text"):
-        bulk.execute_sql("s", g, bulk.Origin(1, datetime.now(UTC)))
+    for rows in (1, bulk.SCALAR_ROWS + 1):  # scalar and array parameters alike
+        gs = bulk.groups([(T, Insert(1, (str(i), b"\x00", "x", "n"))) for i in range(rows)])
+        bulk.plan(gs)
+        with pytest.raises(bulk.NotBulk, match="not text"):
+            bulk.execute_sql("s", gs, bulk.Origin(1, datetime.now(UTC)))
 
 
-def test_statements_check_their_premise() -> None:
-    ins, upd = bulk.groups([(T, Insert(1, ("1", "a", "x", "n"))),
-                            (T, Update(1, None, None, ("2", "b", "x", "m")))])
-    p = bulk.prepare_sql("rk_bulk_1", ins, "pg_xact_commit_timestamp_origin")
-    assert p.startswith("PREPARE rk_bulk_1 (text[], text[], text[]) AS")
-    assert "ringkeeper.tombstones" in p and "ringkeeper.dirty_key_sets" in p
+def test_small_groups_pass_typed_values_and_large_ones_arrays() -> None:
+    small = bulk.groups([(T, Insert(1, (str(i), "a", "x", "n"))) for i in range(2)])
+    large = bulk.groups([(T, Insert(1, (str(i), "a", "x", "n")))
+                         for i in range(bulk.SCALAR_ROWS + 1)])
+    assert bulk.plan(small) == ((id(T), "I", (0, 1, 3), 2),)
+    assert bulk.plan(large) == ((id(T), "I", (0, 1, 3), -1),)  # one shape for any count
+    p = bulk.prepare_sql("rk_bulk_1", small, "pg_xact_commit_timestamp_origin")
+    assert p.startswith('PREPARE rk_bulk_1 (oid, timestamptz, bigint, text, text, bigint, '
+                        'text, text) AS WITH g0 AS (INSERT INTO "lis"."samples" '
+                        '("id", "status", "note") VALUES ($3, $4, $5), ($6, $7, $8))')
+    assert "jsonb_build_array($3::text), jsonb_build_array($6::text)" in p
+    p = bulk.prepare_sql("rk_bulk_2", large, "pg_xact_commit_timestamp_origin")
+    assert "(oid, timestamptz, text[], text[], text[])" in p and "unnest($3, $4, $5)" in p
+
+
+def test_the_value_budget_bounds_scalar_parameters() -> None:
+    wide = [(T, Insert(1, (str(i), "a", "x", "n"))) for i in range(bulk.SCALAR_ROWS)]
+    gs = bulk.groups(wide + [(T, Update(1, None, None, (str(i), "b", "x", "m")))
+                             for i in range(bulk.SCALAR_ROWS)])
+    budget = bulk.SCALAR_PARAMS
+    try:
+        bulk.SCALAR_PARAMS = 3 * bulk.SCALAR_ROWS  # room for the inserts only
+        bulk.plan(gs)
+    finally:
+        bulk.SCALAR_PARAMS = budget
+    assert [g.scalar for g in gs] == [True, False]
+
+
+def test_one_statement_checks_every_premise() -> None:
+    gs = bulk.groups([(T, Insert(1, ("1", "a", "x", "n"))),
+                      (T, Update(1, None, None, ("2", "b", "x", "m"))),
+                      (T, Update(1, None, None, ("3", "c", "x", "o"))),
+                      (T, Delete(1, ("4", None, None, None), "K"))])
+    bulk.plan(gs)
+    p = bulk.prepare_sql("rk_bulk_2", gs, "pg_xact_commit_timestamp_origin")
     assert "ON CONFLICT" not in p  # an existing key must fail, not be skipped
-    p = bulk.prepare_sql("rk_bulk_2", upd, "pg_xact_commit_timestamp_origin")
-    assert "x.roident = $4 AND x.timestamp <= $5" in p and "$6 - (SELECT count(*)" in p
-    e = bulk.execute_sql("rk_bulk_2", upd, bulk.Origin(7, datetime(2026, 1, 2, tzinfo=UTC)))
-    assert e == ("EXECUTE rk_bulk_2('{\"2\"}', '{\"b\"}', '{\"m\"}', 7, "
-                 "'2026-01-02T00:00:00+00:00', 1)")
+    assert p.count("x.roident = $1 AND x.timestamp <= $2") == 2  # the update and the delete
+    assert "FROM (VALUES ($6, $7, $8), ($9, $10, $11)) AS u(c0, c1, c2)" in p
+    assert 'DELETE FROM "lis"."samples" AS t WHERE t."id" = $12 AND' in p
+    assert "2 - (SELECT count(*) FROM g1) + 1 - (SELECT count(*) FROM g2)" in p
+    assert "ringkeeper.fast_path_check(s.m)" in p and "OFFSET 0" in p
+    e = bulk.execute_sql("rk_bulk_2", gs, bulk.Origin(7, datetime(2026, 1, 2, tzinfo=UTC)))
+    assert e == ("EXECUTE rk_bulk_2(7, '2026-01-02T00:00:00+00:00', '1', 'a', 'n', "
+                 "'2', 'b', 'm', '3', 'c', 'o', '4')")
+
+
+def test_scalar_values_are_quoted_literals() -> None:
+    gs = bulk.groups([(T, Insert(1, ("1", "it's", "x", None)))])
+    bulk.plan(gs)
+    e = bulk.execute_sql("s", gs, bulk.Origin(1, datetime(2026, 1, 2, tzinfo=UTC)))
+    assert e.endswith("'1', 'it''s', NULL)")
+
+
+def test_dirty_keys_one_row_per_table() -> None:
+    assert bulk.dirty_sql({"lis.results": [["1", "2"], ["HB", "it's"]]}) == [
+        "EXECUTE rk_dirty('lis.results', ARRAY['{\"1\",\"2\"}'::text[], "
+        "'{\"HB\",\"it''s\"}'::text[]])"]
+    g = bulk.groups([(T, Delete(1, ("4", None, None, None), "K")),
+                     (T, Delete(1, ("5", None, None, None), "K"))])[0]
+    assert bulk.group_keys(g) == [["4", "5"]]
 
 
 BEGIN = Begin(final_lsn=500, commit_ts=datetime(2026, 1, 1, tzinfo=UTC), xid=9)

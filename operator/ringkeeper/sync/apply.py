@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 1000
 BULK_ROWS = 2000  # rows per bulk script (many upstream transactions, one round trip)
 CLASSIC_AFTER_MISS = 32  # transactions applied row by row after a bulk script missed
+MAX_PREPARED = 256  # transaction shapes kept prepared per session
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -53,7 +54,7 @@ class TableMap:
     types: dict[str, str]  # local column -> format_type
     key: list[str]  # local key columns in key order
     key_pos: list[int]  # positions of key columns in the upstream tuple
-    statements: dict[str, str] = field(default_factory=dict)
+    statements: dict[str, str] = field(default_factory=dict)  # row-by-row path's SQL
     positions: tuple[int, ...] = ()  # upstream positions of the columns applied here
     deferrable: bool = False  # has a deferrable unique/exclusion constraint
 
@@ -85,6 +86,39 @@ class Txn:
     commit_ts: datetime
     end_lsn: int
     changes: list[Insert | Update | Delete]
+
+
+@dataclass
+class _Script:
+    """Bulk transactions on their way to one simple query. The keys they change are
+    recorded in the first one: if a later one fails, its keys are marked changed a
+    little early, which verification only reads as "look here"."""
+
+    sql: list[str] = field(default_factory=list)
+    batch: list[Txn] = field(default_factory=list)
+    rows: int = 0
+    keys: dict[str, list[list[str]]] = field(default_factory=dict)
+    _first: int = -1  # where the first transaction's BEGIN is
+
+    def add(self, txn: Txn, stmts: list[str], groups: list[bulk.Group]) -> None:
+        if self._first < 0:
+            self._first = len(self.sql)
+        self.sql += stmts
+        self.batch.append(txn)
+        self.rows += len(txn.changes)
+        for g in groups:
+            have = self.keys.get(g.table.relation)
+            if have is None:
+                self.keys[g.table.relation] = bulk.group_keys(g)
+            else:
+                for col, new in zip(have, bulk.group_keys(g), strict=True):
+                    col += new
+
+    def text(self) -> str:
+        sql = self.sql
+        if self.keys:
+            sql = [*sql[:self._first + 1], *bulk.dirty_sql(self.keys), *sql[self._first + 1:]]
+        return ";\n".join(sql)
 
 
 @dataclass
@@ -126,6 +160,7 @@ class Applier:
         self._txn_conflicts: list[tuple[object, ...]] = []
         self._classic_left = 0
         self._prepared = 0
+        self._statements: dict[tuple[object, ...], tuple[str, list[bulk.Table]]] = {}
         self._inflight: tuple[asyncio.Future[str], list[Txn]] | None = None
         self.bulk_scripts = 0
         self.bulk_misses = 0
@@ -138,8 +173,11 @@ class Applier:
         # because slots only move on flushed progress (origin_progress(flush => true)).
         await self.conn.execute(
             "SET session_replication_role = replica; SET synchronous_commit = off; "
-            "SET enable_hashjoin = off; SET enable_mergejoin = off; "
+            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET enable_seqscan = off; "
             "SET standard_conforming_strings = on; SET plan_cache_mode = force_generic_plan")
+        await self.conn.execute(f"PREPARE rk_xact AS SELECT "
+                                f"{self.profile.sql.replication_origin_xact_setup}($1, $2); "
+                                f"{bulk.DIRTY_PREPARE}")
         await self.refresh_origins()
 
     async def refresh_origins(self) -> None:
@@ -275,53 +313,48 @@ class Applier:
     async def apply_txns(self, txns: Sequence[Txn]) -> None:
         """Apply whole transactions, in order, as few round trips as the data allows."""
         s = self.profile.sql
-        script: list[str] = []
-        batch: list[Txn] = []
-        rows = 0
+        script = _Script()
         session = self._session_origin
         for txn in txns:
             if not self.wanted(txn.origin, txn.origin_lsn):
                 self.stats.skipped_txns += 1
                 continue
-            stmts: list[str] | None = None
+            built: tuple[list[str], list[bulk.Group]] | None = None
             if self._classic_left > 0:
                 self._classic_left -= 1
             else:
                 try:
-                    stmts = await self._bulk_statements(txn)
+                    built = await self._bulk_statements(txn)
                 except bulk.NotBulk:
-                    stmts = None
-            if stmts is None:
-                if script:
-                    await self._run_script(script, batch)
-                    script, batch, rows = [], [], 0
+                    built = None
+            if built is None:
+                if script.batch:
+                    await self._run_script(script)
+                    script = _Script()
                 await self.apply_one(txn)
                 session = self._session_origin
                 continue
             oname = names.origin_name(self.ring, txn.origin)
             if session != oname:
                 if session is not None:
-                    script.append(f"SELECT {s.replication_origin_session_reset}()")
-                script.append(f"SELECT {s.replication_origin_session_setup}('{oname}')")
+                    script.sql.append(f"SELECT {s.replication_origin_session_reset}()")
+                script.sql.append(f"SELECT {s.replication_origin_session_setup}('{oname}')")
                 session = oname
-            script += stmts
-            batch.append(txn)
-            rows += len(txn.changes)
-            if rows >= BULK_ROWS:
-                await self._run_script(script, batch)
-                script, batch, rows = [], [], 0
+            script.add(txn, *built)
+            if script.rows >= BULK_ROWS:
+                await self._run_script(script)
+                script = _Script()
                 session = self._session_origin
-        if script:
-            await self._run_script(script, batch)
+        if script.batch:
+            await self._run_script(script)
 
-    async def _bulk_statements(self, txn: Txn) -> list[str]:
-        """BEGIN .. COMMIT of one transaction. The origin is set up last, just before
-        COMMIT: an aborted transaction that had set it up would still move the origin's
-        progress (PostgreSQL records aborts of origin transactions too), and progress is
-        how a failed script finds which of its transactions are in. Constraints are
-        checked per statement (where a table has deferrable ones) so that COMMIT itself
-        does not fail."""
-        s = self.profile.sql
+    async def _bulk_statements(self, txn: Txn) -> tuple[list[str], list[bulk.Group]]:
+        """BEGIN .. COMMIT of one transaction, and its groups. The origin is set up
+        last, just before COMMIT: an aborted transaction that had set it up would still
+        move the origin's progress (PostgreSQL records aborts of origin transactions
+        too), and progress is how a failed script finds which of its transactions are
+        in. Constraints are checked per statement (where a table has deferrable ones)
+        so that COMMIT itself does not fail."""
         origin = bulk.Origin(await self._origin_id(txn.origin), txn.commit_ts)
         tables: dict[int, TableMap] = {}
         pairs: list[tuple[bulk.Table, Insert | Update | Delete]] = []
@@ -331,36 +364,47 @@ class Applier:
                 tm = tables[m.relid] = self.table(m.relid)
             pairs.append((tm, m))
         groups = bulk.groups(pairs)
+        shape = bulk.plan(groups)
+        name = await self._prepared_for(shape, groups)
         out = ["BEGIN"]
         if any(g.table.deferrable for g in groups):
             out.append("SET CONSTRAINTS ALL IMMEDIATE")
-        for g in groups:
-            t: TableMap = g.table  # type: ignore[assignment]
-            name = t.statements.get(g.shape)
-            if name is None:
-                self._prepared += 1
-                name = f"rk_bulk_{self._prepared}"
-                await self.settle()
-                try:
-                    await self.conn.execute(
-                        bulk.prepare_sql(name, g, s.xact_commit_timestamp_origin))
-                except asyncpg.PostgresError as e:
-                    raise bulk.NotBulk(f"cannot prepare the bulk statement: {e}") from e
-                t.statements[g.shape] = name
-            out.append(bulk.execute_sql(name, g, origin))
-        out += [f"SELECT {s.replication_origin_xact_setup}('{lsn_to_str(txn.origin_lsn)}', "
+        out += [bulk.execute_sql(name, groups, origin),
+                f"EXECUTE rk_xact('{lsn_to_str(txn.origin_lsn)}', "
                 f"'{txn.commit_ts.isoformat()}')", "COMMIT"]
-        return out
+        return out, groups
 
-    async def _run_script(self, script: list[str], batch: list[Txn]) -> None:
+    async def _prepared_for(self, shape: tuple[object, ...], groups: list[bulk.Group]) -> str:
+        """The prepared statement of a transaction shape, prepared now if new (the
+        oldest is let go past MAX_PREPARED)."""
+        hit = self._statements.get(shape)
+        if hit is not None:
+            return hit[0]
+        await self.settle()
+        if len(self._statements) >= MAX_PREPARED:
+            old = next(iter(self._statements))
+            await self.conn.execute(f"DEALLOCATE {self._statements.pop(old)[0]}")
+        self._prepared += 1
+        name = f"rk_bulk_{self._prepared}"
+        try:
+            await self.conn.execute(bulk.prepare_sql(
+                name, groups, self.profile.sql.xact_commit_timestamp_origin))
+        except asyncpg.PostgresError as e:
+            raise bulk.NotBulk(f"cannot prepare the bulk statement: {e}") from e
+        # The tables are kept with the name: the shape names them by identity.
+        self._statements[shape] = (name, [g.table for g in groups])
+        return name
+
+    async def _run_script(self, script: _Script) -> None:
         """Send a script and return while the server runs it: the next one is built
         meanwhile. Anything else on this connection settles it first."""
+        batch = script.batch
         if await self.settle():
             # The script before failed and went row by row; this one was built assuming
             # it would not (session origin), so build it again.
             await self.apply_txns(batch)
             return
-        self._inflight = (asyncio.ensure_future(self.conn.execute(";\n".join(script))), batch)
+        self._inflight = (asyncio.ensure_future(self.conn.execute(script.text())), batch)
         self._session_origin = names.origin_name(self.ring, batch[-1].origin)
 
     async def settle(self) -> bool:

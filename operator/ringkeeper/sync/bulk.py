@@ -1,17 +1,19 @@
 """Many upstream transactions in one round trip: the SQL of the ring's bulk apply path.
 
-Applying one upstream transaction at a time costs several round trips, and building
-parameter arrays row by row in Python costs more than the rows themselves. In the
-normal case (every row new here, or last written by the same origin at an older
-time) none of that is needed: each upstream transaction becomes
-``BEGIN; EXECUTE <one prepared statement per table, operation and column
-set>; xact_setup; COMMIT`` with its values as array literals, and a few dozen travel as
-one simple query. The statements are prepared once per session (planning them for
-every transaction cost more than the inserts). Every statement proves its own
-premise and raises (SQLSTATE RK001) when it does not hold, so the server stops at the
-first transaction that needs the conflict rules; the ones before it are committed,
-that one and the rest go through the row-by-row path. This module only builds text
-(pure); the applier runs it.
+Applying one upstream transaction at a time costs several round trips, and each SQL
+statement the server starts costs more than the few rows a typical transaction
+changes. So in the normal case (every row new here, or last written by the same
+origin at an older time) each upstream transaction becomes ``BEGIN; EXECUTE <one
+prepared statement for the whole transaction>; EXECUTE <origin setup>; COMMIT`` and a
+few hundred travel as one simple query. The statement is prepared once per
+transaction shape (tables, operations, column sets and, for small groups, row
+counts): an OLTP stream repeats a handful of shapes. Small groups pass each value as
+a parameter of the column's own type; large ones pass one text array per column.
+The statement proves its own premise and raises (SQLSTATE RK001) when it does not
+hold, so the server stops at the first transaction that needs the conflict rules;
+the ones before it are committed, that one and the rest go through the row-by-row
+path. The keys a script changes are recorded once, in its first transaction. This
+module only builds text (pure); the applier runs it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class Origin:
     commit_ts: datetime
 
 
+SCALAR_ROWS = 4  # a group of up to this many rows passes each value as a parameter...
+SCALAR_PARAMS = 256  # ...while its statement has no more than this many such parameters
+
+
 @dataclass
 class Group:
     """Rows of one table, one operation ('I', 'U', 'D') and one column set."""
@@ -76,10 +82,25 @@ class Group:
     op: str
     positions: tuple[int, ...]  # upstream positions sent (for 'D': the key's)
     tuples: list[Sequence[Value]]
+    scalar: bool = False  # one typed parameter per value (else one text[] per column)
 
     @property
-    def shape(self) -> str:
-        return f"bulk:{self.op}:{','.join(map(str, self.positions))}"
+    def shape(self) -> tuple[int, str, tuple[int, ...], int]:
+        """What its statement text depends on (the table by identity)."""
+        return (id(self.table), self.op, self.positions,
+                len(self.tuples) if self.scalar else -1)
+
+
+def plan(gs: Sequence[Group]) -> tuple[tuple[int, str, tuple[int, ...], int], ...]:
+    """Choose scalar or array parameters per group; returns the transaction's shape,
+    the key of its prepared statement."""
+    budget = SCALAR_PARAMS
+    for g in gs:
+        n = len(g.tuples) * len(g.positions)
+        g.scalar = len(g.tuples) <= SCALAR_ROWS and n <= budget
+        if g.scalar:
+            budget -= n
+    return tuple(g.shape for g in gs)
 
 
 def groups(changes: Sequence[tuple[Table, Insert | Update | Delete]]) -> list[Group]:
@@ -117,63 +138,130 @@ def groups(changes: Sequence[tuple[Table, Insert | Update | Delete]]) -> list[Gr
     return list(out.values())
 
 
-def prepare_sql(name: str, g: Group, xact_origin_fn: str) -> str:
-    """PREPARE for a group's shape: $1..$n text[] per column, then (for updates and
-    deletes) the origin id, commit time and row count the premise is checked against."""
-    t = g.table
-    cols = [t.columns[p] for p in g.positions]
+def _key_columns(g: Group) -> list[int]:
     try:
-        key_cols = [g.positions.index(p) for p in t.key_pos]
+        return [g.positions.index(p) for p in g.table.key_pos]
     except ValueError as e:
         raise NotBulk("a key column is not sent") from e
-    n = len(cols)
-    rel = literal(t.relation)
-    params = ", ".join(f"${i + 1}" for i in range(n))
-    aliases = ", ".join(f"c{i}" for i in range(n))
-    rows = f"unnest({params}) AS u({aliases})"
-    head = (f"WITH d AS (INSERT INTO ringkeeper.dirty_key_sets (relation, keys) VALUES ({rel}, "
-            f"ARRAY[{', '.join(f'${i + 1}' for i in key_cols)}])), ")
-    types = ["text[]"] * n
-    if g.op == "I":
-        casts = ", ".join(f"u.c{i}::{t.types[c]}" for i, c in enumerate(cols))
-        tomb = ("CASE WHEN EXISTS (SELECT 1 FROM ringkeeper.tombstones WHERE relation = "
-                f"{rel}) THEN (SELECT count(*) FROM unnest("
-                f"{', '.join(f'${i + 1}' for i in key_cols)}) AS u("
-                f"{', '.join(f'c{i}' for i in key_cols)}) JOIN ringkeeper.tombstones tb ON "
-                f"tb.relation = {rel} AND tb.key = jsonb_build_array("
-                f"{', '.join(f'u.c{i}' for i in key_cols)})) ELSE 0 END")
-        # A key that exists here fails the insert (unique violation): conflict rules.
-        body = (head + f"w AS (INSERT INTO {t.quoted} "
-                f"({', '.join(quote_ident(c) for c in cols)}) SELECT {casts} FROM {rows}) "
-                f"SELECT ringkeeper.fast_path_check({tomb})")
-    else:
-        types += ["oid", "timestamptz", "bigint"]
-        match = " AND ".join(f"t.{quote_ident(cols[i])} = u.c{i}::{t.types[cols[i]]}"
-                             for i in key_cols)
-        same_origin = (f"(SELECT x.roident = ${n + 1} AND x.timestamp <= ${n + 2} "
-                       f"FROM {xact_origin_fn}(t.xmin) AS x)")
+
+
+def prepare_sql(name: str, gs: Sequence[Group], xact_origin_fn: str) -> str:
+    """PREPARE of one transaction's statement: $1 the origin id and $2 the commit time
+    that rows updated or deleted must have been last written with (or before), then
+    each group's values in order (see execute_sql). One data-modifying CTE per group;
+    the final SELECT sums what did not hold (rows not matched, tombstoned keys) and
+    raises RK001 unless that is zero. Two groups touching one row cannot both see it
+    (one snapshot for the statement), so such a transaction misses and goes row by row.
+    """
+    types = ["oid", "timestamptz"]
+
+    def param(type_name: str) -> str:
+        types.append(type_name)
+        return f"${len(types)}"
+
+    ctes: list[str] = []
+    missed: list[str] = []
+    for k, g in enumerate(gs):
+        t = g.table
+        cols = [t.columns[p] for p in g.positions]
+        key_cols = _key_columns(g)
+        rel = literal(t.relation)
+        w = f"g{k}"
+        if g.scalar:
+            rows = [[param(t.types[c]) for c in cols] for _ in g.tuples]
+        else:
+            arrays = [param("text[]") for _ in cols]
+            cast = [f"u.c{i}::{t.types[c]}" for i, c in enumerate(cols)]
+            unnest = (f"unnest({', '.join(arrays)}) AS u("
+                      f"{', '.join(f'c{i}' for i in range(len(cols)))})")
+        if g.op == "I":
+            names = ", ".join(quote_ident(c) for c in cols)
+            if g.scalar:
+                values = ", ".join(f"({', '.join(r)})" for r in rows)
+                ctes.append(f"{w} AS (INSERT INTO {t.quoted} ({names}) VALUES {values})")
+                keys = ", ".join("jsonb_build_array(" + ", ".join(f"{r[i]}::text"
+                                                                 for i in key_cols) + ")"
+                                 for r in rows)
+                hits = (f"SELECT count(*) FROM ringkeeper.tombstones tb WHERE tb.relation = "
+                        f"{rel} AND tb.key IN ({keys})")
+            else:
+                ctes.append(f"{w} AS (INSERT INTO {t.quoted} ({names}) "
+                            f"SELECT {', '.join(cast)} FROM {unnest})")
+                hits = (f"SELECT count(*) FROM unnest({', '.join(arrays[i] for i in key_cols)})"
+                        f" AS u({', '.join(f'c{i}' for i in key_cols)}) JOIN "
+                        f"ringkeeper.tombstones tb ON tb.relation = {rel} AND tb.key = "
+                        f"jsonb_build_array({', '.join(f'u.c{i}' for i in key_cols)})")
+            # A key that exists here fails the insert (unique violation); one deleted
+            # here (a tombstone) needs the conflict rules.
+            missed.append(f"CASE WHEN EXISTS (SELECT 1 FROM ringkeeper.tombstones WHERE "
+                          f"relation = {rel}) THEN ({hits}) ELSE 0 END")
+            continue
+        premise = (f"(SELECT x.roident = $1 AND x.timestamp <= $2 "
+                   f"FROM {xact_origin_fn}(t.xmin) AS x)")
+        if g.scalar and len(rows) == 1:
+            src, val, expected = "", rows[0], "1"
+        elif g.scalar:
+            src = (" FROM (VALUES " + ", ".join(f"({', '.join(r)})" for r in rows) +
+                   f") AS u({', '.join(f'c{i}' for i in range(len(cols)))})")
+            val, expected = [f"u.c{i}" for i in range(len(cols))], str(len(rows))
+        else:
+            src, val, expected = f" FROM {unnest}", cast, f"cardinality({arrays[0]})"
+        match = " AND ".join(f"t.{quote_ident(cols[i])} = {val[i]}" for i in key_cols)
         if g.op == "U":
-            sets = ", ".join(f"{quote_ident(c)} = u.c{i}::{t.types[c]}"
+            sets = ", ".join(f"{quote_ident(c)} = {val[i]}"
                              for i, c in enumerate(cols) if i not in key_cols)
             if not sets:  # nothing but the key was sent: touch it so the row is versioned
-                k = cols[key_cols[0]]
-                sets = f"{quote_ident(k)} = t.{quote_ident(k)}"
-            dml = (f"UPDATE {t.quoted} AS t SET {sets} FROM {rows} WHERE {match} "
-                   f"AND {same_origin}")
+                kc = quote_ident(cols[key_cols[0]])
+                sets = f"{kc} = t.{kc}"
+            ctes.append(f"{w} AS (UPDATE {t.quoted} AS t SET {sets}{src} "
+                        f"WHERE {match} AND {premise} RETURNING 1)")
         else:
-            dml = f"DELETE FROM {t.quoted} AS t USING {rows} WHERE {match} AND {same_origin}"
-        body = (head + f"w AS ({dml} RETURNING 1) "
-                f"SELECT ringkeeper.fast_path_check(${n + 3} - (SELECT count(*) FROM w))")
-    return f"PREPARE {name} ({', '.join(types)}) AS {body}"
+            using = src.replace(" FROM ", " USING ", 1)
+            ctes.append(f"{w} AS (DELETE FROM {t.quoted} AS t{using} "
+                        f"WHERE {match} AND {premise} RETURNING 1)")
+        missed.append(f"{expected} - (SELECT count(*) FROM {w})")
+    return (f"PREPARE {name} ({', '.join(types)}) AS WITH {', '.join(ctes)} "
+            "SELECT CASE WHEN s.m = 0 THEN NULL ELSE ringkeeper.fast_path_check(s.m) END "
+            f"FROM (SELECT {' + '.join(missed)} AS m OFFSET 0) AS s")
 
 
-def execute_sql(name: str, g: Group, origin: Origin) -> str:
-    """EXECUTE of a prepared group with its rows as array literals."""
-    tuples = g.tuples
-    try:
-        args = [array_literal([tup[p] for tup in tuples]) for p in g.positions]  # type: ignore[misc]
-    except (TypeError, AttributeError) as e:  # bytes, or an unchanged TOAST value
-        raise NotBulk(f"a value that is not text: {e}") from e
-    if g.op != "I":
-        args += [str(origin.roident), literal(origin.commit_ts.isoformat()), str(len(tuples))]
+def _value(v: Value) -> str:
+    if v is None:
+        return "NULL"
+    if type(v) is not str:
+        raise NotBulk(f"a value that is not text: {v!r}"[:200])
+    return "'" + v.replace("'", "''") + "'"
+
+
+def execute_sql(name: str, gs: Sequence[Group], origin: Origin) -> str:
+    """EXECUTE of a prepared transaction with its values: literals for scalar groups,
+    array literals for the others."""
+    args = [str(origin.roident), "'" + origin.commit_ts.isoformat() + "'"]
+    for g in gs:
+        positions = g.positions
+        if g.scalar:
+            args += [_value(tup[p]) for tup in g.tuples for p in positions]
+            continue
+        try:
+            args += [array_literal([tup[p] for tup in g.tuples])  # type: ignore[misc]
+                     for p in positions]
+        except (TypeError, AttributeError) as e:  # bytes, or an unchanged TOAST value
+            raise NotBulk(f"a value that is not text: {e}") from e
     return f"EXECUTE {name}({', '.join(args)})"
+
+
+def group_keys(g: Group) -> list[list[str]]:
+    """The group's keys as one list per key column (texts as received)."""
+    return [[tup[p] for tup in g.tuples] for p in g.table.key_pos]  # type: ignore[misc]
+
+
+DIRTY_PREPARE = ("PREPARE rk_dirty (text, text[]) AS "
+                 "INSERT INTO ringkeeper.dirty_key_sets (relation, keys) VALUES ($1, $2)")
+
+
+def dirty_sql(keys: dict[str, list[list[str]]]) -> list[str]:
+    """One row per table for a whole script (rk_dirty, DIRTY_PREPARE): keys[i][j] is
+    key column i of key j."""
+    return [f"EXECUTE rk_dirty({literal(rel)}, "
+            f"ARRAY[{', '.join(array_literal(c) + '::text[]' for c in cols)}])"
+            for rel, cols in keys.items()]

@@ -34,6 +34,11 @@ BUNDLE_ROWS = 2000  # rows per queue item
 QUEUE_BUNDLES = 8  # queue items between reader and applier: with the above, the memory bound
 FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
 FEEDBACK_EVERY = 10.0  # seconds between status updates to the source however idle
+# A queue item of fewer events than this, arriving within LINGER seconds of the last
+# apply, waits LINGER for more: at hundreds of small transactions a second, applying each
+# alone costs the sidecar and the target more than the rows (a trickle pays nothing).
+LINGER = 0.005
+LINGER_EVENTS = 64
 _ROW_MESSAGES = frozenset(b"IUD")
 
 
@@ -214,6 +219,7 @@ class Link:
         stopper = asyncio.create_task(stop.wait())
         getter: asyncio.Task[list[Event]] | None = None
         last_flush = last_feedback = last_measure = time.monotonic()
+        last_apply = 0.0
         try:
             while not stop.is_set():
                 if getter is None:
@@ -225,22 +231,36 @@ class Link:
                     raise ConnectionResetError("replication stream ended")
                 applied = getter.done()
                 if applied:
-                    await self._apply(getter.result())
+                    events = getter.result()
                     getter = None
+                    if len(events) < LINGER_EVENTS and time.monotonic() - last_apply < LINGER:
+                        # A trickle of small transactions: let a few more arrive, so
+                        # they share one round trip instead of paying one each.
+                        await asyncio.sleep(LINGER)
+                        while not queue.empty():
+                            events += queue.get_nowait()
+                    await self._apply(events)
+                    last_apply = time.monotonic()
                 now = time.monotonic()
                 idle = queue.empty()
                 # Taken before any await below: everything the reader had seen up to it
                 # is applied (or in the applier's last script, settled before feedback).
                 end = self._confirmable(idle)
-                if end > ws.flushed and (idle or now - last_flush >= FLUSH_EVERY):
+                # At most every FLUSH_EVERY, however often transactions trickle in: each
+                # report flushes WAL here and wakes the source's walsender, and a link
+                # that reported every small batch cost the source a share of its CPU.
+                reported = end > ws.flushed and now - last_flush >= FLUSH_EVERY
+                if reported:
                     await self._report(ws, end)
                     last_flush = last_feedback = now
                 elif now - last_feedback >= FEEDBACK_EVERY:
                     ws.feedback()
                     last_feedback = now
-                if now - last_measure >= 1.0 or (idle and applied):
-                    await self._measure(idle)
-                    last_measure = now
+                if applied or reported or now - last_measure >= 1.0:
+                    # The source is asked for the slot's lag once a second at most.
+                    await self._measure(idle, ask_source=now - last_measure >= 1.0)
+                    if now - last_measure >= 1.0:
+                        last_measure = now
             # Stopping: what is applied is flushed and reported, so the next start does
             # not read it again.
             end = self._confirmable(queue.empty() and (getter is None or not getter.done()))
@@ -386,18 +406,19 @@ class Link:
             self._part_applying = False
             self._end = max(self._end, part.end_lsn)
 
-    async def _measure(self, idle: bool) -> None:
-        assert self._src is not None
-        s = self.source_profile.sql
-        row = await self._src.fetchrow(
-            f"SELECT {s.wal_lsn_diff}({s.current_wal_lsn}(), confirmed_flush_lsn)::bigint AS lag "
-            f"FROM {s.replication_slots} WHERE slot_name = $1", self.slot)
+    async def _measure(self, idle: bool, *, ask_source: bool = True) -> None:
         st = self.status
-        st.lag_bytes = int(row["lag"]) if row is not None and row["lag"] is not None else None
+        if ask_source:
+            assert self._src is not None
+            s = self.source_profile.sql
+            row = await self._src.fetchrow(
+                f"SELECT {s.wal_lsn_diff}({s.current_wal_lsn}(), confirmed_flush_lsn)::bigint "
+                f"AS lag FROM {s.replication_slots} WHERE slot_name = $1", self.slot)
+            st.lag_bytes = int(row["lag"]) if row is not None and row["lag"] is not None else None
+            st.note_rows(self.applier.stats.rows)
         stats = self.applier.stats
         st.conflicts = sum(stats.conflicts.values())
         st.last_applied_at = stats.last_applied_at
-        st.note_rows(stats.rows)
         st.applied_txns = stats.txns
         st.bulk_scripts, st.bulk_misses = self.applier.bulk_scripts, self.applier.bulk_misses
         st.skipped_txns = stats.skipped_txns + self._skipped

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -171,12 +172,23 @@ async def _main(args: argparse.Namespace) -> None:
             await runner.cleanup()
 
 
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop where it is installed (a dependency on Linux and macOS): the sidecar wakes
+    for every transaction a busy source commits, and the stock loop's per-wakeup cost
+    showed in the target's CPU (about a third less with uvloop, make bench-ring)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     try:
-        asyncio.run(_main(args))
+        _event_loop_runner()(_main(args))
     except ValueError as exc:
         print(f"ringkeeper sync: {exc}", file=sys.stderr)
         return 2
