@@ -160,6 +160,7 @@ class Applier:
         self._txn_conflicts: list[tuple[object, ...]] = []
         self._classic_left = 0
         self._prepared = 0
+        self.flush_scripts = False  # flush WAL after each script: this member forwards
         self._statements: dict[tuple[object, ...], tuple[str, list[bulk.Table]]] = {}
         self._inflight: tuple[asyncio.Future[str], list[Txn]] | None = None
         self.bulk_scripts = 0
@@ -300,9 +301,11 @@ class Applier:
                 relation, sorted(keys))
         origin, origin_lsn, commit_ts = self._txn
         s = self.profile.sql
+        flush = (f"; SELECT {s.replication_origin_progress}("
+                 f"'{names.origin_name(self.ring, origin)}', true)" if self.flush_scripts else "")
         await self.conn.execute(
             f"SELECT {s.replication_origin_xact_setup}('{lsn_to_str(origin_lsn)}', "
-            f"'{commit_ts.isoformat()}'); COMMIT")
+            f"'{commit_ts.isoformat()}'); COMMIT{flush}")
         self.progress[origin] = max(self.progress.get(origin, 0), origin_lsn)
         self.stats.txns += 1
         self.stats.last_commit_ts = commit_ts
@@ -404,7 +407,14 @@ class Applier:
             # it would not (session origin), so build it again.
             await self.apply_txns(batch)
             return
-        self._inflight = (asyncio.ensure_future(self.conn.execute(script.text())), batch)
+        text = script.text()
+        if self.flush_scripts:
+            # What this member applied is forwarded only once its WAL is flushed (a
+            # walsender sends no further); with asynchronous commits that would wait for
+            # the WAL writer, up to wal_writer_delay per hop.
+            text += (f";\nSELECT {self.profile.sql.replication_origin_progress}("
+                     f"'{names.origin_name(self.ring, batch[-1].origin)}', true)")
+        self._inflight = (asyncio.ensure_future(self.conn.execute(text)), batch)
         self._session_origin = names.origin_name(self.ring, batch[-1].origin)
 
     async def settle(self) -> bool:

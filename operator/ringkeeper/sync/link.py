@@ -34,9 +34,10 @@ BUNDLE_ROWS = 2000  # rows per queue item
 QUEUE_BUNDLES = 8  # queue items between reader and applier: with the above, the memory bound
 FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
 FEEDBACK_EVERY = 10.0  # seconds between status updates to the source however idle
-# A queue item of fewer events than this, arriving within LINGER seconds of the last
-# apply, waits LINGER for more: at hundreds of small transactions a second, applying each
-# alone costs the sidecar and the target more than the rows (a trickle pays nothing).
+# A queue item of fewer events than this, alone in the queue and taken within LINGER
+# seconds of the last apply, waits LINGER for more: at hundreds of small transactions a
+# second, applying each alone costs the sidecar and the target more than the rows. A
+# trickle (nothing applied in the last LINGER) and a backlog (more queued) never wait.
 LINGER = 0.005
 LINGER_EVENTS = 64
 _ROW_MESSAGES = frozenset(b"IUD")
@@ -154,6 +155,9 @@ class Link:
         self.profile = profile
         self.source_profile = source_profile
         self.carries = carries  # origins this link may bring (None: all but ours)
+        # A link that brings more than its source's own changes feeds a member that
+        # forwards them (a ring of three or more): the applier flushes as it goes.
+        applier.flush_scripts = not only_source_changes(source, carries)
         self.status = status
         self._src: asyncpg.Connection | None = None
         self._ws: WalStream | None = None
@@ -233,7 +237,8 @@ class Link:
                 if applied:
                     events = getter.result()
                     getter = None
-                    if len(events) < LINGER_EVENTS and time.monotonic() - last_apply < LINGER:
+                    if (len(events) < LINGER_EVENTS and queue.empty()
+                            and time.monotonic() - last_apply < LINGER):
                         # A trickle of small transactions: let a few more arrive, so
                         # they share one round trip instead of paying one each.
                         await asyncio.sleep(LINGER)
