@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ringkeeper.core.conflicts import Action, Kind, Op, Version, decide
-from ringkeeper.core.retention import TxnMark, holds, safe_advance
 from ringkeeper.core.ringplan import dsn, primary_address, ring_status, sync_config
 from ringkeeper.sync import names
 from ringkeeper.sync.config import RingConfig
@@ -77,30 +76,6 @@ def test_decide_is_order_independent() -> None:
 def test_campus_priority_policy_ignores_time() -> None:
     d = decide(Op.UPDATE, v("a", 1, prio=900), v("b", 100, prio=100), None, "campusPriority")
     assert d.action == Action.UPDATE
-
-
-PROGRESS = {"b": {"a": 100, "d": 50}, "c": {"a": 80, "d": 50}, "d": {"a": 100}}
-
-
-@pytest.mark.parametrize(
-    ("marks", "holders", "expected"),
-    [
-        pytest.param([TxnMark(10, "a", 70), TxnMark(20, "a", 90)], ["b", "c", "d"], 10,
-                     id="stops-at-first-missing"),
-        pytest.param([TxnMark(10, "a", 70), TxnMark(20, "d", 50)], ["b", "c", "d"], 20,
-                     id="origin-holds-its-own"),
-        pytest.param([TxnMark(10, "a", 90)], ["b", "c", "d"], None, id="nothing-safe"),
-        pytest.param([TxnMark(10, "a", 90)], ["b", "d"], 10, id="reseeded-member-dropped"),
-        pytest.param([TxnMark(10, "_seed", 0), TxnMark(20, "a", 100)], ["b", "c"], 10,
-                     id="seed-copies-owed-to-nobody"),
-    ],
-)
-def test_safe_advance(marks: list[TxnMark], holders: list[str], expected: int | None) -> None:
-    assert safe_advance(marks, holders, PROGRESS, frozenset("abcd")) == expected
-
-
-def test_holds_unknown_member_is_conservative() -> None:
-    assert not holds(TxnMark(1, "a", 5), "zz", PROGRESS)
 
 
 def test_names_fit_postgres_limits() -> None:

@@ -301,11 +301,9 @@ class Applier:
                 relation, sorted(keys))
         origin, origin_lsn, commit_ts = self._txn
         s = self.profile.sql
-        flush = (f"; SELECT {s.replication_origin_progress}("
-                 f"'{names.origin_name(self.ring, origin)}', true)" if self.flush_scripts else "")
         await self.conn.execute(
             f"SELECT {s.replication_origin_xact_setup}('{lsn_to_str(origin_lsn)}', "
-            f"'{commit_ts.isoformat()}'); COMMIT{flush}")
+            f"'{commit_ts.isoformat()}'); COMMIT{self._flush_after(origin)}")
         self.progress[origin] = max(self.progress.get(origin, 0), origin_lsn)
         self.stats.txns += 1
         self.stats.last_commit_ts = commit_ts
@@ -407,15 +405,19 @@ class Applier:
             # it would not (session origin), so build it again.
             await self.apply_txns(batch)
             return
-        text = script.text()
-        if self.flush_scripts:
-            # What this member applied is forwarded only once its WAL is flushed (a
-            # walsender sends no further); with asynchronous commits that would wait for
-            # the WAL writer, up to wal_writer_delay per hop.
-            text += (f";\nSELECT {self.profile.sql.replication_origin_progress}("
-                     f"'{names.origin_name(self.ring, batch[-1].origin)}', true)")
+        text = script.text() + self._flush_after(batch[-1].origin)
         self._inflight = (asyncio.ensure_future(self.conn.execute(text)), batch)
         self._session_origin = names.origin_name(self.ring, batch[-1].origin)
+
+    def _flush_after(self, origin: str) -> str:
+        """SQL to end a commit with where this member forwards: what it applied is
+        forwarded only once its WAL is flushed (a walsender sends no further), and with
+        asynchronous commits that would wait for the WAL writer, up to wal_writer_delay
+        per hop."""
+        if not self.flush_scripts:
+            return ""
+        return (f";\nSELECT {self.profile.sql.replication_origin_progress}("
+                f"'{names.origin_name(self.ring, origin)}', true)")
 
     async def settle(self) -> bool:
         """Wait for the script in flight; True if it failed (and was redone row by row)."""

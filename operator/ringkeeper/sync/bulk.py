@@ -230,7 +230,7 @@ def _value(v: Value) -> str:
         return "NULL"
     if type(v) is not str:
         raise NotBulk(f"a value that is not text: {v!r}"[:200])
-    return "'" + v.replace("'", "''") + "'"
+    return literal(v)
 
 
 def execute_sql(name: str, gs: Sequence[Group], origin: Origin) -> str:

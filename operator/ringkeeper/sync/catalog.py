@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS ringkeeper.dirty_keys (
     changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (relation, key)
 );
--- The bulk apply path records changed keys as one row per table and transaction:
+-- The bulk apply path records changed keys as one row per table and script:
 -- keys[i][j] is key column i of the j-th key (a 2-D text array, like dirty_keys' text).
 CREATE TABLE IF NOT EXISTS ringkeeper.dirty_key_sets (
     relation text NOT NULL,

@@ -381,7 +381,7 @@ async def incremental_candidates(ctx: Context, since: datetime | None) -> set[Ke
     rel = cs.relation_name(ctx.table)
     sql = ("SELECT key FROM ringkeeper.dirty_keys WHERE relation = $1 "
            "AND ($2::timestamptz IS NULL OR changed_at > $2)")
-    # The sync sidecar's bulk path records one row per transaction and table:
+    # The sync sidecar's bulk path records one row per table and script:
     # keys[i][j] is key column i of the j-th key.
     sets_sql = ("SELECT keys FROM ringkeeper.dirty_key_sets WHERE relation = $1 "
                 "AND ($2::timestamptz IS NULL OR changed_at > $2)")
