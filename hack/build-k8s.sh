@@ -40,7 +40,13 @@ echo "build-k8s: Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION, helm v$HELM_VERS
 # Kubernetes is kept in this repository): ValidateEndpointIP no longer rejects loopback.
 patched_apiserver_module() {
   local orig work file
+  # `go list -m` prints an empty Dir until the module is in the module cache: download first.
+  (cd "$here/k8s-tools" && go mod download k8s.io/kubernetes)
   orig="$(cd "$here/k8s-tools" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+  if [[ -z "$orig" || ! -d "$orig/pkg/apis/core/validation" ]]; then
+    echo "build-k8s: k8s.io/kubernetes is not in the module cache after 'go mod download' (got '$orig')" >&2
+    exit 1
+  fi
   work="$dest/src"
   rm -rf "$work"; mkdir -p "$work/k8s-tools"
   cp -al "$orig" "$work/kubernetes"
