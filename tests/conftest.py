@@ -5,10 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+import procguard
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+
+
+_GUARD = procguard.Guard()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _GUARD.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop whatever this run started and did not stop (an interrupted run, a leaky test)."""
+    stopped = _GUARD.reap()
+    if stopped:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        line = f"procguard: stopped {len(stopped)} process(es) the run left behind: {stopped}"
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line)
 
 
 def load_docs(path: Path) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+import procguard
 from ringkeeper.controller.failover import AgentClient
 from ringkeeper.devcluster.runtime import process
 
@@ -149,6 +150,7 @@ class LocalCampus:
             "RINGKEEPER_REPLICATION_PASSWORD": self.passwords["repl"],
             "RINGKEEPER_APP_PASSWORD": self.passwords["app"],
             "RINGKEEPER_POD_CIDR": "127.0.0.0/8", "PYTHONUNBUFFERED": "1",
+            **procguard.marker_env(),
         }
         argv = process.launch_argv(
             argv=[sys.executable, "-m", "ringkeeper", "agent", "--campus-file", str(self.file),
