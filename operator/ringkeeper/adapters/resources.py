@@ -1,18 +1,25 @@
 """Server-side apply and a few targeted writes, over kubernetes_asyncio's raw client.
 
-Server-side apply with one field manager makes reconcile idempotent and lets
-Kubernetes tell us about conflicting owners; Secrets are only ever created.
+Server-side apply with one field manager makes reconcile idempotent; Secrets
+with credentials are only ever created. Every answer's HTTP status is checked
+(`_call` raises KubeApiError on 4xx/5xx): the raw client, asked not to preload
+the body, would otherwise hand a refusal back as if it were the object.
+Before writing an object it makes, the operator reads it and asks
+core.ownership whether it may (`apply_owned`): it never takes over an object
+somebody else made.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..api.v1alpha1 import GROUP, VERSION
+from ..core.ownership import Decision, Owner, decide, refusal_message
 
 FIELD_MANAGER = "ringkeeper"
 
@@ -30,6 +37,40 @@ _PATHS = {
 }
 
 
+class KubeApiError(ApiException):
+    """A 4xx/5xx answer: the HTTP status, the API server's reason and its message.
+
+    A subclass of ApiException, so code that already tells 404 or 409 apart by
+    `exc.status` keeps working.
+    """
+
+    def __init__(self, status: int, http_reason: str, method: str, path: str,
+                 body: bytes) -> None:
+        super().__init__(status=status, reason=http_reason)
+        self.body = body
+        self.method, self.path = method, path
+        self.api_reason = http_reason  # Status.reason, e.g. Invalid, AlreadyExists, Conflict
+        self.message = body.decode("utf-8", "replace")[:1000]
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and parsed.get("kind") == "Status":
+            self.api_reason = str(parsed.get("reason") or http_reason)
+            self.message = str(parsed.get("message") or self.message)[:1000]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}: {self.status} {self.api_reason}: {self.message}"
+
+
+class ForeignObjectError(RuntimeError):
+    """An object the operator would write exists and belongs to someone else."""
+
+    def __init__(self, kind: str, name: str, decision: Decision) -> None:
+        super().__init__(refusal_message(kind, name, decision))
+        self.kind, self.name, self.decision = kind, name, decision
+
+
 def _path(obj: dict[str, Any], with_name: bool = True) -> str:
     prefix, plural = _PATHS[(obj["apiVersion"], obj["kind"])]
     ns = obj["metadata"]["namespace"]
@@ -39,13 +80,47 @@ def _path(obj: dict[str, Any], with_name: bool = True) -> str:
 
 async def _call(api: client.ApiClient, method: str, path: str, body: Any,
                 content_type: str, query: list[tuple[str, str]] | None = None) -> Any:
+    """One request; the parsed JSON answer, or KubeApiError for any status >= 400."""
     resp = await api.call_api(
         path, method, query_params=query or [],
         header_params={"Content-Type": content_type, "Accept": "application/json"},
         body=body, auth_settings=["BearerToken"], _preload_content=False,
         _return_http_data_only=True)
-    text = await resp.read()
+    try:
+        text = await resp.read()
+    finally:
+        resp.release()
+    if resp.status >= 400:
+        raise KubeApiError(int(resp.status), str(resp.reason or ""), method, path, text)
     return json.loads(text) if text else None
+
+
+async def get(api: client.ApiClient, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The object as the API server has it, or None when it does not exist."""
+    try:
+        found: dict[str, Any] = await _call(api, "GET", _path(dict(obj)), None,
+                                            "application/json")
+        return found
+    except KubeApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def ownership(api: client.ApiClient, obj: Mapping[str, Any], owner: Owner
+                    ) -> tuple[Decision, dict[str, Any] | None]:
+    """Read `obj` and decide whether `owner` may write it (core.ownership)."""
+    existing = await get(api, obj)
+    return decide(existing["metadata"] if existing else None, owner), existing
+
+
+async def apply_owned(api: client.ApiClient, obj: dict[str, Any], owner: Owner) -> Decision:
+    """Server-side apply, unless the object exists and is not ours (ForeignObjectError)."""
+    decision, _ = await ownership(api, obj, owner)
+    if not decision.writable:
+        raise ForeignObjectError(obj["kind"], obj["metadata"]["name"], decision)
+    await apply(api, obj)
+    return decision
 
 
 async def apply(api: client.ApiClient, obj: dict[str, Any]) -> Any:
@@ -58,17 +133,24 @@ async def create_if_missing(api: client.ApiClient, obj: dict[str, Any]) -> bool:
     try:
         await _call(api, "POST", _path(obj, with_name=False), obj, "application/json")
         return True
-    except ApiException as exc:
+    except KubeApiError as exc:
         if exc.status == 409:
             return False
         raise
 
 
 async def exists(api: client.ApiClient, obj: dict[str, Any]) -> bool:
+    return await get(api, obj) is not None
+
+
+async def delete(api: client.ApiClient, obj: Mapping[str, Any], uid: str | None = None
+                 ) -> bool:
+    """Delete; with `uid`, only that very object (a precondition). False if already gone."""
+    body = {"preconditions": {"uid": uid}} if uid else None
     try:
-        await _call(api, "GET", _path(obj), None, "application/json")
+        await _call(api, "DELETE", _path(dict(obj)), body, "application/json")
         return True
-    except ApiException as exc:
+    except KubeApiError as exc:
         if exc.status == 404:
             return False
         raise
@@ -89,7 +171,8 @@ async def read_campus(api: client.ApiClient, namespace: str, name: str) -> dict[
 async def patch_campus_status(api: client.ApiClient, namespace: str, name: str,
                               status: dict[str, Any], resource_version: str | None
                               ) -> dict[str, Any]:
-    """A merge patch of status; with a resourceVersion it fails (409) if the Campus moved."""
+    """A merge patch of status; with a resourceVersion it raises KubeApiError (409) if the
+    Campus moved since that version was read."""
     body: dict[str, Any] = {"status": status}
     if resource_version:
         body["metadata"] = {"resourceVersion": resource_version}
