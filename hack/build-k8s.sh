@@ -49,7 +49,8 @@ patched_apiserver_module() {
   fi
   work="$dest/src"
   rm -rf "$work"; mkdir -p "$work/k8s-tools"
-  cp -al "$orig" "$work/kubernetes"
+  # Hard links when the caches share a file system, a copy otherwise.
+  cp -al "$orig" "$work/kubernetes" 2>/dev/null || { rm -rf "$work/kubernetes"; cp -a "$orig" "$work/kubernetes"; }
   chmod -R u+w "$work/kubernetes/pkg/apis/core/validation"
   file="$work/kubernetes/pkg/apis/core/validation/validation.go"
   rm -f "$file"

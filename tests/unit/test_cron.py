@@ -6,6 +6,8 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ringkeeper.core import cron
 from ringkeeper.core.verify import Report, TableReport, verification_status
@@ -114,11 +116,48 @@ def test_parsed_sets() -> None:
 
 
 def test_schedule_in_crd_pattern_parses() -> None:
-    from ringkeeper.api.v1alpha1.common import CRON_PATTERN
+    for expr in ("0 3 * * *", "@daily", "*/15 * * * 1-5", "0 0 * JAN-MAR sun,sat"):
+        assert re.fullmatch(cron.ADMISSION_PATTERN, expr)
+        assert cron.problem(expr) is None
 
-    for expr in ("0 3 * * *", "@daily", "*/15 * * * 1-5"):
-        assert re.match(CRON_PATTERN, expr)
-        cron.parse(expr)
+
+@pytest.mark.parametrize("expr", ["99 99 99 99 99", "60 * * * *", "* 24 * * *", "* * 0 * *",
+                                  "* * 32 * *", "* * * 13 *", "* * * * 8", "*/0 * * * *",
+                                  "0 3 * * *\n", "0 3 * *", "0 3 * * * *", "@every 5m",
+                                  "0 3 * * FOO", "0 3 * * *; rm -rf /", "-1 * * * *"])
+def test_admission_refuses_out_of_range_fields(expr: str) -> None:
+    assert not cron.admitted(expr)
+
+
+@pytest.mark.parametrize("expr", ["0 0 31 2 *", "5-1 * * * *", "0 0 30 2 *"])
+def test_admitted_but_never_firing_is_a_problem(expr: str) -> None:
+    assert cron.admitted(expr)
+    assert cron.problem(expr) is not None
+
+
+def test_problem_of_non_string() -> None:
+    assert cron.problem(5) == "cron: the schedule must be a string, not int"
+    assert cron.problem("99 99 99 99 99") == (
+        "cron '99 99 99 99 99': minute field: 99 is outside 0-59")
+
+
+def test_schedule_condition_sets_ready_false_once() -> None:
+    t0, t1 = t("2026-03-14 10:00"), t("2026-03-14 10:01")
+    ready = [{"type": "Ready", "status": "True", "reason": "AllLinksStreaming", "message": "",
+              "lastTransitionTime": "2026-03-14T09:00:00Z"}]
+    assert cron.schedule_condition(ready, "spec.verification.schedule", None, t0) is None
+    assert cron.schedule_condition(ready, "spec.verification.schedule", "0 3 * * *", t0) is None
+    first = cron.schedule_condition(ready, "spec.verification.schedule", "0 0 31 2 *", t0, 4,
+                                    previous=ready)
+    assert first is not None
+    (cond,) = first
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidSchedule")
+    assert cond["message"].startswith("spec.verification.schedule: cron '0 0 31 2 *': never")
+    assert cond["lastTransitionTime"] == "2026-03-14T10:00:00Z"
+    # Next cycle: another decider set Ready=True again, the object still says False.
+    again = cron.schedule_condition(ready, "spec.verification.schedule", "0 0 31 2 *", t1, 4,
+                                    previous=first)
+    assert again is not None and again[0]["lastTransitionTime"] == "2026-03-14T10:00:00Z"
 
 
 def test_consecutive_firings_every_fifteen_minutes() -> None:
@@ -175,3 +214,19 @@ def test_verification_status(report: Report | None, completed: bool, error: bool
     from ringkeeper.api.v1alpha1.ring import VerificationStatus
 
     VerificationStatus.model_validate(st)
+
+
+@given(st.lists(st.text(alphabet="0123456789*/,-JANSUNmon", min_size=1, max_size=8),
+                min_size=1, max_size=6).map(" ".join))
+def test_problem_never_raises_and_admitted_fields_stay_in_range(expr: str) -> None:
+    # problem() is what the operator runs on untrusted input: it must answer, not crash.
+    reason = cron.problem(expr)
+    if cron.admitted(expr) and reason is None:
+        c = cron.parse(expr)
+        assert c.minutes <= set(range(60)) and c.hours <= set(range(24))
+        assert c.days <= set(range(1, 32)) and c.months <= set(range(1, 13))
+        assert c.weekdays <= set(range(7))
+    if not cron.admitted(expr):
+        # Admission's pattern is never looser than the parser's ranges.
+        assert not re.fullmatch(r"([0-9]+ ){4}[0-9]+", expr) or reason is not None or any(
+            len(p) > 1 and p.startswith("0") for p in expr.split())

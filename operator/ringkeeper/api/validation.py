@@ -4,14 +4,26 @@ Users meet our errors in two places: ``kubectl apply`` (the API server runs the
 generated schema and CEL rules) and ``ringkeeper validate`` or code that builds
 specs. Both must say the same thing, so pydantic's errors are rephrased here in
 the API server's words, and rule violations carry the rule's own sentence.
+
+Both must also accept and refuse the same input. Manifests are therefore read as
+kubectl reads them (``load_manifests``: duplicate keys refused, YAML 1.1 booleans
+as go-yaml resolves them) and checked as the API server checks them
+(``validate``): a DNS-1123 subdomain as the name, integers within int64, JSON
+types without coercion (``"yes"`` is no boolean, ``"3"`` no integer; pydantic's
+strict JSON mode), nulls pruned as a structural schema prunes them. The operator
+reads objects the API server already checked through the same models in lax
+mode, where their types are already right.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from .v1alpha1 import API_VERSION, BY_KIND, Resource, SpecError
@@ -37,7 +49,40 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 
 def _quote(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else str(value)
+    """A value as Go's %q-ish printing in API server messages shows it."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
+
+
+def json_type(value: Any) -> str:
+    """The JSON Schema type name of a decoded value, as the API server names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+# pydantic's strict-mode type errors and the JSON Schema type each one expected.
+_TYPE_ERRORS = {
+    "int_type": "integer", "int_parsing": "integer", "int_from_float": "integer",
+    "string_type": "string", "bool_type": "boolean", "bool_parsing": "boolean",
+    "float_type": "number", "float_parsing": "number", "dict_type": "object",
+    "model_type": "object", "model_attributes_type": "object", "list_type": "array",
+}
+
+
+def _type_problem(path: str, expected: str, value: Any) -> Problem:
+    got = json_type(value)
+    return Problem(path, f'Invalid value: "{got}": {path} in body must be of type {expected}: '
+                         f'"{got}"')
 
 
 def _problem(err: dict[str, Any]) -> Problem:
@@ -52,7 +97,13 @@ def _problem(err: dict[str, Any]) -> Problem:
         if sub == "metadata.name":
             return Problem(sub, spec_error.message)
         full = ".".join(p for p in (path, sub) if p)
+        if not sub and isinstance(value, str):
+            # A rule on a string field: the API server names the field's type.
+            return Problem(full, f'Invalid value: "string": {spec_error.message}')
         return Problem(full, spec_error.message)
+    if kind in _TYPE_ERRORS or (kind == "enum" and not isinstance(value, str)):
+        expected = _TYPE_ERRORS.get(kind, "string")
+        return _type_problem(path, expected, value)
     if kind in ("enum", "literal_error"):
         allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         values = ", ".join(f'"{a}"' for a in allowed)
@@ -87,8 +138,80 @@ def problems_of(error: ValidationError) -> list[Problem]:
     return [_problem(dict(e)) for e in error.errors()]
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The API server's own check of a custom object's name (apimachinery NameIsDNSSubdomain).
+DNS1123_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_SUBDOMAIN_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
+    "or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex "
+    f"used for validation is '{DNS1123_SUBDOMAIN}')"
+)
+
+
+def name_problems(name: Any) -> list[Problem]:
+    """metadata.name as the API server checks it for every custom object."""
+    if name is None or name == "":
+        return [Problem("metadata.name", "Required value: name or generateName is required")]
+    if not isinstance(name, str):
+        return [_type_problem("metadata.name", "string", name)]
+    out = []
+    if len(name) > 253:
+        out.append(Problem("metadata.name", f"Invalid value: {_quote(name)}: must be no more "
+                                            "than 253 characters"))
+    # fullmatch: Python's `$` would also match before a trailing newline.
+    if re.fullmatch(DNS1123_SUBDOMAIN, name, flags=re.ASCII) is None:
+        out.append(Problem("metadata.name", f"Invalid value: {_quote(name)}: "
+                                            f"{_SUBDOMAIN_MESSAGE}"))
+    return out
+
+
+def _walk(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    yield path, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{path}[{i}]")
+
+
+def int64_problems(doc: Any) -> list[Problem]:
+    """Integers beyond int64, which the API server cannot decode as integers: it reads
+    them as floating-point numbers, so every integer field refuses them."""
+    return [_type_problem(path, "integer", float(value)) for path, value in _walk(doc, "")
+            if isinstance(value, int) and not isinstance(value, bool)
+            and not INT64_MIN <= value <= INT64_MAX]
+
+
+def _as_json(node: Any) -> Any:
+    """What the API server decodes: nulls pruned from objects (a structural schema drops
+    null fields that are not nullable, and none of ours is), whole floats as integers
+    (kubectl's YAML-to-JSON writes the float 3.0 as 3), keys as strings."""
+    if isinstance(node, dict):
+        return {str(k).lower() if isinstance(k, bool) else str(k): _as_json(v)
+                for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_as_json(v) for v in node]
+    if isinstance(node, float) and node.is_integer() and INT64_MIN <= node <= INT64_MAX:
+        return int(node)
+    return node
+
+
 def parse(doc: dict[str, Any]) -> Resource:
-    """Parse one Ringkeeper object; raises ValidationError or ValueError."""
+    """Parse one Ringkeeper object leniently, as the operator reads objects from the API
+    server (types already right); raises ValidationError or ValueError."""
+    return _model_for(doc).model_validate(doc)
+
+
+def parse_strict(doc: dict[str, Any]) -> Resource:
+    """Parse one manifest as the API server would admit it: JSON types without coercion.
+    Raises ValidationError or ValueError."""
+    model = _model_for(doc)
+    return model.model_validate_json(json.dumps(_as_json(doc), ensure_ascii=False),
+                                     strict=True)
+
+
+def _model_for(doc: Any) -> type[Resource]:
     if not isinstance(doc, dict):
         raise ValueError("a manifest must be a mapping with apiVersion, kind, metadata and spec")
     kind = doc.get("kind")
@@ -100,15 +223,72 @@ def parse(doc: dict[str, Any]) -> Resource:
     model = BY_KIND.get(str(kind))
     if model is None:
         raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(sorted(BY_KIND))}")
-    return model.model_validate(doc)
+    return model
 
 
 def validate(doc: dict[str, Any]) -> list[Problem]:
-    """Every problem in one manifest, or an empty list when it is valid."""
+    """Every problem in one manifest as the API server would report it, or an empty list
+    when the API server would admit it."""
     try:
-        parse(doc)
-    except ValidationError as exc:
-        return problems_of(exc)
+        _model_for(doc)
     except ValueError as exc:
         return [Problem("", str(exc))]
-    return []
+    meta = doc.get("metadata")
+    found = name_problems(meta.get("name") if isinstance(meta, dict) else None)
+    found += int64_problems(doc)
+    try:
+        parse_strict(doc)
+    except ValidationError as exc:
+        found += [p for p in problems_of(exc) if p not in found]
+    except ValueError as exc:
+        found.append(Problem("", str(exc)))
+    return found
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice: the API server refuses duplicate fields
+    (strict field validation, kubectl's default) instead of keeping the last one."""
+
+
+class ManifestLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, made to read manifests as kubectl (go-yaml v2) does."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                if key in seen:
+                    raise DuplicateKeyError(
+                        "while constructing a mapping", node.start_mark,
+                        f'key {json.dumps(key) if isinstance(key, str) else key} already set '
+                        f"in map (line {seen[key].start_mark.line + 1})", key_node.start_mark)
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+
+# go-yaml v2 reads y/Y/n/N (and yes/on/no/off, as PyYAML does) as booleans.
+ManifestLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+_BOOLS = {"y": True, "n": False}
+
+
+def _construct_bool(loader: yaml.SafeLoader, node: yaml.Node) -> bool:
+    value = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    if value.lower() in _BOOLS:
+        return _BOOLS[value.lower()]
+    return bool(yaml.SafeLoader.construct_yaml_bool(loader, node))  # type: ignore[arg-type]
+
+
+ManifestLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+
+
+def load_manifests(text: str) -> list[Any]:
+    """Every non-empty document of a YAML stream, read as kubectl reads it; raises
+    yaml.YAMLError (DuplicateKeyError for a key given twice)."""
+    return [d for d in yaml.load_all(text, Loader=ManifestLoader) if d is not None]

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         found = asyncio.run(_collect(args))
     except (RuntimeError, OSError) as exc:
-        print(f"ringkeeper status: {exc}", file=sys.stderr)
+        print(f"ringkeeper status: {status_view.safe(exc)}", file=sys.stderr)
         return 1
     shown = False
     for plural, render in status_view.RENDERERS.items():
@@ -52,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
             print(render(found[plural]))
             shown = True
     if not shown:
-        print("no Ringkeeper resources found" + (f" named {args.name}" if args.name else ""))
+        print("no Ringkeeper resources found"
+              + (f" named {status_view.safe(args.name)}" if args.name else ""))
     return 0

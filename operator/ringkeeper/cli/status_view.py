@@ -9,8 +9,30 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def safe(value: Any) -> str:
+    """A value as one printable line: every string here comes from a spec or a status that
+    users (or a compromised component) can write, and a raw ESC or newline would let it
+    recolour, move or forge lines of the operator's terminal. Non-printable characters
+    (C0/C1 controls, DEL, bidi overrides, line separators) become escapes such as \\x1b,
+    \\n or \\u202e; backslashes are doubled so an escape cannot be faked."""
+    text = str(value)
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
+    cells = [[safe(h) for h in headers]] + [
+        ["-" if v is None else safe(v) for v in r] for r in rows
+    ]
     widths = [max(_width(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -86,7 +108,7 @@ def rings(items: Sequence[dict[str, Any]]) -> str:
     for o in items:
         links = _get(o, "status.links") or []
         if links:
-            out.append(f"\nlinks of {_get(o, 'metadata.name')}:")
+            out.append(f"\nlinks of {safe(_get(o, 'metadata.name'))}:")
             out.append(
                 table(
                     ("FROM", "TO", "STATE", "LAG S", "LAG BYTES", "ROWS/S", "CONFLICTS"),
@@ -101,12 +123,20 @@ def rings(items: Sequence[dict[str, Any]]) -> str:
                 )
             )
         for seed in _get(o, "status.seeding") or []:
-            out.append(
+            out.append(safe(
                 f"seeding {seed.get('member')}: {seed.get('tablesDone', 0)}/"
                 f"{seed.get('tablesTotal', 0)} tables, {seed.get('rowsCopied', 0)}/"
-                f"{seed.get('rowsTotal', 0)} rows ({seed.get('percent', 0):.1f}%)"
-            )
+                f"{seed.get('rowsTotal', 0)} rows ({_percent(seed.get('percent'))}%)"
+            ))
     return "\n".join(out)
+
+
+def _percent(value: Any) -> str:
+    """A status percent that may be missing or, written by hand, not a number."""
+    try:
+        return f"{float(value or 0):.1f}"
+    except (TypeError, ValueError):
+        return str(value)  # the caller escapes the whole line
 
 
 def satellites(items: Sequence[dict[str, Any]]) -> str:

@@ -1,4 +1,8 @@
-"""`ringkeeper validate`: offline checks of manifests with the API server's wording."""
+"""`ringkeeper validate`: offline checks of manifests with the API server's wording.
+
+It reads YAML as kubectl does (a key given twice is an error, not "last one wins")
+and judges each object as the API server would admit it (api.validation.validate).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from ..api.validation import validate
+from ..api.validation import load_manifests, validate
 
 
 def run(files: list[str]) -> int:
@@ -16,8 +20,8 @@ def run(files: list[str]) -> int:
     for name in files:
         try:
             text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
-        except (OSError, yaml.YAMLError) as exc:
+            docs = load_manifests(text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             print(f"{name}: cannot read: {exc}", file=sys.stderr)
             failed += 1
             continue

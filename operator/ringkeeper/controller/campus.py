@@ -24,6 +24,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from ..adapters import resources
 from ..adapters.kube import api_client
 from ..core import manifests
+from ..core.annotations import annotations_condition, parse_fenced
 from ..core.conditions import set_condition
 from ..core.ha import (
     PrimaryState,
@@ -174,9 +175,20 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
     events = _Events(campus)
     current, target = status.get("currentPrimary"), status.get("targetPrimary")
     now = datetime.now(UTC)
-    fenced = json.loads(meta.get("annotations", {}).get(FENCED_ANNOTATION, "[]") or "[]")
+    # A malformed annotation is reported and ignored (the last good list stays), so it can
+    # neither crash this cycle nor hold up failover below.
+    parsed = parse_fenced((meta.get("annotations") or {}).get(FENCED_ANNOTATION), names)
+    fenced = list(parsed.value) if parsed.ok else sorted(status.get("fencedInstances") or [])
+    fence_patch: dict[str, Any] = {}
     if sorted(fenced) != sorted(status.get("fencedInstances") or []):
-        await store.patch_status({"fencedInstances": sorted(fenced)}, None)
+        fence_patch["fencedInstances"] = sorted(fenced)
+    conds = annotations_condition(status.get("conditions") or [], [parsed.error], now)
+    if conds is not None:
+        fence_patch["conditions"] = conds
+        status = {**status, "conditions": conds}
+        campus = {**campus, "status": status}
+    if fence_patch:
+        await store.patch_status(fence_patch, None)
 
     if current is None:
         if target and (raws.get(target) or {}).get("role") == "primary":

@@ -25,7 +25,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from ..adapters import resources
 from ..adapters.kube import api_client
 from ..core import manifests
-from ..core.cron import next_fire
+from ..core.cron import next_fire, problem, schedule_condition
 from ..core.ringplan import dsn, primary_address, ring_status, sync_config
 from ..core.verify import Report, verification_status
 from ..engines import profile_for
@@ -144,6 +144,11 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
     reports = {m: await _report(session, h) for m, h in hosts.items()}
     previous = (ring.get("status") or {}).get("conditions") or []
     status = ring_status(spec, reports, meta.get("generation"), datetime.now(UTC), previous)
+    bad_schedule = schedule_condition(status["conditions"], "spec.verification.schedule",
+                                      (spec.get("verification") or {}).get("schedule"),
+                                      datetime.now(UTC), meta.get("generation"), previous)
+    if bad_schedule is not None:
+        status["conditions"] = bad_schedule
     _events(ring, status, state)
     RING_HEALTHY_LINKS.labels(ns, name).set(
         sum(1 for lk in status["links"] if lk["state"] in ("Streaming", "CatchingUp")))
@@ -160,6 +165,8 @@ def _maybe_verify(api: client.ApiClient, ring: dict[str, Any], payload: str,
     schedule = settings.get("schedule")
     if not schedule or (state.verification is not None and not state.verification.done()):
         return
+    if problem(schedule) is not None:
+        return  # reported in the Ready condition by ring_cycle; nothing to schedule
     now = datetime.now(UTC)
     if state.next_verification is None:
         state.next_verification = next_fire(schedule, now)

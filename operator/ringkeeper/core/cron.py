@@ -13,8 +13,12 @@ otherwise both must (an unrestricted field matches every day).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .conditions import set_condition
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -29,6 +33,42 @@ MACROS = {
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV",
            "DEC")
 _DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+
+
+def _admission_pattern() -> str:
+    """What admission can check without a cron parser: five space-separated fields, each
+    a list of `*`, values or ranges in the field's own bounds with an optional step, or an
+    @-macro. CEL has no cron parser, so the API server runs this regular expression
+    (RE2); Python runs the same one with `re.fullmatch`. It has no backslash, so it reads
+    the same in a CEL string literal, in RE2, in Rust's regex and in Python's `re`.
+    Schedules that pass it and still cannot fire (`0 0 31 2 *`, `5-1 * * * *`) are
+    caught by `parse`, which the operator runs on first sight."""
+    def names(words: tuple[str, ...]) -> str:
+        return "(?i:" + "|".join(w.lower() for w in words) + ")"
+
+    values = (
+        "[0-5]?[0-9]",                                   # minute 0-59
+        "[01]?[0-9]|2[0-3]",                             # hour 0-23
+        "0?[1-9]|[12][0-9]|3[01]",                       # day of month 1-31
+        "0?[1-9]|1[0-2]|" + names(_MONTHS),              # month 1-12, JAN-DEC
+        "[0-7]|" + names(_DAYS),                         # day of week 0-7, SUN-SAT
+    )
+    fields = []
+    for v in values:
+        item = f"([*]|({v})(-({v}))?)(/[1-9][0-9]?)?"
+        fields.append(f"{item}(,{item})*")
+    macros = "@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
+    return f"^({macros}|{' +'.join(fields)})$"
+
+
+# Checked at admission (CEL `matches`) and by `ringkeeper validate`.
+ADMISSION_PATTERN = _admission_pattern()
+ADMISSION_MESSAGE = (
+    "must be a cron schedule of five fields separated by spaces: minute 0-59, hour 0-23, "
+    "day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT (each *, a value, "
+    "a range a-b, with an optional step /n, or a comma list of them), or one of @hourly, "
+    "@daily, @midnight, @weekly, @monthly, @yearly, @annually"
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +127,7 @@ def _value(text: str, f: _Field, whole: str) -> int:
     up = text.upper()
     if f.names and up in f.names:
         return f.names.index(up) + f.names_from
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         hint = f" or a name ({f.names[0]}-{f.names[-1]})" if f.names else ""
         raise ValueError(f"cron {whole!r}: {f.name} field: {text!r} is not a number{hint}")
     n = int(text)
@@ -104,7 +144,7 @@ def _parse_field(text: str, f: _Field, whole: str) -> set[int]:
         base, slash, step_text = part.partition("/")
         step = 1
         if slash:
-            if not step_text.isdigit() or int(step_text) == 0:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
                 raise ValueError(f"cron {whole!r}: {f.name} field: step {step_text!r} must "
                                  "be a positive number")
             step = int(step_text)
@@ -150,6 +190,24 @@ def parse(expr: str) -> Cron:
     return cron
 
 
+def admitted(expr: str) -> bool:
+    """True when admission lets `expr` through (the CEL rule's Python twin)."""
+    return re.fullmatch(ADMISSION_PATTERN, expr) is not None
+
+
+def problem(expr: object) -> str | None:
+    """Why `expr` cannot serve as a schedule, or None when it can: the pure check the
+    operator runs before using a schedule (an object written before admission checked
+    cron, or one that passes the pattern but never fires)."""
+    if not isinstance(expr, str):
+        return f"cron: the schedule must be a string, not {type(expr).__name__}"
+    try:
+        next_fire(parse(expr), datetime(2000, 1, 1, tzinfo=UTC))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
@@ -176,3 +234,28 @@ def next_fire(expr: str | Cron, after: datetime) -> datetime:
             continue
         return t
     raise ValueError(f"cron {cron.expr!r}: does not fire within {_SEARCH_YEARS} years")
+
+
+def schedule_condition(conditions: list[dict[str, Any]], field: str, expr: object,
+                       now: datetime, generation: int | None = None,
+                       previous: list[dict[str, Any]] | None = None
+                       ) -> list[dict[str, Any]] | None:
+    """Conditions with Ready=False (reason InvalidSchedule, the parse error as message)
+    when `expr` is set and cannot serve as a schedule, else None. Admission's pattern
+    cannot see every mistake (a 31st of February), and objects written before it existed
+    were never checked, so the operator checks on first sight, says so, and skips the
+    schedule instead of failing every cycle."""
+    if expr is None:
+        return None
+    reason = problem(expr)
+    if reason is None:
+        return None
+    # Stamped against the object's own conditions (`previous`), not against a Ready that
+    # this cycle's other deciders just set, so lastTransitionTime stays put while the
+    # schedule stays bad.
+    stamped = set_condition(previous if previous is not None else conditions, type="Ready",
+                            status="False", reason="InvalidSchedule",
+                            message=f"{field}: {reason}", now=now, generation=generation)
+    ready = next(c for c in stamped if c["type"] == "Ready")
+    return sorted([c for c in conditions if c.get("type") != "Ready"] + [ready],
+                  key=lambda c: str(c.get("type")))

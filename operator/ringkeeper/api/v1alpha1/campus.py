@@ -13,6 +13,7 @@ from .common import (
     AGE_COLUMN,
     ApiModel,
     Condition,
+    DisplayName,
     EngineName,
     KindInfo,
     PrinterColumn,
@@ -146,7 +147,7 @@ class MonitoringSettings(ApiModel):
 
 
 class CampusSpec(ApiModel):
-    display_name: str | None = Field(
+    display_name: DisplayName | None = Field(
         default=None,
         max_length=128,
         description="Human name shown in status and dashboards, e.g. 朝晖院区.",
@@ -235,7 +236,7 @@ class CampusSpec(ApiModel):
             message="version must look like V8R6 or V9R1 for engine kingbase",
             field_path=".version",
             check=lambda s: s.engine != EngineName.KINGBASE
-            or re.match(KINGBASE_VERSION_PATTERN, s.version) is not None,
+            or re.fullmatch(KINGBASE_VERSION_PATTERN, s.version) is not None,
             reason="FieldValueInvalid",
         ),
         *(_managed_parameter_rule(param) for param in MANAGED_PARAMETERS),

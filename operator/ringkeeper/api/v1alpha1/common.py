@@ -10,16 +10,26 @@ server would print at admission.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
+
+from ...core import cron
 
 GROUP = "ringkeeper.io"
 VERSION = "v1alpha1"
@@ -31,17 +41,46 @@ QUANTITY_PATTERN = (
 )
 # DNS-1123 label: names that become parts of Pod, Service and Secret names.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# Five-field cron (minute hour day-of-month month day-of-week) or an @-macro.
-CRON_PATTERN = (
-    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
-    r"(\S+\s+){4}\S+)$"
+
+
+def _field_rule(rule: str, message: str, check: Callable[[str], bool]) -> Any:
+    """A CEL rule on a string field (``self`` is the string) and its Python twin, so a
+    reusable field type carries its own admission check. The twin raises SpecError with
+    the rule's message, which api.validation prints as the API server does."""
+
+    def validate(value: str) -> str:
+        if not check(value):
+            raise SpecError("", message)
+        return value
+
+    return (Field(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": rule, "message": message, "reason": "FieldValueInvalid"}]}),
+        AfterValidator(validate))
+
+
+# Five-field cron or an @-macro, in each field's range. CEL cannot parse cron, so
+# admission checks this pattern; the operator parses the schedule on first sight and
+# reports what the pattern cannot see (a 31st of February) in a condition.
+CronSchedule = Annotated[
+    str, Field(max_length=100, examples=["0 3 * * *"]),
+    *_field_rule(f"self.matches('{cron.ADMISSION_PATTERN}')", cron.ADMISSION_MESSAGE,
+                 cron.admitted),
+]
+# Control characters (C0, DEL, C1: ANSI escapes start with ESC or CSI) in a name shown
+# on terminals and dashboards would let a spec rewrite what an operator reads.
+CONTROL_CHARACTERS = "[\\x00-\\x1f\\x7f-\\x9f]"
+DISPLAY_NAME_MESSAGE = (
+    "must not contain control characters (newlines, tabs, ANSI escape sequences): it is "
+    "shown on terminals and dashboards"
 )
+DisplayName = Annotated[
+    str,
+    *_field_rule(f"!self.matches('{CONTROL_CHARACTERS}')", DISPLAY_NAME_MESSAGE,
+                 lambda s: not any(unicodedata.category(c) == "Cc" for c in s)),
+]
 
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, examples=["2Gi"])]
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
-CronSchedule = Annotated[
-    str, Field(pattern=CRON_PATTERN, max_length=100, examples=["0 3 * * *"])
-]
 
 
 class SpecError(ValueError):
@@ -230,12 +269,30 @@ class KindInfo:
 AGE_COLUMN = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
 
 
+# Service names must be DNS-1035 labels (a letter first); other derived names (Jobs,
+# slots, origins) need DNS-1123 labels. The API server itself only asks a custom object's
+# name to be a DNS-1123 subdomain, which allows dots that no derived name may carry.
+DNS_1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_NAME_KINDS = {
+    "Campus": (DNS_1035_LABEL_PATTERN, "a DNS-1035 label (lowercase letters, digits and '-', "
+               "starting with a letter and ending with a letter or digit)"),
+    "Satellite": (DNS_1035_LABEL_PATTERN, "a DNS-1035 label (lowercase letters, digits and "
+                  "'-', starting with a letter and ending with a letter or digit)"),
+}
+_LABEL = (DNS_LABEL_PATTERN, "a DNS-1123 label (lowercase letters, digits and '-', starting "
+          "and ending with a letter or digit)")
+
+
 def name_length_rule(kind: str, limit: int, why: str) -> Rule:
-    """Names feed Pod, Service and label names, which Kubernetes caps at 63 characters."""
+    """Names feed Pod, Service and label names, which Kubernetes caps at 63 characters and
+    allows no dots or underscores in: length and shape are checked in one rule."""
+    pattern, shape = _NAME_KINDS.get(kind, _LABEL)
     return Rule(
-        cel=f"size(self.metadata.name) <= {limit}",
-        message=f"metadata.name must be at most {limit} characters: {why}",
-        check=lambda obj: obj.metadata.name is None or len(obj.metadata.name) <= limit,
+        cel=f"size(self.metadata.name) <= {limit} && self.metadata.name.matches('{pattern}')",
+        message=f"metadata.name must be at most {limit} characters and {shape}: {why}",
+        check=lambda obj: obj.metadata.name is None or (
+            len(obj.metadata.name) <= limit and re.fullmatch(pattern, obj.metadata.name)
+            is not None),
         reason="FieldValueInvalid",
     )
 

@@ -12,6 +12,7 @@ from .common import (
     AGE_COLUMN,
     ApiModel,
     Condition,
+    DisplayName,
     EngineName,
     KindInfo,
     LocalObjectReference,
@@ -53,7 +54,7 @@ class BacklogLimits(ApiModel):
 
 
 class SatelliteSpec(ApiModel):
-    display_name: str | None = Field(default=None, max_length=128)
+    display_name: DisplayName | None = Field(default=None, max_length=128)
     parent_ref: LocalObjectReference = Field(description="The Campus this satellite syncs with.")
     engine: EngineName = Field(default=EngineName.POSTGRESQL)
     version: str = Field(max_length=16, description="Engine major version.")
