@@ -24,8 +24,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..adapters import resources
 from ..adapters.kube import api_client
+from ..adapters.resources import ForeignObjectError, KubeApiError
 from ..core import manifests
+from ..core.conditions import set_condition
 from ..core.cron import next_fire, problem, schedule_condition
+from ..core.failures import backoff_delay, reason_for_status, should_emit, signature
+from ..core.ownership import Owner, Refusal, ring_claim
 from ..core.ringplan import dsn, primary_address, ring_status, sync_config
 from ..core.verify import Report, verification_status
 from ..engines import profile_for
@@ -41,6 +45,7 @@ from ..verify.schedule import report_name, scheduled_verification
 
 log = logging.getLogger("ringkeeper.ring")
 PERIOD_SECONDS = 2.0
+RING_LABEL = "ringkeeper.io/ring"
 APP_DATABASE = "app"
 REPORT_DIR = "/tmp/ringkeeper-verify"  # the operator pod's writable emptyDir
 
@@ -51,6 +56,9 @@ class _State:
         self.link_states: dict[str, str] = {}
         self.verification: asyncio.Task[None] | None = None
         self.next_verification: datetime | None = None
+        self.refusals: set[str] = set()  # signatures of refusals already told in an Event
+        self.failures = 0
+        self.told: str | None = None  # the last API failure told in an Event
 
 
 def _owner(ring: dict[str, Any]) -> dict[str, Any]:
@@ -86,19 +94,84 @@ async def _endpoint(api: client.ApiClient, ns: str, member: dict[str, Any]
             None, None)
 
 
+def ring_owner(ring: dict[str, Any]) -> Owner:
+    """The ring as the owner of the Secrets it writes (core.ownership)."""
+    meta = ring["metadata"]
+    return Owner(ring.get("kind", "ReplicationRing"), meta["name"], meta["uid"],
+                 {RING_LABEL: meta["name"]})
+
+
+def _secret(ring: dict[str, Any], name: str, payload: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": ring["metadata"]["namespace"],
+                         "ownerReferences": [_owner(ring)],
+                         "labels": {"app.kubernetes.io/name": "ringkeeper",
+                                    RING_LABEL: ring["metadata"]["name"]}},
+            "stringData": {"ring.json": payload}}
+
+
 async def _write_secret(api: client.ApiClient, ring: dict[str, Any], name: str,
                         payload: str, state: _State) -> None:
+    """Apply the ring's Secret unless someone else's Secret has that name (ForeignObjectError)."""
     digest = hashlib.sha256(payload.encode()).hexdigest()
     if state.secret_hashes.get(name) == digest:
         return
-    ns = ring["metadata"]["namespace"]
-    await resources.apply(api, {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": name, "namespace": ns, "ownerReferences": [_owner(ring)],
-                     "labels": {"app.kubernetes.io/name": "ringkeeper",
-                                "ringkeeper.io/ring": ring["metadata"]["name"]}},
-        "stringData": {"ring.json": payload}})
+    await resources.apply_owned(api, _secret(ring, name, payload), ring_owner(ring))
     state.secret_hashes[name] = digest
+
+
+async def _claim(api: client.ApiClient, ring: dict[str, Any], campus: str
+                 ) -> tuple[Refusal | None, str, bool]:
+    """Whether this ring holds `campus` (core.ownership.ring_claim), and if its Secret exists."""
+    probe = _secret(ring, manifests.ring_secret_name(campus), "")
+    existing = await resources.get(api, probe)
+    _, why, message = ring_claim(existing["metadata"] if existing else None, ring_owner(ring),
+                                 campus)
+    return why, message, existing is not None
+
+
+async def _write_ring_secret(api: client.ApiClient, ring: dict[str, Any], campus: str,
+                             payload: str, exists: bool, state: _State
+                             ) -> tuple[Refusal | None, str]:
+    """Write `<campus>-ring`; an absent one is created, so of two rings exactly one wins."""
+    name = manifests.ring_secret_name(campus)
+    digest = hashlib.sha256(payload.encode()).hexdigest()
+    if exists:
+        if state.secret_hashes.get(name) != digest:
+            await resources.apply(api, _secret(ring, name, payload))
+            state.secret_hashes[name] = digest
+        return None, ""
+    if await resources.create_if_missing(api, _secret(ring, name, payload)):
+        state.secret_hashes[name] = digest
+        return None, ""
+    why, message, _ = await _claim(api, ring, campus)  # another ring created it first
+    if why is None:  # it was ours after all (a retried create): write the payload
+        await resources.apply(api, _secret(ring, name, payload))
+        state.secret_hashes[name] = digest
+    return why, message
+
+
+async def _release(api: client.ApiClient, ring: dict[str, Any], keep: set[str],
+                   state: _State) -> None:
+    """Delete this ring's `<campus>-ring` Secrets of Campuses it no longer names.
+
+    That gives the Campus back: another ring may claim it (see core.ownership).
+    Only Secrets this ring controls are deleted, each by uid precondition.
+    """
+    meta = ring["metadata"]
+    found = await client.CoreV1Api(api).list_namespaced_secret(
+        meta["namespace"], label_selector=f"{RING_LABEL}={meta['name']}")
+    for item in found.items:
+        sname = item.metadata.name
+        refs = item.metadata.owner_references or []
+        ours = any(r.controller and r.uid == meta["uid"] for r in refs)
+        if not ours or sname in keep or not sname.endswith("-ring"):
+            continue
+        obj = _secret(ring, sname, "")
+        if await resources.delete(api, obj, item.metadata.uid):
+            state.secret_hashes.pop(sname, None)
+            kopf.info(cast(Any, ring), reason="CampusReleased",
+                      message=f"deleted {sname}: the ring no longer names its campus")
 
 
 async def _report(session: aiohttp.ClientSession, host: str | None) -> dict[str, Any] | None:
@@ -125,8 +198,17 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
         return  # the admission handler has not accepted this spec (yet): touch nothing
     endpoints: dict[str, dict[str, Any]] = {}
     hosts: dict[str, str | None] = {}
-    campuses: list[str] = []
+    campuses: dict[str, bool] = {}  # campus -> its <campus>-ring Secret exists (and is ours)
+    refused: dict[str, tuple[str, Refusal, str]] = {}  # campus -> (member, reason, message)
     for member in spec.get("members") or []:
+        claimed = (member.get("campusRef") or {}).get("name")
+        if claimed:
+            why, message, exists = await _claim(api, ring, claimed)
+            if why is not None:
+                # Another ring's campus: no address, no poll, no Secret from this ring.
+                refused[claimed] = (member["name"], why, message)
+                endpoints[member["name"]], hosts[member["name"]] = {"dsn": None}, None
+                continue
         try:
             ep, host, cname = await _endpoint(api, ns, member)
         except (ApiException, KeyError, ValueError) as exc:
@@ -136,14 +218,31 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
         endpoints[member["name"]] = ep
         hosts[member["name"]] = host
         if cname:
-            campuses.append(cname)
+            campuses[cname] = exists if cname == claimed else False
     payload = json.dumps(sync_config(name, spec, endpoints), sort_keys=True)
+    for cname, exists in campuses.items():
+        why, message = await _write_ring_secret(api, ring, cname, payload, exists, state)
+        if why is not None:  # lost the race for it to another ring: drop it, say so
+            member = next(m["name"] for m in spec["members"]
+                          if (m.get("campusRef") or {}).get("name") == cname)
+            refused[cname] = (member, why, message)
+            endpoints[member], hosts[member] = {"dsn": None}, None
+            payload = json.dumps(sync_config(name, spec, endpoints), sort_keys=True)
+            state.secret_hashes.clear()  # rewrite the others without it
     for cname in campuses:
-        await _write_secret(api, ring, manifests.ring_secret_name(cname), payload, state)
-    await _write_secret(api, ring, f"{name}-sync", payload, state)
+        if cname not in refused:
+            await _write_ring_secret(api, ring, cname, payload, True, state)
+    try:
+        await _write_secret(api, ring, f"{name}-sync", payload, state)
+    except ForeignObjectError as exc:
+        refused[f"{name}-sync"] = ("", Refusal.FOREIGN_OBJECT, str(exc))
+    named = {(m.get("campusRef") or {}).get("name") for m in spec.get("members") or []}
+    await _release(api, ring, {manifests.ring_secret_name(c) for c in named
+                               if c and c not in refused}, state)
     reports = {m: await _report(session, h) for m, h in hosts.items()}
     previous = (ring.get("status") or {}).get("conditions") or []
     status = ring_status(spec, reports, meta.get("generation"), datetime.now(UTC), previous)
+    _refusals(ring, status, refused, state)
     bad_schedule = schedule_condition(status["conditions"], "spec.verification.schedule",
                                       (spec.get("verification") or {}).get("schedule"),
                                       datetime.now(UTC), meta.get("generation"), previous)
@@ -217,6 +316,25 @@ def _jsonable(data: dict[str, object]) -> dict[str, object]:
             for k, v in data.items()}
 
 
+def _refusals(ring: dict[str, Any], status: dict[str, Any],
+              refused: dict[str, tuple[str, Refusal, str]], state: _State) -> None:
+    """Ready=False naming what this ring will not write, and one Event per new refusal."""
+    if not refused:
+        state.refusals = set()
+        return
+    ordered = sorted(refused.items())
+    reason = ordered[0][1][1]
+    message = "; ".join(m for _, (_, _, m) in ordered)[:1000]
+    status["conditions"] = set_condition(
+        status["conditions"], type="Ready", status="False", reason=str(reason),
+        message=message, now=datetime.now(UTC), generation=ring["metadata"].get("generation"))
+    now_refused = {signature(str(why), m) for _, (_, why, m) in ordered}
+    for _, (_, why, m) in ordered:
+        if signature(str(why), m) not in state.refusals:
+            kopf.warn(cast(Any, ring), reason=str(why), message=m)
+    state.refusals = now_refused
+
+
 def _events(ring: dict[str, Any], status: dict[str, Any], state: _State) -> None:
     for lk in status["links"]:
         key = f"{lk['from']}->{lk['to']}"
@@ -239,16 +357,47 @@ async def ring_loop(body: dict[str, Any], stopped: Any) -> None:
     state = _State()
     async with await api_client() as api, aiohttp.ClientSession() as session:
         while not stopped:
+            period = PERIOD_SECONDS
             try:
                 ring = await resources.read_custom(api, ns, "replicationrings", name)
                 await ring_cycle(api, session, ring, state)
+                state.failures, state.told = 0, None
             except ApiException as exc:
                 if exc.status == 404:
                     return
-                log.warning("ring %s/%s: API error %s", ns, name, exc.reason)
-            except Exception:
+                message = str(exc) if isinstance(exc, KubeApiError) else \
+                    f"{exc.status} {exc.reason}"
+                period = await _ring_failed(api, body, state, reason_for_status(exc.status),
+                                            message)
+            except Exception as exc:
                 log.exception("ring %s/%s: cycle failed", ns, name)
-            await stopped.wait(PERIOD_SECONDS)
+                period = await _ring_failed(api, body, state, "RingCycleFailed",
+                                            f"{type(exc).__name__}: {exc}")
+            await stopped.wait(period)
+
+
+async def _ring_failed(api: client.ApiClient, body: dict[str, Any], state: _State,
+                       reason: str, message: str) -> float:
+    """Ready=False and one Event per distinct failure; returns the backed-off wait."""
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    message = message[:1000]
+    state.failures += 1
+    log.warning("ring %s/%s: %s (attempt %d): %s", ns, name, reason, state.failures, message)
+    sig = signature(reason, message)
+    if should_emit(state.told, sig):
+        state.told = sig
+        kopf.warn(cast(Any, body), reason=reason, message=message)
+        try:
+            ring = await resources.read_custom(api, ns, "replicationrings", name)
+            conds = set_condition((ring.get("status") or {}).get("conditions") or [],
+                                  type="Ready", status="False", reason=reason,
+                                  message=message, now=datetime.now(UTC),
+                                  generation=ring["metadata"].get("generation"))
+            await resources.patch_custom_status(api, ns, "replicationrings", name,
+                                                {"conditions": conds})
+        except ApiException as exc:
+            log.warning("ring %s/%s: cannot record the condition: %s", ns, name, exc)
+    return backoff_delay(state.failures, first=PERIOD_SECONDS, ceiling=60.0)
 
 
 def register() -> None:
