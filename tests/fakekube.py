@@ -83,8 +83,8 @@ class FakeKube:
             if path in self.objects:
                 return self._json(200, self.objects[path])
             selector = request.query.get("labelSelector")
-            if selector is not None or path.endswith("s") and any(
-                    p.startswith(path + "/") for p in self.objects):
+            if selector is not None or (path.endswith("s") and any(
+                    p.startswith(path + "/") for p in self.objects)):
                 return self._json(200, self._list(path, selector))
             return self._json(404, status_body(404, "NotFound", f"{path} not found"))
         if method == "POST":

@@ -68,7 +68,8 @@ def _conds(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
-async def test_refused_statefulset_gives_one_event_a_condition_and_backs_off(kube: FakeKube) -> None:
+async def test_refused_statefulset_gives_one_event_a_condition_and_backs_off(
+        kube: FakeKube) -> None:
     events = _listen()
     body = _campus(kube, "victim")
     msg = ('StatefulSet.apps "victim" is invalid: spec.volumeClaimTemplates[0].spec.resources'
@@ -108,7 +109,8 @@ async def test_a_restarted_operator_does_not_repeat_the_event(kube: FakeKube) ->
     assert [r for t, r, _ in _drain(events) if t == "Warning"] == ["Invalid"]
 
 
-async def test_campus_named_after_anothers_service_is_refused_and_writes_nothing(kube: FakeKube) -> None:
+async def test_campus_named_after_anothers_service_is_refused_and_writes_nothing(
+        kube: FakeKube) -> None:
     events = _listen()
     other = _campus(kube, "victim-rw")
     await campus_ctl.reconcile(dict(other), None)
@@ -131,7 +133,7 @@ async def test_campus_named_after_anothers_service_is_refused_and_writes_nothing
 
 
 async def test_campus_adopts_its_orphan_but_not_a_hand_made_secret(kube: FakeKube) -> None:
-    events = _listen()
+    _listen()
     body = _campus(kube, "east")
     kube.put(f"{SERVICES}/east-ro", {"apiVersion": "v1", "kind": "Service", "metadata": {
         "name": "east-ro", "namespace": NS, "labels": {
@@ -167,7 +169,8 @@ async def _cycle(kube: FakeKube, name: str, state: ring_ctl._State) -> dict[str,
     return kube.objects[f"{RINGS}/{name}"]
 
 
-async def test_second_ring_over_a_campus_is_refused_and_writes_nothing_for_it(kube: FakeKube) -> None:
+async def test_second_ring_over_a_campus_is_refused_and_writes_nothing_for_it(
+        kube: FakeKube) -> None:
     events = _listen()
     for c in ("east", "west", "north"):
         _campus(kube, c)
@@ -212,3 +215,21 @@ async def test_ring_does_not_take_over_an_unrelated_secret(kube: FakeKube) -> No
     assert "ownerReferences" not in kube.objects[f"{SECRETS}/payroll-sync"]["metadata"]
     ready = _conds(ring)["Ready"]
     assert ready["reason"] == "ForeignObject" and "Secret payroll-sync" in ready["message"]
+    assert [r for t, r, _ in _drain(events) if t == "Warning"] == ["ForeignObject"]
+
+
+async def test_cli_reports_a_refusal_without_a_traceback(kube: FakeKube, tmp_path: Path
+                                                         ) -> None:
+    import sys
+
+    _campus(kube, "victim")
+    kube.refuse[("PATCH", f"{CAMPUSES}/victim")] = (
+        403, "Forbidden", 'campuses.ringkeeper.io "victim" is forbidden: user cannot patch')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ringkeeper", "fence", "victim", "victim-1", "--kubeconfig",
+        str(kube.kubeconfig(tmp_path)), "-n", NS,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, (out, err)
+    assert b"Traceback" not in err
+    assert b"403 Forbidden" in err and b"user cannot patch" in err

@@ -222,6 +222,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "ringkeeper") -> int:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # An API server's refusal is an answer for the person, not a traceback.
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        if not isinstance(exc, ApiException):
+            raise
+        from ..adapters.resources import KubeApiError
+
+        what = str(exc) if isinstance(exc, KubeApiError) else f"{exc.status} {exc.reason}"
+        print(f"{prog}: the API server refused: {what}", file=sys.stderr)
+        return 1
 
 
 def kubectl_plugin_main() -> None:

@@ -26,7 +26,7 @@ from ..adapters import resources
 from ..adapters.kube import api_client
 from ..adapters.resources import ForeignObjectError, KubeApiError
 from ..core import manifests
-from ..core.conditions import set_condition
+from ..core.conditions import condition, set_condition
 from ..core.cron import next_fire, problem, schedule_condition
 from ..core.failures import backoff_delay, reason_for_status, should_emit, signature
 from ..core.ownership import Owner, Refusal, ring_claim
@@ -56,7 +56,9 @@ class _State:
         self.link_states: dict[str, str] = {}
         self.verification: asyncio.Task[None] | None = None
         self.next_verification: datetime | None = None
-        self.refusals: set[str] = set()  # signatures of refusals already told in an Event
+        # Signatures of refusals already told in an Event; None until the first cycle of
+        # this process reads what the ring's status says was told before a restart.
+        self.refusals: set[str] | None = None
         self.failures = 0
         self.told: str | None = None  # the last API failure told in an Event
 
@@ -329,6 +331,10 @@ def _refusals(ring: dict[str, Any], status: dict[str, Any],
         status["conditions"], type="Ready", status="False", reason=str(reason),
         message=message, now=datetime.now(UTC), generation=ring["metadata"].get("generation"))
     now_refused = {signature(str(why), m) for _, (_, why, m) in ordered}
+    if state.refusals is None:
+        prev = condition((ring.get("status") or {}).get("conditions") or [], "Ready") or {}
+        said = str(prev.get("message", "")) if prev.get("reason") in set(Refusal) else ""
+        state.refusals = {signature(str(why), m) for _, (_, why, m) in ordered if m in said}
     for _, (_, why, m) in ordered:
         if signature(str(why), m) not in state.refusals:
             kopf.warn(cast(Any, ring), reason=str(why), message=m)
