@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,8 +128,13 @@ def _problem(err: dict[str, Any]) -> Problem:
             path, f"Invalid value: {_quote(value)}: {path} in body should match '{ctx['pattern']}'"
         )
     if kind in ("string_too_long", "too_long"):
-        limit = ctx.get("max_length")
-        return Problem(path, f"Too long: may not be more than {limit}")
+        limit = int(ctx.get("max_length", -1))
+        if isinstance(value, str):
+            return Problem(path, f"Too long: may not be more than {limit} "
+                                 f"{'byte' if limit == 1 else 'bytes'}")
+        actual = ctx.get("actual_length", len(value) if isinstance(value, dict | list) else -1)
+        return Problem(path, f"Too many: {actual}: must have at most {limit} "
+                             f"{'item' if limit == 1 else 'items'}")
     return Problem(path, err["msg"])
 
 
@@ -165,36 +169,30 @@ def name_problems(name: Any) -> list[Problem]:
     return out
 
 
-def _walk(node: Any, path: str) -> Iterator[tuple[str, Any]]:
-    yield path, node
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _walk(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _walk(value, f"{path}[{i}]")
-
-
-def int64_problems(doc: Any) -> list[Problem]:
-    """Integers beyond int64, which the API server cannot decode as integers: it reads
-    them as floating-point numbers, so every integer field refuses them."""
-    return [_type_problem(path, "integer", float(value)) for path, value in _walk(doc, "")
-            if isinstance(value, int) and not isinstance(value, bool)
-            and not INT64_MIN <= value <= INT64_MAX]
-
-
 def _as_json(node: Any) -> Any:
     """What the API server decodes: nulls pruned from objects (a structural schema drops
     null fields that are not nullable, and none of ours is), whole floats as integers
-    (kubectl's YAML-to-JSON writes the float 3.0 as 3), keys as strings."""
+    (kubectl's YAML-to-JSON writes the float 3.0 as 3), integers beyond int64 as floats
+    (apimachinery's JSON decoder falls back to float64, so an integer field then says
+    `must be of type integer: "number"`), keys as strings."""
     if isinstance(node, dict):
         return {str(k).lower() if isinstance(k, bool) else str(k): _as_json(v)
                 for k, v in node.items() if v is not None}
     if isinstance(node, list):
         return [_as_json(v) for v in node]
+    if isinstance(node, bool):
+        return node
+    if isinstance(node, int) and not INT64_MIN <= node <= INT64_MAX:
+        try:
+            return float(node)
+        except OverflowError:  # beyond float64 as well: refused either way
+            return _MAX_FLOAT if node > 0 else -_MAX_FLOAT
     if isinstance(node, float) and node.is_integer() and INT64_MIN <= node <= INT64_MAX:
         return int(node)
     return node
+
+
+_MAX_FLOAT = 1.7976931348623157e308
 
 
 def parse(doc: dict[str, Any]) -> Resource:
@@ -214,15 +212,14 @@ def parse_strict(doc: dict[str, Any]) -> Resource:
 def _model_for(doc: Any) -> type[Resource]:
     if not isinstance(doc, dict):
         raise ValueError("a manifest must be a mapping with apiVersion, kind, metadata and spec")
-    kind = doc.get("kind")
-    if doc.get("apiVersion") != API_VERSION:
-        raise ValueError(
-            f"apiVersion must be {API_VERSION} (got {doc.get('apiVersion')!r}); "
-            "this version of Ringkeeper knows no other"
-        )
+    kind, version = doc.get("kind"), doc.get("apiVersion")
     model = BY_KIND.get(str(kind))
-    if model is None:
-        raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(sorted(BY_KIND))}")
+    if version != API_VERSION or model is None:
+        # kubectl's words when no CRD serves the pair, then what this version does serve.
+        raise ValueError(
+            f"no matches for kind {_quote(str(kind))} in version {_quote(str(version))}: "
+            f"Ringkeeper serves {', '.join(sorted(BY_KIND))} in {API_VERSION} only"
+        )
     return model
 
 
@@ -235,7 +232,6 @@ def validate(doc: dict[str, Any]) -> list[Problem]:
         return [Problem("", str(exc))]
     meta = doc.get("metadata")
     found = name_problems(meta.get("name") if isinstance(meta, dict) else None)
-    found += int64_problems(doc)
     try:
         parse_strict(doc)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..api.validation import load_manifests, validate
+from .status_view import safe
 
 
 def run(files: list[str]) -> int:
@@ -35,11 +36,13 @@ def run(files: list[str]) -> int:
             problems = validate(doc)
             kind = doc.get("kind", "?") if isinstance(doc, dict) else "?"
             meta = doc.get("metadata") if isinstance(doc, dict) else None
-            obj = f"{kind}/{meta.get('name', '?') if isinstance(meta, dict) else '?'}"
+            # Names and values come from the file: escaped, so a hostile one cannot
+            # rewrite the terminal or forge a "valid" line.
+            obj = safe(f"{kind}/{meta.get('name', '?') if isinstance(meta, dict) else '?'}")
             if problems:
                 failed += 1
                 for p in problems:
-                    print(f"{label}: {obj}: {p}", file=sys.stderr)
+                    print(f"{label}: {obj}: {safe(p)}", file=sys.stderr)
             else:
                 print(f"{label}: {obj}: valid")
     if checked == 0 and failed == 0:
