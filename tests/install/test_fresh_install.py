@@ -71,17 +71,29 @@ def test_fresh_venv_install_imports_every_module(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    # The host's pip installs into the venv (ensurepip would add half a minute); the build
-    # is not editable, so the wheel's file list is what is tested too.
+    # The wheel is built as pip builds it for a user (isolated build env), then the host's pip installs it and
+    # its declared dependencies into the venv (ensurepip would add half a minute). Not
+    # editable: the wheel's file list is what is tested too.
+    wheels = tmp_path / "wheels"
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+         "--disable-pip-version-check", "-w", str(wheels), str(REPO)],
+        capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (wheel,) = wheels.glob("ringkeeper-*.whl")
     res = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
-         "--disable-pip-version-check", "--no-build-isolation", str(REPO)],
+         "--disable-pip-version-check", str(wheel)],
         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     script = textwrap.dedent("""
         import importlib, pkgutil, sys
         import ringkeeper
         assert "site-packages" in ringkeeper.__file__, ringkeeper.__file__
+        from pathlib import Path
+        root = Path(ringkeeper.__file__).parent
+        for data in DATA_FILES:
+            assert (root / data).is_file(), f"{data} is not in the installed package"
         failed = {}
         names = [m.name for m in pkgutil.walk_packages(ringkeeper.__path__, "ringkeeper.")
                  if not m.name.endswith("__main__")]
@@ -94,6 +106,9 @@ def test_fresh_venv_install_imports_every_module(tmp_path: Path) -> None:
         if failed:
             sys.exit(repr(failed))
     """)
+    data = sorted(str(p.relative_to(SOURCE)) for p in SOURCE.rglob("*")
+                  if p.is_file() and p.suffix not in (".py", ".pyc"))
+    script = f"DATA_FILES = {data!r}\n" + script
     res = subprocess.run([str(py), "-I", "-c", script], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
