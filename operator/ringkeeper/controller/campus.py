@@ -79,6 +79,7 @@ class _Failure:
 # what was last said, so a restart does not repeat the Event either.
 _FAILURES: dict[str, _Failure] = {}
 RECONCILED = "Reconciled"
+RETRY_CEILING = 120.0
 
 
 def campus_owner(body: dict[str, Any]) -> Owner:
@@ -181,11 +182,14 @@ async def _failed(api: client.ApiClient, body: dict[str, Any], reason: str,
     sig = signature(reason, message)
     previous = _FAILURES.get(uid)
     count = (previous.count if previous else 0) + 1
-    _FAILURES[uid] = _Failure(sig, count, time.monotonic() + backoff_delay(count))
+    # At most two minutes: once someone removes what was in the way, the Campus should
+    # not wait long for the next pass (an annotation is no spec change to wake it).
+    delay = backoff_delay(count, ceiling=RETRY_CEILING)
+    _FAILURES[uid] = _Failure(sig, count, time.monotonic() + delay)
     if should_emit(previous.signature if previous else _told(body), sig):
         kopf.warn(cast(Any, body), reason=reason, message=message)
     log.warning("campus %s/%s not reconciled (%s, attempt %d, next in %.0fs): %s",
-                meta["namespace"], meta["name"], reason, count, backoff_delay(count), message)
+                meta["namespace"], meta["name"], reason, count, delay, message)
     await _set_reconciled(api, body, reason, message)
 
 
