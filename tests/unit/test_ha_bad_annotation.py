@@ -84,3 +84,20 @@ async def test_good_annotation_is_applied_and_condition_cleared(
     assert status["fencedInstances"] == ["zhaohui-1"]
     (cond,) = [c for c in status["conditions"] if c["type"] == "AnnotationsValid"]
     assert cond["status"] == "True"
+
+
+async def test_fence_cli_replaces_a_malformed_annotation(
+        kube: FakeKube, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import json
+
+    from ringkeeper.cli import campus_ops
+
+    _campus(kube, "\x1b[31mzhaohui-2", ["zhaohui-2"])
+    args = argparse.Namespace(kubeconfig=str(tmp_path / "kubeconfig"), namespace=NS,
+                              campus="zhaohui", instance="zhaohui-1")
+    assert await campus_ops._fence(args, True) == 0
+    written = kube.objects[CAMPUS]["metadata"]["annotations"]["ringkeeper.io/fenced-instances"]
+    assert json.loads(written) == ["zhaohui-1", "zhaohui-2"]
+    err = capsys.readouterr().err
+    assert "replacing a malformed annotation" in err and "\x1b" not in err

@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Any
 
-SWITCHOVER = "ringkeeper.io/switchover-to"
-FENCED = "ringkeeper.io/fenced-instances"
+from ..core.annotations import FENCED, SWITCHOVER, parse_fenced
+from .status_view import safe
 
 
 async def _campus_api(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -92,7 +92,13 @@ async def _fence(args: argparse.Namespace, on: bool) -> int:
                   f"first (ringkeeper promote {args.campus} <instance>)", file=sys.stderr)
             return 1
         annotations = campus["metadata"].get("annotations") or {}
-        fenced = set(json.loads(annotations.get(FENCED, "[]") or "[]"))
+        parsed = parse_fenced(annotations.get(FENCED), _instances(campus))
+        fenced = set(parsed.value)
+        if not parsed.ok:
+            # Rewritten from the list the operator last accepted, not from the bad text.
+            fenced = set((campus.get("status") or {}).get("fencedInstances") or [])
+            print(f"ringkeeper: replacing a malformed annotation ({safe(parsed.error)}); "
+                  f"fenced before: {', '.join(sorted(fenced)) or 'none'}", file=sys.stderr)
         fenced = fenced | {args.instance} if on else fenced - {args.instance}
         await resources.patch_campus(
             api, ns, args.campus,
