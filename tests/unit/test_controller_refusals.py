@@ -233,3 +233,25 @@ async def test_cli_reports_a_refusal_without_a_traceback(kube: FakeKube, tmp_pat
     assert proc.returncode == 1, (out, err)
     assert b"Traceback" not in err
     assert b"403 Forbidden" in err and b"user cannot patch" in err
+
+
+async def test_unreachable_api_server_is_a_failure_not_a_crash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    events = _listen()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fake = FakeKube()
+    fake.url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path)))
+    campus_ctl._FAILURES.clear()
+    body = {"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Campus",
+            "metadata": {"name": "victim", "namespace": NS, "uid": "u-1"},
+            "spec": {"engine": "postgresql", "version": "17", "instances": 1}}
+    for _ in range(2):
+        await campus_ctl.reconcile(body, None)
+    failure = campus_ctl._FAILURES["u-1"]
+    assert failure.count == 2 and failure.signature.startswith("ApiUnavailable:")
+    assert [r for t, r, _ in _drain(events) if t == "Warning"] == ["ApiUnavailable"]

@@ -120,6 +120,10 @@ async def reconcile(body: dict[str, Any], logger: Any, timer: bool = False) -> N
         except ApiException as exc:
             await _failed(api, body, reason_for_status(exc.status), str(exc.reason))
             return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await _failed(api, body, FailureReason.UNAVAILABLE,
+                          f"the API server did not answer: {type(exc).__name__}: {exc}")
+            return
         _FAILURES.pop(uid, None)
         await _set_reconciled(api, body, None, "all objects applied")
 
@@ -226,6 +230,9 @@ async def _set_reconciled(api: client.ApiClient, body: dict[str, Any], reason: s
         except ApiException as exc:
             if exc.status == 409:
                 continue  # the Campus moved: read it again
+            log.warning("campus %s/%s: cannot record the condition: %s", ns, name, exc)
+            return
+        except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("campus %s/%s: cannot record the condition: %s", ns, name, exc)
             return
 
