@@ -255,3 +255,24 @@ async def test_unreachable_api_server_is_a_failure_not_a_crash(
     failure = campus_ctl._FAILURES["u-1"]
     assert failure.count == 2 and failure.signature.startswith("ApiUnavailable:")
     assert [r for t, r, _ in _drain(events) if t == "Warning"] == ["ApiUnavailable"]
+
+
+async def test_loop_failures_are_told_once_and_back_off(kube: FakeKube) -> None:
+    from ringkeeper.adapters.kube import api_client
+
+    events = _listen()
+    body = _campus(kube, "victim")
+    ring = _ring(kube, "ring-a", ["victim", "west"])
+    state = ring_ctl._State()
+    async with await api_client() as api:
+        told = None
+        for _ in range(3):
+            told = await campus_ctl._ha_failed(api, body, told, "Forbidden",
+                                               "pods is forbidden")
+        waits = [await ring_ctl._ring_failed(api, ring, state, "Invalid", "bad")
+                 for _ in range(4)]
+    assert waits == [2.0, 4.0, 8.0, 16.0]
+    warned = [(r, m) for t, r, m in _drain(events) if t == "Warning"]
+    assert warned == [("Forbidden", "pods is forbidden"), ("Invalid", "bad")]
+    assert _conds(kube.objects[f"{CAMPUSES}/victim"])["Ready"]["reason"] == "Forbidden"
+    assert _conds(kube.objects[f"{RINGS}/ring-a"])["Ready"]["reason"] == "Invalid"
