@@ -44,6 +44,7 @@ class FakeKube:
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}  # path -> object
         self.refuse: dict[tuple[str, str], tuple[int, str, str]] = {}
+        self.refuse_once: dict[tuple[str, str], tuple[int, str, str]] = {}
         self.requests: list[tuple[str, str]] = []
         self._rv = itertools.count(100)
         self.url = ""
@@ -76,7 +77,7 @@ class FakeKube:
         self.requests.append((method, path))
         raw = await request.read()
         body = json.loads(raw) if raw else None
-        planted = self.refuse.get((method, path))
+        planted = self.refuse_once.pop((method, path), None) or self.refuse.get((method, path))
         if planted is not None:
             return self._json(planted[0], status_body(*planted))
         if method == "GET":

@@ -276,3 +276,25 @@ async def test_loop_failures_are_told_once_and_back_off(kube: FakeKube) -> None:
     assert warned == [("Forbidden", "pods is forbidden"), ("Invalid", "bad")]
     assert _conds(kube.objects[f"{CAMPUSES}/victim"])["Ready"]["reason"] == "Forbidden"
     assert _conds(kube.objects[f"{RINGS}/ring-a"])["Ready"]["reason"] == "Invalid"
+
+
+async def test_ring_that_loses_the_create_race_backs_off_its_claim(kube: FakeKube) -> None:
+    events = _listen()
+    for c in ("east", "west"):
+        _campus(kube, c)
+    _ring(kube, "ring-a", ["east", "west"])
+    _ring(kube, "ring-b", ["east", "west"])
+    await _cycle(kube, "ring-a", ring_ctl._State())
+    # ring-b reads east-ring before ring-a's create lands: absent; its create then gets 409.
+    for c in ("east", "west"):
+        kube.refuse_once[("GET", f"{SECRETS}/{c}-ring")] = (404, "NotFound", "not yet")
+    ring = await _cycle(kube, "ring-b", ring_ctl._State())
+    for c in ("east", "west"):
+        secret = kube.objects[f"{SECRETS}/{c}-ring"]
+        assert json.loads(secret["stringData"]["ring.json"])["ring"] == "ring-a"
+    assert not [w for w in kube.writes() if w[0] == "PATCH" and w[1].endswith("-ring")]
+    ready = _conds(ring)["Ready"]
+    assert ready["reason"] == "CampusInAnotherRing"
+    assert "campus east" in ready["message"] and "campus west" in ready["message"]
+    warned = [m for t, r, m in _drain(events) if r == "CampusInAnotherRing"]
+    assert len(warned) == 2
