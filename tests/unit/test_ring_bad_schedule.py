@@ -1,0 +1,82 @@
+"""A verification schedule that passed admission but cannot fire (31 February, a range
+that runs backwards, or one written before admission checked cron) gives the ring
+Ready=False with reason InvalidSchedule and the parse error, on the first cycle, and
+no exception in later ones (the ring daemon used to log a ValueError every 2 s).
+
+Runs the real ring_cycle against tests/fakekube.py (HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fakekube import FakeKube, serve
+from ringkeeper.adapters.kube import api_client
+from ringkeeper.controller import ring as ring_ctl
+
+NS = "ns"
+RING = f"/apis/ringkeeper.io/v1alpha1/namespaces/{NS}/replicationrings/lis"
+CAMPUSES = f"/apis/ringkeeper.io/v1alpha1/namespaces/{NS}/campuses"
+
+
+@pytest.fixture
+async def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeKube]:
+    async with serve() as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path)))
+        yield fake
+
+
+def _objects(kube: FakeKube, schedule: str) -> None:
+    for c in ("east", "west"):
+        kube.put(f"{CAMPUSES}/{c}", {
+            "apiVersion": "ringkeeper.io/v1alpha1", "kind": "Campus",
+            "metadata": {"name": c, "namespace": NS},
+            "spec": {"engine": "postgresql", "version": "17", "instances": 1}})
+    kube.put(RING, {
+        "apiVersion": "ringkeeper.io/v1alpha1", "kind": "ReplicationRing",
+        "metadata": {"name": "lis", "namespace": NS, "generation": 3},
+        "spec": {"members": [{"name": c, "campusRef": {"name": c}} for c in ("east", "west")],
+                 "verification": {"schedule": schedule}},
+        "status": {"conditions": [{"type": "Accepted", "status": "True"}]}})
+
+
+async def _cycle(kube: FakeKube, state: ring_ctl._State) -> dict[str, Any]:
+    async with await api_client() as api, aiohttp.ClientSession() as session:
+        await ring_ctl.ring_cycle(api, session, kube.objects[RING], state)
+    return kube.objects[RING]
+
+
+def _ready(ring: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in ring["status"]["conditions"] if c["type"] == "Ready")
+
+
+@pytest.mark.parametrize("schedule,why", [
+    ("0 0 31 2 *", "never fires"),
+    ("5-1 * * * *", "runs backwards"),
+    ("99 99 99 99 99", "minute field: 99 is outside 0-59"),  # from before admission checked
+])
+async def test_bad_schedule_is_a_condition_not_an_exception(kube: FakeKube, schedule: str,
+                                                            why: str) -> None:
+    _objects(kube, schedule)
+    state = ring_ctl._State()
+    ready = _ready(await _cycle(kube, state))
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSchedule")
+    assert ready["message"].startswith("spec.verification.schedule: cron ")
+    assert why in ready["message"]
+    assert ready["observedGeneration"] == 3
+    first = ready["lastTransitionTime"]
+    again = _ready(await _cycle(kube, state))
+    assert again["reason"] == "InvalidSchedule" and again["lastTransitionTime"] == first
+    assert state.next_verification is None and state.verification is None
+
+
+async def test_good_schedule_is_scheduled(kube: FakeKube) -> None:
+    _objects(kube, "0 3 * * *")
+    state = ring_ctl._State()
+    ready = _ready(await _cycle(kube, state))
+    assert ready["reason"] != "InvalidSchedule"
+    assert state.next_verification is not None
