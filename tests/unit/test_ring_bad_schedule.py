@@ -80,3 +80,62 @@ async def test_good_schedule_is_scheduled(kube: FakeKube) -> None:
     ready = _ready(await _cycle(kube, state))
     assert ready["reason"] != "InvalidSchedule"
     assert state.next_verification is not None
+
+
+def _accept(kind: str, spec: dict[str, Any], status: dict[str, Any] | None = None
+            ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """Run the operator's create/update handler; (the status it patches, Events)."""
+    import asyncio
+    import logging
+
+    import kopf
+    from kopf._core.engines import posting
+
+    from ringkeeper.controller import handlers
+
+    queue: asyncio.Queue[posting.K8sEvent] = asyncio.Queue()
+    posting.settings_var.set(kopf.OperatorSettings())
+    posting.event_queue_var.set(queue)
+    posting.event_queue_loop_var.set(asyncio.get_running_loop())
+    body = kopf.Body({"apiVersion": "ringkeeper.io/v1alpha1", "kind": kind,
+                      "metadata": {"name": "d", "namespace": NS, "generation": 2,
+                                   "uid": "u"},
+                      "spec": spec, "status": status or {}})
+    patch = kopf.Patch()
+    handlers._accept(kind, body, patch, logging.getLogger("test"))  # type: ignore[arg-type]
+    events = []
+    while not queue.empty():
+        e = queue.get_nowait()
+        events.append((e.type, e.reason, e.message))
+    return dict(patch["status"]), events
+
+
+DRILL = {"target": {"kind": "Campus", "name": "east"}, "scenario": "primaryKill"}
+
+
+async def test_drill_schedule_checked_on_first_sight() -> None:
+    status, events = _accept("Drill", {**DRILL, "schedule": "0 0 30 2 *"})
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Accepted"]["status"] == "True"
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "InvalidSchedule")
+    assert "spec.schedule: cron '0 0 30 2 *': never fires" in conds["Ready"]["message"]
+    assert [r for t, r, _ in events if t == "Warning"] == ["InvalidSchedule"]
+    # Corrected: Ready no longer claims the schedule is bad.
+    fixed, events = _accept("Drill", {**DRILL, "schedule": "0 3 * * *"}, status)
+    ready = next(c for c in fixed["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("Unknown", "ScheduleValid")
+    assert not [e for e in events if e[0] == "Warning"]
+
+
+async def test_ring_schedule_checked_on_first_sight() -> None:
+    spec = {"members": [{"name": c, "campusRef": {"name": c}} for c in ("east", "west")],
+            "verification": {"schedule": "5-1 * * * *"}}
+    status, _ = _accept("ReplicationRing", spec)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSchedule"
+    assert ready["message"].startswith("spec.verification.schedule: ")
+
+
+async def test_no_schedule_no_ready_condition() -> None:
+    status, _ = _accept("Drill", DRILL)
+    assert [c["type"] for c in status["conditions"]] == ["Accepted"]

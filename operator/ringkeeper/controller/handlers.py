@@ -16,8 +16,13 @@ from pydantic import ValidationError
 
 from ..api.v1alpha1 import GROUP, RESOURCES, VERSION
 from ..api.validation import problems_of
-from ..core.conditions import set_condition
+from ..core.conditions import condition, set_condition
+from ..core.cron import schedule_condition, spec_schedule
 from ..observability.metrics import RECONCILES, RESOURCES_ACCEPTED
+
+
+def conds_message(conds: list[dict[str, Any]]) -> str:
+    return str((condition(conds, "Ready") or {}).get("message", ""))
 
 
 def _accept(
@@ -52,6 +57,20 @@ def _accept(
         conditions, type="Accepted", status="True", reason="SpecValid",
         message="the operator accepted this spec", now=now, generation=generation,
     )
+    # Admission's pattern cannot see every unusable schedule (31 February): say so on first
+    # sight instead of when it should have fired.
+    found = spec_schedule(kind, body.get("spec", {}))
+    if found is not None:
+        conds = schedule_condition(patch.status["conditions"], found[0], found[1], now,
+                                   generation)
+        if conds is not None:
+            patch.status["conditions"] = conds
+            kopf.warn(body, reason="InvalidSchedule", message=conds_message(conds))
+        elif (condition(conditions, "Ready") or {}).get("reason") == "InvalidSchedule":
+            patch.status["conditions"] = set_condition(
+                patch.status["conditions"], type="Ready", status="Unknown",
+                reason="ScheduleValid", message="the schedule parses", now=now,
+                generation=generation)
     patch.status["observedGeneration"] = generation
     RECONCILES.labels(kind, "accepted").inc()
     RESOURCES_ACCEPTED.labels(kind, meta.get("namespace", ""), meta.get("name", "")).set(1)

@@ -259,3 +259,21 @@ def schedule_condition(conditions: list[dict[str, Any]], field: str, expr: objec
     ready = next(c for c in stamped if c["type"] == "Ready")
     return sorted([c for c in conditions if c.get("type") != "Ready"] + [ready],
                   key=lambda c: str(c.get("type")))
+
+
+# Where each kind keeps its schedule, as a path under spec.
+SCHEDULE_FIELDS: dict[str, tuple[str, ...]] = {
+    "ReplicationRing": ("verification", "schedule"),
+    "Drill": ("schedule",),
+}
+
+
+def spec_schedule(kind: str, spec: object) -> tuple[str, object] | None:
+    """("spec.<path>", the schedule as written) of a kind that has one and sets it."""
+    path = SCHEDULE_FIELDS.get(kind)
+    node: object = spec
+    for part in path or ():
+        node = node.get(part) if isinstance(node, dict) else None
+    if path is None or node is None:
+        return None
+    return "spec." + ".".join(path), node
