@@ -46,6 +46,7 @@ class FakeKube:
         self.refuse: dict[tuple[str, str], tuple[int, str, str]] = {}
         self.refuse_once: dict[tuple[str, str], tuple[int, str, str]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.metadata_reads = 0  # GETs that asked for PartialObjectMetadata only
         self._rv = itertools.count(100)
         self.url = ""
 
@@ -82,6 +83,11 @@ class FakeKube:
             return self._json(planted[0], status_body(*planted))
         if method == "GET":
             if path in self.objects:
+                if "as=PartialObjectMetadata" in request.headers.get("Accept", ""):
+                    self.metadata_reads += 1
+                    return self._json(200, {"kind": "PartialObjectMetadata",
+                                            "apiVersion": "meta.k8s.io/v1",
+                                            "metadata": self.objects[path]["metadata"]})
                 return self._json(200, self.objects[path])
             selector = request.query.get("labelSelector")
             if selector is not None or (path.endswith("s") and any(

@@ -145,6 +145,7 @@ async def test_campus_adopts_its_orphan_but_not_a_hand_made_secret(kube: FakeKub
     assert conds["Reconciled"]["reason"] == "ForeignObject"
     assert "Secret east-app" in conds["Reconciled"]["message"]
     assert kube.objects[f"{SECRETS}/east-app"]["stringData"] == {"password": "mine"}
+    assert kube.metadata_reads >= 2  # the ownership checks never fetched a Secret's value
     del kube.objects[f"{SECRETS}/east-app"]
     await campus_ctl.reconcile(dict(kube.objects[f"{CAMPUSES}/east"]), None)
     assert _conds(kube.objects[f"{CAMPUSES}/east"])["Reconciled"]["status"] == "True"

@@ -22,6 +22,7 @@ from ..api.v1alpha1 import GROUP, VERSION
 from ..core.ownership import Decision, Owner, decide, refusal_message
 
 FIELD_MANAGER = "ringkeeper"
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 # (apiVersion, kind) -> (path prefix, plural)
 _PATHS = {
@@ -79,11 +80,12 @@ def _path(obj: dict[str, Any], with_name: bool = True) -> str:
 
 
 async def _call(api: client.ApiClient, method: str, path: str, body: Any,
-                content_type: str, query: list[tuple[str, str]] | None = None) -> Any:
+                content_type: str, query: list[tuple[str, str]] | None = None,
+                accept: str = "application/json") -> Any:
     """One request; the parsed JSON answer, or KubeApiError for any status >= 400."""
     resp = await api.call_api(
         path, method, query_params=query or [],
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        header_params={"Content-Type": content_type, "Accept": accept},
         body=body, auth_settings=["BearerToken"], _preload_content=False,
         _return_http_data_only=True)
     try:
@@ -107,11 +109,25 @@ async def get(api: client.ApiClient, obj: Mapping[str, Any]) -> dict[str, Any] |
         raise
 
 
+async def get_metadata(api: client.ApiClient, obj: Mapping[str, Any]
+                       ) -> dict[str, Any] | None:
+    """Only the object's metadata (PartialObjectMetadata: a Secret's values never come)."""
+    try:
+        found: dict[str, Any] = await _call(api, "GET", _path(dict(obj)), None,
+                                            "application/json", accept=METADATA_ONLY)
+    except KubeApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    meta: dict[str, Any] = found.get("metadata") or {}
+    return meta
+
+
 async def ownership(api: client.ApiClient, obj: Mapping[str, Any], owner: Owner
                     ) -> tuple[Decision, dict[str, Any] | None]:
-    """Read `obj` and decide whether `owner` may write it (core.ownership)."""
-    existing = await get(api, obj)
-    return decide(existing["metadata"] if existing else None, owner), existing
+    """Read `obj`'s metadata and decide whether `owner` may write it (core.ownership)."""
+    meta = await get_metadata(api, obj)
+    return decide(meta, owner), meta
 
 
 async def apply_owned(api: client.ApiClient, obj: dict[str, Any], owner: Owner) -> Decision:
