@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -97,12 +97,12 @@ def _accept(kind: str, spec: dict[str, Any], status: dict[str, Any] | None = Non
     posting.settings_var.set(kopf.OperatorSettings())
     posting.event_queue_var.set(queue)
     posting.event_queue_loop_var.set(asyncio.get_running_loop())
-    body = kopf.Body({"apiVersion": "ringkeeper.io/v1alpha1", "kind": kind,
+    body = kopf.Body(cast(Any, {"apiVersion": "ringkeeper.io/v1alpha1", "kind": kind,
                       "metadata": {"name": "d", "namespace": NS, "generation": 2,
                                    "uid": "u"},
-                      "spec": spec, "status": status or {}})
+                      "spec": spec, "status": status or {}}))
     patch = kopf.Patch()
-    handlers._accept(kind, body, patch, logging.getLogger("test"))  # type: ignore[arg-type]
+    handlers._accept(kind, body, patch, cast(Any, logging.getLogger("test")))
     events = []
     while not queue.empty():
         e = queue.get_nowait()
