@@ -1,15 +1,21 @@
 """Carry out a failover or switchover, step by step, resumable from the Campus status.
 
 The steps (two-phase, as the status records them):
-1. take the old primary out of the read-write Service and ask its agent to stop;
-2. stop the WAL receivers of the reachable replicas so their positions freeze;
-3. elect with core.election; refuse, and say why, when no replica is provably complete;
-4. write status.targetPrimary (optimistic concurrency: a stale view loses);
-5. ask the target's agent to promote (it checks the Campus names it first);
-6. put it in the read-write Service, write status.currentPrimary and lastFailover;
-7. point the other replicas at it.
-An operator that restarts between 4 and 6 finds targetPrimary != currentPrimary
-and resumes at 5.
+1. read every instance's status in parallel under one deadline, and refuse at once what no
+   pause could change (core.election.refusal_before_pause): nothing is fenced or paused for
+   a failover that can only be refused, so the primary just promoted is never stopped;
+2. take the old primary out of the read-write Service and fence it fire-and-forget: it may
+   be hung, and no step waits on it;
+3. stop the WAL receivers of the replicas, in parallel under one deadline, so their
+   positions freeze;
+4. elect with core.election; refuse, and say why, when no replica is provably complete;
+5. write status.targetPrimary (optimistic concurrency: a stale view loses);
+6. ask the target's agent to promote (it checks the Campus names it first);
+7. put it in the read-write Service, write status.currentPrimary and lastFailover;
+8. point the other replicas at it, in parallel with short timeouts; the old primary last,
+   fenced fire-and-forget (core.ha.after_promotion).
+An operator that restarts between 5 and 7 finds targetPrimary != currentPrimary
+and resumes at 6.
 """
 
 from __future__ import annotations
@@ -23,10 +29,23 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from ..core.election import Durability, Election, choose_candidate
-from ..core.ha import snapshot_from_status, to_report
+from ..core.election import Durability, Election, choose_candidate, refusal_before_pause
+from ..core.ha import (
+    AfterPromotion,
+    after_promotion,
+    just_promoted,
+    snapshot_from_status,
+    to_report,
+)
 
 log = logging.getLogger("ringkeeper.failover")
+
+# Every step that talks to more than one agent asks them together, under one deadline: a
+# hung instance costs the step its deadline, never the sum of everyone's timeouts.
+STATUS_DEADLINE = 2.0
+PAUSE_DEADLINE = 5.0  # a replica's agent waits for its WAL receiver to stop
+FOLLOW_TIMEOUT = 3.0
+FENCE_TIMEOUT = 3.0
 
 
 class StaleStatus(RuntimeError):
@@ -77,18 +96,19 @@ class AgentClient:
         except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
             return None
 
-    async def pause(self, ip: str) -> dict[str, Any] | None:
+    async def pause(self, ip: str, timeout: float = 15) -> dict[str, Any] | None:
         try:
-            return await self._call("POST", ip, "/api/pause", timeout=15)
+            return await self._call("POST", ip, "/api/pause", timeout=timeout)
         except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
             return None
 
     async def promote(self, ip: str) -> dict[str, Any]:
         return await self._call("POST", ip, "/api/promote", timeout=90)
 
-    async def follow(self, ip: str, primary: str) -> dict[str, Any] | None:
+    async def follow(self, ip: str, primary: str, timeout: float = 30) -> dict[str, Any] | None:
         try:
-            return await self._call("POST", ip, "/api/follow", {"primary": primary}, timeout=30)
+            return await self._call("POST", ip, "/api/follow", {"primary": primary},
+                                    timeout=timeout)
         except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
             return None
 
@@ -98,10 +118,11 @@ class AgentClient:
         except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
             return None
 
-    async def fence(self, ip: str, on: bool = True) -> dict[str, Any] | None:
+    async def fence(self, ip: str, on: bool = True, timeout: float = 5
+                    ) -> dict[str, Any] | None:
         try:
             return await self._call("POST", ip, "/api/fence" if on else "/api/unfence",
-                                    timeout=5)
+                                    timeout=timeout)
         except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
             return None
 
@@ -121,6 +142,41 @@ class Outcome:
 
 def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+async def _gather(calls: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+    """Run one awaitable per instance together; what misses the deadline counts as None."""
+    async def one(call: Any) -> Any:
+        try:
+            return await asyncio.wait_for(call, deadline)
+        except (TimeoutError, aiohttp.ClientError, AgentCallError, ValueError):
+            return None
+
+    results = await asyncio.gather(*(one(c) for c in calls.values()))
+    return dict(zip(calls, results, strict=True))
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def fire_and_forget(what: str, call: Any, timeout: float) -> asyncio.Task[Any]:
+    """Start a call nobody waits for (fencing a possibly hung instance); log how it ended."""
+    async def run() -> Any:
+        try:
+            result = await asyncio.wait_for(call, timeout)
+        except Exception as exc:  # logged, never raised: nothing waits on this call
+            log.warning("%s failed: %s", what, exc or type(exc).__name__)
+            return None
+        if result is None:
+            log.warning("%s: no answer within %.0fs", what, timeout)
+        else:
+            log.info("%s: done", what)
+        return result
+
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
 
 
 async def run_failover(
@@ -148,34 +204,53 @@ async def run_failover(
     n = int(spec.get("instances", 1))
     names = [f"{name}-{i}" for i in range(n)]
     replicas = [x for x in names if x != old]
-    # 1. Out of the read-write Service first, then ask the old primary to stop.
+    failover = spec.get("failover") or {}
+    durability = Durability((spec.get("synchronous") or {}).get("dataDurability", "required"))
+    max_lag = int(failover.get("maxPromotionLagBytes", 0))
+    snapshot = snapshot_from_status(status.get("syncSnapshot"))
+    # 1. Facts first, all at once: nothing is stopped for a failover that must be refused.
+    # The old primary is asked only when the last failover promoted it (is it serving?):
+    # a hung one would cost this step its whole deadline.
+    ask = [x for x in replicas if x in ips]
+    if old and old in ips and _promoted_last(status, old):
+        ask.append(old)
+    raws = await _gather({x: agents.status(ips[x]) for x in ask}, STATUS_DEADLINE)
+    if not planned_target:
+        hold = just_promoted(old, to_report(old, raws.get(old)) if old else None,
+                             status.get("lastFailover"), datetime.now(UTC))
+        early = None if hold else refusal_before_pause(
+            [to_report(r, raws.get(r)) for r in replicas], snapshot, durability, max_lag)
+        if hold or early is not None:
+            message = hold or (early.message if early else "")
+            await events.emit("FailoverRefused", message, warning=True)
+            return Outcome(None, early, message)
+    # 2. Out of the read-write Service, and fenced without waiting: it may be hung.
+    # A switchover's old primary is healthy and must stop before positions are compared.
     if old:
         await roles.set_role(old, "former-primary")
-        if old in ips:
-            await agents.fence(ips[old])
-    # 2. Freeze positions.
-    paused = await asyncio.gather(*(agents.pause(ips[r]) if r in ips else _none()
-                                    for r in replicas))
-    reports = [to_report(r, raw) for r, raw in zip(replicas, paused, strict=True)]
-    # 3. Elect.
-    failover = spec.get("failover") or {}
-    durability = (spec.get("synchronous") or {}).get("dataDurability", "required")
-    snapshot = snapshot_from_status(status.get("syncSnapshot"))
+        if old in ips and planned_target:
+            await agents.fence(ips[old], timeout=FENCE_TIMEOUT)
+        elif old in ips:
+            fire_and_forget(f"fencing the old primary {old}",
+                            agents.fence(ips[old], timeout=FENCE_TIMEOUT), FENCE_TIMEOUT + 1)
+    # 3. Freeze positions, all replicas together.
+    paused = await _gather({r: agents.pause(ips[r], timeout=PAUSE_DEADLINE)
+                            for r in replicas if r in ips}, PAUSE_DEADLINE + 0.5)
+    reports = [to_report(r, paused.get(r)) for r in replicas]
+    # 4. Elect.
     if planned_target:
         election = _planned(planned_target, reports, old, status)
     else:
-        election = choose_candidate(reports, snapshot, Durability(durability),
-                                    int(failover.get("maxPromotionLagBytes", 0)))
+        election = choose_candidate(reports, snapshot, durability, max_lag)
     if election.candidate is None:
         await events.emit("FailoverRefused", election.message, warning=True)
         # Let the replicas resume streaming from the old primary if it comes back.
-        for r in replicas:
-            if r in ips and old:
-                await agents.follow(ips[r], old)
         if old:
+            await _gather({r: agents.follow(ips[r], old, timeout=FOLLOW_TIMEOUT)
+                           for r in replicas if r in ips}, FOLLOW_TIMEOUT + 0.5)
             await roles.set_role(old, "primary")
         return Outcome(None, election, election.message)
-    # 4. Record the decision before acting on it.
+    # 5. Record the decision before acting on it.
     record = {"from": old, "to": election.candidate, "reason": f"{reason}; {election.message}",
               "startedAt": started}
     await store.patch_status({"targetPrimary": election.candidate, "phase":
@@ -186,6 +261,10 @@ async def run_failover(
                       f"{old} -> {election.candidate}: {election.message}")
     campus = await store.read()
     return await _finish(store, agents, roles, events, ips, campus, election.candidate, started)
+
+
+def _promoted_last(status: Mapping[str, Any], name: str | None) -> bool:
+    return bool(name) and (status.get("lastFailover") or {}).get("to") == name
 
 
 def _planned(target: str, reports: list[Any], old: str | None,
@@ -202,10 +281,6 @@ def _planned(target: str, reports: list[Any], old: str | None,
                         f"{target} is behind another replica; it would lose commits")
     return Election(target, ElectionReason.SYNCHRONOUS_STANDBY,
                     f"switchover to {target}, caught up with the old primary {old}")
-
-
-async def _none() -> None:
-    return None
 
 
 async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events: Events,
@@ -235,11 +310,21 @@ async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events:
                               "syncSnapshot": None},
                              None)
     await events.emit("Promoted", f"{target} is the primary (was {old})")
-    # 7. Everyone else follows the new primary.
-    for name, ip in ips.items():
-        if name != target:
-            await agents.follow(ip, target)
-            if name != old:
-                await roles.set_role(name, "replica")
+    # 8. The replicas follow it, together and briefly; the old primary is fenced last,
+    # fire-and-forget (core.ha.after_promotion). A replica the call misses follows on its
+    # own once it reads the new currentPrimary.
+    steps = after_promotion(list(ips), target, old)
+    followers = [x for x, step in steps if step == AfterPromotion.FOLLOW]
+    answers = await _gather({x: agents.follow(ips[x], target, timeout=FOLLOW_TIMEOUT)
+                             for x in followers}, FOLLOW_TIMEOUT + 0.5)
+    for x in followers:
+        if answers.get(x) is None:
+            log.warning("%s did not answer the follow call; it follows %s on its own", x,
+                        target)
+        await roles.set_role(x, "replica")
+    for x, step in steps:
+        if step == AfterPromotion.FENCE:
+            fire_and_forget(f"fencing the former primary {x}",
+                            agents.fence(ips[x], timeout=FENCE_TIMEOUT), FENCE_TIMEOUT + 1)
     log.info("failover finished: %s -> %s", old, target)
     return Outcome(target, None, f"{target} promoted")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 _LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
@@ -204,3 +204,33 @@ def choose_candidate(
                     f"promoting {best.name}: furthest ahead among {len(members)} of {k} quorum "
                     f"standbys (ANY {snapshot.number} needs {needed})",
                     tuple(r.name for r in members))
+
+
+# Refusals that stopping the WAL receivers cannot change: who answered, and what the
+# primary recorded about its standbys. Positions only grow while receivers run, so a lag
+# or a still-running receiver is no reason to refuse before the pause.
+_FINAL_REFUSALS = frozenset({ElectionReason.NO_REPLICA_REACHABLE,
+                             ElectionReason.NO_SYNC_SNAPSHOT,
+                             ElectionReason.NO_SYNCHRONOUS_STANDBY,
+                             ElectionReason.QUORUM_INCOMPLETE})
+
+
+def refusal_before_pause(
+    replicas: Sequence[InstanceReport],
+    snapshot: SyncSnapshot | None,
+    durability: Durability | str,
+    max_lag_bytes: int = 0,
+) -> Election | None:
+    """The refusal the election would give whatever the paused positions turn out to be.
+
+    The failover runner asks this on the replicas' unpaused status before it stops
+    anything: a failover that can only be refused must not fence the old primary (after
+    a failover that primary is the one just promoted) nor pause the replicas. It never
+    chooses a candidate: the real election runs on the paused positions, so the safety
+    rule is exactly choose_candidate's.
+    """
+    frozen = [replace(r, receiver_active=False) for r in replicas]
+    election = choose_candidate(frozen, snapshot, durability, max_lag_bytes)
+    if election.candidate is None and election.reason in _FINAL_REFUSALS:
+        return election
+    return None

@@ -178,3 +178,50 @@ def instances_status(names: Sequence[str], raws: Mapping[str, Mapping[str, Any] 
             entry["syncState"] = sync_states[name]
         out.append(entry)
     return out
+
+
+PROMOTION_GRACE_SECONDS = 30.0
+
+
+def just_promoted(primary: str | None, report: InstanceReport | None,
+                  last_failover: Mapping[str, Any] | None, now: datetime,
+                  grace: float = PROMOTION_GRACE_SECONDS) -> str | None:
+    """A reason not to fail over a primary the last failover promoted moments ago.
+
+    Its pod turns ready only at the kubelet's next probe, which can come after the
+    detection delay; failing it over then would stop the server just promoted. The hold
+    lasts only while its own agent says it serves as primary, and at most `grace` seconds.
+    """
+    if primary is None or report is None or not report.healthy_primary:
+        return None
+    record = last_failover or {}
+    if record.get("to") != primary or not record.get("completedAt"):
+        return None
+    try:
+        done = datetime.fromisoformat(str(record["completedAt"]).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    age = (now - done).total_seconds()
+    if 0 <= age < grace:
+        return (f"{primary} was promoted {age:.0f}s ago and its agent says it serves as "
+                "primary: waiting for its pod to turn ready")
+    return None
+
+
+class AfterPromotion(StrEnum):
+    FOLLOW = "follow"  # a replica: point it at the new primary
+    FENCE = "fence"  # the failed primary: stop it, without waiting for an answer
+
+
+def after_promotion(names: Sequence[str], target: str, old: str | None
+                    ) -> list[tuple[str, AfterPromotion]]:
+    """What each other instance is asked once `target` is primary, in the order asked.
+
+    Followers first (asked together, each with a short timeout): under ANY/FIRST n the
+    new primary commits nothing until enough of them follow. The failed primary last,
+    fenced fire-and-forget: it may be hung, and nothing may wait on it.
+    """
+    out = [(n, AfterPromotion.FOLLOW) for n in names if n not in (target, old)]
+    if old and old != target:
+        out.append((old, AfterPromotion.FENCE))
+    return out

@@ -102,3 +102,44 @@ def self_fence_due(seconds_without_contact: float, limit: float) -> bool:
     """A primary that reached neither the API server nor any peer for `limit` seconds
     stops accepting writes: a partitioned primary must not go on beside a new one."""
     return seconds_without_contact >= limit
+
+
+class StallAction(StrEnum):
+    NONE = "none"
+    KILL = "kill"  # stop the server at once; the Campus decides how it comes back
+
+
+def after_stall(stalled_seconds: float, serving_as_primary: bool, detection_delay: float,
+                self_fence_after: float) -> StallAction:
+    """What an agent does when it finds it was frozen (SIGSTOP, a paused cgroup, a stalled
+    node) for `stalled_seconds`.
+
+    Its server was frozen with it and resumes as a writable primary in the same instant.
+    Frozen for as long as the operator needs to call a primary failed, or as long as the
+    primary would have fenced itself, a failover may have happened meanwhile: the server
+    is killed before anything else (a SIGKILL reaches a stopped process group too), and
+    comes back through start_plan, which starts it as primary only if the Campus still
+    names it, and otherwise rewinds it into a replica. Shorter stalls change nothing.
+    """
+    if not serving_as_primary:
+        return StallAction.NONE
+    limit = max(1.0, min(detection_delay, self_fence_after))
+    return StallAction.KILL if stalled_seconds >= limit else StallAction.NONE
+
+
+class RejoinStep(StrEnum):
+    CRASH_RECOVERY = "crash-recovery"  # finish recovery with no client able to connect
+    REWIND = "rewind"
+    FOLLOW = "follow"  # write the standby signal and start as a replica
+
+
+def rejoin_steps(shut_down_cleanly: bool) -> tuple[RejoinStep, ...]:
+    """How a former primary becomes a replica of the new one.
+
+    pg_rewind needs a cleanly shut down target. After a crash or an immediate stop it
+    would run crash recovery in single-user mode itself, which refuses a data folder
+    with a standby signal: so recovery runs first, fenced from clients, and the standby
+    signal is written only after the rewind.
+    """
+    first = () if shut_down_cleanly else (RejoinStep.CRASH_RECOVERY,)
+    return (*first, RejoinStep.REWIND, RejoinStep.FOLLOW)
