@@ -29,7 +29,8 @@ lint: ## ruff, mypy --strict, and a check that the CRDs match the models
 	$(PYTHON) -m ringkeeper crds --check
 
 .PHONY: test
-test: ## every test: unit, PostgreSQL and local-cluster (needs `make setup` once; stops a running demo cluster first)
+test: ## every test: unit, PostgreSQL and local-cluster (runs setup first; stops a running demo cluster)
+	set -o pipefail; hack/setup.sh | sed 's/^/    /'
 	hack/test-preflight.sh
 	RINGKEEPER_REQUIRE_CLUSTER=$${RINGKEEPER_REQUIRE_CLUSTER:-1} $(PYTHON) -m pytest -q
 

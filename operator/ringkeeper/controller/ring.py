@@ -22,7 +22,7 @@ import kopf
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ..adapters import resources
+from ..adapters import resources, secretrefs
 from ..adapters.kube import api_client
 from ..adapters.resources import ForeignObjectError, KubeApiError
 from ..core import manifests
@@ -30,7 +30,8 @@ from ..core.conditions import condition, set_condition
 from ..core.cron import next_fire, problem, schedule_condition
 from ..core.failures import backoff_delay, reason_for_status, should_emit, signature
 from ..core.ownership import Owner, Refusal, ring_claim
-from ..core.ringplan import dsn, primary_address, ring_status, sync_config
+from ..core.ringplan import primary_address, ring_status, sync_config
+from ..core.secretrefs import SecretUse, generated_names, may_use, refusal_conditions
 from ..core.verify import Report, verification_status
 from ..engines import profile_for
 from ..observability.metrics import (
@@ -41,6 +42,7 @@ from ..observability.metrics import (
     VERIFY_RESULT,
 )
 from ..sync.config import RingConfig
+from ..sync.conninfo import SslMode, Target, build_dsn
 from ..verify.schedule import report_name, scheduled_verification
 
 log = logging.getLogger("ringkeeper.ring")
@@ -56,6 +58,7 @@ class _State:
         self.link_states: dict[str, str] = {}
         self.verification: asyncio.Task[None] | None = None
         self.next_verification: datetime | None = None
+        self.secret_refusals: set[str] = set()  # Secret refusals already told in an Event
         # Signatures of refusals already told in an Event; None until the first cycle of
         # this process reads what the ring's status says was told before a restart.
         self.refusals: set[str] | None = None
@@ -69,7 +72,8 @@ def _owner(ring: dict[str, Any]) -> dict[str, Any]:
             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": False}
 
 
-async def _endpoint(api: client.ApiClient, ns: str, member: dict[str, Any]
+async def _endpoint(api: client.ApiClient, ns: str, member: dict[str, Any], ring: str = "",
+                    generated: frozenset[str] = frozenset()
                     ) -> tuple[dict[str, Any], str | None, str | None]:
     """(endpoint for the sidecars, sidecar host to poll, campus name or None)."""
     if member.get("campusRef"):
@@ -84,16 +88,40 @@ async def _endpoint(api: client.ApiClient, ns: str, member: dict[str, Any]
                 api, ns, manifests.secret_name(cname, "superuser"), "username")
             pw = await resources.secret_value(
                 api, ns, manifests.secret_name(cname, "superuser"), "password")
-            target = dsn(host, profile.default_port, APP_DATABASE, user, pw)
+            target = build_dsn(Target(host=host, port=profile.default_port,
+                                      database=APP_DATABASE, user=user, password=pw))
         return ({"dsn": target, "engine": profile.engine, "version": profile.version},
                 host, cname)
     ext = member["external"]
-    ref = ext["passwordSecret"]
-    pw = await resources.secret_value(api, ns, ref["name"], ref.get("key", "password"))
-    target = dsn(ext["host"], int(ext.get("port", 5432)), ext["database"],
-                 ext.get("user", "ringkeeper_sync"), pw)
-    return ({"dsn": target, "engine": ext["engine"], "version": str(ext["version"])},
-            None, None)
+    ref, ca = ext["passwordSecret"], (ext.get("tls") or {}).get("caSecret")
+    if not ca:
+        raise ValueError(f"external member {member['name']} has no tls.caSecret")
+    pw = await _ring_secret(api, ns, ring, ref["name"], ref.get("key", "password"), generated)
+    ca_pem = await _ring_secret(api, ns, ring, ca["name"], ca.get("key", "ca.crt"), generated)
+    # Typed parts, checked and quoted one by one; external members: TLS verify-full
+    # against the ring's CA (sync.config writes it to a file) and SCRAM only.
+    target = build_dsn(Target(host=ext["host"], port=int(ext.get("port", 5432)),
+                              database=ext["database"], user=ext.get("user", "ringkeeper_sync"),
+                              password=pw, sslmode=SslMode.VERIFY_FULL))
+    return ({"dsn": target, "ca": ca_pem, "engine": ext["engine"],
+             "version": str(ext["version"])}, None, None)
+
+
+class SecretRefused(Exception):
+    """A Secret the ring names and may not use (core.secretrefs says why)."""
+
+    def __init__(self, use: SecretUse) -> None:
+        super().__init__(use.message)
+        self.use = use
+
+
+async def _ring_secret(api: client.ApiClient, ns: str, ring: str, name: str, key: str,
+                       generated: frozenset[str]) -> str:
+    """A key of a Secret the ring names, read only if core.secretrefs allows it."""
+    use = may_use(ring, name, await secretrefs.secret_metadata(api, ns, name), generated)
+    if not use.usable:
+        raise SecretRefused(use)
+    return await secretrefs.secret_key(api, ns, name, key)
 
 
 def ring_owner(ring: dict[str, Any]) -> Owner:
@@ -126,8 +154,9 @@ async def _claim(api: client.ApiClient, ring: dict[str, Any], campus: str
                  ) -> tuple[Refusal | None, str, bool]:
     """Whether this ring holds `campus` (core.ownership.ring_claim), and if its Secret exists."""
     probe = _secret(ring, manifests.ring_secret_name(campus), "")
-    existing = await resources.get_metadata(api, probe)
-    _, why, message = ring_claim(existing, ring_owner(ring), campus)
+    existing = await resources.get(api, probe)
+    _, why, message = ring_claim(existing["metadata"] if existing else None, ring_owner(ring),
+                                 campus)
     return why, message, existing is not None
 
 
@@ -201,6 +230,9 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
     hosts: dict[str, str | None] = {}
     campuses: dict[str, bool] = {}  # campus -> its <campus>-ring Secret exists (and is ours)
     refused: dict[str, tuple[str, Refusal, str]] = {}  # campus -> (member, reason, message)
+    secret_refusals: list[SecretUse] = []  # Secrets named by external members, not usable
+    generated = generated_names(name, [m["campusRef"]["name"] for m in spec.get("members") or []
+                                       if m.get("campusRef")])
     for member in spec.get("members") or []:
         claimed = (member.get("campusRef") or {}).get("name")
         if claimed:
@@ -211,7 +243,10 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
                 endpoints[member["name"]], hosts[member["name"]] = {"dsn": None}, None
                 continue
         try:
-            ep, host, cname = await _endpoint(api, ns, member)
+            ep, host, cname = await _endpoint(api, ns, member, name, generated)
+        except SecretRefused as exc:
+            secret_refusals.append(exc.use)
+            ep, host, cname = {"dsn": None}, None, None
         except (ApiException, KeyError, ValueError) as exc:
             log.warning("ring %s/%s: member %s unresolved: %s", ns, name, member["name"],
                         getattr(exc, "reason", exc))
@@ -249,6 +284,9 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
                                       datetime.now(UTC), meta.get("generation"), previous)
     if bad_schedule is not None:
         status["conditions"] = bad_schedule
+    status["conditions"] = refusal_conditions(status["conditions"], secret_refusals,
+                                              datetime.now(UTC), meta.get("generation"))
+    _secret_events(ring, secret_refusals, state)
     _events(ring, status, state)
     RING_HEALTHY_LINKS.labels(ns, name).set(
         sum(1 for lk in status["links"] if lk["state"] in ("Streaming", "CatchingUp")))
@@ -338,6 +376,14 @@ def _refusals(ring: dict[str, Any], status: dict[str, Any],
         if signature(str(why), m) not in state.refusals:
             kopf.warn(cast(Any, ring), reason=str(why), message=m)
     state.refusals = now_refused
+
+
+def _secret_events(ring: dict[str, Any], refused: list[SecretUse], state: _State) -> None:
+    """One Warning per new Secret refusal (names only, never a value)."""
+    now = {f"{r.verdict}:{r.secret}": r for r in refused}
+    for key in now.keys() - state.secret_refusals:
+        kopf.warn(cast(Any, ring), reason=str(now[key].verdict), message=now[key].message)
+    state.secret_refusals = set(now)
 
 
 def _events(ring: dict[str, Any], status: dict[str, Any], state: _State) -> None:

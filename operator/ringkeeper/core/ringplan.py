@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from .conditions import set_condition
 
@@ -27,11 +26,6 @@ def primary_address(campus: Mapping[str, Any]) -> str | None:
         if inst.get("name") == primary and inst.get("podIP"):
             return str(inst["podIP"])
     return None
-
-
-def dsn(host: str, port: int, database: str, user: str, password: str) -> str:
-    return (f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
-            f"{quote(database, safe='')}")
 
 
 def sync_config(ring: str, spec: Mapping[str, Any],

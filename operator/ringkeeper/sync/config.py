@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from ..api.v1alpha1.common import parse_quantity
 from ..api.v1alpha1.ring import ConflictPolicy, ReplicationRingSpec, Topology
+from .conninfo import root_cert_file, with_root_cert
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,19 @@ class MemberInfo:
     priority: int = 100
     engine: str = "postgresql"
     version: str = "17"
+
+
+def _member_dsn(name: str, where: dict[str, Any]) -> str | None:
+    """The member's DSN; with a `ca` (PEM, for external members) it verifies the server
+    against that CA, written to a file only this process's user can read."""
+    dsn = where.get("dsn")
+    ca = where.get("ca")
+    if dsn is None or ca is None:
+        return dsn if dsn is None else str(dsn)
+    try:
+        return with_root_cert(str(dsn), root_cert_file(str(ca)))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"ring config: member {name}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,8 @@ class RingConfig:
             at = ".".join(str(p) for p in first["loc"])
             raise ValueError(f"ring config: invalid spec at {at}: {first['msg']}") from None
         members = tuple(
-            MemberInfo(name=m.name, dsn=where.get(m.name, {}).get("dsn"), priority=m.priority,
+            MemberInfo(name=m.name, dsn=_member_dsn(m.name, where.get(m.name, {})),
+                       priority=m.priority,
                        engine=str(where.get(m.name, {}).get("engine", "postgresql")),
                        version=str(where.get(m.name, {}).get("version", "17")))
             for m in spec.members)

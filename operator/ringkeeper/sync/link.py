@@ -25,7 +25,7 @@ from ..engines import EngineProfile
 from . import catalog, names
 from .apply import Applier, Txn
 from .pgoutput import Begin, Commit, Delete, Insert, Origin, Relation, Update, parse
-from .walstream import WalStream
+from .walstream import WalStream, ensure_scram
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class SlotLost(RuntimeError):
 
 
 async def connect(dsn: str, *, timeout: float = 5.0) -> asyncpg.Connection:
+    await ensure_scram(dsn, timeout=timeout)  # external members: SCRAM or nothing
     conn: asyncpg.Connection = await asyncpg.connect(
         dsn, timeout=timeout, command_timeout=300,
         server_settings={"application_name": "ringkeeper-sync"})

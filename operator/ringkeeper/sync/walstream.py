@@ -7,8 +7,14 @@ replication connection the walsender decodes once, continuously, while this memb
 applies what came before; the slot moves when the standby status update reports a
 flush position, which the link only sends after this member's origin progress for
 those transactions is on disk. This module is the minimum of the PostgreSQL v3 wire
-protocol that needs: startup, password/MD5/SCRAM-SHA-256 authentication, optional
-TLS, START_REPLICATION and CopyBoth framing. It knows nothing about pgoutput.
+protocol that needs: startup, SCRAM-SHA-256 authentication, optional TLS,
+START_REPLICATION and CopyBoth framing. It knows nothing about pgoutput.
+
+It never sends a password the server could read: a server asking for a cleartext
+password (AuthenticationCleartextPassword) or an MD5 hash (which is as good as the
+password for logging in elsewhere) is refused before anything is sent. Every member
+Ringkeeper runs uses scram-sha-256 (engines' auth_methods[0] in pg_hba), so the rule
+holds for Campus members and external ones alike.
 """
 
 from __future__ import annotations
@@ -19,13 +25,12 @@ import contextlib
 import hashlib
 import hmac
 import os
-import ssl
 import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
 
+from .conninfo import SslMode, Target, parse_dsn, tls_context
 from .pgoutput import lsn_to_str
 
 PROTOCOL_V3 = 196608
@@ -47,6 +52,15 @@ class ReplicationError(RuntimeError):
         self.sqlstate = sqlstate
 
 
+class AuthRefused(ReplicationError):
+    """The server asked for an authentication method that would hand it the password."""
+
+
+# AuthenticationCleartextPassword and AuthenticationMD5Password: both give the server
+# (or whoever answers in its place) the password or a hash that logs in as well.
+REFUSED_AUTH = {3: "a cleartext password", 5: "an MD5 password hash"}
+
+
 @dataclass(frozen=True)
 class ConnParams:
     host: str
@@ -55,21 +69,29 @@ class ConnParams:
     password: str | None
     database: str
     sslmode: str = "prefer"
+    sslrootcert: str | None = None
 
     @classmethod
     def from_dsn(cls, dsn: str) -> ConnParams:
-        """A postgresql:// URL as the ring configuration carries it."""
-        u = urlsplit(dsn)
-        if u.scheme not in ("postgresql", "postgres"):
-            raise ValueError("replication connections need a postgresql:// URL "
-                             f"(got scheme {u.scheme!r})")
-        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
-        user = unquote(u.username) if u.username else q.get("user", "postgres")
-        password = unquote(u.password) if u.password is not None else q.get("password")
-        database = unquote(u.path.lstrip("/")) or q.get("dbname", user)
-        return cls(host=u.hostname or q.get("host", "localhost"), port=u.port or 5432,
-                   user=user, password=password, database=database,
-                   sslmode=q.get("sslmode", "prefer"))
+        """A postgresql:// URL as the ring configuration carries it (conninfo's rules:
+        a host is a host, no parameters but the ones conninfo writes)."""
+        t = parse_dsn(dsn)
+        return cls(host=t.host, port=t.port, user=t.user, password=t.password,
+                   database=t.database, sslmode=str(t.sslmode), sslrootcert=t.sslrootcert)
+
+    def target(self) -> Target:
+        return Target(host=self.host, port=self.port, database=self.database, user=self.user,
+                      password=self.password, sslmode=SslMode(self.sslmode),
+                      sslrootcert=self.sslrootcert)
+
+
+async def ensure_scram(dsn: str, *, timeout: float = 10.0) -> None:
+    """Before asyncpg logs in to an external member (sslmode=verify-full, the only mode
+    conninfo builds for them), show that the server authenticates with SCRAM: asyncpg
+    would answer a cleartext or MD5 request with the password. Campus members (scram-
+    sha-256 in the pg_hba the operator writes) are not probed."""
+    if parse_dsn(dsn).sslmode == SslMode.VERIFY_FULL:
+        await WalStream.check_auth(dsn, timeout=timeout)
 
 
 def _msg(kind: bytes, body: bytes) -> bytes:
@@ -118,25 +140,39 @@ class WalStream:
         return await asyncio.wait_for(cls._open(p, application_name), timeout)
 
     @classmethod
-    async def _open(cls, p: ConnParams, application_name: str) -> WalStream:
+    async def check_auth(cls, dsn: str, *, timeout: float = 10.0) -> None:
+        """Log in once over an ordinary (not replication) session and leave: raises
+        AuthRefused if the server asks for a cleartext or MD5 password.
+
+        asyncpg answers those requests without asking us, so before asyncpg connects to
+        an external member, this shows that the server takes SCRAM. (A server that asks
+        differently on the next connection is not stopped by this; verify-full against
+        the ring's own CA is what decides who may answer at that address.)"""
+        p = ConnParams.from_dsn(dsn)
+        ws = await asyncio.wait_for(cls._open(p, "ringkeeper-auth-check", replication=False),
+                                    timeout)
+        await ws.close()
+
+    @classmethod
+    async def _open(cls, p: ConnParams, application_name: str, *,
+                    replication: bool = True) -> WalStream:
         reader, writer = await asyncio.open_connection(p.host, p.port)
-        if p.sslmode != "disable":
+        ctx = tls_context(p.target())
+        if ctx is not None:
             writer.write(struct.pack(">ii", 8, SSL_REQUEST))
             await writer.drain()
             answer = await reader.readexactly(1)
             if answer == b"S":
-                ctx = ssl.create_default_context()
-                if p.sslmode in ("require", "prefer", "allow"):
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
                 await writer.start_tls(ctx, server_hostname=p.host)
             elif p.sslmode in ("require", "verify-ca", "verify-full"):
                 writer.close()
                 raise ReplicationError(f"{p.host}:{p.port} does not offer TLS "
                                        f"(sslmode={p.sslmode})")
         self = cls(reader, writer)
-        params = {"user": p.user, "database": p.database, "replication": "database",
+        params = {"user": p.user, "database": p.database,
                   "application_name": application_name, "client_encoding": "UTF8"}
+        if replication:
+            params["replication"] = "database"
         body = _I32.pack(PROTOCOL_V3) + b"".join(
             k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
         writer.write(_I32.pack(len(body) + 4) + body)
@@ -162,17 +198,17 @@ class WalStream:
             (code,) = _I32.unpack_from(body, 0)
             if code == 0:
                 return
-            if p.password is None and code in (3, 5, 10):
+            if code in REFUSED_AUTH:
+                self._w.close()
+                raise AuthRefused(f"server at {p.host}:{p.port} asks for "
+                                  f"{REFUSED_AUTH[code]}; Ringkeeper only authenticates "
+                                  "with SCRAM-SHA-256 (set password_encryption and "
+                                  "pg_hba to scram-sha-256)")
+            if p.password is None and code == 10:
                 raise ReplicationError(f"server at {p.host}:{p.port} asks for a password "
                                        "and the connection string has none")
             pw = p.password or ""
-            if code == 3:  # cleartext
-                self._w.write(_msg(b"p", pw.encode() + b"\0"))
-            elif code == 5:  # md5
-                inner = hashlib.md5((pw + p.user).encode()).hexdigest()
-                digest = hashlib.md5(inner.encode() + body[4:8]).hexdigest()
-                self._w.write(_msg(b"p", b"md5" + digest.encode() + b"\0"))
-            elif code == 10:  # SASL
+            if code == 10:  # SASL
                 mechanisms = [m.decode() for m in body[4:].split(b"\0") if m]
                 if "SCRAM-SHA-256" not in mechanisms:
                     raise ReplicationError(f"no supported SASL mechanism in {mechanisms}")

@@ -39,6 +39,7 @@ from ..core.verify import (
     recheck_delays,
     settle_verdict,
 )
+from ..sync.walstream import ReplicationError, ensure_scram
 from . import checksum as cs
 from .checksum import Canonical, TableShape
 
@@ -71,8 +72,10 @@ async def connect(m: MemberConn, *, timeout: float = 30.0) -> Member:
     settings = {**cs.SESSION_SETTINGS, "jit": "off", "application_name": "ringkeeper-verify",
                 "statement_timeout": "0"}
     try:
+        await ensure_scram(m.dsn, timeout=timeout)  # external members: SCRAM or nothing
         pg = await asyncpg.connect(m.dsn, server_settings=settings, timeout=timeout)
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, ValueError, asyncpg.PostgresError,
+            ReplicationError) as exc:
         raise VerifyError(f"cannot connect to member {m.name}: {exc}") from exc
     on = await pg.fetchval("SELECT current_setting('track_commit_timestamp') = 'on'")
     return Member(m, pg, bool(on))

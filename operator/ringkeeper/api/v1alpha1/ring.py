@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar
@@ -45,17 +47,112 @@ class VerificationMode(StrEnum):
     INCREMENTAL = "incremental"
 
 
-class ExternalEndpoint(ApiModel):
-    """A member outside this Kubernetes cluster, reached over the network."""
+# External hosts. A host is a host: an RFC 1123 DNS name or an IP literal, nothing a
+# connection string could read as more (URL syntax, user:password@, :port, spaces,
+# ?query, key=value). CEL runs the anchored RE2 pattern at admission; Python uses
+# is_host (fullmatch, never `$`, which in Python also matches before a trailing newline).
+# The last DNS label (the top-level domain) starts with a letter, as every real one does,
+# so "10.1.2" or "0x7f.1" are not names that resolvers would read as an address.
+_DNS_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_LAST = "[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = f"({_DNS_LABEL}[.])*{_DNS_LAST}"
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = f"({_OCTET}[.]){{3}}{_OCTET}"
+_H16 = "[0-9A-Fa-f]{1,4}"
+_LS32 = f"({_H16}:{_H16}|{_IPV4})"
+_IPV6 = "(" + "|".join((  # RFC 3986 IPv6address, no zone (no %)
+    f"({_H16}:){{6}}{_LS32}",
+    f"::({_H16}:){{5}}{_LS32}",
+    f"({_H16})?::({_H16}:){{4}}{_LS32}",
+    f"(({_H16}:){{0,1}}{_H16})?::({_H16}:){{3}}{_LS32}",
+    f"(({_H16}:){{0,2}}{_H16})?::({_H16}:){{2}}{_LS32}",
+    f"(({_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+    f"(({_H16}:){{0,4}}{_H16})?::{_LS32}",
+    f"(({_H16}:){{0,5}}{_H16})?::{_H16}",
+    f"(({_H16}:){{0,6}}{_H16})?::",
+)) + ")"
+HOST_PATTERN = f"^({_DNS_NAME}|{_IPV4}|{_IPV6})$"
+HOST_MESSAGE = (
+    "external.host must be a DNS name (RFC 1123) or an IP address, nothing else: no "
+    "scheme, no user@, no :port (use external.port), no spaces, no ?query or key=value"
+)
+_HOST_RE = re.compile(HOST_PATTERN[1:-1])
 
-    host: str = Field(min_length=1, max_length=253, description="Host name or address.")
+
+def is_host(value: str) -> bool:
+    """Whether `value` is exactly one DNS name or IP literal (the admission rule's twin).
+
+    Both parts must agree: the grammar (the same pattern CEL runs) and, for addresses,
+    Python's parser; fullmatch, because `$` would let a trailing newline through."""
+    if len(value) > 253 or _HOST_RE.fullmatch(value) is None:
+        return False
+    if ":" in value:  # an IPv6 literal: Python's parser must agree with the grammar
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return False
+    return True
+
+
+# Role and database names travel in the startup packet as NUL-terminated strings and
+# into connection strings: no control characters (NUL would end the field early).
+NO_CONTROL_PATTERN = "^[^\\x00-\\x1f\\x7f]+$"
+
+
+def _printable(value: str) -> bool:
+    return bool(value) and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+
+
+class CaSecretReference(ApiModel):
+    name: DnsLabel = Field(description="Secret name in the same namespace.")
+    key: str = Field(default="ca.crt", min_length=1, description="Key inside the Secret.")
+
+
+class ExternalTls(ApiModel):
+    """TLS towards an external member: always sslmode=verify-full against this CA."""
+
+    ca_secret: CaSecretReference = Field(
+        description="Secret (labelled ringkeeper.io/ring: <ring name>) holding the PEM CA "
+        "certificate(s) the member's server certificate must chain to; its host name must "
+        "match external.host.",
+    )
+
+
+class ExternalEndpoint(ApiModel):
+    """A member outside this Kubernetes cluster, reached over the network.
+
+    Every external connection is TLS with sslmode=verify-full and SCRAM-SHA-256: the
+    password never leaves in clear, and only to the host the CA vouches for. Both
+    Secrets it names must carry the label ringkeeper.io/ring: <ring name>."""
+
+    host: str = Field(min_length=1, max_length=253,
+                      description="DNS name (RFC 1123) or IP address; nothing else.")
     port: int = Field(default=5432, ge=1, le=65535)
     database: str = Field(min_length=1, max_length=63)
     engine: EngineName = Field(description="postgresql or kingbase.")
     version: str = Field(max_length=16, description="Engine major version, e.g. 15 or V9R1.")
     user: str = Field(default="ringkeeper_sync", min_length=1, max_length=63)
     password_secret: SecretKeyReference = Field(
-        description="Secret holding the password of `user`."
+        description="Secret holding the password of `user`; it must carry the label "
+        "ringkeeper.io/ring: <ring name>. The operator's own Secrets are never accepted."
+    )
+    tls: ExternalTls = Field(description="TLS settings (required: verify-full).")
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"self.host.matches('{HOST_PATTERN}')",
+            message=HOST_MESSAGE,
+            field_path=".host",
+            check=lambda e: is_host(e.host),
+            reason="FieldValueInvalid",
+        ),
+        Rule(
+            cel=f"self.user.matches('{NO_CONTROL_PATTERN}') && "
+            f"self.database.matches('{NO_CONTROL_PATTERN}')",
+            message="external.user and external.database must not contain control characters",
+            check=lambda e: _printable(e.user) and _printable(e.database),
+            reason="FieldValueInvalid",
+        ),
     )
 
 
