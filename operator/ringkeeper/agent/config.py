@@ -1,16 +1,25 @@
 """The server settings an instance runs with, rendered from plain inputs.
 
 Ringkeeper owns replication, failover and fencing settings (the same list the
-Campus CRD refuses in spec.parameters); everything else comes from the user.
-Rendering is pure so tests pin the exact file an instance would start with.
+Campus CRD refuses in spec.parameters); the user may add the tuning settings of
+the engine's allow-list. Admission already refused everything else, but a
+Campus written before that check, or by someone who bypassed admission, must not
+reach the server's configuration: the renderer checks each user entry against
+the same allow-list again and drops (and reports) what fails, and quotes every
+value. Rendering is pure so tests pin the exact file an instance would start with.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..engines import EngineProfile
+from ..engines.parameters import CONTROL_PATTERN, ParameterProblem, ascii_lower
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,11 +47,12 @@ def slot_name(instance: str) -> str:
 
 
 def _quote(value: str | int | bool) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int):
-        return str(value)
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    """A configuration-file string literal: single quotes, ' doubled, backslash escaped.
+    Every value is quoted, numbers and booleans too (the server accepts '5432', 'on')."""
+    text = ("on" if value else "off") if isinstance(value, bool) else str(value)
+    if re.search(CONTROL_PATTERN, text):
+        raise ValueError("a configuration value must not contain control characters")
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def sync_standby_names(profile: EngineProfile, s: InstanceSettings) -> str:
@@ -90,10 +100,53 @@ def managed_settings(profile: EngineProfile, s: InstanceSettings) -> dict[str, s
     return out
 
 
-def render(managed: Mapping[str, str | int | bool], user: Mapping[str, str]) -> str:
+@dataclass(frozen=True)
+class RenderedConfig:
+    """The include file's text and the user entries it left out (with why)."""
+
+    text: str
+    refused: tuple[ParameterProblem, ...]
+
+
+def checked_user_parameters(profile: EngineProfile, user: Mapping[str, object]
+                            ) -> tuple[dict[str, str], list[ParameterProblem]]:
+    """The user's entries the engine's allow-list accepts, by lower-cased name, and the
+    refused rest. Same check as admission: a spec that bypassed it changes nothing."""
+    entries = {str(k): v for k, v in user.items()}
+    strings = {k: v for k, v in entries.items() if isinstance(v, str)}
+    refused = [ParameterProblem(k, "parameter values must be strings")
+               for k, v in entries.items() if not isinstance(v, str)]
+    problems = profile.parameter_problems(strings)
+    refused += problems
+    bad = {p.name for p in problems}
+    kept = {ascii_lower(k): v for k, v in strings.items() if k not in bad}
+    return kept, refused
+
+
+def render_config(profile: EngineProfile, managed: Mapping[str, str | int | bool],
+                  user: Mapping[str, object]) -> RenderedConfig:
+    """The include file: allowed user settings first, then Ringkeeper's, which win
+    (the server takes the last line for a name). A managed default the allow-list lets
+    users tune (wal_keep_size, which a user may only raise) is left out when set."""
+    kept, refused = checked_user_parameters(profile, user)
     lines = ["# Written by the Ringkeeper agent; edits are overwritten.",
              "# User parameters (spec.parameters):"]
-    lines += [f"{k} = {_quote(v)}" for k, v in sorted(user.items()) if k not in managed]
+    # Every kept name is on the allow-list, which shares no name with the managed list
+    # (MANAGED_PARAMETERS is refused) except the tunable default wal_keep_size.
+    lines += [f"{k} = {_quote(v)}" for k, v in sorted(kept.items())]
+    for problem in refused:
+        # ascii() escapes newlines and other control characters: one comment line each.
+        lines.append(f"# refused {problem.name!a}: {problem.message!a}")
     lines.append("# Managed by Ringkeeper:")
-    lines += [f"{k} = {_quote(v)}" for k, v in managed.items()]
-    return "\n".join(lines) + "\n"
+    lines += [f"{k} = {_quote(v)}" for k, v in managed.items() if k not in kept]
+    return RenderedConfig("\n".join(lines) + "\n", tuple(refused))
+
+
+def render(managed: Mapping[str, str | int | bool], user: Mapping[str, object],
+           profile: EngineProfile) -> str:
+    """render_config's text; refused entries are logged (names escaped, values never)."""
+    out = render_config(profile, managed, user)
+    for problem in out.refused:
+        log.warning("spec.parameters entry %s not written: %s", ascii(problem.name),
+                    problem.message)
+    return out.text

@@ -99,7 +99,7 @@ class Server:
         if include not in text:
             conf.write_text(text.rstrip("\n") + "\n" + include + "\n")
         managed = managed_settings(self.profile, settings)
-        (self.data / "ringkeeper.conf").write_text(render(managed, user_params))
+        (self.data / "ringkeeper.conf").write_text(render(managed, user_params, self.profile))
         # ALTER SYSTEM must not override what Ringkeeper manages.
         auto = self.data / self.profile.auto_config_file
         if auto.exists():

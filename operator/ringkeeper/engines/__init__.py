@@ -6,8 +6,17 @@ engine names themselves; this module is the single dispatch point.
 
 from __future__ import annotations
 
-from ringkeeper.engines.kingbase import KINGBASE_VERSION_PATTERN, kingbase_profile
-from ringkeeper.engines.postgresql import SUPPORTED_POSTGRESQL_VERSIONS, postgresql_profile
+from ringkeeper.engines.kingbase import (
+    KINGBASE_PARAMETERS,
+    KINGBASE_VERSION_PATTERN,
+    kingbase_profile,
+)
+from ringkeeper.engines.parameters import Param, ParameterCatalog, ParameterProblem, ParamType
+from ringkeeper.engines.postgresql import (
+    POSTGRESQL_PARAMETERS,
+    SUPPORTED_POSTGRESQL_VERSIONS,
+    postgresql_profile,
+)
 from ringkeeper.engines.profile import Binaries, EngineProfile, SqlNames
 
 ENGINES: tuple[str, ...] = ("postgresql", "kingbase")
@@ -24,10 +33,16 @@ def profile_for(engine: str, version: str) -> EngineProfile:
 
 __all__ = [
     "ENGINES",
+    "KINGBASE_PARAMETERS",
     "KINGBASE_VERSION_PATTERN",
+    "POSTGRESQL_PARAMETERS",
     "SUPPORTED_POSTGRESQL_VERSIONS",
     "Binaries",
     "EngineProfile",
+    "Param",
+    "ParamType",
+    "ParameterCatalog",
+    "ParameterProblem",
     "SqlNames",
     "kingbase_profile",
     "postgresql_profile",

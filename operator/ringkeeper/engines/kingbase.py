@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from ringkeeper.engines.parameters import ParameterCatalog
+from ringkeeper.engines.postgresql import POSTGRESQL_PARAMETERS
 from ringkeeper.engines.profile import Binaries, EngineProfile, SqlNames
 
 # Same pattern the Campus API validates (V8R6, V9R1, V9, ...).
@@ -63,6 +65,26 @@ KINGBASE_SQL = SqlNames(
     replication_origin="sys_replication_origin",
 )
 
+# PostgreSQL settings that came after 12 (the assumed base of every KingbaseES
+# release), or whose type changed since (wal_compression was a bool in 12).
+_NEWER_THAN_BASE = frozenset({
+    "autovacuum_vacuum_insert_scale_factor", "autovacuum_vacuum_insert_threshold",
+    "client_connection_check_interval", "compute_query_id", "enable_async_append",
+    "enable_incremental_sort", "enable_memoize", "hash_mem_multiplier",
+    "idle_session_timeout", "log_parameter_max_length", "log_parameter_max_length_on_error",
+    "log_recovery_conflict_waits", "logical_decoding_work_mem", "maintenance_io_concurrency",
+    "track_wal_io_timing", "wal_compression", "wal_keep_size",
+})
+
+# ASSUMPTION (unverified, like the rest of this profile): KingbaseES takes the
+# PostgreSQL 12 settings under the same names, types and ranges. Only that common
+# core is allowed; anything KingbaseES-specific is refused until checked on a real
+# server. Unit-tested only.
+KINGBASE_PARAMETERS = ParameterCatalog("kingbase", tuple(
+    p for p in POSTGRESQL_PARAMETERS.params
+    if p.since == 0 and p.name not in _NEWER_THAN_BASE
+))
+
 
 def kingbase_profile(version: str) -> EngineProfile:
     """The profile of one KingbaseES release ("V8R6", "V9R1", ...)."""
@@ -89,4 +111,5 @@ def kingbase_profile(version: str) -> EngineProfile:
         auth_methods=("scram-sha-256", "md5"),
         password_encryption="scram-sha-256",
         verified=False,
+        parameters=KINGBASE_PARAMETERS,
     )

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from ringkeeper.engines.parameters import ParameterCatalog, ParameterProblem
 
 # PostgreSQL added failover slots (CREATE ... failover => true, sync_replication_slots)
 # in 17; before that a promoted standby has no copy of the primary's logical slots.
@@ -96,6 +98,12 @@ class EngineProfile:
     auth_methods: tuple[str, ...]
     password_encryption: str
     verified: bool
+    # The spec.parameters this engine may be given (an allow-list with types and ranges).
+    parameters: ParameterCatalog
+
+    def parameter_problems(self, params: Mapping[str, str]) -> list[ParameterProblem]:
+        """Every spec.parameters entry this engine and version must not be given."""
+        return self.parameters.problems(params, major=self.major, version=self.version)
 
     @property
     def failover_slots(self) -> bool:

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
+from ...engines import EngineProfile, profile_for
+from ...engines.parameters import (
+    CONTROL_MESSAGE,
+    CONTROL_PATTERN,
+    DUPLICATE_MESSAGE,
+    MANAGED_PARAMETERS,
+    MAX_PARAMETERS,
+    MAX_VALUE_LENGTH,
+    NAME_MESSAGE,
+    NAME_PATTERN,
+    RAW_NAME_PATTERN,
+    REFUSED_PARAMETERS,
+    Param,
+    ParamType,
+    ascii_lower,
+    refusal_message,
+    unknown_message,
+)
 from .common import (
     AGE_COLUMN,
     ApiModel,
@@ -19,57 +39,203 @@ from .common import (
     PrinterColumn,
     Resources,
     Rule,
+    SpecError,
     Storage,
     conditions_field,
     name_length_rule,
 )
 from .defaults import nested
 
-# Settings the operator and agent own. Letting a user override them would break
-# replication, failover or fencing, so admission refuses them outright.
-MANAGED_PARAMETERS: tuple[str, ...] = (
-    "archive_command",
-    "cluster_name",
-    "config_file",
-    "data_directory",
-    "hba_file",
-    "hot_standby",
-    "hot_standby_feedback",
-    "ident_file",
-    "listen_addresses",
-    "max_replication_slots",
-    "max_slot_wal_keep_size",
-    "max_wal_senders",
-    "port",
-    "primary_conninfo",
-    "primary_slot_name",
-    "restore_command",
-    "ssl",
-    "ssl_ca_file",
-    "ssl_cert_file",
-    "ssl_key_file",
-    "sync_replication_slots",
-    "synchronized_standby_slots",
-    "synchronous_commit",
-    "synchronous_standby_names",
-    "track_commit_timestamp",
-    "unix_socket_directories",
-    "wal_level",
-    "wal_log_hints",
-)
 POSTGRESQL_VERSIONS: tuple[str, ...] = ("15", "16", "17", "18")
 KINGBASE_VERSION_PATTERN = r"^V[0-9]+(R[0-9]+)?$"
 
 
 
-def _managed_parameter_rule(param: str) -> Rule:
-    return Rule(
-        cel=f"!has(self.parameters) || !('{param}' in self.parameters)",
-        message=f"parameters may not set {param}: Ringkeeper manages this setting",
+# -- spec.parameters ---------------------------------------------------------------------
+# The allow-lists live in the engine profiles (ringkeeper.engines); these rules turn
+# them into CEL for admission and into the Python twins `ringkeeper validate` runs.
+# Names are case-insensitive (PostgreSQL folds them), so rules compare lowerAscii().
+_PARAMS = "self.parameters"
+_CATALOGS = {
+    EngineName.POSTGRESQL: (profile_for("postgresql", POSTGRESQL_VERSIONS[-1]).parameters,
+                            POSTGRESQL_VERSIONS),
+    EngineName.KINGBASE: (profile_for("kingbase", "V8R6").parameters, ()),
+}
+
+
+@dataclass(frozen=True)
+class _NamingRule(Rule):
+    """A rule whose message names the offending parameter: CEL builds it with a
+    messageExpression, and the Python check raises the same sentence itself."""
+
+    message_expression: str = ""
+
+    def to_cel(self) -> dict[str, Any]:
+        out = super().to_cel()
+        out["messageExpression"] = self.message_expression
+        return out
+
+
+def _cel_list(names: Iterable[str]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in sorted(names)) + "]"
+
+
+def _lowered(spec: CampusSpec) -> list[tuple[str, str]]:
+    """(lower-cased name, value) of every well-formed name, in a stable order."""
+    return [(ascii_lower(k), v) for k, v in sorted(spec.parameters.items())
+            if re.fullmatch(RAW_NAME_PATTERN, k)]
+
+
+def _profile(spec: CampusSpec) -> EngineProfile | None:
+    try:
+        return profile_for(str(spec.engine), spec.version)
+    except ValueError:
+        return None  # the version rules above already refuse it
+
+
+def _check_refused(spec: CampusSpec) -> bool:
+    for name, _ in _lowered(spec):
+        if name in REFUSED_PARAMETERS:
+            raise SpecError(".parameters", refusal_message(name))
+    return True
+
+
+def _check_known(engine: EngineName) -> Callable[[CampusSpec], bool]:
+    def check(spec: CampusSpec) -> bool:
+        profile = _profile(spec)
+        if spec.engine != engine or profile is None:
+            return True
+        allowed = profile.parameters.allowed(profile.major)
+        for name, _ in _lowered(spec):
+            if name not in REFUSED_PARAMETERS and name not in allowed:
+                raise SpecError(".parameters", unknown_message(name, spec.engine, spec.version))
+        return True
+    return check
+
+
+def _known_cel(engine: EngineName) -> str:
+    """Every well-formed, not refused name is allowed for this engine (and version)."""
+    catalog, versions = _CATALOGS[engine]
+    refused = "{" + ", ".join(f"'{n}': true" for n in sorted(REFUSED_PARAMETERS)) + "}"
+    always = [p.name for p in catalog.params if p.since == 0]
+    terms = [f"n in {refused}", f"n in {_cel_list(always)}"]
+    for since in sorted({p.since for p in catalog.params if p.since}):
+        newer = [v for v in versions if int(v) >= since]
+        names = [p.name for p in catalog.params if p.since == since]
+        terms.append(f"(self.version in {_cel_list(newer)} && n in {_cel_list(names)})")
+    return " || ".join(terms)
+
+
+def _known_rule(engine: EngineName) -> Rule:
+    ok = _known_cel(engine)
+    lowered = f"{_PARAMS}.map(k, k.lowerAscii())"
+    return _NamingRule(
+        cel=f"!has({_PARAMS}) || self.engine != '{engine}' || {lowered}.all(n, "
+        f"!n.matches('^{NAME_PATTERN}$') || {ok})",
+        message=f"parameters may only set the {engine} settings Ringkeeper allows "
+        "(see docs/parameters.md)",
+        message_expression=f"{lowered}.filter(n, n.matches('^{NAME_PATTERN}$') && !({ok}))"
+        ".map(n, 'parameters may not set ' + n + ': it is not one of the settings Ringkeeper "
+        "allows for ' + self.engine + ' ' + self.version + ' (see docs/parameters.md)')[0]",
         field_path=".parameters",
-        check=lambda spec: param not in spec.parameters,
+        check=_check_known(engine),
         reason="FieldValueForbidden",
     )
+
+
+def _refused_rule() -> Rule:
+    reasons = "{" + ", ".join(f"'{n}': '{r.value}'"
+                              for n, r in sorted(REFUSED_PARAMETERS.items())) + "}"
+    lowered = f"{_PARAMS}.map(k, k.lowerAscii())"
+    return _NamingRule(
+        cel=f"!has({_PARAMS}) || !{lowered}.exists(n, n in {reasons})",
+        message="parameters may not set commands, libraries, file paths or the settings "
+        "Ringkeeper manages",
+        message_expression=f"{lowered}.filter(n, n in {reasons})"
+        f".map(n, 'parameters may not set ' + n + ': ' + {reasons}[n])[0]",
+        field_path=".parameters",
+        check=_check_refused,
+        reason="FieldValueForbidden",
+    )
+
+
+def _value_rule(param: Param) -> Rule:
+    def check(spec: CampusSpec) -> bool:
+        return all(param.accepts(v) for n, v in _lowered(spec) if n == param.name)
+
+    return Rule(
+        cel=f"!has({_PARAMS}) || {_PARAMS}.all(k, k.lowerAscii() != '{param.name}' || "
+        f"[{_PARAMS}[k]].all(v, {param.cel('v')}))",
+        message=param.message(),
+        field_path=".parameters",
+        check=check,
+        reason="FieldValueInvalid",
+    )
+
+
+def _bool_rule(params: list[Param]) -> Rule:
+    """All on/off settings in one rule (they share their check); it names the first."""
+    names = {p.name for p in params}
+    sample = params[0]
+    ok = sample.cel(f"{_PARAMS}[k]")
+    tail = sample.message().removeprefix(f"parameter {sample.name} ")
+
+    def check(spec: CampusSpec) -> bool:
+        for n, v in _lowered(spec):
+            if n in names and not sample.accepts(v):
+                raise SpecError(".parameters", f"parameter {n} {tail}")
+        return True
+
+    return _NamingRule(
+        cel=f"!has({_PARAMS}) || {_PARAMS}.all(k, !(k.lowerAscii() in {_cel_list(names)}) "
+        f"|| {ok})",
+        message=f"on/off parameters {tail}",
+        message_expression=f"{_PARAMS}.filter(k, k.lowerAscii() in {_cel_list(names)} && "
+        f"!({ok})).map(k, 'parameter ' + k.lowerAscii() + ' {tail}')[0]",
+        field_path=".parameters",
+        check=check,
+        reason="FieldValueInvalid",
+    )
+
+
+def _value_params() -> list[Param]:
+    """Every allowed parameter once; the engines share each Param they have in common."""
+    seen: dict[str, Param] = {}
+    for catalog, _ in _CATALOGS.values():
+        for p in catalog.params:
+            if seen.setdefault(p.name, p) != p:
+                raise ValueError(f"{p.name} differs between engines: guard its rule by engine")
+    return list(seen.values())
+
+
+PARAMETER_RULES: tuple[Rule, ...] = (
+    Rule(
+        cel=f"!has({_PARAMS}) || {_PARAMS}.all(k, k.matches('^{RAW_NAME_PATTERN}$'))",
+        message=NAME_MESSAGE,
+        field_path=".parameters",
+        check=lambda s: all(re.fullmatch(RAW_NAME_PATTERN, k) for k in s.parameters),
+        reason="FieldValueInvalid",
+    ),
+    Rule(
+        cel=f"!has({_PARAMS}) || {_PARAMS}.all(k, !{_PARAMS}[k].matches('{CONTROL_PATTERN}'))",
+        message=CONTROL_MESSAGE,
+        field_path=".parameters",
+        check=lambda s: not any(re.search(CONTROL_PATTERN, v) for v in s.parameters.values()),
+        reason="FieldValueInvalid",
+    ),
+    Rule(
+        cel=f"!has({_PARAMS}) || {_PARAMS}.all(k, {_PARAMS}.all(j, j == k || "
+        "j.lowerAscii() != k.lowerAscii()))",
+        message=DUPLICATE_MESSAGE,
+        field_path=".parameters",
+        check=lambda s: len({ascii_lower(k) for k in s.parameters}) == len(s.parameters),
+        reason="FieldValueInvalid",
+    ),
+    _refused_rule(),
+    *(_known_rule(engine) for engine in _CATALOGS),
+    _bool_rule([p for p in _value_params() if p.type is ParamType.BOOL]),
+    *(_value_rule(p) for p in _value_params() if p.type is not ParamType.BOOL),
+)
 
 
 class SyncMethod(StrEnum):
@@ -177,12 +343,15 @@ class CampusSpec(ApiModel):
         SynchronousReplication, "Synchronous replication inside the campus."
     )
     failover: FailoverSettings = nested(FailoverSettings, "Automatic failover settings.")
-    parameters: dict[str, str] = Field(
+    parameters: dict[str, Annotated[str, Field(max_length=MAX_VALUE_LENGTH)]] = Field(
         default_factory=dict,
-        max_length=200,
-        description="Extra engine parameters (postgresql.conf / kingbase.conf). Settings that "
-        "Ringkeeper manages (wal_level, synchronous_standby_names, port, ...) are refused.",
-        json_schema_extra={"maxProperties": 200},
+        max_length=MAX_PARAMETERS,
+        description="Engine tuning parameters (postgresql.conf / kingbase.conf), name to "
+        "value. Only the engine's allow-list of tuning settings (memory, WAL and checkpoints, "
+        "planner, logging, timeouts, autovacuum, ...) is accepted, each checked against its "
+        "type and range; names are case-insensitive. Commands, libraries, file paths and the "
+        "settings Ringkeeper manages are refused. See docs/parameters.md.",
+        json_schema_extra={"maxProperties": MAX_PARAMETERS},
     )
     tls: TLSSettings = nested(TLSSettings, "TLS for all connections.")
     monitoring: MonitoringSettings = nested(MonitoringSettings, "Prometheus metrics.")
@@ -239,7 +408,7 @@ class CampusSpec(ApiModel):
             or re.fullmatch(KINGBASE_VERSION_PATTERN, s.version) is not None,
             reason="FieldValueInvalid",
         ),
-        *(_managed_parameter_rule(param) for param in MANAGED_PARAMETERS),
+        *PARAMETER_RULES,
         Rule(
             cel="self.engine == oldSelf.engine",
             message="engine is immutable: create a new Campus with the other engine and let "
