@@ -154,9 +154,8 @@ async def _claim(api: client.ApiClient, ring: dict[str, Any], campus: str
                  ) -> tuple[Refusal | None, str, bool]:
     """Whether this ring holds `campus` (core.ownership.ring_claim), and if its Secret exists."""
     probe = _secret(ring, manifests.ring_secret_name(campus), "")
-    existing = await resources.get(api, probe)
-    _, why, message = ring_claim(existing["metadata"] if existing else None, ring_owner(ring),
-                                 campus)
+    existing = await resources.get_metadata(api, probe)
+    _, why, message = ring_claim(existing, ring_owner(ring), campus)
     return why, message, existing is not None
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..core.failures import backoff_delay
 from ..observability import metrics as m
 from .config import RingConfig
 from .conninfo import Target, build_dsn
@@ -68,6 +69,21 @@ def _local_dsn(args: argparse.Namespace) -> str:
         raise SystemExit(f"ringkeeper sync: local database settings: {exc}") from None
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line saying what went wrong, whatever the exception carries.
+
+    A timeout's message is empty (str(TimeoutError()) == ''), and the first line of an
+    empty text does not exist: the sidecar crash-looped on that IndexError after failovers.
+    """
+    if getattr(exc, "status", None) == 404:
+        return "not found: the Campus is not in a ring yet"
+    status = getattr(exc, "status", None)
+    kind = type(exc).__name__ + (f" {status}" if isinstance(status, int) else "")
+    text = str(getattr(exc, "reason", None) or exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{kind}: {first}" if first else f"{kind} (no message)"
+
+
 def secret_config(namespace: str, name: str) -> ConfigSource:
     cache: dict[str, Any] = {}
 
@@ -84,12 +100,10 @@ def secret_config(namespace: str, name: str) -> ConfigSource:
             raw = base64.b64decode((s.data or {})["ring.json"]).decode()
             cache["cfg"] = RingConfig.from_dict(json.loads(raw))
         except Exception as exc:  # the API may blink; keep the last good config
+            why = describe_error(exc)
             if "cfg" not in cache:
-                why = ("not found: the Campus is not in a ring yet"
-                       if getattr(exc, "status", None) == 404 else
-                       str(getattr(exc, "reason", None) or exc).splitlines()[0])
-                raise RuntimeError(f"ring config Secret {namespace}/{name} {why}") from exc
-            log.warning("ring config Secret unreadable, keeping the last one: %s", exc)
+                raise RuntimeError(f"ring config Secret {namespace}/{name}: {why}") from exc
+            log.warning("ring config Secret unreadable, keeping the last one: %s", why)
         cfg: RingConfig = cache["cfg"]
         return cfg
 
@@ -153,17 +167,20 @@ async def _main(args: argparse.Namespace) -> None:
         await runner.setup()
         await web.TCPSite(runner, args.status_address, args.status_port).start()
     try:
-        # A Campus not (yet) in a ring has no config: wait for it instead of restarting.
+        # A Campus not (yet) in a ring has no config, and the API may time out during a
+        # failover: wait for it with backoff instead of exiting into a crash loop.
+        failures = 0
         while not stop.is_set():
             try:
                 cfg = await source()
                 cfg.member(args.member)
                 break
-            except (RuntimeError, ValueError, KeyError, OSError) as exc:
-                sidecar.state.error = f"waiting for the ring config: {exc}"
+            except Exception as exc:
+                failures += 1
+                sidecar.state.error = f"waiting for the ring config: {describe_error(exc)}"
                 log.info("%s", sidecar.state.error)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 5)
+                    await asyncio.wait_for(stop.wait(), backoff_delay(failures, 1.0, 30.0))
         else:
             return
         log.info("sync sidecar for member %s of ring %s (%s)", args.member, cfg.ring,
