@@ -6,6 +6,7 @@ hack/build-k8s.sh builds, and are skipped when it has not been built.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,57 +21,30 @@ CHART = REPO / "charts" / "ringkeeper"
 
 Triple = tuple[str, str, str]
 
-# The exact least-privilege rule set of the operator's ClusterRole:
-# (apiGroups, resources, verbs), expanded into (group, resource, verb) triples.
-EXPECTED_RULES: list[tuple[list[str], list[str], list[str]]] = [
-    (
-        ["ringkeeper.io"],
-        ["campuses", "replicationrings", "satellites", "drills"],
-        ["get", "list", "watch", "patch", "update"],
-    ),
-    (
-        ["ringkeeper.io"],
-        ["campuses/status", "replicationrings/status", "satellites/status", "drills/status"],
-        ["get", "patch", "update"],
-    ),
-    ([""], ["pods"], ["get", "list", "watch", "patch", "delete"]),
-    (
-        [""],
-        ["services", "configmaps", "secrets", "persistentvolumeclaims"],
-        ["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
-    ([""], ["events"], ["create", "patch"]),
-    ([""], ["namespaces"], ["get", "list", "watch"]),
-    (
-        [""],
-        ["serviceaccounts"],
-        ["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
-    (
-        ["rbac.authorization.k8s.io"],
-        ["roles", "rolebindings"],
-        ["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
-    (
-        ["apps"],
-        ["statefulsets"],
-        ["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
-    (
-        ["policy"],
-        ["poddisruptionbudgets"],
-        ["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
-    (["batch"], ["jobs"], ["get", "list", "watch", "create", "delete"]),
-    (["discovery.k8s.io"], ["endpointslices"], ["get", "list", "watch"]),
-    (
-        ["coordination.k8s.io"],
-        ["leases"],
-        ["get", "list", "watch", "create", "update", "patch"],
-    ),
-    (["events.k8s.io"], ["events"], ["create", "patch"]),
-    (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["get", "list", "watch"]),
+# The exact least-privilege rules, by part, as (apiGroups, resources, verbs). Each grant
+# is one the operator's code uses: test_every_grant_is_used_by_the_code checks that.
+WORKLOAD_RULES: list[tuple[list[str], list[str], list[str]]] = [
+    (["ringkeeper.io"], ["campuses", "replicationrings"], ["get", "list", "watch", "patch"]),
+    (["ringkeeper.io"], ["satellites", "drills"], ["list", "watch", "patch"]),
+    (["ringkeeper.io"],
+     ["campuses/status", "replicationrings/status", "satellites/status", "drills/status"],
+     ["patch"]),
+    ([""], ["pods"], ["get", "list", "patch"]),
+    ([""], ["secrets"], ["get", "list", "create", "patch", "delete"]),
+    ([""], ["services", "serviceaccounts"], ["get", "create", "patch"]),
+    (["apps"], ["statefulsets"], ["get", "create", "patch"]),
+    (["policy"], ["poddisruptionbudgets"], ["get", "create", "patch"]),
+    (["rbac.authorization.k8s.io"], ["roles", "rolebindings"], ["get", "create", "patch"]),
+    ([""], ["events"], ["create"]),
 ]
+DISCOVERY_RULES = [(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"])]
+NAMESPACED_MODE_RULES = [([""], ["namespaces"], ["list", "watch"])]  # only with --namespace
+LEADER_RULES = [(["coordination.k8s.io"], ["leases"], ["get", "create", "update"])]
+# Never granted, whatever else changes (the live-cluster finding of issue 13).
+FORBIDDEN: set[Triple] = {("", "secrets", v) for v in ("watch", "update", "deletecollection")} | {
+    (g, r, v) for g, r in (("batch", "jobs"), ("", "configmaps"),
+                           ("", "persistentvolumeclaims"), ("discovery.k8s.io", "endpointslices"))
+    for v in ("get", "list", "watch", "create", "patch", "update", "delete")}
 
 
 def expand(rules: list[dict[str, Any]]) -> set[Triple]:
@@ -83,9 +57,15 @@ def expand(rules: list[dict[str, Any]]) -> set[Triple]:
     }
 
 
-EXPECTED_TRIPLES = expand(
-    [{"apiGroups": g, "resources": r, "verbs": v} for g, r, v in EXPECTED_RULES]
-)
+def triples(rules: list[tuple[list[str], list[str], list[str]]]) -> set[Triple]:
+    return expand([{"apiGroups": g, "resources": r, "verbs": v} for g, r, v in rules])
+
+
+WORKLOAD = triples(WORKLOAD_RULES)
+DISCOVERY = triples(DISCOVERY_RULES)
+NAMESPACED_MODE = triples(NAMESPACED_MODE_RULES)
+LEADER = triples(LEADER_RULES)
+EXPECTED_TRIPLES = WORKLOAD | DISCOVERY | LEADER  # watching all namespaces
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
@@ -204,36 +184,75 @@ def test_deployment_binds_its_pod_ip() -> None:
     assert args[args.index("--metrics-port") + 1] == "9090"
 
 
-def deploy_cluster_role() -> dict[str, Any]:
-    return only(load_all(DEPLOY / "rbac.yaml"), "ClusterRole")
+def rbac_docs() -> list[dict[str, Any]]:
+    return load_all(DEPLOY / "rbac.yaml")
 
 
-def test_cluster_role_has_no_wildcards() -> None:
-    for rule in deploy_cluster_role()["rules"]:
-        for key in ("apiGroups", "resources", "verbs"):
-            assert not any("*" in item for item in rule.get(key, [])), (key, rule)
-        assert "nonResourceURLs" not in rule
-        assert "resourceNames" not in rule
+def named(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
+    found = [d for d in docs if d.get("kind") == kind
+             and d["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, f"expected one {kind} named *{suffix}, found {len(found)}"
+    return found[0]
 
 
-def test_cluster_role_grants_exactly_the_expected_rules() -> None:
-    granted = expand(deploy_cluster_role()["rules"])
-    assert granted - EXPECTED_TRIPLES == set(), "unexpected permissions"
-    assert EXPECTED_TRIPLES - granted == set(), "missing permissions"
+def test_rbac_has_no_wildcards_or_non_resource_urls() -> None:
+    for doc in rbac_docs():
+        for rule in doc.get("rules", []):
+            for key in ("apiGroups", "resources", "verbs"):
+                assert not any("*" in item for item in rule.get(key, [])), (key, rule)
+            assert "nonResourceURLs" not in rule
 
 
-def test_cluster_role_is_bound_to_the_service_account() -> None:
-    docs = load_all(DEPLOY / "rbac.yaml")
-    binding = only(docs, "ClusterRoleBinding")
+def test_deploy_rbac_grants_exactly_the_expected_rules() -> None:
+    docs = rbac_docs()
+    assert expand(named(docs, "ClusterRole", "-operator")["rules"]) == WORKLOAD
+    assert expand(named(docs, "ClusterRole", "-discovery")["rules"]) == DISCOVERY
+    leader = named(docs, "Role", "-leader")
+    assert leader["metadata"]["namespace"] == "ringkeeper-system"
+    assert expand(leader["rules"]) == LEADER
+    granted = set().union(*(expand(d.get("rules", [])) for d in docs))
+    assert granted == EXPECTED_TRIPLES
+    assert granted & FORBIDDEN == set()
+
+
+def test_rbac_is_bound_to_the_service_account() -> None:
+    docs = rbac_docs()
     sa = only(load_all(DEPLOY / "serviceaccount.yaml"), "ServiceAccount")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": deploy_cluster_role()["metadata"]["name"],
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "ringkeeper-system"}
-    ]
+    subject = [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                "namespace": "ringkeeper-system"}]
+    for kind, role_kind, suffix in (("ClusterRoleBinding", "ClusterRole", "-operator"),
+                                    ("ClusterRoleBinding", "ClusterRole", "-discovery"),
+                                    ("RoleBinding", "Role", "-leader")):
+        binding = named(docs, kind, suffix)
+        role = named(docs, role_kind, suffix)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                      "kind": role_kind, "name": role["metadata"]["name"]}
+        assert binding["subjects"] == subject
+        if kind == "RoleBinding":
+            assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+
+
+def _chart_template_rules() -> dict[str, set[Triple]]:
+    """The chart's rules read without helm: template lines dropped (so conditional rules
+    count as granted), documents keyed by their name suffix."""
+    text = (CHART / "templates" / "rbac.yaml").read_text(encoding="utf-8")
+    out: dict[str, set[Triple]] = {}
+    for part in text.split("\n---\n"):
+        if "\nrules:" not in part:
+            continue  # a binding
+        plain = "\n".join(line for line in part.splitlines() if "{{" not in line
+                          or line.strip().startswith("name: {{ $name }}"))
+        doc = yaml.safe_load(plain.replace("{{ $name }}", "t"))
+        if isinstance(doc, dict) and doc.get("rules"):
+            out[doc["metadata"]["name"].removeprefix("t")] = expand(doc["rules"])
+    return out
+
+
+def test_chart_rbac_template_matches_the_table() -> None:
+    """Always runs (no helm needed); the rendered chart is checked below when helm is built."""
+    rules = _chart_template_rules()
+    assert rules == {"-operator": WORKLOAD, "-operator-discovery": DISCOVERY | NAMESPACED_MODE,
+                     "-operator-leader": LEADER}
 
 
 # --------------------------------------------------------------------------- Helm chart
@@ -284,11 +303,37 @@ def test_helm_lint(helm: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _grants(docs: list[dict[str, Any]]) -> dict[tuple[str, str], set[Triple]]:
+    """(binding kind, namespace or '*') -> the triples granted there, through bindings."""
+    roles = {(d["kind"], d["metadata"]["name"]): expand(d.get("rules", []))
+             for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    out: dict[tuple[str, str], set[Triple]] = {}
+    for b in docs:
+        if b["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
+            continue
+        where = b["metadata"].get("namespace", "*") if b["kind"] == "RoleBinding" else "*"
+        ref = b["roleRef"]
+        out.setdefault((b["kind"], where), set()).update(roles[(ref["kind"], ref["name"])])
+    return out
+
+
 def test_chart_rbac_matches_deploy_rbac(helm: Path, kube_version: str) -> None:
-    role = only(render(helm, kube_version), "ClusterRole")
-    chart_triples = expand(role["rules"])
-    assert chart_triples == expand(deploy_cluster_role()["rules"])
-    assert chart_triples == EXPECTED_TRIPLES
+    docs = render(helm, kube_version)
+    assert _grants(docs) == {("ClusterRoleBinding", "*"): WORKLOAD | DISCOVERY,
+                             ("RoleBinding", "default"): LEADER}
+    assert _grants(docs) == _grants([d for d in rbac_docs()
+                                     if d["kind"] != "RoleBinding"]) | {
+        ("RoleBinding", "default"): LEADER}
+
+
+def test_chart_rbac_with_watch_namespaces_binds_per_namespace(helm: Path,
+                                                              kube_version: str) -> None:
+    """Watching named namespaces, nothing about Secrets or workloads is granted elsewhere
+    (kube-system included): the rules are bound in those namespaces only."""
+    docs = render(helm, kube_version, "watchNamespaces={a,b}")
+    assert _grants(docs) == {("ClusterRoleBinding", "*"): DISCOVERY | NAMESPACED_MODE,
+                             ("RoleBinding", "a"): WORKLOAD, ("RoleBinding", "b"): WORKLOAD,
+                             ("RoleBinding", "default"): LEADER}
 
 
 def test_chart_deployment_matches_deploy_manifest(helm: Path, kube_version: str) -> None:
@@ -349,3 +394,126 @@ def test_chart_schema_rejects_bad_values(helm: Path, kube_version: str, bad: str
     )
     assert result.returncode != 0, f"--set {bad} was accepted"
     assert "schema" in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------- grants vs code
+
+OPERATOR_CODE = REPO / "operator" / "ringkeeper"
+# Where the operator process calls the API (the agent, the sync sidecar and the CLI run
+# under other identities, with their own Roles).
+OPERATOR_FILES = sorted((OPERATOR_CODE / "controller").glob("*.py"))
+
+
+def _applied_kinds() -> set[tuple[str, str]]:
+    """(group, resource) of every object reconcile server-side applies."""
+    from ringkeeper.core import manifests
+    from ringkeeper.engines import profile_for
+
+    campus = {"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Campus",
+              "metadata": {"name": "c", "namespace": "n", "uid": "u"},
+              "spec": {"engine": "postgresql", "version": "17", "instances": 3}}
+    plural = {"Service": "services", "ServiceAccount": "serviceaccounts",
+              "StatefulSet": "statefulsets", "PodDisruptionBudget": "poddisruptionbudgets",
+              "Role": "roles", "RoleBinding": "rolebindings", "Secret": "secrets"}
+    objs = manifests.desired(campus, profile_for("postgresql", "17"))
+    return {(o["apiVersion"].rpartition("/")[0], plural[o["kind"]]) for o in objs}
+
+
+def _onward_grants() -> set[Triple]:
+    """What the per-campus Roles grant the agents: the operator must hold it to create
+    them (RBAC refuses to grant what the granter lacks)."""
+    from ringkeeper.core import manifests
+    from ringkeeper.engines import profile_for
+
+    campus = {"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Campus",
+              "metadata": {"name": "c", "namespace": "n", "uid": "u"},
+              "spec": {"engine": "postgresql", "version": "17", "instances": 3}}
+    roles = [o for o in manifests.desired(campus, profile_for("postgresql", "17"))
+             if o["kind"] == "Role"]
+    return set().union(*(expand(r["rules"]) for r in roles))
+
+
+def _needed_by_code() -> dict[Triple, list[str]]:
+    """Each (group, resource, verb) the operator's code calls for, with the call sites.
+
+    The table maps API calls to the grants they need; a call it does not know fails the
+    test below, so a new kind of call cannot slip past the RBAC review."""
+    from ringkeeper.api.v1alpha1 import RESOURCES
+
+    applied = _applied_kinds()
+    text = {p.name: p.read_text(encoding="utf-8") for p in OPERATOR_FILES}
+    needs: dict[Triple, list[str]] = {}
+
+    def need(triple: Triple, where: str) -> None:
+        needs.setdefault(triple, []).append(where)
+
+    calls: list[tuple[str, list[Triple]]] = [
+        (r"resources\.read_campus\(", [("ringkeeper.io", "campuses", "get")]),
+        (r"resources\.patch_campus\(", [("ringkeeper.io", "campuses", "patch")]),
+        (r"resources\.patch_campus_status\(", [("ringkeeper.io", "campuses/status", "patch")]),
+        (r"resources\.label_pod\(|patch_namespaced_pod\(", [("", "pods", "patch")]),
+        (r"list_namespaced_pod\(", [("", "pods", "list")]),
+        (r"resources\.secret_value\(|secretrefs\.secret_(metadata|key)\(|"
+         r"read_namespaced_secret\(", [("", "secrets", "get")]),
+        (r"resources\.create_if_missing\(", [("", "secrets", "create")]),
+        (r"list_namespaced_secret\(", [("", "secrets", "list")]),
+        (r"resources\.delete\(", [("", "secrets", "delete")]),
+        (r"resources\.(apply|apply_owned)\(",
+         [(g, r, v) for g, r in applied | {("", "secrets")} for v in ("create", "patch")]),
+        (r"resources\.(get|exists|ownership|apply_owned)\(",
+         [(g, r, "get") for g, r in applied | {("", "secrets")}]),
+        (r"read_namespaced_lease\(", [("coordination.k8s.io", "leases", "get")]),
+        (r"create_namespaced_lease\(", [("coordination.k8s.io", "leases", "create")]),
+        (r"replace_namespaced_lease\(", [("coordination.k8s.io", "leases", "update")]),
+        (r"kopf\.(info|warn|event|exception)\(", [("", "events", "create")]),
+        (r"kopf\.operator\(", [("apiextensions.k8s.io", "customresourcedefinitions", v)
+                               for v in ("list", "watch")]),
+        (r"kopf\.operator\([^)]*namespaces=", [("", "namespaces", v) for v in ("list", "watch")]),
+    ]
+    for name, src in text.items():
+        for pattern, grants in calls:
+            for m in re.finditer(pattern, src, re.S):
+                for g in grants:
+                    need(g, f"{name}:{src.count(chr(10), 0, m.start()) + 1}")
+        for m in re.finditer(r'resources\.(read_custom|patch_custom_status)\(\s*\w+,\s*\w+,\s*'
+                             r'"(\w+)"', src):
+            res = m[2] if m[1] == "read_custom" else f"{m[2]}/status"
+            need(("ringkeeper.io", res, "get" if m[1] == "read_custom" else "patch"), name)
+        # kopf handlers: kopf lists and watches the resource, patches its annotations,
+        # and writes status through the status subresource.
+        plurals = set(re.findall(r'kopf\.(?:on\.\w+|daemon|timer)\(\s*"ringkeeper\.io",\s*'
+                                 r'"v1alpha1",\s*"(\w+)"', src))
+        if "for resource in RESOURCES" in src and "decorator(GROUP, VERSION, plural" in src:
+            plurals |= {r.info.plural for r in RESOURCES}
+        for plural in plurals:
+            for v in ("list", "watch", "patch"):
+                need(("ringkeeper.io", plural, v), f"{name} (kopf handler)")
+            need(("ringkeeper.io", f"{plural}/status", "patch"), f"{name} (kopf handler)")
+    for triple in _onward_grants():
+        need(triple, "core/manifests.py instance Role (granted onward)")
+    return needs
+
+
+def test_every_grant_is_used_by_the_code() -> None:
+    needs = _needed_by_code()
+    granted = EXPECTED_TRIPLES | NAMESPACED_MODE
+    unused = sorted(granted - set(needs))
+    assert unused == [], f"granted but no code calls for it: {unused}"
+
+
+def test_every_call_of_the_code_is_granted() -> None:
+    needs = _needed_by_code()
+    granted = EXPECTED_TRIPLES | NAMESPACED_MODE
+    missing = {t: where for t, where in needs.items() if t not in granted}
+    assert missing == {}, ("the code calls for permissions deploy/rbac.yaml and the chart "
+                           f"do not grant (add a rule with a comment naming the caller): {missing}")
+
+
+def test_the_grep_sees_what_it_claims() -> None:
+    """The scan finds the calls this table is about (a scan that found nothing would
+    let every grant look unused and every call look granted)."""
+    needs = _needed_by_code()
+    assert ("", "secrets", "get") in needs and ("", "pods", "list") in needs
+    assert ("ringkeeper.io", "drills", "watch") in needs  # through handlers.py's loop
+    assert ("coordination.k8s.io", "leases", "update") in needs
+    assert ("apps", "statefulsets", "patch") in needs
