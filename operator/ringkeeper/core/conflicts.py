@@ -108,6 +108,14 @@ def decide(op: Op, incoming: Version, row: Version | None, tombstone: Version | 
     normal sequence of that origin's writes.
     """
     if row is not None:
+        if row.origin == incoming.origin:
+            # No two campuses met: both versions come from one campus, whose own order
+            # decides. The very same write (a row copied at setup and streamed too) is
+            # written again, so this member forwards it like every write it applies.
+            if row.committed_at > incoming.committed_at:
+                return Decision(Action.SKIP, None, f"holds a later write from {row.origin}")
+            return Decision(Action.DELETE if op == Op.DELETE else Action.UPDATE, None,
+                            f"a write from {row.origin} at or after the row's")
         keep = winner(row, incoming, policy)
         wins = keep is incoming
         if op == Op.INSERT:

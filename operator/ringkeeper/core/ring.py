@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..api.v1alpha1.ring import Topology
 
-__all__ = ["Link", "Topology", "links", "path_of"]
+__all__ = ["Link", "Topology", "hops_to", "links", "path_of"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,25 @@ def path_of(origin: str, members: Sequence[str], topology: Topology | str,
         reached.append(lk.target)
         at = lk.target
     return reached
+
+
+def hops_to(origin: str, target: str, members: Sequence[str],
+            topology: Topology | str) -> list[tuple[str, str]]:
+    """The links (source, target) a change written at `origin` crosses to reach
+    `target`, in order, with every member up. A member copying `origin`'s rows needs
+    the slots of all of them to exist before it takes its snapshot: a write after the
+    snapshot then travels every hop (see sync/seed.py)."""
+    if origin == target:
+        return []
+    by_source = {lk.source: lk for lk in links(members, topology)}
+    if Topology(topology) == Topology.MESH:
+        return [(origin, target)]
+    out: list[tuple[str, str]] = []
+    at = origin
+    while at != target:
+        lk = by_source.get(at)
+        if lk is None or not lk.carries(origin) or len(out) >= len(members):
+            raise ValueError(f"no path from {origin} to {target} in {list(members)}")
+        out.append((lk.source, lk.target))
+        at = lk.target
+    return out

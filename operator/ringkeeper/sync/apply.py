@@ -205,8 +205,11 @@ class Applier:
         return Version(origin=origin, committed_at=when, priority=prio)
 
     def wanted(self, origin: str, origin_lsn: int) -> bool:
-        """Whether a transaction from `origin` is new here (not ours, not applied yet)."""
-        return origin != self.local and origin_lsn > self.progress.get(origin, 0)
+        """Whether a transaction from `origin` is new here (not ours, not applied yet).
+        Origin LSN 0/0 marks an initial copy (sync/seed.py): always taken, under the
+        conflict rules, which make a second arrival harmless."""
+        return origin != self.local and (origin_lsn == 0 or
+                                         origin_lsn > self.progress.get(origin, 0))
 
     # -- relations -------------------------------------------------------------------
     async def relation(self, rel: Relation) -> None:

@@ -9,8 +9,10 @@ origin per member, and the member's logical slots.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +81,87 @@ CREATE TABLE IF NOT EXISTS ringkeeper.seed_state (
     finished_at timestamptz,
     PRIMARY KEY (ring)
 );
+-- Which tables each ring carries, for the event trigger below (the sidecar keeps it
+-- equal to the ring's spec): schema.table patterns where * matches any run.
+CREATE TABLE IF NOT EXISTS ringkeeper.capture_rules (
+    ring text PRIMARY KEY,
+    publication text NOT NULL,
+    include text[] NOT NULL,
+    exclude text[] NOT NULL
+);
+-- Members whose own rows this member has copied (setup and joins).
+CREATE TABLE IF NOT EXISTS ringkeeper.initial_copies (
+    ring text NOT NULL,
+    source text NOT NULL,
+    rows_copied bigint NOT NULL DEFAULT 0,
+    finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (ring, source)
+);
+CREATE OR REPLACE FUNCTION ringkeeper.pattern_like(pattern text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $fn$
+    SELECT replace(replace(replace(replace(pattern, '\\', '\\\\'), '%', '\\%'), '_',
+                                           '\\_'),
+                   '*', '%')
+$fn$;
+-- A table created (or given a key) while the ring runs joins each matching ring's
+-- publication in the transaction that created it, so its first row is captured; the
+-- tombstone trigger comes with it. SECURITY DEFINER: the application's role creates
+-- tables, the publication belongs to the ring's superuser.
+CREATE OR REPLACE FUNCTION ringkeeper.capture_new_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+DECLARE
+    obj record;
+    rule record;
+    rel record;
+    keyexpr text;
+BEGIN
+    FOR obj IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+                WHERE object_type IN ('table') LOOP
+        SELECT n.nspname, c.relname INTO rel FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = obj.objid AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+           AND n.nspname NOT IN ('information_schema', 'ringkeeper')
+           AND n.nspname NOT LIKE 'pg\\_%';
+        CONTINUE WHEN NOT FOUND;
+        SELECT string_agg(format('($1).%I::text', a.attname), ', ' ORDER BY k.ord)
+          INTO keyexpr
+          FROM pg_index i
+          JOIN pg_class c ON c.oid = i.indrelid
+          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = obj.objid
+           AND i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2
+                                WHERE i2.indrelid = obj.objid
+                                  AND (i2.indisprimary OR
+                                       (c.relreplident = 'i' AND i2.indisreplident))
+                                ORDER BY i2.indisprimary DESC LIMIT 1);
+        CONTINUE WHEN keyexpr IS NULL;  -- no key: refused, as the sidecar reports
+        FOR rule IN SELECT r.* FROM ringkeeper.capture_rules r
+                      JOIN pg_publication p ON p.pubname = r.publication
+                     WHERE NOT p.puballtables LOOP
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM unnest(rule.include) AS p(pat)
+                WHERE rel.nspname || '.' || rel.relname LIKE ringkeeper.pattern_like(p.pat));
+            CONTINUE WHEN EXISTS (SELECT 1 FROM unnest(rule.exclude) AS p(pat)
+                WHERE rel.nspname || '.' || rel.relname LIKE ringkeeper.pattern_like(p.pat));
+            IF NOT EXISTS (SELECT 1 FROM pg_publication_rel pr
+                             JOIN pg_publication p ON p.oid = pr.prpubid
+                            WHERE p.pubname = rule.publication AND pr.prrelid = obj.objid) THEN
+                EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', rule.publication,
+                               rel.nspname, rel.relname);
+            END IF;
+        END LOOP;
+        IF EXISTS (SELECT 1 FROM ringkeeper.capture_rules) AND NOT EXISTS (
+                SELECT 1 FROM pg_trigger WHERE tgrelid = obj.objid
+                   AND tgname = 'ringkeeper_tombstone') THEN
+            EXECUTE format('CREATE TRIGGER ringkeeper_tombstone AFTER DELETE ON %I.%I '
+                           'FOR EACH ROW EXECUTE FUNCTION ringkeeper.tombstone(%L)',
+                           rel.nspname, rel.relname, keyexpr);
+            EXECUTE format('ALTER TABLE %I.%I ENABLE ALWAYS TRIGGER ringkeeper_tombstone',
+                           rel.nspname, rel.relname);
+        END IF;
+    END LOOP;
+END
+$fn$;
 -- Keys travel as JSON arrays of each key column's text form; the trigger builds the
 -- same form from the deleted row, in UTC and ISO style like the sync sessions.
 CREATE OR REPLACE FUNCTION ringkeeper.tombstone() RETURNS trigger
@@ -220,6 +303,50 @@ async def ensure_publication(conn: asyncpg.Connection, ring: str,
             f"ALTER PUBLICATION {quote_ident(pub)} DROP TABLE {', '.join(quoted)}")
 
 
+async def publication_exists(conn: asyncpg.Connection, ring: str) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM pg_publication WHERE pubname = $1",
+                                    names.publication_name(ring)))
+
+
+async def prepare_capture(conn: asyncpg.Connection, ring: str, include: Sequence[str],
+                          exclude: Sequence[str], *,
+                          schema: bool = True) -> tuple[list[TableInfo], list[str]]:
+    """Everything a member needs before any slot on it is created, idempotently:
+    the ringkeeper schema, the publication of the ring's tables, the tombstone
+    triggers, the capture rules and the event trigger that adds tables created later.
+
+    Whoever creates a slot on a server calls this first (the member's own sidecar, or
+    a downstream one whose upstream's sidecar has not run yet): a slot created before
+    its publication cannot decode with it (PostgreSQL 15 and 17 fail the link with
+    "publication does not exist" for ever; 18 only warns and sends nothing for the
+    tables), so the order is what makes a start order safe. Returns the tables and
+    the refused ones. `schema=False` skips re-creating the schema's objects (the
+    periodic refresh: they exist)."""
+    if schema:
+        await ensure_schema(conn)
+    tables, refused = await replicated_tables(conn, include, exclude)
+    pub = names.publication_name(ring)
+    async with conn.transaction():
+        # Sidecars of several members may prepare one server at once.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ringkeeper.capture'))")
+        await conn.execute(
+            "INSERT INTO ringkeeper.capture_rules (ring, publication, include, exclude) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (ring) DO UPDATE SET "
+            "publication = EXCLUDED.publication, include = EXCLUDED.include, "
+            "exclude = EXCLUDED.exclude", ring, pub, list(include), list(exclude))
+        if not await conn.fetchval(
+                "SELECT count(*) FROM pg_event_trigger WHERE evtname = 'ringkeeper_capture'"):
+            await conn.execute(
+                "CREATE EVENT TRIGGER ringkeeper_capture ON ddl_command_end WHEN TAG IN "
+                "('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE') "
+                "EXECUTE FUNCTION ringkeeper.capture_new_tables()")
+        await ensure_publication(conn, ring, tables)
+    # Not in the transaction above: each trigger takes its table's lock, and holding
+    # one while waiting for the next deadlocks with the application's transactions.
+    await ensure_tombstone_triggers(conn, tables)
+    return tables, refused
+
+
 async def ensure_tombstone_triggers(conn: asyncpg.Connection,
                                     tables: Sequence[TableInfo]) -> None:
     have = {r["rel"] for r in await conn.fetch(
@@ -230,14 +357,17 @@ async def ensure_tombstone_triggers(conn: asyncpg.Connection,
             continue
         expr = ", ".join(f"($1).{quote_ident(c)}::text" for c in t.key)
         literal = "'" + expr.replace("'", "''") + "'"
-        async with conn.transaction():
-            await conn.execute(
-                f"CREATE TRIGGER ringkeeper_tombstone AFTER DELETE ON {t.quoted} "
-                f"FOR EACH ROW EXECUTE FUNCTION ringkeeper.tombstone({literal})")
-            # ALWAYS: deletes applied by the ring (session_replication_role = replica)
-            # need their tombstone as much as local ones.
-            await conn.execute(
-                f"ALTER TABLE {t.quoted} ENABLE ALWAYS TRIGGER ringkeeper_tombstone")
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    f"CREATE TRIGGER ringkeeper_tombstone AFTER DELETE ON {t.quoted} "
+                    f"FOR EACH ROW EXECUTE FUNCTION ringkeeper.tombstone({literal})")
+                # ALWAYS: deletes applied by the ring (session_replication_role =
+                # replica) need their tombstone as much as local ones.
+                await conn.execute(
+                    f"ALTER TABLE {t.quoted} ENABLE ALWAYS TRIGGER ringkeeper_tombstone")
+        except asyncpg.DuplicateObjectError:
+            pass  # another sidecar preparing this server (or the event trigger) was first
 
 
 async def ensure_origins(conn: asyncpg.Connection, profile: EngineProfile, ring: str,
@@ -256,10 +386,49 @@ async def slot_exists(conn: asyncpg.Connection, profile: EngineProfile, slot: st
         f"SELECT count(*) FROM {profile.sql.replication_slots} WHERE slot_name = $1", slot))
 
 
-async def ensure_slot(conn: asyncpg.Connection, profile: EngineProfile, slot: str) -> bool:
+async def ensure_slot(conn: asyncpg.Connection, profile: EngineProfile, slot: str,
+                      ring: str | None = None) -> bool:
     """Create the logical slot if missing; True if it was created now (and so starts at
-    the current WAL position: anything committed before it is not in it)."""
+    the current WAL position: anything committed before it is not in it).
+
+    With `ring`, the ring's publication must exist on this server first (see
+    prepare_capture): a slot is never made before the publication it decodes with.
+    Creation is serialised per slot by an advisory lock, and an existing slot is only
+    reported once it is consistent, so a caller that takes a snapshot after this
+    returns knows every later commit is in the slot."""
+    if ring is not None and not await publication_exists(conn, ring):
+        raise SetupError(f"publication {names.publication_name(ring)} does not exist yet: "
+                         f"slot {slot} waits for it")
+    key = f"ringkeeper.slot:{slot}"
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+    try:
+        return await _ensure_slot_locked(conn, profile, slot)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+
+async def wait_consistent(conn: asyncpg.Connection, profile: EngineProfile, slot: str,
+                          timeout: float = 60.0) -> None:
+    """Wait until `slot` (made by someone else, perhaps still being made) has reached
+    its consistent point: until then commits may be missing from it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = await conn.fetchrow(
+            f"SELECT confirmed_flush_lsn IS NOT NULL AS ready "
+            f"FROM {profile.sql.replication_slots} WHERE slot_name = $1", slot)
+        if row is None:
+            raise SetupError(f"slot {slot} disappeared while waiting for it")
+        if row["ready"]:
+            return
+        if time.monotonic() > deadline:
+            raise SetupError(f"slot {slot} did not reach a consistent point in {timeout:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+async def _ensure_slot_locked(conn: asyncpg.Connection, profile: EngineProfile,
+                              slot: str) -> bool:
     if await slot_exists(conn, profile, slot):
+        await wait_consistent(conn, profile, slot)
         return False
     s = profile.sql
     if profile.failover_slots:
@@ -287,11 +456,16 @@ async def slot_was_lost(conn: asyncpg.Connection, slot: str) -> bool:
 
 async def copy_slot(conn: asyncpg.Connection, profile: EngineProfile, source: str,
                     target: str) -> bool:
-    if await slot_exists(conn, profile, target):
-        return False
-    await conn.execute(f"SELECT {profile.sql.copy_logical_replication_slot}($1, $2)",
-                       source, target)
-    return True
+    key = f"ringkeeper.slot:{target}"
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+    try:
+        if await slot_exists(conn, profile, target):
+            return False
+        await conn.execute(f"SELECT {profile.sql.copy_logical_replication_slot}($1, $2)",
+                           source, target)
+        return True
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
 
 
 async def drop_slot(conn: asyncpg.Connection, profile: EngineProfile, slot: str) -> None:

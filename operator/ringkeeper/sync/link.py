@@ -173,7 +173,9 @@ class Link:
         await catalog.apply_canonical_settings(self._src)
         # A ring's first link, or a member that joined: the slot starts here. (A slot
         # that existed and vanished is a failover gap; the source's sidecar reports it.)
-        await catalog.ensure_slot(self._src, self.source_profile, self.slot)
+        # Never without the publication: a link without it would say Streaming while
+        # PostgreSQL 18 sends nothing (15 and 17 fail).
+        await catalog.ensure_slot(self._src, self.source_profile, self.slot, self.ring)
         s = self.source_profile.sql
         row = await self._src.fetchrow(
             f"SELECT wal_status, active_pid FROM {s.replication_slots} WHERE slot_name = $1",

@@ -1,30 +1,46 @@
-"""Stock sync: give a joining member the ring's data while writes continue.
+"""Initial copies: every member's own rows reach every other member, under their
+true origin and commit time, while writes continue everywhere.
 
-Order matters. The slot the member will read from already exists when the copy
-starts, so everything committed after the copy's snapshot is still in the slot.
-The copy is one REPEATABLE READ snapshot of every table, written here under the
-ring's seed origin with the oldest possible commit time: when the slot then
-replays changes the snapshot already holds, each replayed change wins against
-the copied row and writes the same value again, so catch-up converges on the
-source's exact state without knowing the snapshot's position in the source's
-WAL. Seed transactions are never forwarded.
+A ring is created over campuses that already hold data and keep writing, and a
+member may join later. For each other member S, this member copies the rows S
+itself last wrote (their commit origin is S, or none of the ring's members), from
+one REPEATABLE READ snapshot of S taken *after* every slot on the path from S to
+this member exists and has reached its consistent point (sidecar._ensure_path).
+So every write of S is either in the snapshot or committed after those slots
+existed, and travels the ring: nothing is lost. A row both copied and streamed
+arrives twice with the same origin and commit time, which the conflict rules treat
+as the same write (core.conflicts.decide): nothing is doubled, nothing is logged as
+a conflict. Rows S holds from other members are left to those members' own copies
+(each copies what it wrote last); rows already here as they are at S are skipped.
+
+Copied rows are applied by the Applier with the conflict rules (a row that differs
+here is decided by commit time and priority, and logged) in transactions that
+carry the row's true origin and commit time with origin LSN 0/0: they do not move
+that origin's progress, every link takes them (Applier.wanted), and members
+forward them like anything they apply. Forwarding matters: a member between S and
+another one may skip a streamed insert because its own copy holds a later version
+of the row, and then only the copy carries the row on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
 from ..engines import EngineProfile
 from . import catalog, names
+from .apply import EPOCH, Applier, Txn
 from .catalog import TableInfo, quote_ident
 from .link import connect
+from .pgoutput import Column, Insert, Relation
 
 log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 2000
 
 
 @dataclass
@@ -55,97 +71,125 @@ class SeedError(RuntimeError):
     pass
 
 
-async def needs_seed(conn: asyncpg.Connection, ring: str) -> bool:
-    done = await conn.fetchval(
-        "SELECT finished_at FROM ringkeeper.seed_state WHERE ring = $1", ring)
-    return done is None
+async def copied_sources(conn: asyncpg.Connection, ring: str) -> set[str]:
+    """Members whose own rows this member has already copied."""
+    return {r["source"] for r in await conn.fetch(
+        "SELECT source FROM ringkeeper.initial_copies WHERE ring = $1", ring)}
 
 
-async def seed(local: asyncpg.Connection, profile: EngineProfile, ring: str,
-               source_dsn: str, tables: Sequence[TableInfo], progress: SeedProgress,
-               on_progress: Callable[[SeedProgress], None] | None = None) -> None:
-    """Copy `tables` from the source into this (empty) member under the seed origin."""
-    for t in tables:
-        if await local.fetchval(f"SELECT EXISTS (SELECT 1 FROM {t.quoted})"):
-            raise SeedError(f"{t.relation} already holds rows at {progress.member}: a stock "
-                            "sync only fills empty tables (verify and repair a member that "
-                            "has data)")
+def copy_origin(ring: str, source: str, members: Sequence[str], roname: str | None) -> str | None:
+    """Under which origin a row found at `source` is copied, or None when it is not
+    `source`'s to copy (another member of the ring wrote it last: that member's own
+    copy brings it). Local rows, frozen or pre-ring rows and foreign origins are the
+    source's; a stock-sync copy keeps the seed origin (oldest, never forwarded)."""
+    if roname is None:
+        return source
+    member = names.member_of_origin(ring, roname)
+    if member is None or member == source:
+        return source
+    if member == names.SEED:
+        return names.SEED
+    return None if member in members else source
+
+
+async def copy_member_rows(local_dsn: str, profile: EngineProfile, ring: str, local: str,
+                           members: Sequence[str], priorities: dict[str, int], policy: str,
+                           source: str, source_dsn: str, tables: Sequence[TableInfo],
+                           progress: SeedProgress) -> int:
+    """Copy `source`'s own rows of `tables` here (see the module docstring); returns
+    the number of rows written here. The caller has made sure the slots on the path
+    from `source` to this member exist and are consistent."""
     src = await connect(source_dsn)
+    conn = await connect(local_dsn)
+    written = 0
     try:
         await catalog.apply_canonical_settings(src)
-        await catalog.apply_canonical_settings(local)
-        progress.state = "Copying"
-        progress.tables_total = len(tables)
+        applier = Applier(conn, profile, ring, local, priorities, policy)
+        await applier.start()
+        roname = {int(r["roident"]): str(r["roname"]) for r in await src.fetch(
+            "SELECT roident, roname FROM pg_replication_origin")}
+        x = profile.sql.xact_commit_timestamp_origin
         async with src.transaction(isolation="repeatable_read", readonly=True):
-            counts = {}
-            for t in tables:
-                counts[t.relation] = int(await src.fetchval(f"SELECT count(*) FROM {t.quoted}"))
-            progress.rows_total = sum(counts.values())
-            _notify(progress, on_progress)
-            s = profile.sql
-            await local.execute("SET session_replication_role = replica")
-            await local.execute(f"SELECT {s.replication_origin_session_setup}($1)",
-                                names.seed_origin(ring))
-            try:
-                for t in tables:
-                    await _copy_table(src, local, profile, t, progress, on_progress)
-                    progress.tables_done += 1
-                    _notify(progress, on_progress)
-            finally:
-                await local.execute(f"SELECT {s.replication_origin_session_reset}()")
-                await local.execute("RESET session_replication_role")
-        await local.execute(
-            "INSERT INTO ringkeeper.seed_state (ring, source, finished_at) "
-            "VALUES ($1, $2, clock_timestamp()) ON CONFLICT (ring) DO UPDATE "
-            "SET source = EXCLUDED.source, finished_at = EXCLUDED.finished_at",
-            ring, progress.source)
-        progress.state = "Done"
-        _notify(progress, on_progress)
+            counts = {t.relation: int(await src.fetchval(f"SELECT count(*) FROM {t.quoted}"))
+                      for t in tables}
+            progress.rows_total += sum(counts.values())
+            progress.tables_total += len(tables)
+            for relid, t in enumerate(tables, start=1):
+                cols = [str(r["attname"]) for r in await conn.fetch(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) "
+                    "AND attnum > 0 AND NOT attisdropped AND attgenerated = '' "
+                    "ORDER BY attnum", t.quoted)]
+                await applier.relation(Relation(relid, t.schema, t.name, "d", tuple(
+                    Column(c, 0, -1, c in t.key) for c in cols)))
+                sel = ", ".join(f"t.{quote_ident(c)}::text" for c in cols)
+                query = (f"SELECT {sel}, x.roident, x.timestamp FROM {t.quoted} AS t "
+                         f"LEFT JOIN LATERAL {x}(t.xmin) AS x ON true")
+                chunk: list[asyncpg.Record] = []
+                async for row in src.cursor(query, prefetch=CHUNK_ROWS):
+                    chunk.append(row)
+                    if len(chunk) >= CHUNK_ROWS:
+                        written += await _apply_chunk(conn, applier, ring, source, members,
+                                                      roname, relid, t, cols, chunk)
+                        progress.rows_copied += len(chunk)
+                        chunk = []
+                if chunk:
+                    written += await _apply_chunk(conn, applier, ring, source, members,
+                                                  roname, relid, t, cols, chunk)
+                    progress.rows_copied += len(chunk)
+                progress.tables_done += 1
+        await applier.settle()
+        await conn.execute(
+            "INSERT INTO ringkeeper.initial_copies (ring, source, rows_copied) "
+            "VALUES ($1, $2, $3) ON CONFLICT (ring, source) DO UPDATE SET "
+            "rows_copied = EXCLUDED.rows_copied, finished_at = clock_timestamp()",
+            ring, source, written)
+        log.info("copied %d row(s) of %s's own here (%s)", written, source, local)
+        return written
     finally:
         await src.close()
+        await conn.close()
 
 
-async def _copy_table(src: asyncpg.Connection, local: asyncpg.Connection,
-                      profile: EngineProfile, t: TableInfo, progress: SeedProgress,
-                      on_progress: Callable[[SeedProgress], None] | None) -> None:
-    cols = [r["attname"] for r in await local.fetch(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 "
-        "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum", t.quoted)]
-    col_list = ", ".join(quote_ident(c) for c in cols)
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-
-    async def produce(chunk: bytes) -> None:
-        await queue.put(chunk)
-        progress.rows_copied += chunk.count(b"\n")
-        _notify(progress, on_progress)
-
-    async def chunks() -> object:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            yield item
-
-    async def reader() -> None:
-        try:
-            await src.copy_from_query(f"SELECT {col_list} FROM {t.quoted}", output=produce)
-        finally:
-            await queue.put(None)
-
-    async with local.transaction():
-        # Older than any real commit: any change replayed from the slot wins. (Not
-        # 2000-01-01: that is PostgreSQL's zero timestamp, which means "unset" here.)
-        await local.execute(
-            f"SELECT {profile.sql.replication_origin_xact_setup}('0/0', '1970-01-01 00:00:00+00')")
-        task = asyncio.create_task(reader())
-        try:
-            await local.copy_to_table(t.name, schema_name=t.schema, columns=cols,
-                                      source=chunks())
-        finally:
-            await task
-    log.info("seeded %s", t.relation)
-
-
-def _notify(progress: SeedProgress, cb: Callable[[SeedProgress], None] | None) -> None:
-    if cb is not None:
-        cb(progress)
+async def _apply_chunk(conn: asyncpg.Connection, applier: Applier, ring: str, source: str,
+                       members: Sequence[str], roname: dict[int, str], relid: int,
+                       t: TableInfo, cols: list[str], chunk: list[asyncpg.Record]) -> int:
+    """Write the rows of `chunk` that are `source`'s and not already here as they are."""
+    n = len(cols)
+    mine: list[tuple[str, datetime, tuple[str | None, ...]]] = []
+    for r in chunk:
+        ident = r["roident"]
+        origin = copy_origin(ring, source, members, roname.get(int(ident)) if ident else None)
+        if origin is None:
+            continue
+        ts = EPOCH if origin == names.SEED else (r["timestamp"] or EPOCH)
+        mine.append((origin, ts, tuple(r[i] for i in range(n))))
+    if not mine:
+        return 0
+    kpos = [cols.index(k) for k in t.key]
+    types = [str(r["t"]) for r in await conn.fetch(
+        "SELECT format_type(a.atttypid, a.atttypmod) AS t FROM unnest($2::text[]) "
+        "WITH ORDINALITY AS k(name, ord) JOIN pg_attribute a ON a.attrelid = "
+        "to_regclass($1) AND a.attname = k.name ORDER BY k.ord", t.quoted, list(t.key))]
+    keyargs = [[v[2][p] for v in mine] for p in kpos]
+    on = " AND ".join(f"t.{quote_ident(k)} = u.k{i}::{types[i]}" for i, k in enumerate(t.key))
+    sel = ", ".join(f"t.{quote_ident(c)}::text" for c in cols)
+    unn = ", ".join(f"${i + 1}::text[]" for i in range(len(kpos)))
+    have = {tuple(r[i] for i in range(n)) for r in await conn.fetch(
+        f"SELECT {sel} FROM {t.quoted} AS t JOIN unnest({unn}) AS u("
+        f"{', '.join(f'k{i}' for i in range(len(kpos)))}) ON {on}", *keyargs)}
+    # Canonical text forms on both sides (apply_canonical_settings), so equal rows
+    # compare equal across majors.
+    todo = [v for v in mine if v[2] not in have]
+    todo.sort(key=lambda v: (v[1], v[0]))
+    # One transaction per source transaction (origin and commit time), many of them per
+    # round trip on the Applier's bulk path; a key that exists here goes row by row
+    # with the conflict rules.
+    txns: list[Txn] = []
+    for origin, ts, values in todo:
+        if txns and txns[-1].origin == origin and txns[-1].commit_ts == ts:
+            txns[-1].changes.append(Insert(relid, values))
+        else:
+            txns.append(Txn(origin, 0, ts, 0, [Insert(relid, values)]))
+    await applier.apply_txns(txns)
+    await applier.settle()  # the script may still run: this connection is read next
+    return len(todo)

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from ..core import retention
+from ..core.ring import hops_to
 from ..core.ring import links as ring_links
 from ..engines import EngineProfile, profile_for
 from . import catalog, names
@@ -27,7 +28,7 @@ from .apply import Applier
 from .config import RingConfig
 from .link import Link, LinkStatus, SlotLost, connect
 from .pgoutput import lsn_to_str, str_to_lsn
-from .seed import SeedProgress, needs_seed, seed
+from .seed import SeedProgress, copied_sources, copy_member_rows
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Sidecar:
         self._progress_cache: dict[str, dict[str, int]] = {}
         self._probed: dict[str, float] = {}
         self._samples: list[retention.OriginSample] = []  # origin status, for the hold slot
+        self._copy_retry_at = 0.0  # when to try pending initial copies again
+        self._copy_backoff = 1.0
 
     # -- main loop ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -115,21 +118,21 @@ class Sidecar:
     async def setup(self, local: asyncpg.Connection, cfg: RingConfig,
                     profile: EngineProfile) -> list[catalog.TableInfo]:
         await catalog.check_server(local)
-        await catalog.ensure_schema(local)
-        tables, refused = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
+        # The publication (and the event trigger that adds tables created later) before
+        # any slot: see catalog.prepare_capture.
+        tables, refused = await catalog.prepare_capture(local, cfg.ring, cfg.include,
+                                                        cfg.exclude)
         self.state.refused_tables = refused
         self.state.tables = len(tables)
         if refused:
             log.warning("tables without a primary key are not replicated: %s",
                         ", ".join(refused))
-        await catalog.ensure_publication(local, cfg.ring, tables)
-        await catalog.ensure_tombstone_triggers(local, tables)
         await catalog.ensure_origins(local, profile, cfg.ring, cfg.names)
         own = self._own_slots(cfg)
         for slot in own:
             had_before = await local.fetchval(
                 "SELECT count(*) FROM ringkeeper.slot_history WHERE slot = $1", slot)
-            created = await catalog.ensure_slot(local, profile, slot)
+            created = await catalog.ensure_slot(local, profile, slot, cfg.ring)
             if created and had_before:
                 gap = (f"slot {slot} was re-created at this member (a failover without "
                        "failover slots): changes committed just before it may not have "
@@ -139,11 +142,12 @@ class Sidecar:
         return tables
 
     async def refresh_tables(self, local: asyncpg.Connection, cfg: RingConfig) -> None:
-        tables, refused = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
+        """A backstop to the event trigger (which adds a new table in the transaction
+        that creates it): drops tables dropped or excluded, follows spec changes."""
+        tables, refused = await catalog.prepare_capture(local, cfg.ring, cfg.include,
+                                                        cfg.exclude, schema=False)
         self.state.refused_tables = refused
         self.state.tables = len(tables)
-        await catalog.ensure_publication(local, cfg.ring, tables)
-        await catalog.ensure_tombstone_triggers(local, tables)
 
     def _own_slots(self, cfg: RingConfig) -> list[str]:
         if cfg.topology == "mesh":
@@ -160,14 +164,34 @@ class Sidecar:
     async def _serve(self, local: asyncpg.Connection, cfg: RingConfig,
                      profile: EngineProfile, stop: asyncio.Event) -> None:
         """Run inbound links and the hold keeper until the config changes or we stop."""
-        if self.member in cfg.seed and await needs_seed(local, cfg.ring):
-            await self._seed_or_skip(local, cfg, profile)
         tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         last_hold = 0.0
         last_tables = time.monotonic()
+
+        async def stop_links() -> None:
+            for key in list(tasks):
+                task, ev = tasks.pop(key)
+                ev.set()
+                with contextlib.suppress(Exception):
+                    await task
+
         try:
             while not stop.is_set():
                 cfg = await self.config()
+                pending = await self._pending_copies(local, cfg)
+                if pending and time.monotonic() >= self._copy_retry_at:
+                    # Applying a copy takes each origin's replication origin in a session
+                    # of its own, which a link's session may hold: links wait meanwhile
+                    # (their slots keep everything).
+                    await stop_links()
+                    pending = await self._copy_members(local, cfg, profile, pending)
+                if pending:
+                    # Not Ready while another member's rows are missing here. Links
+                    # start anyway: the other members' copies and this one's retry
+                    # must not wait for a member that is down.
+                    for lk in self.state.links.values():
+                        if lk.state == "Streaming":
+                            lk.state = "CatchingUp"
                 wanted = self._inbound(cfg)
                 for key in list(tasks):
                     if key not in wanted or tasks[key][0].done():
@@ -294,16 +318,22 @@ class Sidecar:
         or the ring was re-ordered) starts as a copy of the source's hold slot: the hold
         slot kept everything some member still lacks, this one included, so nothing
         between the old and the new reader is lost. Replays are skipped by progress."""
-        if cfg.topology == "mesh":
-            return
         src = await connect(dsn)
         try:
             if await catalog.slot_exists(src, src_profile, slot):
+                await catalog.wait_consistent(src, src_profile, slot)
+                if not await catalog.publication_exists(src, cfg.ring):
+                    await catalog.prepare_capture(src, cfg.ring, cfg.include, cfg.exclude)
                 return
+            # The source's own sidecar may not have run yet: its publication (and event
+            # trigger) first, or the slot could not decode with it.
+            await catalog.prepare_capture(src, cfg.ring, cfg.include, cfg.exclude)
             hold = names.hold_slot_name(cfg.ring, source)
-            if await catalog.slot_exists(src, src_profile, hold):
-                await catalog.copy_slot(src, src_profile, hold, slot)
-                log.info("slot %s on %s starts from the hold slot", slot, source)
+            if cfg.topology != "mesh" and await catalog.slot_exists(src, src_profile, hold):
+                await catalog.wait_consistent(src, src_profile, hold)
+                if await catalog.copy_slot(src, src_profile, hold, slot):
+                    log.info("slot %s on %s starts from the hold slot", slot, source)
+            await catalog.ensure_slot(src, src_profile, slot, cfg.ring)
         finally:
             await src.close()
 
@@ -357,7 +387,7 @@ class Sidecar:
             if await catalog.slot_exists(local, profile, hold):
                 await catalog.drop_slot(local, profile, hold)
             return
-        if await catalog.ensure_slot(local, profile, hold):
+        if await catalog.ensure_slot(local, profile, hold, cfg.ring):
             return  # the ring grew past two members: the hold slot starts here
         prefix = f"rk_{cfg.ring}_"
         now_lsn = str_to_lsn(await local.fetchval(f"SELECT {s.current_wal_lsn}()::text"))
@@ -408,47 +438,53 @@ class Sidecar:
         # Samples wholly behind the slot can no longer bound anything it may pass.
         self._samples = [x for x in self._samples if x.local_end >= at]
 
-    async def _seed_or_skip(self, local: asyncpg.Connection, cfg: RingConfig,
-                            profile: EngineProfile) -> None:
-        """Stock-sync a member that joins empty; one that already holds data keeps it
-        (overwriting a campus's data is for people to decide) and says so."""
-        tables, _ = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
-        for t in tables:
-            if await local.fetchval(f"SELECT EXISTS (SELECT 1 FROM {t.quoted})"):
-                self.state.seeding = SeedProgress(self.member, "", state="Skipped",
-                                                  message=f"{t.relation} already holds rows: "
-                                                  "no stock sync; verify and repair instead")
-                await local.execute(
-                    "INSERT INTO ringkeeper.seed_state (ring, source, finished_at) "
-                    "VALUES ($1, '', clock_timestamp()) ON CONFLICT (ring) DO NOTHING",
-                    cfg.ring)
-                log.warning("member %s: %s", self.member, self.state.seeding.message)
-                return
-        await self._seed(local, cfg, profile)
+    # -- initial copies ----------------------------------------------------------------
+    async def _pending_copies(self, local: asyncpg.Connection, cfg: RingConfig) -> list[str]:
+        done = await copied_sources(local, cfg.ring)
+        return [m for m in cfg.names if m != self.member and m not in done]
 
-    async def _seed(self, local: asyncpg.Connection, cfg: RingConfig,
-                    profile: EngineProfile) -> None:
-        inbound = self._inbound(cfg)
-        if not inbound:
-            raise RuntimeError("no live upstream member to seed from")
-        # Every inbound slot first: whatever commits after the snapshot stays in them.
-        for src_name, slot, _, _ in inbound.values():
-            m = cfg.member(src_name)
-            if m.dsn is None:
-                raise OSError(f"member {src_name} has no primary to seed from")
-            src_profile = profile_for(m.engine, m.version)
-            await self._ensure_inbound_slot(cfg, src_name, slot, src_profile, m.dsn)
-            src = await connect(m.dsn)
-            try:
-                await catalog.ensure_slot(src, src_profile, slot)
-            finally:
-                await src.close()
-        source = next(iter(inbound.values()))[0]
-        info = cfg.member(source)
-        assert info.dsn is not None
+    async def _copy_members(self, local: asyncpg.Connection, cfg: RingConfig,
+                            profile: EngineProfile, pending: list[str]) -> list[str]:
+        """Copy each pending member's own rows here (sync/seed.py); returns those still
+        pending (a member that cannot be reached is tried again later)."""
+        progress = self.state.seeding
+        if progress is None or progress.state == "Done":
+            progress = self.state.seeding = SeedProgress(self.member, "")
+        progress.state = "Copying"
         tables, _ = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
-        self.state.seeding = SeedProgress(self.member, source)
-        await seed(local, profile, cfg.ring, info.dsn, tables, self.state.seeding)
+        left: list[str] = []
+        for source in pending:
+            progress.source = source
+            try:
+                await self._ensure_path(cfg, source)
+                info = cfg.member(source)
+                assert info.dsn is not None  # _ensure_path connected to it
+                await copy_member_rows(self.local_dsn, profile, cfg.ring, self.member,
+                                       cfg.names, cfg.priorities(), cfg.policy, source,
+                                       info.dsn, tables, progress)
+            except MEMBER_ERRORS as exc:
+                left.append(source)
+                progress.message = f"copy of {source}'s rows waits: {exc}"
+                log.warning("member %s: %s", self.member, progress.message)
+        if left:
+            progress.state = "Waiting"
+            self._copy_retry_at = time.monotonic() + self._copy_backoff
+            self._copy_backoff = min(self._copy_backoff * 2, 30.0)
+        else:
+            progress.state, progress.message, progress.source = "Done", None, ""
+            self._copy_backoff = 1.0
+        return left
+
+    async def _ensure_path(self, cfg: RingConfig, source: str) -> None:
+        """Every slot a write at `source` crosses on its way here exists (each with its
+        publication first) and is consistent, so a snapshot of `source` taken after
+        this returns misses nothing that the slots will not bring."""
+        for u, v in hops_to(source, self.member, cfg.names, cfg.topology):
+            info = cfg.member(u)
+            if info.dsn is None:
+                raise OSError(f"member {u} has no primary to connect to")
+            await self._ensure_inbound_slot(cfg, u, names.link_slot_name(cfg.ring, u, v),
+                                            profile_for(info.engine, info.version), info.dsn)
 
 
 def needs_hold(cfg: RingConfig) -> bool:
