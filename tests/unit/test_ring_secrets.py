@@ -89,11 +89,13 @@ async def _cycle(kube: FakeKube, state: ring_ctl._State) -> dict[str, Any]:
 
     async with await api_client() as api, aiohttp.ClientSession() as session:
         await ring_ctl.ring_cycle(api, session, kube.objects[f"{RINGS}/lis"], state)
-    return kube.objects[f"{RINGS}/lis"]
+    ring: dict[str, Any] = kube.objects[f"{RINGS}/lis"]
+    return ring
 
 
 def _ready(ring: dict[str, Any]) -> dict[str, Any]:
-    return next(c for c in ring["status"]["conditions"] if c["type"] == "Ready")
+    found: dict[str, Any] = next(c for c in ring["status"]["conditions"] if c["type"] == "Ready")
+    return found
 
 
 def _lab(kube: FakeKube) -> dict[str, Any]:
