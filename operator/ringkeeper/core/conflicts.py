@@ -4,6 +4,12 @@ Two writes to one row at two campuses meet at each member in a different order.
 Whatever the order, each member must keep the same version, or the ring
 diverges. The decision therefore uses only values that travel with the change:
 the original commit time, the origin campus's priority, and its name.
+
+Convergence by construction: a member passes on every change that wins there
+(`forwards`), so the write that wins by the policy travels the whole ring and wins
+at every member; a change that loses is stopped where it loses, and what beat it
+there was passed on when it won. Tested against a model of whole rings with random
+histories (tests/unit/test_convergence_model.py), which uses these functions.
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ class Action(StrEnum):
     INSERT = "insert"  # write the incoming row as new
     UPDATE = "update"  # overwrite the local row with the incoming one
     DELETE = "delete"  # remove the local row (the tombstone trigger records it)
-    TOMBSTONE = "tombstone"  # nothing to remove, but remember the delete
+    TOMBSTONE = "tombstone"  # nothing to remove: remember the delete and relay it
     SKIP = "skip"  # the local version stays
 
 
@@ -144,6 +150,20 @@ def decide(op: Op, incoming: Version, row: Version | None, tombstone: Version | 
                         "row missing: applying the incoming update as the row")
     return Decision(Action.TOMBSTONE, Kind.DELETE_MISSING,
                     "row missing: recording a tombstone so a late write cannot resurrect it")
+
+
+def forwards(decision: Decision) -> bool:
+    """Whether the member passes the change on to the next member of the ring.
+
+    Every change that wins here must travel on, whatever it does to the local table:
+    an insert, update or delete does so by being in this member's WAL, and a delete
+    of a row that is not here (Action.TOMBSTONE) by a relayed delete
+    (ringkeeper.relay). Were a winning delete of an absent row stopped here, the
+    members after this one would never hear of it, and an older write they hold
+    would survive there (issue 14, item 2). A change that loses (SKIP) is not passed
+    on: the version that beat it was passed on when it won here.
+    """
+    return decision.action != Action.SKIP
 
 
 def _why(wins: bool, keep: Version, policy: Policy | str) -> str:

@@ -25,11 +25,21 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from ..core.conflicts import Action, Decision, Kind, Op, Policy, Version, decide
+from ..core.conflicts import Action, Decision, Kind, Op, Policy, Version, decide, forwards
 from ..engines import EngineProfile
 from . import bulk, names
-from .catalog import apply_canonical_settings, quote_ident
-from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update, Value, lsn_to_str, str_to_lsn
+from .catalog import RELAY, apply_canonical_settings, quote_ident
+from .pgoutput import (
+    UNCHANGED,
+    Delete,
+    Insert,
+    Relation,
+    Update,
+    Value,
+    lsn_to_str,
+    new_values,
+    str_to_lsn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,9 @@ class TableMap:
     statements: dict[str, str] = field(default_factory=dict)  # row-by-row path's SQL
     positions: tuple[int, ...] = ()  # upstream positions of the columns applied here
     deferrable: bool = False  # has a deferrable unique/exclusion constraint
+    namespace: str = ""
+    name: str = ""
+    relay: bool = False  # ringkeeper.relay: its rows are deletes passed on (see change())
 
     def __post_init__(self) -> None:
         self.positions = tuple(i for i, c in enumerate(self.columns) if c)
@@ -150,6 +163,7 @@ class Applier:
         self.progress: dict[str, int] = {}
         self._roident: dict[int, str] = {}
         self._tables: dict[int, TableMap] = {}
+        self._by_name: dict[tuple[str, str], TableMap] = {}
         self._session_origin: str | None = None
         self._txn: tuple[str, int, datetime] | None = None
         self._pending: list[Change] = []
@@ -214,13 +228,33 @@ class Applier:
     # -- relations -------------------------------------------------------------------
     async def relation(self, rel: Relation) -> None:
         await self.settle()
+        tm = await self._describe(rel.namespace, rel.name, [c.name for c in rel.columns])
+        self._tables[rel.oid] = tm
+        self._by_name[(rel.namespace, rel.name)] = tm
+
+    async def _local_table(self, namespace: str, name: str) -> TableMap:
+        """A table named by a relayed delete, matched by name (its upstream description
+        may not have come on this stream): the local columns stand for upstream's."""
+        tm = self._by_name.get((namespace, name))
+        if tm is None:
+            cols = await self.conn.fetch(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) "
+                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                f"{quote_ident(namespace)}.{quote_ident(name)}")
+            tm = await self._describe(namespace, name, [r["attname"] for r in cols])
+            self._by_name[(namespace, name)] = tm
+        return tm
+
+    async def _describe(self, namespace: str, name: str, upstream: list[str]) -> TableMap:
+        """The local table `namespace.name` matched to upstream's columns."""
+        qualified = f"{namespace}.{name}"
         rows = await self.conn.fetch(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type, "
             "a.attgenerated <> '' AS generated FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped "
-            "ORDER BY a.attnum", f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}")
+            "ORDER BY a.attnum", f"{quote_ident(namespace)}.{quote_ident(name)}")
         if not rows:
-            raise ApplyError(f"table {rel.qualified} does not exist at member {self.local}: "
+            raise ApplyError(f"table {qualified} does not exist at member {self.local}: "
                              "create it with the same columns before it joins the ring")
         types = {r["attname"]: r["type"] for r in rows if not r["generated"]}
         key = await self.conn.fetchval(
@@ -228,29 +262,29 @@ class Applier:
             "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
             "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
             "WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
-            f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}")
+            f"{quote_ident(namespace)}.{quote_ident(name)}")
         if not key:
-            raise ApplyError(f"table {rel.qualified} has no primary key at member "
+            raise ApplyError(f"table {qualified} has no primary key at member "
                              f"{self.local}: the ring matches rows by primary key")
-        upstream = [c.name for c in rel.columns]
         missing = [c for c in upstream if c not in types and c not in
                    {r["attname"] for r in rows}]
         if missing:
-            raise ApplyError(f"table {rel.qualified} at member {self.local} lacks column(s) "
+            raise ApplyError(f"table {qualified} at member {self.local} lacks column(s) "
                              f"{', '.join(missing)} that upstream sends")
         lost_key = [k for k in key if k not in upstream]
         if lost_key:
-            raise ApplyError(f"key column(s) {', '.join(lost_key)} of {rel.qualified} are not "
+            raise ApplyError(f"key column(s) {', '.join(lost_key)} of {qualified} are not "
                              "sent by upstream: the tables differ between members")
         deferred = bool(await self.conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) "
             "AND condeferrable AND contype IN ('p', 'u', 'x'))",
-            f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}"))
-        self._tables[rel.oid] = TableMap(deferrable=deferred,
-            relation=rel.qualified,
-            quoted=f"{quote_ident(rel.namespace)}.{quote_ident(rel.name)}",
-            columns=[c if c in types else "" for c in upstream], types=types, key=list(key),
-            key_pos=[upstream.index(k) for k in key])
+            f"{quote_ident(namespace)}.{quote_ident(name)}"))
+        return TableMap(deferrable=deferred, relation=qualified,
+                        quoted=f"{quote_ident(namespace)}.{quote_ident(name)}",
+                        columns=[c if c in types else "" for c in upstream], types=types,
+                        key=list(key), key_pos=[upstream.index(k) for k in key],
+                        namespace=namespace, name=name,
+                        relay=(namespace, name) == (RELAY.schema, RELAY.name))
 
     # -- transactions ----------------------------------------------------------------
     async def begin(self, origin: str, origin_lsn: int, commit_ts: datetime) -> None:
@@ -280,7 +314,19 @@ class Applier:
 
     async def change(self, relid: int, msg: Insert | Update | Delete) -> None:
         table = self.table(relid)
-        ch = self._to_change(table, msg)
+        if table.relay:
+            # A delete another member passed on (its row was not there): apply it as
+            # that delete, under this transaction's true origin. The relay row's own
+            # delete, in the same transaction, is nothing to apply.
+            if not isinstance(msg, Insert):
+                return
+            nsp, name, key = (msg.new[table.columns.index(c)] for c in ("nsp", "name", "key"))
+            if not (isinstance(nsp, str) and isinstance(name, str) and isinstance(key, str)):
+                raise ApplyError(f"a relayed delete without its table or key: {msg.new!r}")
+            table = await self._local_table(nsp, name)
+            ch = Change(Op.DELETE, tuple(json.loads(key)), {}, True)
+        else:
+            ch = self._to_change(table, msg)
         if (self._pending_table is not table or (self._pending and self._pending[0].op != ch.op)
                 or len(self._pending) >= BATCH_ROWS or ch.key in self._pending_keys):
             await self._flush()
@@ -520,7 +566,7 @@ class Applier:
             vals, complete = values_of(msg.new)
             return Change(Op.INSERT, key_of(msg.new), vals, complete)
         if isinstance(msg, Update):
-            vals, complete = values_of(msg.new)
+            vals, complete = values_of(new_values(msg))
             new_key = key_of(msg.new)
             old_key = key_of(msg.old) if msg.old is not None else None
             return Change(Op.UPDATE, new_key, vals, complete,
@@ -701,7 +747,7 @@ class Applier:
                     origin, ts, decision.reason))
                 kind = decision.conflict.value
                 self.stats.conflicts[kind] = self.stats.conflicts.get(kind, 0) + 1
-        ok = await self._act(t, ch, decision.action, lookup, xmin)
+        ok = await self._act(t, ch, decision.action, lookup, xmin, relay=forwards(decision))
         if not ok:
             if attempt >= 3:
                 raise ApplyError(f"{t.relation} key {list(lookup)} keeps changing under apply")
@@ -715,18 +761,28 @@ class Applier:
             self._txn_rows[(t.relation, lookup)] = False
 
     async def _act(self, t: TableMap, ch: Change, action: Action, lookup: tuple[str, ...],
-                   xmin: str | None) -> bool:
-        """Carry out one decision; False if the row changed since it was read (retry)."""
+                   xmin: str | None, *, relay: bool = False) -> bool:
+        """Carry out one decision; False if the row changed since it was read (retry).
+        A tombstone that `relay`s is also passed on (core.conflicts.forwards): a relay
+        row, inserted and deleted under this transaction's origin, is in this member's
+        WAL for the next member's link, which applies it as the delete."""
         guard = "" if xmin is None else f" AND t.xmin::text = ${len(t.key) + 1}"
         where = " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::text::{t.types[k]}"
                              for i, k in enumerate(t.key))
         if action == Action.SKIP:
             return True
         if action == Action.TOMBSTONE:
+            key = json.dumps(list(lookup), ensure_ascii=False, separators=(",", ":"))
             await self.conn.execute(
                 "INSERT INTO ringkeeper.tombstones (relation, key) VALUES ($1, $2::jsonb) "
-                "ON CONFLICT (relation, key) DO UPDATE SET key = EXCLUDED.key", t.relation,
-                json.dumps(list(lookup), ensure_ascii=False, separators=(",", ":")))
+                "ON CONFLICT (relation, key) DO UPDATE SET key = EXCLUDED.key", t.relation, key)
+            if relay:
+                await self.conn.execute(
+                    "INSERT INTO ringkeeper.relay (nsp, name, key) VALUES ($1, $2, $3::jsonb) "
+                    "ON CONFLICT DO NOTHING", t.namespace, t.name, key)
+                await self.conn.execute(
+                    "DELETE FROM ringkeeper.relay WHERE nsp = $1 AND name = $2 "
+                    "AND key = $3::jsonb", t.namespace, t.name, key)
             return True
         if action == Action.DELETE:
             dargs: list[str] = [*lookup] + ([xmin] if xmin is not None else [])

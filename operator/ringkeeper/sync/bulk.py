@@ -24,8 +24,9 @@ from datetime import datetime
 from typing import Protocol
 
 from .catalog import quote_ident
-from .pgoutput import UNCHANGED, Delete, Insert, Update, Value
+from .pgoutput import UNCHANGED, Delete, Insert, Update, Value, new_values
 
+RELAY_RELATION = "ringkeeper.relay"  # catalog.RELAY: deletes passed on, never bulk
 FAST_PATH_SQLSTATE = "RK001"  # raised by ringkeeper.fast_path_check (catalog.py)
 
 
@@ -111,6 +112,8 @@ def groups(changes: Sequence[tuple[Table, Insert | Update | Delete]]) -> list[Gr
     then finds a row written by this very transaction (no commit time yet, or a
     duplicate key, or a fresh tombstone) and raises, so the transaction goes row by row.
     """
+    if any(t.relation == RELAY_RELATION for t, _ in changes):
+        raise NotBulk("a relayed delete")  # the conflict rules decide it (apply.py)
     if changes:
         t0 = changes[0][0]
         if all(t is t0 and type(m) is Insert for t, m in changes):
@@ -124,7 +127,7 @@ def groups(changes: Sequence[tuple[Table, Insert | Update | Delete]]) -> list[Gr
         elif type(m) is Update:
             if m.old is not None and any(m.old[p] != m.new[p] for p in t.key_pos):
                 raise NotBulk("an update changes its key")
-            op, tup, positions = "U", m.new, t.positions
+            op, tup, positions = "U", new_values(m), t.positions
             if UNCHANGED in tup:
                 positions = tuple(i for i in t.positions if tup[i] is not UNCHANGED)
         elif type(m) is Delete:

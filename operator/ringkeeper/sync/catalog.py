@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ..engines import EngineProfile
-from . import names
+from . import convergence, names
 from .pgoutput import str_to_lsn
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,17 @@ BEGIN
     END LOOP;
 END
 $fn$;
+-- A delete that wins at a member where the row is not (only a tombstone is written)
+-- is passed on as a row here, inserted and deleted in the transaction that applies it,
+-- under the delete's true origin: the next member's link reads the insert and applies
+-- it as that delete (sync/apply.py). The table is in the ring's publication and stays
+-- empty.
+CREATE TABLE IF NOT EXISTS ringkeeper.relay (
+    nsp text NOT NULL,
+    name text NOT NULL,
+    key jsonb NOT NULL,
+    PRIMARY KEY (nsp, name, key)
+);
 -- Keys travel as JSON arrays of each key column's text form; the trigger builds the
 -- same form from the deleted row, in UTC and ISO style like the sync sessions.
 CREATE OR REPLACE FUNCTION ringkeeper.tombstone() RETURNS trigger
@@ -188,6 +199,9 @@ CANONICAL_SETTINGS = {
 }
 
 
+RELAY_NSP, RELAY_NAME = "ringkeeper", "relay"
+
+
 class SetupError(RuntimeError):
     """A member cannot take part in the ring as it is; the message says how to fix it."""
 
@@ -205,6 +219,9 @@ class TableInfo:
     @property
     def quoted(self) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+
+RELAY = TableInfo(RELAY_NSP, RELAY_NAME, ("nsp", "name", "key"))
 
 
 def quote_ident(name: str) -> str:
@@ -293,6 +310,7 @@ async def ensure_publication(conn: asyncpg.Connection, ring: str,
     current = {f"{r['schemaname']}.{r['tablename']}" for r in await conn.fetch(
         "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", pub)}
     wanted = {t.relation: t for t in tables}
+    wanted[RELAY.relation] = RELAY  # relayed deletes travel too (sync/apply.py)
     add = [wanted[r].quoted for r in sorted(set(wanted) - current)]
     drop = sorted(current - set(wanted))
     if add:
@@ -368,6 +386,7 @@ async def ensure_tombstone_triggers(conn: asyncpg.Connection,
                     f"ALTER TABLE {t.quoted} ENABLE ALWAYS TRIGGER ringkeeper_tombstone")
         except asyncpg.DuplicateObjectError:
             pass  # another sidecar preparing this server (or the event trigger) was first
+    await convergence.ensure(conn, tables)  # TRUNCATE guard, REPLICA IDENTITY FULL
 
 
 async def ensure_origins(conn: asyncpg.Connection, profile: EngineProfile, ring: str,

@@ -313,6 +313,24 @@ def _update(buf: bytes) -> tuple[Message, int]:
     return Update(relid, old, old_kind, new), pos
 
 
+def new_values(m: Update) -> tuple[Value, ...]:
+    """The update's new row, each unchanged TOASTed value taken from the old row.
+
+    pgoutput leaves a TOASTed value the update did not change out of the new row
+    (UNCHANGED), even under REPLICA IDENTITY FULL. Such an update cannot stand for a
+    row that is missing or older at the target, and would overwrite the target's own
+    copy of the value, which may be another version's. Under REPLICA IDENTITY FULL
+    (old_kind 'O') the old row is logged whole, out-of-line values included, and a
+    value the update left alone is the old row's: so the update is complete again.
+    The ring sets REPLICA IDENTITY FULL on every table with a column that can be
+    stored out of line (catalog.ensure_tombstone_triggers).
+    """
+    new = m.new
+    if m.old_kind != "O" or m.old is None or UNCHANGED not in new:
+        return new
+    return tuple(o if n is UNCHANGED else n for o, n in zip(m.old, new, strict=True))
+
+
 def _delete(buf: bytes) -> tuple[Message, int]:
     relid, marker = _relid_and_marker(buf)
     if marker not in (_K, _O):
