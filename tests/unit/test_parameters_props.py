@@ -91,6 +91,8 @@ def _entry() -> st.SearchStrategy[tuple[str, str]]:
 
 
 PARAM_MAPS = st.lists(_entry(), max_size=12).map(dict)
+# 1 MB values are the point of some examples, not a generator accident.
+_SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 
 def _campus(profile: EngineProfile, params: dict[str, str]) -> dict[str, Any]:
@@ -126,7 +128,7 @@ def _render(profile: EngineProfile, params: dict[str, Any]) -> Any:
     return render_config(profile, managed, params), managed
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=_SLOW)
 @given(profile=st.sampled_from(PROFILES), params=PARAM_MAPS)
 def test_hostile_maps_never_crash_and_never_render_a_forbidden_line(
         profile: EngineProfile, params: dict[str, str]) -> None:
@@ -163,7 +165,7 @@ def test_hostile_maps_never_crash_and_never_render_a_forbidden_line(
         assert not re.search(r"[\x00-\x1f\x7f]", problem.message)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=_SLOW)
 @given(profile=st.sampled_from(PROFILES), params=PARAM_MAPS)
 def test_manifest_builders_take_any_parameters(profile: EngineProfile,
                                                params: dict[str, str]) -> None:
