@@ -112,3 +112,21 @@ def test_admission_matches_validate_on_hostile_maps(
     docs = [campus(params, p.engine, p.version) for p, params in batch]
     for doc, errors in zip(docs, _admission(celcheck, docs), strict=True):
         _same_answer(doc, errors)
+
+
+_OVER_BUDGET = ("budget", "cost limit", "evaluation error")
+
+
+def test_largest_maps_stay_within_the_runtime_cost_budget(celcheck: tuple[Path, Path]) -> None:
+    """100 entries (the most the schema allows) with 1 KB values or 63-character names:
+    every rule still runs to a verdict; none runs out of the API server's CEL budget."""
+    from ringkeeper.engines import profile_for
+
+    names = [p.name for p in profile_for("postgresql", "18").parameters.params][:100]
+    docs = [campus({n.upper(): "1" * 1024 for n in names}, version="18"),
+            campus({"A" * 41 + f"{i:022d}": "x" * 1024 for i in range(100)}),
+            campus({n: "on" for n in names}, version="18")]
+    for doc, errors in zip(docs, _admission(celcheck, docs), strict=True):
+        assert errors, doc["spec"]["parameters"]
+        assert not any(w in e for e in errors for w in _OVER_BUDGET), errors
+        _same_answer(doc, errors)
