@@ -38,7 +38,15 @@
    /dev/shm (CAPTURE_B_TMPFS=1, the default) so their WAL and fsyncs do not queue on the
    disk a's commits wait for, as on two machines.
 
-Progress goes to stdout; the last line is one JSON object. SKIP=throughput,latency,capture
+4. Setup under load: a ring (SETUP_MAJORS, default 15,17,18) is created over members that
+   already hold 1,000 rows each while a writer at every member commits continuously
+   before, during and after all sidecar processes start (SETUP_SECONDS, default 8, of
+   writes after the start); every acknowledged commit is recorded in a ledger, and
+   `setup_under_load_missing` counts ledger keys missing, or different from their origin,
+   at any member once the ring has had up to 90 s to converge (must be 0;
+   tests/integration/test_ring_setup.py holds the same check as tests).
+
+Progress goes to stdout; the last line is one JSON object. SKIP=throughput,latency,capture,setup
 skips parts. Every server and sidecar process is destroyed on exit, Ctrl-C included.
 """
 
@@ -96,6 +104,8 @@ THROUGHPUT_MAJORS = _majors("THROUGHPUT_MAJORS", "17,17")
 EXTRA_MAJORS = _majors("EXTRA_MAJORS", "15,18")
 LATENCY_MAJORS = _majors("LATENCY_MAJORS", "15,17,18,17")
 CAPTURE_MAJORS = _majors("CAPTURE_MAJORS", "17,17")
+SETUP_MAJORS = _majors("SETUP_MAJORS", "15,17,18")
+SETUP_SECONDS = float(os.environ.get("SETUP_SECONDS", "8"))
 
 # Everything started here, so any exit can tear it down.
 RINGS: list[LocalRing] = []
@@ -791,6 +801,51 @@ async def capture(out: dict[str, Any]) -> None:
 
 
 # -- main ---------------------------------------------------------------------------------
+async def setup_under_load(out: dict[str, Any]) -> None:
+    from integration.test_ring_setup import Ledger, check_ledger, ledger_writer
+
+    ring = new_ring(SETUP_MAJORS, "setup")
+    say(f"== 4. setup under load: {len(ring.names)} members with 1,000 rows each, writes at "
+        "every member before, during and after every sidecar starts")
+    ring.start_servers()
+    ledger = Ledger()
+    for i, n in enumerate(ring.names):
+        first = (i + 1) * 100_000 + 1
+        ring.servers[n].psql(
+            "INSERT INTO lis.samples (id, campus, status, result) SELECT g, "
+            f"'{n}', 'old', g / 3.0 FROM generate_series({first}, {first + 999}) g")
+        for k in range(first, first + 1000):
+            ledger.record("lis.samples", k, n)
+    stop = asyncio.Event()
+    writers = [asyncio.create_task(ledger_writer(ring, n, i + 1, ledger, stop))
+               for i, n in enumerate(ring.names)]
+    try:
+        await asyncio.sleep(1.5)
+        for n in ring.names:
+            ring.start_process(n, ring.root / f"sync-{n}.log")
+        await asyncio.sleep(SETUP_SECONDS)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    t0 = time.monotonic()
+    problems: dict[str, list[str]] = {}
+    while time.monotonic() - t0 < 90:
+        problems = await check_ledger(ring, ledger)
+        if not problems:
+            break
+        await asyncio.sleep(1)
+    missing = sum(len(p) for p in problems.values())
+    keys = sum(len(t) for t in ledger.keys.values())
+    out["setup_under_load_missing"] = missing
+    out["setup_under_load_keys"] = keys
+    out["setup_under_load_converged_after_s"] = (
+        round(time.monotonic() - t0, 1) if not problems else None)
+    say(f"   {keys} acknowledged keys, {missing} missing or different"
+        + (f" (first: {next(iter(problems.values()))[:3]})" if problems else ""))
+    for n in list(ring.procs):
+        ring.term_process(n)
+
+
 def teardown() -> None:
     for r in RINGS:
         for n in list(r.procs):
@@ -814,6 +869,8 @@ async def main() -> dict[str, Any]:
             await latency(out)
         if "capture" not in SKIP:
             await capture(out)
+        if "setup" not in SKIP:
+            await setup_under_load(out)
     finally:
         for r in RINGS:
             with contextlib.suppress(Exception):
@@ -828,7 +885,8 @@ def _interrupt(*_: object) -> None:
 
 
 def entry() -> None:
-    needed = set(THROUGHPUT_MAJORS + EXTRA_MAJORS + LATENCY_MAJORS + CAPTURE_MAJORS)
+    needed = set(THROUGHPUT_MAJORS + EXTRA_MAJORS + LATENCY_MAJORS + CAPTURE_MAJORS +
+                 SETUP_MAJORS)
     for m in sorted(needed):
         if reason := unavailable(m):
             sys.exit(f"cannot run: PostgreSQL {m}: {reason}")
