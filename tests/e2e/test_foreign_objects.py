@@ -47,7 +47,7 @@ def test_foreign_objects_are_refused_once_and_left_alone(cluster: Cluster,
                         "--tcp=5432:5432")
         cluster.kubectl("-n", ns, "create", "secret", "generic", "payroll-sync",
                         "--from-literal=db=salaries")
-        cluster.kubectl("-n", ns, "apply", "-f", "-", input=campus_yaml("victim", "17", 1))
+        cluster.kubectl("-n", ns, "apply", "-f", "-", input=campus_yaml("victim", "17", 2))
 
         def refused() -> dict[str, Any] | None:
             c = _conditions(cluster, ns, "campus", "victim").get("Reconciled")
