@@ -132,6 +132,15 @@ class LocalCampus:
         data["unreachable"] = on
         self.file.write_text(json.dumps(data))
 
+    def set_latency(self, seconds: float) -> None:
+        """Every agent's read of the Campus takes this long (a slow API server)."""
+        data = json.loads(self.file.read_text())
+        data["latencySeconds"] = seconds
+        tmp = self.file.with_suffix(".latency")
+        tmp.write_text(json.dumps(data))
+        tmp.chmod(0o644)
+        tmp.replace(self.file)
+
     def start(self, name: str) -> None:
         bin_dir = pg_bin(self.major)
         assert bin_dir is not None
@@ -162,14 +171,42 @@ class LocalCampus:
                                             env=env, start_new_session=True)
         log.close()
 
+    def server_pid(self, name: str) -> int | None:
+        """The postmaster's pid; the agent starts it in a process group of its own."""
+        try:
+            pid = int((self.root / name / "data" / "pgdata" / "postmaster.pid")
+                      .read_text().splitlines()[0])
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _signal_pod(self, name: str, sig: int, server_first: bool = False) -> None:
+        """A signal to the whole "pod": the agent's process group and the server's."""
+        groups = [self.procs[name].pid]
+        pid = self.server_pid(name)
+        if pid is not None:
+            groups.insert(0 if server_first else 1, pid)
+        for g in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(g, sig)
+
     def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        self._signal_pod(name, signal.SIGKILL, server_first=True)
+        self.procs.pop(name).wait()
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the agent and its server together, as a frozen cgroup would."""
+        self._signal_pod(name, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT both, the server first: it gets no head start it would not have had
+        when a cgroup thaws, and the agent no head start at all."""
+        self._signal_pod(name, signal.SIGCONT, server_first=True)
 
     def stop_all(self) -> None:
         for name in list(self.procs):
+            self._signal_pod(name, signal.SIGCONT)  # a frozen pod cannot stop
             proc = self.procs.pop(name)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -178,6 +215,10 @@ class LocalCampus:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            pid = self.server_pid(name)  # the agent stops its server; make sure
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
 
     def log(self, name: str) -> str:
         return (self.root / name / "agent.log").read_text(errors="replace")[-3000:]

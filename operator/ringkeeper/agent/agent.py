@@ -23,6 +23,10 @@ from ..core.instance import (
     CampusView,
     DataState,
     Plan,
+    RejoinStep,
+    StallAction,
+    after_stall,
+    rejoin_steps,
     running_primary_must_step_down,
     self_fence_due,
     start_plan,
@@ -32,6 +36,7 @@ from .server import Server, ServerError, Status
 
 log = logging.getLogger("ringkeeper.agent")
 PAUSE_LIMIT = 20.0  # seconds a paused replica waits for the operator's follow call
+WATCH_EVERY = 0.1  # the stall watchdog's tick: a thawed agent notices within this
 
 
 class CampusSource(Protocol):
@@ -60,6 +65,10 @@ class AgentState:
     self_fenced: bool = False
     paused: bool = False  # WAL receiver stopped for a failover comparison
     paused_at: float = 0.0
+    paused_under: str | None = None  # the currentPrimary when the pause came
+    killed_by_agent: bool = False  # the server was killed on thaw: not a crash to report
+    rejoins_by_rewind: int = 0
+    rejoins_by_basebackup: int = 0
     crashed: bool = False  # primary server died: wait for the operator (failover or recover)
     upstream: str | None = None
     upstream_ip: str | None = None
@@ -155,6 +164,7 @@ class Agent:
     # -- the loop ----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self.http = aiohttp.ClientSession()
+        watchdog = asyncio.get_running_loop().create_task(self.watch_stalls(stop))
         try:
             while not stop.is_set():
                 try:
@@ -166,10 +176,41 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.cfg.loop_seconds)
         finally:
+            watchdog.cancel()
             await self.server.stop("fast")
             await self.http.close()
 
+    async def watch_stalls(self, stop: asyncio.Event) -> None:
+        """Notice at once that this process was frozen, and kill a primary server that
+        thawed with it before it serves (core.instance.after_stall)."""
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(WATCH_EVERY)
+            now = time.monotonic()
+            stalled, last = now - last - WATCH_EVERY, now
+            if stalled >= 0.5:
+                self.on_stall(stalled)
+
+    def on_stall(self, stalled: float) -> None:
+        """Synchronous: nothing may run between the thaw and the kill."""
+        serving = self.server.running and self.server.data_state() == DataState.PRIMARY
+        failover = self.spec.get("failover") or {}
+        action = after_stall(stalled, serving,
+                             float(failover.get("detectionDelaySeconds", 5)),
+                             float(failover.get("selfFenceAfterSeconds", 3)))
+        if action != StallAction.KILL:
+            return
+        self.server.kill_now()
+        st = self.state
+        st.fenced, st.killed_by_agent = True, True
+        st.plan = Plan.FENCE.value
+        st.reason = (f"frozen for {stalled:.1f}s: server killed until the Campus says who "
+                     "is primary")
+        log.warning("%s", st.reason)
+
     async def tick(self) -> None:
+        if self.state.killed_by_agent and self.server.proc is not None:
+            await self.server.proc.wait()  # reap the server killed on thaw
         api_ok = await self.refresh()
         if not self.state.campus:
             self.state.plan, self.state.reason = "wait", "Campus not readable yet"
@@ -191,7 +232,9 @@ class Agent:
             if reason:
                 log.warning("stepping down: %s", reason)
                 st.fenced, st.plan, st.reason = True, Plan.FENCE.value, reason
-                await self.server.stop("immediate")
+                # SIGKILL to the whole group: a frozen server ignores an immediate stop,
+                # and a crash is what pg_rewind's crash-recovery step expects anyway.
+                await self.server.kill()
                 return
             await self.maintain_primary()
             return
@@ -232,6 +275,11 @@ class Agent:
         await self.execute(decision)
 
     async def _crashed(self) -> bool:
+        if self.state.killed_by_agent:
+            # Killed on thaw by this agent, and the Campus still names it primary with no
+            # failover in flight: recovering in place is what the operator would ask.
+            self.state.killed_by_agent = False
+            return False
         if self.state.crashed:
             return True
         if self.server.proc is not None and self.server.proc.returncode not in (None, 0):
@@ -272,6 +320,7 @@ class Agent:
                     await self.server.basebackup(upstream_ip, self.cfg.port)
                 elif plan == Plan.REWIND:
                     assert upstream_ip is not None
+                    st.killed_by_agent = False
                     await self.rejoin(upstream_ip)
                 st.upstream = decision.upstream
                 self.server.configure(self.settings(False, None if st.paused else upstream_ip),
@@ -283,14 +332,30 @@ class Agent:
             log.error("%s failed: %s", plan.value, exc)
 
     async def rejoin(self, upstream_ip: str) -> None:
-        """A former primary follows the new one: pg_rewind, or a fresh copy if that fails."""
+        """A former primary follows the new one: pg_rewind, or a fresh copy if that fails.
+
+        The steps come from core.instance.rejoin_steps: crash recovery first when the
+        last shutdown was not clean (single-user, no client can connect), then the
+        rewind; the standby signal is written by the caller's configure, after it.
+        """
         try:
-            self.server.configure(self.settings(False, upstream_ip), self.user_params())
-            await self.server.rewind(upstream_ip, self.cfg.port)
-            log.info("rewound from %s", upstream_ip)
+            clean = await self.server.shut_down_cleanly()
+        except ServerError:
+            clean = False
+        try:
+            for step in rejoin_steps(clean):
+                if step == RejoinStep.CRASH_RECOVERY:
+                    await self.server.crash_recovery()
+                elif step == RejoinStep.REWIND:
+                    await self.server.rewind(upstream_ip, self.cfg.port)
+            self.state.rejoins_by_rewind += 1
+            log.info("rejoined by pg_rewind from %s (crash recovery first: %s)", upstream_ip,
+                     not clean)
         except ServerError as exc:
             log.warning("pg_rewind failed (%s); taking a fresh base backup", exc)
             await self.server.basebackup(upstream_ip, self.cfg.port)
+            self.state.rejoins_by_basebackup += 1
+            log.info("rejoined by base backup from %s", upstream_ip)
 
     async def maintain_primary(self) -> None:
         st = await self.server.status()
@@ -310,6 +375,13 @@ class Agent:
         st.plan = "replica"
         target = view.current_primary
         in_flight = view.target_primary not in (None, view.current_primary)
+        if st.paused and not in_flight and target and target != st.paused_under:
+            # The failover that paused us finished (another primary is named) and its follow
+            # call missed us: follow now rather than wait out the pause limit.
+            log.info("paused under %s, now %s is primary: following it", st.paused_under,
+                     target)
+            st.paused = False
+            st.upstream = None
         if st.paused and not in_flight and time.monotonic() - st.paused_at > PAUSE_LIMIT:
             # The election that paused us ended without a follow call reaching us.
             log.warning("paused for %.0fs with no failover in flight: resuming", PAUSE_LIMIT)
@@ -340,6 +412,7 @@ class Agent:
         async with self.lock:
             self.state.paused = True
             self.state.paused_at = time.monotonic()
+            self.state.paused_under = self.view.current_primary
             if self.server.data_state() == DataState.REPLICA and self.server.running:
                 self.server.configure(self.settings(False, None), self.user_params())
                 await self.server.reload()
@@ -402,6 +475,8 @@ class Agent:
                 "fenced": self.state.fenced, "selfFenced": self.state.self_fenced,
                 "crashed": self.state.crashed,
                 "paused": self.state.paused, "upstream": self.state.upstream,
+                "rejoinsByRewind": self.state.rejoins_by_rewind,
+                "rejoinsByBasebackup": self.state.rejoins_by_basebackup,
                 "lastError": self.state.last_error, "server": st.to_json()}
 
     def ready(self, st: Status) -> bool:

@@ -119,8 +119,8 @@ class Server:
     async def _run(self, *argv: str, env: dict[str, str] | None = None,
                    timeout: float = 600) -> str:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **(env or {})})
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env={**os.environ, **(env or {})})
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         except TimeoutError:
@@ -194,6 +194,23 @@ class Server:
                         f"--source-server={src}", "--progress",
                         env={"PGPASSFILE": str(self.passfile)})
 
+    async def crash_recovery(self, timeout: float = 600) -> None:
+        """Finish crash recovery with no client able to connect, and shut down cleanly.
+
+        pg_rewind needs a cleanly shut down target; the single-user server listens on
+        no socket at all, replays the WAL, writes a shutdown checkpoint and exits at the
+        end of its (empty) input. The standby signal must be gone: a single-user server
+        refuses standby mode.
+        """
+        (self.data / self.profile.standby_signal).unlink(missing_ok=True)
+        if not self._postmaster_alive():
+            (self.data / "postmaster.pid").unlink(missing_ok=True)  # left by a killed server
+        await self._run(self._bin(self.profile.binaries.server), "--single", "-D",
+                        str(self.data), self.profile.default_database, timeout=timeout)
+        if not await self.shut_down_cleanly():
+            raise ServerError("crash recovery in single-user mode did not leave a cleanly "
+                              "shut down data folder")
+
     async def shut_down_cleanly(self) -> bool:
         """Whether the control file says the last shutdown was clean (not a crash)."""
         out = await self._run(self._bin(self.profile.binaries.controldata), str(self.data))
@@ -211,9 +228,11 @@ class Server:
         if not self._postmaster_alive():
             (self.data / "postmaster.pid").unlink(missing_ok=True)  # left by a killed server
         logf = (self.sockets / "server.log").open("ab")
+        # A process group of its own: kill_now reaches the postmaster and every backend
+        # with one signal, even while they are stopped (SIGSTOP, a frozen cgroup).
         self.proc = await asyncio.create_subprocess_exec(
             self._bin(self.profile.binaries.server), "-D", str(self.data),
-            stdout=logf, stderr=asyncio.subprocess.STDOUT)
+            stdout=logf, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         logf.close()
         deadline = asyncio.get_running_loop().time() + timeout
         last: BaseException | str | None = None
@@ -274,9 +293,25 @@ class Server:
             self.proc.send_signal(sig)
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGQUIT)
+        except TimeoutError:  # a stopped (frozen) server ignores everything but SIGKILL
+            await self.kill()
+
+    def kill_now(self) -> bool:
+        """SIGKILL the server's whole process group at once; True if one was running.
+
+        Synchronous on purpose: an agent that finds it was frozen calls this before it
+        awaits anything, so its server (thawed in the same instant) serves as little as
+        the scheduler allows. Crash recovery on the next start keeps the data safe.
+        """
+        if not self.running or self.proc is None:
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return True
+
+    async def kill(self) -> None:
+        """kill_now, then reap the postmaster."""
+        if self.kill_now() and self.proc is not None:
             await self.proc.wait()
 
     async def reload(self) -> None:

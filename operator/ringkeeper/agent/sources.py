@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ class FileCampusSource:
         data: dict[str, Any] = json.loads(self.path.read_text())
         if data.get("unreachable"):
             raise ConnectionError("simulated API partition")
+        # A slow API server (tests): what an agent does before its answer comes must
+        # already be safe.
+        latency = data.get("latencySeconds")
+        if isinstance(latency, int | float) and latency > 0:
+            await asyncio.sleep(min(float(latency), 10.0))
         return data
 
     async def pod_ip(self, name: str) -> str | None:
