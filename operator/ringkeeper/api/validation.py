@@ -169,6 +169,76 @@ def name_problems(name: Any) -> list[Problem]:
     return out
 
 
+_LABEL_KEY = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_LABEL_VALUE = f"({_LABEL_KEY})?"
+_LABEL_KEY_MESSAGE = (
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+    "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
+    f"validation is '{_LABEL_KEY}')"
+)
+_LABEL_VALUE_MESSAGE = (
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' "
+    "or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
+    f"'my_value',  or '12345', regex used for validation is '{_LABEL_VALUE}')"
+)
+_ANNOTATIONS_LIMIT = 256 * 1024
+
+
+def _key_problems(path: str, key: str) -> list[Problem]:
+    """A label or annotation key as apimachinery's IsQualifiedName checks it."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return [Problem(path, f"Invalid value: {_quote(key)}: a valid label key "
+                              f"{_LABEL_KEY_MESSAGE} with an optional DNS subdomain prefix "
+                              "and '/' (e.g. 'example.com/MyName')")]
+    out = []
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            out.append(Problem(path, f"Invalid value: {_quote(key)}: prefix part must be "
+                                     "non-empty"))
+        elif len(prefix) > 253 or not re.fullmatch(DNS1123_SUBDOMAIN, prefix, flags=re.ASCII):
+            out.append(Problem(path, f"Invalid value: {_quote(key)}: prefix part "
+                                     f"{_SUBDOMAIN_MESSAGE}"))
+    name = parts[-1]
+    if not name:
+        out.append(Problem(path, f"Invalid value: {_quote(key)}: name part must be non-empty"))
+    elif len(name) > 63:
+        out.append(Problem(path, f"Invalid value: {_quote(key)}: name part must be no more "
+                                 "than 63 bytes"))
+    if not re.fullmatch(_LABEL_KEY, name, flags=re.ASCII):
+        out.append(Problem(path, f"Invalid value: {_quote(key)}: name part "
+                                 f"{_LABEL_KEY_MESSAGE}"))
+    return out
+
+
+def label_problems(meta: Any) -> list[Problem]:
+    """Labels and annotations as the API server checks them on every object (types are
+    metadata_problems' business)."""
+    if not isinstance(meta, dict):
+        return []
+    out: list[Problem] = []
+    labels = meta.get("labels")
+    for key, value in (labels if isinstance(labels, dict) else {}).items():
+        out += _key_problems("metadata.labels", str(key))
+        text = "" if value is None else str(value)
+        if len(text.encode()) > 63:
+            out.append(Problem("metadata.labels",
+                               f"Invalid value: {_quote(text)}: must be no more than 63 bytes"))
+        if not re.fullmatch(_LABEL_VALUE, text, flags=re.ASCII):
+            out.append(Problem("metadata.labels",
+                               f"Invalid value: {_quote(text)}: {_LABEL_VALUE_MESSAGE}"))
+    annotations = meta.get("annotations")
+    size = 0
+    for key, value in (annotations if isinstance(annotations, dict) else {}).items():
+        out += _key_problems("metadata.annotations", str(key).lower())
+        size += len(str(key).encode()) + len(("" if value is None else str(value)).encode())
+    if size > _ANNOTATIONS_LIMIT:
+        out.append(Problem("metadata.annotations",
+                           f"Too long: may not be more than {_ANNOTATIONS_LIMIT} bytes"))
+    return out
+
+
 def _as_json(node: Any) -> Any:
     """What the API server decodes: nulls pruned from objects (a structural schema drops
     null fields that are not nullable, and none of ours is), whole floats as integers
@@ -223,19 +293,72 @@ def _model_for(doc: Any) -> type[Resource]:
     return model
 
 
+# Go's names for JSON types in encoding/json's UnmarshalTypeError.
+_GO_JSON = {"integer": "number", "number": "number", "boolean": "bool", "string": "string",
+            "array": "array", "object": "object", "null": "null"}
+
+
+def _go_type_error(value: Any, field: str, want: str) -> Problem:
+    return Problem("", f"json: cannot unmarshal {_GO_JSON[json_type(value)]} into Go struct "
+                       f"field ObjectMeta.metadata.{field} of type {want}")
+
+
+def metadata_problems(meta: Any) -> list[Problem]:
+    """kubectl decodes metadata into its typed ObjectMeta before it sends anything: a value
+    of the wrong type stops it there, with Go's JSON error and nothing else."""
+    if not isinstance(meta, dict):
+        return []
+    for field in ("name", "namespace", "generateName"):
+        if field in meta and meta[field] is not None and not isinstance(meta[field], str):
+            return [_go_type_error(meta[field], field, "string")]
+    for field in ("labels", "annotations"):
+        value = meta.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return [_go_type_error(value, field, "map[string]string")]
+        for item in value.values():
+            if item is not None and not isinstance(item, str):
+                return [_go_type_error(item, field, "string")]
+    return []
+
+
+def _unknown_fields(problems: list[Problem], errors: list[dict[str, Any]]) -> list[Problem]:
+    """The API server's strict decoding: a field the schema does not declare, and every key
+    of a mapping where the schema wants no object (pruning sees only unknown keys there).
+    These abort the request before validation, so when there are any, they are all."""
+    out = [p for p in problems if p.message.startswith("unknown field ")]
+    for err in errors:
+        value = err.get("input")
+        kind = err["type"]
+        wanted = _TYPE_ERRORS.get(kind) or ("string" if kind == "enum" else None)
+        if isinstance(value, dict) and wanted not in (None, "object"):
+            path = _path(tuple(err["loc"]))
+            out += [Problem(path, f'unknown field "{path}.{key}"') for key in value]
+    return out
+
+
 def validate(doc: dict[str, Any]) -> list[Problem]:
-    """Every problem in one manifest as the API server would report it, or an empty list
-    when the API server would admit it."""
+    """Every problem in one manifest as kubectl and the API server would report it, or an
+    empty list when they would admit it."""
     try:
         _model_for(doc)
     except ValueError as exc:
         return [Problem("", str(exc))]
     meta = doc.get("metadata")
+    client_side = metadata_problems(meta)
+    if client_side:
+        return client_side
     found = name_problems(meta.get("name") if isinstance(meta, dict) else None)
+    found += label_problems(meta)
     try:
         parse_strict(doc)
     except ValidationError as exc:
-        found += [p for p in problems_of(exc) if p not in found]
+        problems = problems_of(exc)
+        unknown = _unknown_fields(problems, [dict(e) for e in exc.errors()])
+        if unknown:
+            return unknown
+        found += [p for p in problems if p not in found]
     except ValueError as exc:
         found.append(Problem("", str(exc)))
     return found

@@ -9,18 +9,19 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def safe(value: Any) -> str:
+def safe(value: Any, *, double_backslashes: bool = True) -> str:
     """A value as one printable line: every string here comes from a spec or a status that
     users (or a compromised component) can write, and a raw ESC or newline would let it
     recolour, move or forge lines of the operator's terminal. Non-printable characters
     (C0/C1 controls, DEL, bidi overrides, line separators) become escapes such as \\x1b,
-    \\n or \\u202e; backslashes are doubled so an escape cannot be faked."""
+    \\n or \\u202e; backslashes are doubled so an escape cannot be faked (not for text
+    whose values are quoted already, such as `ringkeeper validate`'s messages)."""
     text = str(value)
-    if text.isprintable() and "\\" not in text:
+    if text.isprintable() and ("\\" not in text or not double_backslashes):
         return text
     out = []
     for ch in text:
-        if ch == "\\":
+        if ch == "\\" and double_backslashes:
             out.append("\\\\")
         elif ch.isprintable():
             out.append(ch)

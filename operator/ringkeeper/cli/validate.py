@@ -42,7 +42,8 @@ def run(files: list[str]) -> int:
             if problems:
                 failed += 1
                 for p in problems:
-                    print(f"{label}: {obj}: {safe(p)}", file=sys.stderr)
+                    print(f"{label}: {obj}: {safe(p, double_backslashes=False)}",
+                          file=sys.stderr)
             else:
                 print(f"{label}: {obj}: valid")
     if checked == 0 and failed == 0:
