@@ -10,6 +10,7 @@ pods: the blocked Campus never has a StatefulSet.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -95,6 +96,20 @@ def test_foreign_objects_are_refused_once_and_left_alone(cluster: Cluster,
         assert len(_warnings(cluster, ns, "ring-b", "CampusInAnotherRing")) == 1
         assert len(_warnings(cluster, ns, "payroll", "ForeignObject")) == 1
         assert not _warnings(cluster, ns, "victim", "SecretGenerated")
+
+        # ring-a lets victim go: it deletes its victim-ring, and ring-b claims victim.
+        cluster.kubectl("-n", ns, "apply", "-f", "-", input=_ring("ring-a", ["ghost", "west"]))
+
+        def claimed_by_b() -> bool:
+            res = cluster.kubectl("-n", ns, "get", "secret", "victim-ring", "-o", "json",
+                                  check=False)
+            if res.returncode != 0:
+                return False
+            refs = json.loads(res.stdout)["metadata"].get("ownerReferences") or []
+            return [o["name"] for o in refs] == ["ring-b"]
+
+        wait_for("ring-b to claim victim", claimed_by_b, timeout=60)
+        assert _warnings(cluster, ns, "ring-a", "CampusReleased")
 
         # Deleting the ring leaves the hand-made Secret exactly as it was.
         cluster.kubectl("-n", ns, "delete", "replicationring", "payroll", "--wait=true",
