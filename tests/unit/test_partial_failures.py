@@ -28,7 +28,13 @@ from ringkeeper.core.election import (
     choose_candidate,
     refusal_before_pause,
 )
-from ringkeeper.core.ha import AfterPromotion, after_promotion, just_promoted
+from ringkeeper.core.ha import (
+    AfterPromotion,
+    PrimaryState,
+    after_promotion,
+    just_promoted,
+    primary_verdict,
+)
 from ringkeeper.core.instance import (
     CampusView,
     DataState,
@@ -144,6 +150,26 @@ def _done(seconds_ago: float, to: str = "c-1") -> dict[str, Any]:
 def test_just_promoted(report: InstanceReport | None, record: dict[str, Any] | None,
                        hold: bool) -> None:
     assert (just_promoted("c-1", report, record, NOW) is not None) == hold
+
+
+@pytest.mark.parametrize(
+    ("report", "record", "state"),
+    [
+        pytest.param(SERVING, _done(3), PrimaryState.SUSPECT, id="promoted-pod-not-ready-yet"),
+        pytest.param(SERVING, _done(40), PrimaryState.FAILED, id="promoted-long-ago"),
+        pytest.param(SERVING, None, PrimaryState.FAILED, id="never-promoted"),
+        pytest.param(InstanceReport("c-1", reachable=False, server_running=False), _done(3),
+                     PrimaryState.FAILED, id="promoted-then-died"),
+    ],
+)
+def test_verdict_waits_for_a_just_promoted_pod(report: InstanceReport,
+                                               record: dict[str, Any] | None,
+                                               state: PrimaryState) -> None:
+    """Pod not ready and failing for 10s with a 2s detection delay: failed, unless the
+    last failover promoted it moments ago and its agent says it serves."""
+    since = NOW - timedelta(seconds=10)
+    verdict = primary_verdict("c-1", report, False, since, NOW, 2.0, record)
+    assert verdict.state == state
 
 
 # -- after_promotion ----------------------------------------------------------------------

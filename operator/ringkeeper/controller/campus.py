@@ -416,7 +416,7 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
     delay = float((spec.get("failover") or {}).get("detectionDelaySeconds", 5))
     verdict = primary_verdict(current, to_report(current, raws.get(current)),
                               ready.get(current, False), _parse(status.get("failingSince")),
-                              now, delay)
+                              now, delay, status.get("lastFailover"))
     PRIMARY_UP.labels(ns, name).set(1 if verdict.state == PrimaryState.HEALTHY else 0)
     if verdict.state == PrimaryState.FAILED:
         outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,

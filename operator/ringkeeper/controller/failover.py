@@ -46,6 +46,7 @@ STATUS_DEADLINE = 2.0
 PAUSE_DEADLINE = 5.0  # a replica's agent waits for its WAL receiver to stop
 FOLLOW_TIMEOUT = 3.0
 FENCE_TIMEOUT = 3.0
+PLANNED_FENCE_TIMEOUT = 15.0  # a switchover waits for the healthy old primary's clean stop
 
 
 class StaleStatus(RuntimeError):
@@ -229,7 +230,7 @@ async def run_failover(
     if old:
         await roles.set_role(old, "former-primary")
         if old in ips and planned_target:
-            await agents.fence(ips[old], timeout=FENCE_TIMEOUT)
+            await agents.fence(ips[old], timeout=PLANNED_FENCE_TIMEOUT)
         elif old in ips:
             fire_and_forget(f"fencing the old primary {old}",
                             agents.fence(ips[old], timeout=FENCE_TIMEOUT), FENCE_TIMEOUT + 1)

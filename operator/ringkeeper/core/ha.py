@@ -56,12 +56,20 @@ def primary_verdict(
     failing_since: datetime | None,
     now: datetime,
     detection_delay: float,
+    last_failover: Mapping[str, Any] | None = None,
 ) -> PrimaryVerdict:
-    """A primary counts as failed once it looked failed for the whole detection delay."""
+    """A primary counts as failed once it looked failed for the whole detection delay.
+
+    One the last failover promoted moments ago, whose agent says it serves, stays only
+    suspect while its pod waits for the kubelet's next readiness probe (just_promoted).
+    """
     if primary is None:
         return PrimaryVerdict(PrimaryState.NONE, None, "no primary yet")
     if report is not None and report.healthy_primary and pod_ready:
         return PrimaryVerdict(PrimaryState.HEALTHY, None, "primary serving")
+    hold = just_promoted(primary, report, last_failover, now)
+    if hold is not None:
+        return PrimaryVerdict(PrimaryState.SUSPECT, failing_since or now, hold)
     if report is None or not report.reachable:
         why = f"agent of {primary} unreachable"
     elif not report.server_running:
