@@ -101,3 +101,27 @@ async def test_fence_cli_replaces_a_malformed_annotation(
     assert json.loads(written) == ["zhaohui-1", "zhaohui-2"]
     err = capsys.readouterr().err
     assert "replacing a malformed annotation" in err and "\x1b" not in err
+
+
+async def test_bad_switchover_is_refused_quoted_and_cleared(
+        kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import kopf
+    from kopf._core.engines import posting
+
+    queue: asyncio.Queue[posting.K8sEvent] = asyncio.Queue()
+    posting.settings_var.set(kopf.OperatorSettings())
+    posting.event_queue_var.set(queue)
+    posting.event_queue_loop_var.set(asyncio.get_running_loop())
+    campus = _campus(kube, None, [])
+    campus["metadata"]["annotations"] = {
+        "ringkeeper.io/switchover-to": "zhaohui-1\n\x1b[2Jfake line"}
+    reasons = await _cycle(kube, monkeypatch)
+    assert reasons == [], "no switchover to a name that is not an instance"
+    (event,) = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert event.reason == "SwitchoverRefused"
+    assert "\n" not in event.message and "\x1b" not in event.message
+    assert "is not an instance of this campus" in event.message
+    annotations = kube.objects[CAMPUS]["metadata"].get("annotations") or {}
+    assert "ringkeeper.io/switchover-to" not in annotations

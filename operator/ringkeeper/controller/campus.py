@@ -26,7 +26,7 @@ from ..adapters import resources
 from ..adapters.kube import api_client
 from ..adapters.resources import ForeignObjectError, KubeApiError
 from ..core import manifests
-from ..core.annotations import annotations_condition, parse_fenced
+from ..core.annotations import annotations_condition, parse_fenced, parse_switchover
 from ..core.conditions import condition, set_condition
 from ..core.failures import (
     FailureReason,
@@ -398,9 +398,10 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
         return time.monotonic()
     wanted = meta.get("annotations", {}).get(SWITCHOVER_ANNOTATION)
     if wanted and wanted != current:
-        if wanted not in names:
-            await events.emit("SwitchoverRefused", f"{wanted} is not an instance of {name}",
-                              warning=True)
+        asked = parse_switchover(wanted, names)
+        if not asked.ok:
+            # The parser's sentence quotes the value: no raw newline or ESC in the Event.
+            await events.emit("SwitchoverRefused", str(asked.error), warning=True)
         else:
             outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,
                                          ips=ips, reason=f"switchover requested to {wanted}",
