@@ -72,9 +72,9 @@ def test_fresh_venv_install_imports_every_module(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    # The wheel is built as pip builds it for a user (isolated build env), then the host's pip installs it and
-    # its declared dependencies into the venv (ensurepip would add half a minute). Not
-    # editable: the wheel's file list is what is tested too.
+    # The wheel is built as pip builds it for a user (isolated build env), then the host's
+    # pip installs it and its declared dependencies into the venv (ensurepip would add half
+    # a minute). Not editable: the wheel's file list is what is tested too.
     wheels = tmp_path / "wheels"
     # Build from a copy of what the wheel is made of, so setuptools' build/ folder does
     # not land in the checkout.
