@@ -41,6 +41,8 @@ def test_fenced_good(text: str | None, value: tuple[str, ...]) -> None:
     ('["zhaohui-9"]', "zhaohui-9, which is not an instance of this campus"),
     ('["zhaohui-1", "zhaohui-1"]', "names zhaohui-1 twice"),
     ("[" + '"zhaohui-1",' * 1000 + "]", "is longer than 4096 characters"),
+    ("[" * 1000, "nests too deeply"),
+    ("[" * 4000 + "]" * 96, "nests too deeply"),
 ])
 def test_fenced_bad(text: str, why: str) -> None:
     parsed = parse_fenced(text, NAMES)

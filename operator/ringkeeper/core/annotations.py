@@ -64,6 +64,11 @@ def parse_fenced(text: str | None, instances: Sequence[str]) -> Parsed[tuple[str
     except ValueError as exc:
         return Parsed((), bad + f"is not JSON ({exc.args[0] if exc.args else exc}); "
                       'write a list such as ["zhaohui-2"]')
+    except RecursionError:
+        # "[[[[..." about a thousand deep, well under the length cap: json raises this,
+        # not ValueError, and it crashed the HA cycle of the campus every second.
+        return Parsed((), bad + "nests too deeply to be a list of instance names; "
+                      'write a list such as ["zhaohui-2"]')
     if not isinstance(data, list):
         return Parsed((), bad + 'is not a JSON list; write a list such as ["zhaohui-2"]')
     names: list[str] = []
