@@ -259,3 +259,58 @@ async def test_conflict_storm_converges_without_resurrection() -> None:
     finally:
         await ring.stop_all()
         ring.destroy()
+
+
+CODES = ("CREATE TABLE IF NOT EXISTS lis.codes (id bigint PRIMARY KEY, "
+         "code text NOT NULL UNIQUE, note text)")
+
+
+async def codes(ring: LocalRing, member: str) -> dict[int, str]:
+    return {r["id"]: r["code"] for r in await fetch(ring, member,
+                                                    "SELECT id, code FROM lis.codes")}
+
+
+async def test_unique_clash_on_a_non_key_column_is_a_logged_conflict_not_a_stop() -> None:
+    """Two members give one unique code to two different keys (by insert and by update):
+    the later write keeps the code, the other key goes everywhere, each resolution is in
+    ringkeeper.conflicts, and the ring goes on (issue 14, item 7). Before, the link
+    stopped at the unique violation and retried it for ever."""
+    ring = LocalRing(("15", "18", "17"))
+    ring.start_servers()
+    try:
+        for n in ring.names:
+            ring.servers[n].psql(CODES)
+        ring.servers["a"].psql("INSERT INTO lis.codes VALUES (10, 'P', 'a'), (11, 'Q', 'a')")
+        for n in ring.names:
+            ring.start_sidecar(n)
+        await wait_until("sidecars set up", streaming(ring), 30)
+
+        async def same(expected: dict[int, str] | None = None) -> bool:
+            got = [await codes(ring, n) for n in ring.names]
+            return all(g == got[0] for g in got) and (expected is None or got[0] == expected)
+
+        await wait_until("codes everywhere", lambda: same({10: "P", 11: "Q"}), 30)
+        await ring.stop_all()
+        ring.servers["a"].psql("INSERT INTO lis.codes VALUES (1, 'X', 'a'); "
+                               "UPDATE lis.codes SET code = 'R' WHERE id = 10")
+        await asyncio.sleep(0.02)
+        ring.servers["b"].psql("INSERT INTO lis.codes VALUES (2, 'X', 'b'); "
+                               "UPDATE lis.codes SET code = 'R' WHERE id = 11")
+        for n in ring.names:
+            ring.start_sidecar(n)
+        await wait_until("the later writes everywhere", lambda: same({2: "X", 11: "R"}), 60)
+        await asyncio.sleep(2)
+        assert await same({2: "X", 11: "R"})
+        clashes = [r for n in ring.names for r in await fetch(
+            ring, n, "SELECT kind, resolution, reason FROM ringkeeper.conflicts "
+                     "WHERE kind = 'unique_clash'")]
+        assert {r["resolution"] for r in clashes} == {"apply_remote", "keep_local"}, clashes
+        # The ring still runs.
+        ring.servers["c"].psql("INSERT INTO lis.codes VALUES (3, 'Z', 'c')")
+        await wait_until("a new row everywhere",
+                         lambda: same({2: "X", 3: "Z", 11: "R"}), 30)
+        assert all(lk.state == "Streaming" for sc in ring.sidecars.values()
+                   for lk in sc.state.links.values())
+    finally:
+        await ring.stop_all()
+        ring.destroy()

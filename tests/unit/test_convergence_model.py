@@ -258,3 +258,19 @@ def test_scripted_delete_update_delete() -> None:
         ring.drain()
         held = [m.name for m in ring.members if 1 in m.rows]
         assert held == (["m1", "m2"] if diverges else []), held
+
+
+def test_a_unique_clash_keeps_the_policy_winner_whatever_arrives_first() -> None:
+    older = Version("a", T0, 100)
+    newer = Version("b", T0 + timedelta(seconds=1), 100)
+    tie_low, tie_high = Version("c", T0, 100), Version("d", T0, 200)
+    assert conflicts.decide_clash(newer, older, POLICY).action == Action.DELETE
+    assert conflicts.decide_clash(older, newer, POLICY).action == Action.SKIP
+    assert conflicts.decide_clash(tie_high, tie_low, POLICY).action == Action.DELETE
+    assert conflicts.decide_clash(tie_low, tie_high, POLICY).action == Action.SKIP
+    # Campus priority puts priority before time.
+    assert conflicts.decide_clash(tie_high, newer, Policy.CAMPUS_PRIORITY).action == \
+        Action.DELETE
+    for d in (conflicts.decide_clash(newer, older, POLICY),
+              conflicts.decide_clash(older, newer, POLICY)):
+        assert d.conflict == conflicts.Kind.UNIQUE_CLASH

@@ -30,6 +30,7 @@ class Kind(StrEnum):
     DELETE_MISSING = "delete_missing"  # delete of a row that is not there
     UPDATE_UPDATE = "update_update"  # concurrent updates of one row
     UPDATE_DELETED = "update_deleted"  # update of a row a tombstone says was deleted
+    UNIQUE_CLASH = "unique_clash"  # the row clashes with another key on a unique column
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,25 @@ def forwards(decision: Decision) -> bool:
     on: the version that beat it was passed on when it won here.
     """
     return decision.action != Action.SKIP
+
+
+def decide_clash(incoming: Version, other: Version, policy: Policy | str) -> Decision:
+    """An incoming row clashes on a unique column (not its key) with another row here,
+    which `other` wrote. Both cannot stay, and whatever the arrival order every member
+    must keep the same one: the policy's winner of the two writes, and the loser's key
+    goes. DELETE: remove the other row (in this transaction, under the incoming change's
+    origin, so the removal travels on like any delete) and apply the change. SKIP: the
+    other row stays, the change is not applied, and the row an update would have changed
+    is removed (its older version must not stay here while the members that applied the
+    update remove it when the winner reaches them)."""
+    keep = winner(other, incoming, policy)
+    if keep is incoming:
+        return Decision(Action.DELETE, Kind.UNIQUE_CLASH,
+                        f"clashes on a unique column with a row from {other.origin}: the "
+                        f"incoming write wins ({Policy(policy).value}) and that row goes")
+    return Decision(Action.SKIP, Kind.UNIQUE_CLASH,
+                    f"clashes on a unique column with a row from {other.origin}, which wins "
+                    f"({Policy(policy).value}): not applied here")
 
 
 def _why(wins: bool, keep: Version, policy: Policy | str) -> str:

@@ -19,13 +19,24 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 
-from ..core.conflicts import Action, Decision, Kind, Op, Policy, Version, decide, forwards
+from ..core.conflicts import (
+    Action,
+    Decision,
+    Kind,
+    Op,
+    Policy,
+    Version,
+    decide,
+    decide_clash,
+    forwards,
+)
 from ..engines import EngineProfile
 from . import bulk, names
 from .catalog import RELAY, apply_canonical_settings, quote_ident
@@ -48,6 +59,9 @@ BULK_ROWS = 2000  # rows per bulk script (many upstream transactions, one round 
 CLASSIC_AFTER_MISS = 32  # transactions applied row by row after a bulk script missed
 MAX_PREPARED = 256  # transaction shapes kept prepared per session
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CLASH_LOG_EVERY = 10.0  # seconds between log lines about unique clashes (all are counted)
+# A unique index besides the key (or an exclusion constraint) refusing a row.
+_CLASHES = (asyncpg.UniqueViolationError, asyncpg.ExclusionViolationError)
 
 
 class ApplyError(RuntimeError):
@@ -173,6 +187,8 @@ class Applier:
         self._txn_dirty: dict[str, set[str]] = {}
         self._txn_conflicts: list[tuple[object, ...]] = []
         self._classic_left = 0
+        self._clash_logged = 0.0
+        self._clash_quiet = 0
         self._prepared = 0
         self.flush_scripts = False  # flush WAL after each script: this member forwards
         self._statements: dict[tuple[object, ...], tuple[str, list[bulk.Table]]] = {}
@@ -593,18 +609,16 @@ class Applier:
             (slow if ch.old_key is not None else fast).append(ch)
         done: set[tuple[str, ...]] = set()
         if fast:
-            if op == Op.INSERT:
-                fresh = [c for c in fast if (t.relation, c.key) not in self._txn_rows]
-                own = [c for c in fast if (t.relation, c.key) in self._txn_rows]
-                done |= await self._insert_fast(t, fresh)
-                slow += [c for c in fresh if c.key not in done]
-                slow += own  # written earlier in this transaction: decide with state
-            elif op == Op.UPDATE:
-                for cols, group in _by_columns(fast).items():
-                    done |= await self._update_fast(t, group, cols, roident, ts)
-                slow += [c for c in fast if c.key not in done]
+            # A unique constraint besides the key can fail a whole batch: then every row
+            # of it goes the slow way, where the clash is resolved row by row.
+            await self.conn.execute("SAVEPOINT rk_fast")
+            try:
+                done = await self._fast(t, op, fast, roident, ts)
+            except _CLASHES:
+                await self.conn.execute("ROLLBACK TO SAVEPOINT rk_fast")
+                slow += fast
             else:
-                done |= await self._delete_fast(t, fast, roident, ts)
+                await self.conn.execute("RELEASE SAVEPOINT rk_fast")
                 slow += [c for c in fast if c.key not in done]
         for ch in fast:
             if ch.key in done:
@@ -616,6 +630,20 @@ class Applier:
         dirty.update(c.key_json for c in batch)
         dirty.update(json.dumps(list(c.old_key), ensure_ascii=False, separators=(",", ":"))
                      for c in batch if c.old_key)
+
+    async def _fast(self, t: TableMap, op: Op, fast: list[Change], roident: int,
+                    ts: datetime) -> set[tuple[str, ...]]:
+        """The batch's set-based statements; the keys they applied."""
+        if op == Op.INSERT:
+            # A key written earlier in this transaction is decided with state.
+            return await self._insert_fast(
+                t, [c for c in fast if (t.relation, c.key) not in self._txn_rows])
+        if op == Op.UPDATE:
+            done: set[tuple[str, ...]] = set()
+            for cols, group in _by_columns(fast).items():
+                done |= await self._update_fast(t, group, cols, roident, ts)
+            return done
+        return await self._delete_fast(t, fast, roident, ts)
 
     async def _origin_id(self, origin: str) -> int:
         oname = names.origin_name(self.ring, origin)
@@ -747,7 +775,19 @@ class Applier:
                     origin, ts, decision.reason))
                 kind = decision.conflict.value
                 self.stats.conflicts[kind] = self.stats.conflicts.get(kind, 0) + 1
-        ok = await self._act(t, ch, decision.action, lookup, xmin, relay=forwards(decision))
+        try:
+            await self.conn.execute("SAVEPOINT rk_row")
+            ok = await self._act(t, ch, decision.action, lookup, xmin,
+                                 relay=forwards(decision))
+            await self.conn.execute("RELEASE SAVEPOINT rk_row")
+        except _CLASHES as e:
+            await self.conn.execute("ROLLBACK TO SAVEPOINT rk_row")
+            if attempt >= 3:
+                raise ApplyError(f"{t.relation} key {list(lookup)}: {e}, again after "
+                                 "removing the rows it clashed with") from e
+            if not await self._clash(t, ch, lookup, incoming, e):
+                return  # the other row wins: this change is not applied here
+            ok = False  # the other row is gone: apply again
         if not ok:
             if attempt >= 3:
                 raise ApplyError(f"{t.relation} key {list(lookup)} keeps changing under apply")
@@ -759,6 +799,62 @@ class Applier:
                 self._txn_rows[(t.relation, ch.old_key)] = False
         elif decision.action == Action.DELETE:
             self._txn_rows[(t.relation, lookup)] = False
+
+    async def _clash(self, t: TableMap, ch: Change, lookup: tuple[str, ...], incoming: Version,
+                     e: asyncpg.IntegrityConstraintViolationError) -> bool:
+        """The change clashed on a unique index other than the key with another row
+        here: decide which stays (core.conflicts.decide_clash), log it, and remove the
+        other row if the change wins. True if it did (apply the change again)."""
+        cols = [r["attname"] for r in await self.conn.fetch(
+            "SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) "
+            "WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = k.attnum WHERE i.indrelid = to_regclass($1) AND i.indisunique "
+            "AND NOT i.indisprimary AND i.indexrelid = (SELECT c.oid FROM pg_class c WHERE "
+            "c.relname = $2 AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE "
+            "oid = to_regclass($1))) ORDER BY k.ord", t.quoted,
+            getattr(e, "constraint_name", None) or "")]
+        if not cols or any(c not in ch.values or ch.values[c] is None for c in cols):
+            raise ApplyError(f"{t.relation} key {list(ch.key)}: {e} (a constraint the "
+                             "ring cannot weigh: make it the same at every member, or "
+                             "repair the clashing rows)") from e
+        x = self.profile.sql.xact_commit_timestamp_origin
+        keys = ", ".join(f"t.{quote_ident(k)}::text AS k{i}" for i, k in enumerate(t.key))
+        r = await self.conn.fetchrow(
+            f"SELECT {keys}, x.roident, x.timestamp FROM {t.quoted} AS t "
+            f"LEFT JOIN LATERAL {x}(t.xmin) AS x ON true WHERE "
+            + " AND ".join(f"t.{quote_ident(c)} = ${i + 1}::text::{t.types[c]}"
+                           for i, c in enumerate(cols)), *[ch.values[c] for c in cols])
+        if r is None:
+            return True  # gone meanwhile: try again
+        other_key = tuple(r[f"k{i}"] for i in range(len(t.key)))
+        other = self.version_of(r["roident"], r["timestamp"])
+        decision = decide_clash(incoming, other, self.policy)
+        assert self._txn is not None
+        self._txn_conflicts.append((
+            self.ring, t.relation, json.dumps(list(ch.key), ensure_ascii=False),
+            Kind.UNIQUE_CLASH.value,
+            "apply_remote" if decision.action != Action.SKIP else "keep_local",
+            other.origin, other.committed_at, incoming.origin, incoming.committed_at,
+            f"{decision.reason} (row {list(other_key)}, {e.__class__.__name__} on "
+            f"{', '.join(cols)})"))
+        self.stats.conflicts[Kind.UNIQUE_CLASH.value] = \
+            self.stats.conflicts.get(Kind.UNIQUE_CLASH.value, 0) + 1
+        now = time.monotonic()
+        if now - self._clash_logged >= CLASH_LOG_EVERY:
+            log.warning("%s: %s clashes with %s on %s: %s (%d more since the last such "
+                        "message)", t.relation, list(ch.key), list(other_key), ", ".join(cols),
+                        decision.reason, self._clash_quiet)
+            self._clash_logged, self._clash_quiet = now, 0
+        else:
+            self._clash_quiet += 1
+        gone = other_key if decision.action == Action.DELETE else lookup
+        if decision.action == Action.DELETE or ch.op == Op.UPDATE:
+            await self.conn.execute(
+                f"DELETE FROM {t.quoted} AS t WHERE "
+                + " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::text::{t.types[k]}"
+                               for i, k in enumerate(t.key)), *gone)
+            self._txn_rows[(t.relation, gone)] = False
+        return decision.action == Action.DELETE
 
     async def _act(self, t: TableMap, ch: Change, action: Action, lookup: tuple[str, ...],
                    xmin: str | None, *, relay: bool = False) -> bool:
@@ -794,7 +890,8 @@ class Applier:
             vals = ", ".join(f"${i + 1}::text::{t.types[c]}" for i, c in enumerate(cols))
             status = await self.conn.execute(
                 f"INSERT INTO {t.quoted} ({', '.join(quote_ident(c) for c in cols)}) "
-                f"VALUES ({vals}) ON CONFLICT DO NOTHING", *[ch.values[c] for c in cols])
+                f"VALUES ({vals}) ON CONFLICT ({', '.join(quote_ident(k) for k in t.key)}) "
+                "DO NOTHING", *[ch.values[c] for c in cols])
             return status != "INSERT 0 0"
         n = len(t.key) + (1 if xmin is not None else 0)
         sets = ", ".join(f"{quote_ident(c)} = ${n + i + 1}::text::{t.types[c]}"
