@@ -225,11 +225,15 @@ def refusal_before_pause(
 
     The failover runner asks this on the replicas' unpaused status before it stops
     anything: a failover that can only be refused must not fence the old primary (after
-    a failover that primary is the one just promoted) nor pause the replicas. It never
-    chooses a candidate: the real election runs on the paused positions, so the safety
-    rule is exactly choose_candidate's.
+    a failover that primary is the one just promoted) nor pause the replicas. Only what
+    was reported counts: a replica that did not answer in time (a loaded node) may still
+    answer the pause, which has a longer deadline, so it counts as answering here. It
+    never chooses a candidate: the real election runs on the paused positions, so the
+    safety rule is exactly choose_candidate's.
     """
-    frozen = [replace(r, receiver_active=False) for r in replicas]
+    frozen = [replace(r, receiver_active=False) if r.reachable else
+              replace(r, reachable=True, server_running=True, fenced=False, in_recovery=True)
+              for r in replicas]
     election = choose_candidate(frozen, snapshot, durability, max_lag_bytes)
     if election.candidate is None and election.reason in _FINAL_REFUSALS:
         return election
