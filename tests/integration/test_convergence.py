@@ -234,8 +234,11 @@ async def test_conflict_storm_converges_without_resurrection() -> None:
         until = time.monotonic() + 20
         ledgers = await asyncio.gather(*(writer(ring, n, keys, until, i + 1)
                                          for i, n in enumerate(ring.names)))
+        t_converge = time.monotonic()
         await settled(ring, timeout=90)
         writes = [w for ledger in ledgers for w in ledger]
+        print(f"storm: {len(writes)} acknowledged writes, converged "
+              f"{time.monotonic() - t_converge - 2:.1f} s after the writers stopped")
         assert len(writes) > 1000, len(writes)
         latest: dict[int, Write] = {}
         for w in writes:
