@@ -274,3 +274,34 @@ def test_a_unique_clash_keeps_the_policy_winner_whatever_arrives_first() -> None
     for d in (conflicts.decide_clash(newer, older, POLICY),
               conflicts.decide_clash(older, newer, POLICY)):
         assert d.conflict == conflicts.Kind.UNIQUE_CLASH
+
+
+def test_an_update_takes_its_unchanged_values_from_the_full_old_row() -> None:
+    old = ("1", "old", "BIG")
+    assert new_values(Update(1, old, "O", ("1", "new", UNCHANGED))) == ("1", "new", "BIG")
+    # Key-only old rows (or none) cannot fill it: the update stays incomplete.
+    assert new_values(Update(1, ("1", None, None), "K", ("1", "new", UNCHANGED)))[2] \
+        is UNCHANGED
+    assert new_values(Update(1, None, None, ("1", "new", UNCHANGED)))[2] is UNCHANGED
+
+
+def test_the_bulk_path_leaves_relayed_deletes_and_fills_unchanged_values() -> None:
+    from ringkeeper.sync import bulk
+    from ringkeeper.sync.apply import TableMap
+    from ringkeeper.sync.pgoutput import Insert
+
+    relay = TableMap(relation="ringkeeper.relay", quoted='"ringkeeper"."relay"',
+                     columns=["nsp", "name", "key"], types={"nsp": "text", "name": "text",
+                                                           "key": "jsonb"},
+                     key=["nsp", "name", "key"], key_pos=[0, 1, 2])
+    samples = TableMap(relation="lis.samples", quoted='"lis"."samples"',
+                       columns=["id", "status", "patient"],
+                       types={"id": "bigint", "status": "text", "patient": "text"},
+                       key=["id"], key_pos=[0])
+    with pytest.raises(bulk.NotBulk):
+        bulk.groups([(relay, Insert(1, ("lis", "samples", '["1"]')))])
+    with pytest.raises(bulk.NotBulk):
+        bulk.groups([(samples, Insert(2, ("2", "x", "y"))),
+                     (relay, Insert(1, ("lis", "samples", '["1"]')))])
+    gs = bulk.groups([(samples, Update(2, ("1", "a", "BIG"), "O", ("1", "b", UNCHANGED)))])
+    assert [(g.positions, list(g.tuples[0])) for g in gs] == [((0, 1, 2), ["1", "b", "BIG"])]

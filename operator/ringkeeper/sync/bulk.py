@@ -112,11 +112,9 @@ def groups(changes: Sequence[tuple[Table, Insert | Update | Delete]]) -> list[Gr
     then finds a row written by this very transaction (no commit time yet, or a
     duplicate key, or a fresh tombstone) and raises, so the transaction goes row by row.
     """
-    if any(t.relation == RELAY_RELATION for t, _ in changes):
-        raise NotBulk("a relayed delete")  # the conflict rules decide it (apply.py)
     if changes:
         t0 = changes[0][0]
-        if all(t is t0 and type(m) is Insert for t, m in changes):
+        if t0.relation != RELAY_RELATION and all(t is t0 and type(m) is Insert for t, m in changes):
             # The usual bulk shape: rows inserted into one table.
             return [Group(t0, "I", t0.positions,
                           [m.new for _, m in changes])]  # type: ignore[union-attr]
@@ -136,6 +134,8 @@ def groups(changes: Sequence[tuple[Table, Insert | Update | Delete]]) -> list[Gr
             raise NotBulk(f"a {type(m).__name__} message")
         g = out.get((id(t), op, positions))
         if g is None:
+            if t.relation == RELAY_RELATION:  # checked once per group, not per row
+                raise NotBulk("a relayed delete")  # the conflict rules decide it (apply.py)
             g = out[(id(t), op, positions)] = Group(t, op, positions, [])
         g.tuples.append(tup)
     return list(out.values())
