@@ -184,8 +184,9 @@ class Write:
 
 async def writer(ring: LocalRing, member: str, keys: int, until: float,
                  seed: int) -> list[Write]:
-    """Random inserts, updates and deletes of shared keys; each acknowledged write is
-    recorded with its commit time."""
+    """Random inserts, updates (of a small column, or of a large one stored out of line)
+    and deletes of shared keys; each acknowledged write is recorded with its commit
+    time."""
     rnd = random.Random(seed)
     out: list[Write] = []
     conn = await ring.conn(member)
@@ -195,15 +196,20 @@ async def writer(ring: LocalRing, member: str, keys: int, until: float,
             key = rnd.randrange(keys)
             n += 1
             status = f"{member}-{n}"
-            op = rnd.choice(("update", "update", "delete", "insert"))
+            op = rnd.choice(("update", "update", "big", "delete", "insert"))
             async with conn.transaction():
                 if op == "delete":
                     done = await conn.execute("DELETE FROM lis.samples WHERE id = $1", key)
                     hit = done != "DELETE 0"
-                elif op == "update":
-                    done = await conn.execute(
+                elif op == "update":  # a TOASTed value, if the row has one, travels as
+                    done = await conn.execute(  # unchanged
                         "UPDATE lis.samples SET status = $2, campus = $3 WHERE id = $1",
                         key, status, member)
+                    hit = done != "UPDATE 0"
+                elif op == "big":  # stored out of line (6 kB that do not compress)
+                    done = await conn.execute(
+                        "UPDATE lis.samples SET status = $2, patient = $3 WHERE id = $1",
+                        key, status, incompressible(6_000, rnd.randrange(10**9)))
                     hit = done != "UPDATE 0"
                 else:
                     done = await conn.execute(
