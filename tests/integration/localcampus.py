@@ -223,6 +223,12 @@ class LocalCampus:
     def log(self, name: str) -> str:
         return (self.root / name / "agent.log").read_text(errors="replace")[-3000:]
 
+    def server_log(self, name: str) -> str:
+        try:
+            return (self.root / name / "run" / "server.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
     def dsn(self, name: str) -> dict[str, Any]:
         return {"host": self.ips[name], "port": 5432, "user": "app",
                 "password": self.passwords["app"], "database": "app"}

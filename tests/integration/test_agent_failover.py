@@ -148,7 +148,7 @@ async def test_kill_primary_promotes_complete_replica_and_old_primary_rejoins(
         await wait_until("the old primary replaying the new timeline", old_has_everything)
     except BaseException:
         for n in c.names:
-            print(f"--- {n}\n{c.log(n)}")
+            print(f"--- {n}\n{c.log(n)}\n--- {n} server\n{c.server_log(n)}")
         raise
     finally:
         c.stop_all()

@@ -224,16 +224,19 @@ async def test_frozen_primary_replaced_fast_and_never_writable_after_thaw(
         await _everything_everywhere(c, led)
     except BaseException:
         for n in c.names:
-            print(f"--- {n}\n{c.log(n)}")
+            print(f"--- {n}\n{c.log(n)}\n--- {n} server\n{c.server_log(n)}")
         raise
     finally:
         c.stop_all()
 
 
+@pytest.mark.parametrize("major", ["15", "17"])
 async def test_rejoin_after_sigkill_uses_pg_rewind(
-        root: Path, session: aiohttp.ClientSession) -> None:  # noqa: F811
-    _need("17")
-    c = LocalCampus(root / "campus", "17", subnet=7)
+        root: Path, session: aiohttp.ClientSession, major: str) -> None:  # noqa: F811
+    """15 as well: before 16, pg_rewind right after a promotion found "the same timeline"
+    unless the source had checkpointed, and the rejoined instance could never follow."""
+    _need(major)
+    c = LocalCampus(root / "campus", major, subnet=7)
     agents = agent_client(session)
     try:
         await _bootstrap(c, session, SPEC)
@@ -261,7 +264,7 @@ async def test_rejoin_after_sigkill_uses_pg_rewind(
         await _everything_everywhere(c, led)
     except BaseException:
         for n in c.names:
-            print(f"--- {n}\n{c.log(n)}")
+            print(f"--- {n}\n{c.log(n)}\n--- {n} server\n{c.server_log(n)}")
         raise
     finally:
         c.stop_all()

@@ -342,15 +342,16 @@ class Agent:
             clean = await self.server.shut_down_cleanly()
         except ServerError:
             clean = False
+        said = ""
         try:
             for step in rejoin_steps(clean):
                 if step == RejoinStep.CRASH_RECOVERY:
                     await self.server.crash_recovery()
                 elif step == RejoinStep.REWIND:
-                    await self.server.rewind(upstream_ip, self.cfg.port)
+                    said = await self.server.rewind(upstream_ip, self.cfg.port)
             self.state.rejoins_by_rewind += 1
-            log.info("rejoined by pg_rewind from %s (crash recovery first: %s)", upstream_ip,
-                     not clean)
+            log.info("rejoined by pg_rewind from %s (crash recovery first: %s): %s",
+                     upstream_ip, not clean, said)
         except ServerError as exc:
             log.warning("pg_rewind failed (%s); taking a fresh base backup", exc)
             await self.server.basebackup(upstream_ip, self.cfg.port)

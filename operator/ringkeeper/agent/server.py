@@ -187,12 +187,32 @@ class Server:
         tmp.rename(self.data)
         self.data.chmod(0o700)
 
-    async def rewind(self, host: str, port: int) -> None:
+    async def rewind(self, host: str, port: int) -> str:
+        """pg_rewind from the new primary; returns its last line of output.
+
+        A checkpoint on the source first: before 16, pg_rewind reads the source's
+        timeline from its control file, which a promotion updates only at its next
+        checkpoint, so a rewind right after a failover found "the same timeline", did
+        nothing, and the former primary could never follow (seen on 15).
+        """
+        try:
+            conn = await asyncio.wait_for(asyncpg.connect(
+                host=host, port=port, user=self.creds.superuser,
+                password=self.creds.superuser_password,
+                database=self.profile.default_database, timeout=5), 6)
+            try:
+                await conn.execute("CHECKPOINT", timeout=600)
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise ServerError(f"checkpoint on the rewind source failed: {exc}") from exc
         src = (f"host={host} port={port} user={self.creds.superuser} dbname="
                f"{self.profile.default_database} connect_timeout=5")
-        await self._run(self._bin(self.profile.binaries.rewind), "-D", str(self.data),
-                        f"--source-server={src}", "--progress",
-                        env={"PGPASSFILE": str(self.passfile)})
+        out = await self._run(self._bin(self.profile.binaries.rewind), "-D", str(self.data),
+                              f"--source-server={src}", "--progress",
+                              env={"PGPASSFILE": str(self.passfile)})
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
 
     async def crash_recovery(self, timeout: float = 600) -> None:
         """Finish crash recovery with no client able to connect, and shut down cleanly.
