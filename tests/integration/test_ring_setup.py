@@ -254,9 +254,11 @@ async def ring_of(majors: tuple[str, ...], tmp_path: Path):  # type: ignore[no-u
 
 
 async def run_writers(ring: LocalRing, ledger: Ledger, sidecars: Sidecars,
-                      table: str = "lis.samples") -> tuple[asyncio.Event, list[asyncio.Task[None]]]:
+                      table: str = "lis.samples",
+                      pause: float = 0.01) -> tuple[asyncio.Event, list[asyncio.Task[None]]]:
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(ledger_writer(ring, n, i + 1, ledger, stop, table=table))
+    tasks = [asyncio.create_task(ledger_writer(ring, n, i + 1, ledger, stop, table=table,
+                                               pause=pause))
              for i, n in enumerate(ring.names)]
     sidecars.writers.append((stop, tasks))
     return stop, tasks
@@ -270,7 +272,9 @@ async def finish(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
 async def test_all_sidecars_at_once_while_writes_run(tmp_path: Path) -> None:
     async with ring_of(("15", "17", "18", "17"), tmp_path) as (ring, sidecars):
         ledger = Ledger()
-        stop, writers = await run_writers(ring, ledger, sidecars)
+        # Four servers, four sidecars and four writers share this 2-CPU machine: a
+        # slower writer leaves the ring the CPU to catch up within the test's time.
+        stop, writers = await run_writers(ring, ledger, sidecars, pause=0.03)
         await asyncio.sleep(1.5)  # writes before any slot or publication exists
         before = {n: ledger.count(n) for n in ring.names}
         for n in ring.names:
@@ -278,9 +282,9 @@ async def test_all_sidecars_at_once_while_writes_run(tmp_path: Path) -> None:
         await sidecars.wait_streaming()
         await asyncio.sleep(2)  # and after
         await finish(stop, writers)
-        assert all(v > 20 for v in before.values()), before
+        assert all(v > 10 for v in before.values()), before
         try:
-            await wait_ledger(ring, ledger, 30)
+            await wait_ledger(ring, ledger, 45)
         except AssertionError:
             print(sidecars.logs())
             raise

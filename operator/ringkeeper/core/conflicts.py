@@ -115,14 +115,15 @@ def decide(op: Op, incoming: Version, row: Version | None, tombstone: Version | 
     normal sequence of that origin's writes.
     """
     if row is not None:
+        if row.origin == incoming.origin and row.committed_at >= incoming.committed_at:
+            # No two campuses met: the row holds this very write (copied at setup and
+            # streamed too) or a later one of the same origin. Whichever brought it here
+            # also took it on to the next member (initial copies are forwarded like
+            # any applied write, sync/seed.py), so nothing is written and nothing logged.
+            return Decision(Action.SKIP, None, f"holds this or a later write from {row.origin}")
         if row.origin == incoming.origin:
-            # No two campuses met: both versions come from one campus, whose own order
-            # decides. The very same write (a row copied at setup and streamed too) is
-            # written again, so this member forwards it like every write it applies.
-            if row.committed_at > incoming.committed_at:
-                return Decision(Action.SKIP, None, f"holds a later write from {row.origin}")
             return Decision(Action.DELETE if op == Op.DELETE else Action.UPDATE, None,
-                            f"a write from {row.origin} at or after the row's")
+                            f"a later write from {row.origin}")
         keep = winner(row, incoming, policy)
         wins = keep is incoming
         if op == Op.INSERT:

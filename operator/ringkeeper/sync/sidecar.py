@@ -184,6 +184,9 @@ class Sidecar:
                     # of its own, which a link's session may hold: links wait meanwhile
                     # (their slots keep everything).
                     await stop_links()
+                    for lk in self.state.links.values():
+                        lk.state = "Pending"
+                        lk.message = "paused while this member copies other members' rows"
                     pending = await self._copy_members(local, cfg, profile, pending)
                 if pending:
                     # Not Ready while another member's rows are missing here. Links
