@@ -25,6 +25,7 @@ import aiohttp
 
 import procguard
 from ringkeeper.controller.failover import AgentClient
+from ringkeeper.devcluster import faults
 from ringkeeper.devcluster.runtime import process
 
 TOKEN = secrets.token_hex(16)
@@ -182,14 +183,18 @@ class LocalCampus:
             return None
 
     def _signal_pod(self, name: str, sig: int, server_first: bool = False) -> None:
-        """A signal to the whole "pod": the agent's process group and the server's."""
-        groups = [self.procs[name].pid]
-        pid = self.server_pid(name)
-        if pid is not None:
-            groups.insert(0 if server_first else 1, pid)
-        for g in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(g, sig)
+        """A signal to every process of the "pod", as a container runtime freezes or kills
+        its cgroup: the agent, its server and the backends (which call setsid())."""
+        agent = self.procs[name].pid
+        pids = faults.process_tree(agent)
+        server = self.server_pid(name)
+        if server is not None and server not in pids:  # a server the agent lost track of
+            pids += faults.process_tree(server)
+        if server_first:
+            pids = [p for p in pids if p != agent] + [agent]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
 
     def kill(self, name: str) -> None:
         self._signal_pod(name, signal.SIGKILL, server_first=True)

@@ -248,8 +248,8 @@ class Server:
         if not self._postmaster_alive():
             (self.data / "postmaster.pid").unlink(missing_ok=True)  # left by a killed server
         logf = (self.sockets / "server.log").open("ab")
-        # A process group of its own: kill_now reaches the postmaster and every backend
-        # with one signal, even while they are stopped (SIGSTOP, a frozen cgroup).
+        # A session of its own: a signal meant for the agent's process group (a terminal's
+        # Ctrl-C, a supervisor's SIGTERM) never starts a server shutdown behind its back.
         self.proc = await asyncio.create_subprocess_exec(
             self._bin(self.profile.binaries.server), "-D", str(self.data),
             stdout=logf, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
@@ -317,16 +317,23 @@ class Server:
             await self.kill()
 
     def kill_now(self) -> bool:
-        """SIGKILL the server's whole process group at once; True if one was running.
+        """SIGKILL the postmaster and every process it started; True if one was running.
 
         Synchronous on purpose: an agent that finds it was frozen calls this before it
         awaits anything, so its server (thawed in the same instant) serves as little as
-        the scheduler allows. Crash recovery on the next start keeps the data safe.
+        the scheduler allows. Backends call setsid(), so a process-group kill would miss
+        them: the postmaster is stopped first (it forks no more), then its whole tree is
+        killed (SIGKILL reaches stopped processes too). Crash recovery on the next start
+        keeps the data safe.
         """
         if not self.running or self.proc is None:
             return False
+        root = self.proc.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.kill(root, signal.SIGSTOP)
+        for pid in _process_tree(root):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         return True
 
     async def kill(self) -> None:
@@ -407,6 +414,21 @@ class Server:
             await asyncio.sleep(0.1)
             st = await self.status()
         return st
+
+
+def _process_tree(root: int) -> list[int]:
+    """root and all its descendants, from /proc (root first)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
 
 
 def _literal(text: str) -> str:
