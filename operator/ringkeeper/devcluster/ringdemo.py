@@ -1,8 +1,10 @@
 """`python -m ringkeeper.devcluster.ringdemo`: the ring part of `make demo`.
 
-Creates the LIS tables at every campus, waits for the ring to stream, writes at
-every campus at once (some writes collide on purpose), prints the per-link lag
-table while it runs, and ends with a convergence check across all members.
+Creates the LIS tables at every campus and starts writing there at once, while the ring
+is still being set up, and keeps writing at every campus after it streams (some writes
+collide on purpose), with a ledger of every acknowledged commit. Prints the per-link lag
+table while it runs and ends with a convergence check: identical checksums at every
+member and every acknowledged transaction found at every member.
 """
 
 from __future__ import annotations
@@ -69,17 +71,17 @@ def lag_table(status: dict[str, Any]) -> list[str]:
     return rows
 
 
-async def writer(api: client.ApiClient, ns: str, campus: str, index: int, seconds: float,
-                 rate: float, shared: list[int]) -> int:
+async def writer(api: client.ApiClient, ns: str, campus: str, index: int, stop: asyncio.Event,
+                 rate: float, shared: list[int]) -> list[int]:
+    """Write until `stop`; returns the sample ids whose COMMIT was acknowledged (the ledger)."""
     rnd = random.Random(index)
     conn = await connect(api, ns, campus)
-    n = 0
+    acked: list[int] = []
     try:
-        deadline = time.monotonic() + seconds
         next_id = index * 10_000_000
-        while time.monotonic() < deadline:
+        while not stop.is_set():
+            next_id += 1
             async with conn.transaction():
-                next_id += 1
                 await conn.execute(
                     "INSERT INTO lis.samples VALUES ($1, $2, $3, 'GLU', 'collected', $4, now())",
                     next_id, campus, f"P{rnd.randrange(10000):05d}", rnd.random() * 10)
@@ -89,11 +91,22 @@ async def writer(api: client.ApiClient, ns: str, campus: str, index: int, second
                     await conn.execute(
                         "UPDATE lis.samples SET status = $2, result = $3 WHERE id = $1",
                         rnd.choice(shared), f"verified@{campus}", rnd.random() * 10)
-            n += 1
+            acked.append(next_id)  # the commit returned: acknowledged
             await asyncio.sleep(1 / rate)
     finally:
         await conn.close()
-    return n
+    return acked
+
+
+async def missing_at(api: client.ApiClient, ns: str, campus: str, ids: list[int]) -> int:
+    conn = await connect(api, ns, campus)
+    try:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM lis.samples s JOIN lis.results r ON r.sample_id = s.id "
+            "WHERE s.id = ANY($1::bigint[])", ids)
+    finally:
+        await conn.close()
+    return len(ids) - int(found)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -101,7 +114,12 @@ async def main(args: argparse.Namespace) -> int:
     async with await api_client() as api:
         obj = await resources.read_custom(api, ns, "replicationrings", ring)
         campuses = [m["campusRef"]["name"] for m in obj["spec"]["members"]]
-        for c in campuses:
+        # Writers start at each campus as soon as its tables exist, long before the ring
+        # streams: the ring must carry what was written while it was being set up.
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[list[int]]] = []
+        t_first = time.monotonic()
+        for i, c in enumerate(campuses):
             await wait_ready(api, ns, c, timeout=240, settle=False)
             conn = await connect(api, ns, c)
             try:
@@ -109,7 +127,12 @@ async def main(args: argparse.Namespace) -> int:
                 version = await conn.fetchval("SHOW server_version")
             finally:
                 await conn.close()
-            say(f"campus {c}: PostgreSQL {version.split()[0]}, LIS tables ready")
+            if not tasks:
+                t_first = time.monotonic()
+            tasks.append(asyncio.create_task(writer(api, ns, c, i + 1, stop, args.rate,
+                                                    list(range(1, 51)))))
+            say(f"campus {c}: PostgreSQL {version.split()[0]}, LIS tables ready, writing "
+                f"{args.rate:.0f} transactions/s from now on (20% update shared samples)")
         # Shared samples that every campus will update: created once, carried by the ring.
         conn = await connect(api, ns, campuses[0])
         try:
@@ -127,15 +150,16 @@ async def main(args: argparse.Namespace) -> int:
                 break
             if time.monotonic() > deadline:
                 say(f"ring not Ready: {conds.get('Degraded', {}).get('message')}")
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 return 1
             await asyncio.sleep(2)
-        say(f"ring {ring} Ready: {st.get('healthyLinks')} links streaming")
-        say(f"writing at all {len(campuses)} campuses for {args.seconds:.0f}s "
-            f"({args.rate:.0f} transactions/s each; 20% update shared samples)")
-        tasks = [asyncio.create_task(writer(api, ns, c, i + 1, args.seconds, args.rate,
-                                            list(range(1, 51))))
-                 for i, c in enumerate(campuses)]
-        while not all(t.done() for t in tasks):
+        say(f"ring {ring} Ready: {st.get('healthyLinks')} links streaming, "
+            f"{time.monotonic() - t_first:.0f}s after the first campus began writing; "
+            f"writing on for {args.seconds:.0f}s")
+        loop = asyncio.get_running_loop()
+        loop.call_later(args.seconds, stop.set)
+        while not stop.is_set():
             await asyncio.sleep(3)
             st = (await resources.read_custom(api, ns, "replicationrings", ring)).get(
                 "status") or {}
@@ -143,7 +167,8 @@ async def main(args: argparse.Namespace) -> int:
                   f"healthy, max lag {st.get('maxLagSeconds')}s", flush=True)
             for line in lag_table(st):
                 print("        " + line, flush=True)
-        written = sum(t.result() for t in tasks)
+        ledger = [i for t in await asyncio.gather(*tasks) for i in t]
+        written = len(ledger)
         say(f"{written} transactions committed across the campuses; waiting for convergence")
         deadline = time.monotonic() + 120
         sums: dict[str, str] = {}
@@ -159,7 +184,10 @@ async def main(args: argparse.Namespace) -> int:
             await asyncio.sleep(2)
         for c, s in sums.items():
             say(f"{c:<14} {s}")
-        same = len(set(sums.values())) == 1
+        lost = {c: await missing_at(api, ns, c, ledger) for c in campuses}
+        say("ledger: " + ", ".join(f"{c} misses {n}" for c, n in lost.items())
+            + f" of {written} acknowledged transactions")
+        same = len(set(sums.values())) == 1 and not any(lost.values())
         conflicts = 0
         for c in campuses:
             conn = await connect(api, ns, c)
