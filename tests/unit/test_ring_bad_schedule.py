@@ -123,7 +123,9 @@ async def test_drill_schedule_checked_on_first_sight() -> None:
     # Corrected: Ready no longer claims the schedule is bad.
     fixed, events = _accept("Drill", {**DRILL, "schedule": "0 3 * * *"}, status)
     ready = next(c for c in fixed["conditions"] if c["type"] == "Ready")
-    assert (ready["status"], ready["reason"]) == ("Unknown", "ScheduleValid")
+    # Drills are not run yet: Ready says that, not the (now fixed) schedule.
+    assert (ready["status"], ready["reason"]) == ("False", "NotImplemented")
+    assert "InvalidSchedule" not in str(fixed["conditions"])
     assert not [e for e in events if e[0] == "Warning"]
 
 
@@ -136,6 +138,10 @@ async def test_ring_schedule_checked_on_first_sight() -> None:
     assert ready["message"].startswith("spec.verification.schedule: ")
 
 
-async def test_no_schedule_no_ready_condition() -> None:
+async def test_kinds_not_acted_on_say_so_in_ready() -> None:
+    """A Drill or Satellite is accepted, and Ready says that nothing runs for it yet."""
     status, _ = _accept("Drill", DRILL)
-    assert [c["type"] for c in status["conditions"]] == ["Accepted"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Accepted"]["status"] == "True"
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "NotImplemented")
+    assert "does not run them yet" in conds["Ready"]["message"]

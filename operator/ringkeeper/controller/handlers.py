@@ -20,6 +20,15 @@ from ..core.conditions import condition, set_condition
 from ..core.cron import schedule_condition, spec_schedule
 from ..observability.metrics import RECONCILES, RESOURCES_ACCEPTED
 
+# Kinds this operator version validates but does not act on yet. Saying so in Ready keeps
+# such an object from sitting there with only Accepted=True, as if something ran for it.
+NOT_ACTED_ON: dict[str, str] = {
+    "Satellite": "this Ringkeeper version validates Satellites but does not deploy them yet: "
+    "no database, Service or sync runs for this object (docs/roadmap.md)",
+    "Drill": "this Ringkeeper version validates Drills but does not run them yet: no fault is "
+    "injected and no schedule fires for this object (docs/roadmap.md)",
+}
+
 
 def conds_message(conds: list[dict[str, Any]]) -> str:
     return str((condition(conds, "Ready") or {}).get("message", ""))
@@ -71,6 +80,12 @@ def _accept(
                 patch.status["conditions"], type="Ready", status="Unknown",
                 reason="ScheduleValid", message="the schedule parses", now=now,
                 generation=generation)
+    pending = NOT_ACTED_ON.get(kind)
+    ready = condition(patch.status["conditions"], "Ready") or {}
+    if pending and ready.get("reason") != "InvalidSchedule":
+        patch.status["conditions"] = set_condition(
+            patch.status["conditions"], type="Ready", status="False",
+            reason="NotImplemented", message=pending, now=now, generation=generation)
     patch.status["observedGeneration"] = generation
     RECONCILES.labels(kind, "accepted").inc()
     RESOURCES_ACCEPTED.labels(kind, meta.get("namespace", ""), meta.get("name", "")).set(1)
