@@ -35,9 +35,11 @@ GROUP = "ringkeeper.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Kubernetes quantities ("500m", "2Gi", "1.5"): the same pattern the API server uses.
+# Kubernetes quantities ("500m", "2Gi", "1.5"), by apimachinery's grammar: a number with
+# at most one point, then one binary-SI, decimal-SI or exponent suffix. A looser pattern
+# admitted "1.2.3", which the API server then refused in the StatefulSet (a 500).
 QUANTITY_PATTERN = (
-    r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 )
 # DNS-1123 label: names that become parts of Pod, Service and Secret names.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
