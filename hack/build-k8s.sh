@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the local cluster's control-plane binaries from the Go module proxy.
+# Build the local cluster's control-plane binaries (and hack/celcheck) from the Go module proxy.
 #
 # Why a script of our own: no kind, k3s or Docker runs here, and release
 # tarballs cannot be downloaded. k8s.io/kubernetes cannot be `go install`ed
@@ -102,6 +102,10 @@ build "${api_args[@]}"
 build kube-controller-manager k8s-tools k8s.io/kubernetes/cmd/kube-controller-manager stock -ldflags="$ld $kv"
 build kubectl k8s-tools k8s.io/kubernetes/cmd/kubectl stock -ldflags="$ld $kv"
 build helm helm-tools helm.sh/helm/v3/cmd/helm stock -ldflags="$ld $hv"
+# The API server's CRD and CEL validation as a command, for the tests that compare
+# admission with `ringkeeper validate` (hack/celcheck; rebuilt when its source changes).
+celcheck_src="$(cat "$here"/celcheck/*.go "$here"/celcheck/go.mod "$here"/celcheck/go.sum | sha256sum | cut -c1-16)"
+build celcheck celcheck . "src-$celcheck_src" -ldflags="$ld"
 
 printf '%s\n' "kubernetes=$K8S_VERSION" "etcd=$ETCD_VERSION" "helm=$HELM_VERSION" > "$dest/VERSIONS"
 echo "build-k8s: done in $(( $(date +%s) - start ))s; binaries in $dest"
