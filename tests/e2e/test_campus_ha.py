@@ -69,6 +69,20 @@ async def _kill_and_check(cluster: Cluster, ns: str, writer: Writer, how: str) -
     return new
 
 
+def _dump(cluster: Cluster, ns: str) -> None:
+    """What a failed run needs to be understood: the Campus status and each instance's log."""
+    print(cluster.kubectl("-n", ns, "get", "campus", "lab", "-o", "yaml", check=False).stdout)
+    print(cluster.kubectl("-n", ns, "get", "pods", "-o", "wide", check=False).stdout)
+    print(cluster.kubectl("-n", ns, "get", "pods", "-o",
+                          "jsonpath={range .items[*]}{.metadata.name} "
+                          "{.status.containerStatuses}{'\\n'}{end}", check=False).stdout)
+    for i in range(3):
+        for container in ("database", "sync"):
+            res = cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "logs",
+                                     "-n", ns, f"lab-{i}", "-c", container, check=False)
+            print(f"--- lab-{i} {container}\n{(res.stdout + res.stderr)[-4000:]}")
+
+
 @pytest.mark.parametrize("major", ["15", "17", "18"])
 async def test_campus_ready_rw_ro_and_failovers_lose_nothing(cluster: Cluster, namespace: str,
                                                               major: str) -> None:
@@ -94,6 +108,9 @@ async def test_campus_ready_rw_ro_and_failovers_lose_nothing(cluster: Cluster, n
             await _kill_and_check(cluster, ns, writer, how)
             # The old primary comes back as a replica before the next round.
             await asyncio.to_thread(wait_ready, cluster, ns, "lab", 120)
+    except BaseException:
+        _dump(cluster, ns)
+        raise
     finally:
         writer.stop.set()
         await task

@@ -477,6 +477,14 @@ class PodWorker:
             out["reason"], out["message"] = self.pod_message
         return out
 
+    async def _replaced(self) -> bool:
+        """Whether the pod of this name is gone or is another pod now (another uid)."""
+        try:
+            pod = await self.rt.core.read_namespaced_pod(self.name, self.ns)
+        except ApiException as exc:
+            return exc.status == 404
+        return bool(pod.metadata.uid != self.uid)
+
     async def _publish_loop(self) -> None:
         while True:
             await self.changed.wait()
@@ -485,12 +493,15 @@ class PodWorker:
             comparable = json.dumps(_without_times(status), sort_keys=True)
             if comparable != self.last_status:
                 try:
+                    # The uid makes the patch a precondition: a pod deleted and recreated
+                    # under the same name (a StatefulSet's) must never receive the old
+                    # pod's last words ("terminated -9"), which left it not Ready for good.
                     await self.rt.core.patch_namespaced_pod_status(
-                        self.name, self.ns, {"status": status})
+                        self.name, self.ns, {"metadata": {"uid": self.uid}, "status": status})
                     self.last_status = comparable
                     self._write_meta(status["phase"])
                 except ApiException as exc:
-                    if exc.status == 404:
+                    if exc.status in (404, 409, 422) and await self._replaced():
                         return
                     log.warning("pod %s/%s: status update failed: %s %s", self.ns, self.name,
                                 exc.reason, exc.body)
