@@ -21,6 +21,7 @@ import asyncpg
 
 from ..core.instance import DataState
 from ..engines import EngineProfile
+from ..procs import process_tree
 from .config import InstanceSettings, managed_settings, render, slot_name
 
 log = logging.getLogger("ringkeeper.agent")
@@ -331,7 +332,7 @@ class Server:
         root = self.proc.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(root, signal.SIGSTOP)
-        for pid in _process_tree(root):
+        for pid in process_tree(root):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         return True
@@ -414,21 +415,6 @@ class Server:
             await asyncio.sleep(0.1)
             st = await self.status()
         return st
-
-
-def _process_tree(root: int) -> list[int]:
-    """root and all its descendants, from /proc (root first)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop(0)
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def _literal(text: str) -> str:

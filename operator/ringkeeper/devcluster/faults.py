@@ -19,6 +19,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..procs import process_tree as process_tree  # re-exported: tests call faults.process_tree
+
 FAULT_CHAIN = "RINGKEEPER-FAULTS"
 EGRESS_CHAIN = "RINGKEEPER-EGRESS"
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -76,25 +78,6 @@ def containers(state: Path) -> list[ContainerProcess]:
             labels = tuple(sorted((info.get("labels") or {}).items()))
             out.append(ContainerProcess(info["namespace"], info["name"], pidfile.stem, pid,
                                         info.get("podIP", ""), labels))
-    return out
-
-
-def process_tree(root: int) -> list[int]:
-    """root and every process below it, by parent pid.
-
-    A container is all of them: PostgreSQL backends call setsid(), so they leave the
-    container's process group, and a kill of the group alone would let them commit on.
-    """
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
     return out
 
 
