@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringkeeper.core import cron
+from ringkeeper.base import cron
+from ringkeeper.core.cron import schedule_condition
 from ringkeeper.core.verify import Report, TableReport, verification_status
 
 
@@ -145,9 +146,9 @@ def test_schedule_condition_sets_ready_false_once() -> None:
     t0, t1 = t("2026-03-14 10:00"), t("2026-03-14 10:01")
     ready = [{"type": "Ready", "status": "True", "reason": "AllLinksStreaming", "message": "",
               "lastTransitionTime": "2026-03-14T09:00:00Z"}]
-    assert cron.schedule_condition(ready, "spec.verification.schedule", None, t0) is None
-    assert cron.schedule_condition(ready, "spec.verification.schedule", "0 3 * * *", t0) is None
-    first = cron.schedule_condition(ready, "spec.verification.schedule", "0 0 31 2 *", t0, 4,
+    assert schedule_condition(ready, "spec.verification.schedule", None, t0) is None
+    assert schedule_condition(ready, "spec.verification.schedule", "0 3 * * *", t0) is None
+    first = schedule_condition(ready, "spec.verification.schedule", "0 0 31 2 *", t0, 4,
                                     previous=ready)
     assert first is not None
     (cond,) = first
@@ -155,7 +156,7 @@ def test_schedule_condition_sets_ready_false_once() -> None:
     assert cond["message"].startswith("spec.verification.schedule: cron '0 0 31 2 *': never")
     assert cond["lastTransitionTime"] == "2026-03-14T10:00:00Z"
     # Next cycle: another decider set Ready=True again, the object still says False.
-    again = cron.schedule_condition(ready, "spec.verification.schedule", "0 0 31 2 *", t1, 4,
+    again = schedule_condition(ready, "spec.verification.schedule", "0 0 31 2 *", t1, 4,
                                     previous=first)
     assert again is not None and again[0]["lastTransitionTime"] == "2026-03-14T10:00:00Z"
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import asyncpg
 
+from ..base.procs import process_tree
 from ..core.instance import DataState
 from ..engines import EngineProfile
-from ..procs import process_tree
 from .config import InstanceSettings, managed_settings, render, slot_name
 
 log = logging.getLogger("ringkeeper.agent")

@@ -25,9 +25,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from ..adapters import resources, secretrefs
 from ..adapters.kube import api_client
 from ..adapters.resources import ForeignObjectError, KubeApiError
+from ..base.cron import next_fire, problem
 from ..core import manifests
 from ..core.conditions import condition, set_condition
-from ..core.cron import next_fire, problem, schedule_condition
+from ..core.cron import schedule_condition
 from ..core.failures import backoff_delay, reason_for_status, should_emit, signature
 from ..core.ownership import Owner, Refusal, ring_claim
 from ..core.ringplan import primary_address, ring_status, sync_config

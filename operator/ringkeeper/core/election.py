@@ -17,28 +17,12 @@ receivers are stopped, so the numbers compared cannot move any more.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-
-
-def parse_lsn(text: str | None) -> int | None:
-    """'16/B374D848' -> bytes since the start of WAL; None stays None."""
-    if text is None or text == "":
-        return None
-    m = _LSN.match(text.strip())
-    if not m:
-        raise ValueError(f"not an LSN: {text!r}")
-    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
-
-
-def format_lsn(value: int | None) -> str | None:
-    if value is None:
-        return None
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+from ..base.lsn import format_lsn as format_lsn
+from ..base.lsn import parse_lsn as parse_lsn
 
 
 @dataclass(frozen=True)

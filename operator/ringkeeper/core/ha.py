@@ -13,7 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from .election import InstanceReport, SyncSnapshot, parse_lsn
+from ..base.lsn import parse_lsn
+from .election import InstanceReport, SyncSnapshot
 
 
 class PrimaryState(StrEnum):

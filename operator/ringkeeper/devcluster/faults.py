@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..procs import process_tree as process_tree  # re-exported: tests call faults.process_tree
+from ..base.procs import process_tree as process_tree  # re-exported: tests call faults.process_tree
 
 FAULT_CHAIN = "RINGKEEPER-FAULTS"
 EGRESS_CHAIN = "RINGKEEPER-EGRESS"

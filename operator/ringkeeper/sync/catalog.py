@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ..base.lsn import str_to_lsn
+from ..base.sqlquote import quote_ident as quote_ident
 from ..engines import EngineProfile
 from . import convergence, names
-from .pgoutput import str_to_lsn
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +223,6 @@ class TableInfo:
 
 
 RELAY = TableInfo(RELAY_NSP, RELAY_NAME, ("nsp", "name", "key"))
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def matches(relation: str, include: Sequence[str], exclude: Sequence[str]) -> bool:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, NoReturn, TypeAlias, final
 
+from ..base.lsn import lsn_to_str as lsn_to_str
+from ..base.lsn import str_to_lsn as str_to_lsn
+
 
 @final
 class _Unchanged:
@@ -388,19 +391,3 @@ def parse(data: bytes) -> Message:
     if end != len(buf):
         _fail(buf, end, f"{len(buf) - end} trailing bytes")
     return msg
-
-
-def lsn_to_str(lsn: int) -> str:
-    """PostgreSQL's ``%X/%X`` form of an LSN: ``0x16B3748`` -> ``'0/16B3748'``."""
-    if not 0 <= lsn < 1 << 64:
-        raise ValueError(f"LSN out of range: {lsn!r}")
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def str_to_lsn(text: str) -> int:
-    """Inverse of :func:`lsn_to_str`; raises ValueError on anything but ``hex/hex``."""
-    hi, sep, lo = text.partition("/")
-    if (not sep or not 0 < len(hi) <= 8 or not 0 < len(lo) <= 8
-            or not all(c in "0123456789abcdefABCDEF" for c in hi + lo)):
-        raise ValueError(f"not an LSN (expected like '0/16B3748'): {text!r}")
-    return int(hi, 16) << 32 | int(lo, 16)

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from ..base.lsn import lsn_to_str, str_to_lsn
 from ..core import retention
 from ..core.ring import hops_to
 from ..core.ring import links as ring_links
@@ -27,7 +28,6 @@ from . import catalog, names
 from .apply import Applier
 from .config import RingConfig
 from .link import Link, LinkStatus, SlotLost, connect
-from .pgoutput import lsn_to_str, str_to_lsn
 from .seed import SeedProgress, copied_sources, copy_member_rows
 
 log = logging.getLogger(__name__)

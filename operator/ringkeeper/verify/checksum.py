@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..base.sqlquote import quote_ident as quote_ident
+from ..base.sqlquote import quote_literal as quote_literal
 from ..core.verify import Chunk, Key
 
 Canonical = Literal["typed", "text"]
@@ -129,15 +131,6 @@ CREATE TABLE IF NOT EXISTS ringkeeper.dirty_key_sets (
   keys text[] NOT NULL,
   changed_at timestamptz NOT NULL DEFAULT clock_timestamp());
 """
-
-
-def quote_ident(name: str) -> str:
-    """PostgreSQL identifier quoting (always quoted: names are used verbatim)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def split_table(table: str) -> tuple[str, str]:

@@ -29,7 +29,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from ...core import cron
+from ...base import cron
 
 GROUP = "ringkeeper.io"
 VERSION = "v1alpha1"
