@@ -17,6 +17,8 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ringkeeper.base.timefmt import rfc3339
+
 log = logging.getLogger("ringkeeper.leader")
 
 
@@ -25,7 +27,7 @@ def _now() -> datetime:
 
 
 def _stamp(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
+    return rfc3339(dt, micro=True)
 
 
 def expired(renew_time: datetime | None, duration: int, now: datetime) -> bool:

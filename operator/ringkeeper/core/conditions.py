@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..base.timefmt import rfc3339
+
 
 def set_condition(
     conditions: list[dict[str, Any]],
@@ -22,7 +24,7 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """Return a new list with one condition set; other types are left as they were."""
     previous = next((c for c in conditions if c.get("type") == type), None)
-    fresh = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    fresh = rfc3339(now)
     if previous is None or previous.get("status") != status:
         stamp = fresh
     else:

@@ -19,13 +19,13 @@ import signal
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ...base.timefmt import now_rfc3339
 from .. import faults
 from . import images, process, volumes
 from .ipam import Ipam
@@ -47,7 +47,7 @@ NO_DNS = "127.53.53.53"  # a loopback address nothing listens on
 
 
 def now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return now_rfc3339()
 
 
 @dataclass

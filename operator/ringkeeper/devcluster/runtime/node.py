@@ -5,22 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from ...base.timefmt import now_rfc3339
 
 log = logging.getLogger("ringkeeper.devcluster.runtime")
 LEASE_SECONDS = 40
 
 
 def _now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return now_rfc3339()
 
 
 def _micro_now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return now_rfc3339(micro=True)
 
 
 def node_status() -> dict[str, object]:
