@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pgserver import PASSWORD, POD_USER, PgServer, unavailable
-from ringkeeper.sync.conninfo import SslMode, Target, build_dsn, root_cert_file
+from ringkeeper.contracts.conninfo import SslMode, Target, build_dsn, root_cert_file
 from ringkeeper.sync.link import connect
 from ringkeeper.sync.walstream import AuthRefused, WalStream
 
@@ -104,7 +104,7 @@ async def test_cleartext_and_md5_are_refused(server: tuple[PgServer, str], user:
     with pytest.raises(AuthRefused, match=what):
         await WalStream.open(dsn)  # the replication stream
     with pytest.raises(AuthRefused, match=what):
-        await connect(dsn)  # asyncpg's sessions: probed first, never reached
+        await connect(dsn, command_timeout=5)  # asyncpg's sessions: probed first, never reached
 
 
 async def test_scram_over_verify_full_connects(server: tuple[PgServer, str],
@@ -114,7 +114,7 @@ async def test_scram_over_verify_full_connects(server: tuple[PgServer, str],
     dsn = _external_dsn(s, ca, "scram", tmp_path)
     ws = await WalStream.open(dsn)
     await ws.close()
-    conn = await connect(dsn)
+    conn = await connect(dsn, command_timeout=5)
     try:
         assert await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
     finally:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ringkeeper.api.v1alpha1.ring import HOST_PATTERN, NO_CONTROL_PATTERN, is_host
 from ringkeeper.api.validation import validate
-from ringkeeper.sync.conninfo import (
+from ringkeeper.contracts.conninfo import (
     SslMode,
     Target,
     build_dsn,

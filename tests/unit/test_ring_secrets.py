@@ -17,8 +17,8 @@ from kopf._core.engines import posting
 
 from fakekube import FakeKube, serve
 from ringkeeper.adapters import secretrefs
+from ringkeeper.contracts.conninfo import SslMode, parse_dsn
 from ringkeeper.controller import ring as ring_ctl
-from ringkeeper.sync.conninfo import SslMode, parse_dsn
 
 NS = "ns"
 RINGS = f"/apis/ringkeeper.io/v1alpha1/namespaces/{NS}/replicationrings"

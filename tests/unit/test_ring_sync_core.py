@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ringkeeper.contracts.conninfo import Target, build_dsn
+from ringkeeper.contracts.ringconfig import RingConfig
 from ringkeeper.core.conflicts import Action, Kind, Op, Version, decide
 from ringkeeper.core.ringplan import primary_address, ring_status, sync_config
 from ringkeeper.sync import names
-from ringkeeper.sync.config import RingConfig
-from ringkeeper.sync.conninfo import Target, build_dsn
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 

@@ -26,6 +26,8 @@ from ..adapters import resources, secretrefs
 from ..adapters.kube import api_client
 from ..adapters.resources import ForeignObjectError, KubeApiError
 from ..base.cron import next_fire, problem
+from ..contracts.conninfo import SslMode, Target, build_dsn
+from ..contracts.ringconfig import RingConfig
 from ..core import manifests
 from ..core.conditions import condition, set_condition
 from ..core.cron import schedule_condition
@@ -42,8 +44,6 @@ from ..observability.metrics import (
     VERIFY_DIFFERENCES,
     VERIFY_RESULT,
 )
-from ..sync.config import RingConfig
-from ..sync.conninfo import SslMode, Target, build_dsn
 from ..verify.schedule import report_name, scheduled_verification
 
 log = logging.getLogger("ringkeeper.ring")
@@ -100,7 +100,7 @@ async def _endpoint(api: client.ApiClient, ns: str, member: dict[str, Any], ring
     pw = await _ring_secret(api, ns, ring, ref["name"], ref.get("key", "password"), generated)
     ca_pem = await _ring_secret(api, ns, ring, ca["name"], ca.get("key", "ca.crt"), generated)
     # Typed parts, checked and quoted one by one; external members: TLS verify-full
-    # against the ring's CA (sync.config writes it to a file) and SCRAM only.
+    # against the ring's CA (contracts.ringconfig writes it to a file) and SCRAM only.
     target = build_dsn(Target(host=ext["host"], port=int(ext.get("port", 5432)),
                               database=ext["database"], user=ext.get("user", "ringkeeper_sync"),
                               password=pw, sslmode=SslMode.VERIFY_FULL))

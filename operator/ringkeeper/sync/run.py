@@ -22,10 +22,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..contracts.conninfo import Target, build_dsn
+from ..contracts.ringconfig import RingConfig
 from ..core.failures import backoff_delay
 from ..observability import metrics as m
-from .config import RingConfig
-from .conninfo import Target, build_dsn
 from .sidecar import ConfigSource, Sidecar, file_config
 
 log = logging.getLogger("ringkeeper.sync")

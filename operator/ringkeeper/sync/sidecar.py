@@ -20,13 +20,13 @@ from typing import Any
 import asyncpg
 
 from ..base.lsn import lsn_to_str, str_to_lsn
+from ..contracts.ringconfig import RingConfig
 from ..core import retention
 from ..core.ring import hops_to
 from ..core.ring import links as ring_links
 from ..engines import EngineProfile, profile_for
 from . import catalog, names
 from .apply import Applier
-from .config import RingConfig
 from .link import Link, LinkStatus, SlotLost, connect
 from .seed import SeedProgress, copied_sources, copy_member_rows
 

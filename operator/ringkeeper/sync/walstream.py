@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..base.lsn import lsn_to_str
-from .conninfo import SslMode, Target, parse_dsn, tls_context
+from ..contracts.conninfo import SslMode, Target, parse_dsn, tls_context
 
 PROTOCOL_V3 = 196608
 SSL_REQUEST = 80877103

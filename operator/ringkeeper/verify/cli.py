@@ -26,8 +26,8 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from ..contracts.ringconfig import RingConfig
 from ..core.verify import MemberConn, Mode, Progress, Report, render_text, verification_status
-from ..sync.config import RingConfig
 from .repair import RepairResult, repair
 from .report import write_report
 from .runner import VerifyError, verify

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..contracts.ringconfig import RingConfig
 from ..core.verify import MemberConn, Mode, Progress, Report
 from ..sync.catalog import matches
-from ..sync.config import RingConfig
 from .report import write_report
 from .runner import ProgressFn, VerifyError, close_all, connect, list_tables, verify
 
