@@ -79,7 +79,7 @@ sys.path[:0] = [str(REPO / "operator"), str(REPO / "tests"), str(REPO / "tests" 
 
 from integration.ringlocal import LocalRing  # noqa: E402
 from pgserver import PASSWORD, PgServer, unavailable  # noqa: E402
-from ringkeeper.sync import names  # noqa: E402
+from ringkeeper.core import names  # noqa: E402
 
 ROWS = int(os.environ.get("ROWS", "200000"))
 TXN_ROWS = int(os.environ.get("TXN_ROWS", "100"))

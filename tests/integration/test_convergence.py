@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from pgserver import unavailable
-from ringkeeper.sync import names
+from ringkeeper.core import names
 
 from .ringlocal import LocalRing, wait_until
 

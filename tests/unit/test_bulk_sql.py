@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ringkeeper.sync import bulk, names
+from ringkeeper.core import names
+from ringkeeper.sync import bulk
 from ringkeeper.sync.apply import TableMap
 from ringkeeper.sync.link import only_source_changes, route
 from ringkeeper.sync.pgoutput import UNCHANGED, Begin, Delete, Insert, Origin, Truncate, Update

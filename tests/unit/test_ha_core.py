@@ -217,9 +217,10 @@ def test_sync_snapshot_number(instances: int, number: int, expected: int) -> Non
 
 
 def test_sync_snapshot_defaults() -> None:
+    # An empty spec is the model's defaults: three instances, ANY 1.
     snap = sync_snapshot({}, "c", "c-0", primary_status("c-0", standbys=[]))
-    assert snap == SyncSnapshot(method="any", number=0, standbys=(), confirming=(),
-                                primary_lsn=0x5000000)
+    assert snap == SyncSnapshot(method="any", number=1, standbys=("c-1", "c-2"),
+                                confirming=(), primary_lsn=0x5000000)
 
 
 def test_sync_snapshot_without_standbys_rows_or_lsn() -> None:

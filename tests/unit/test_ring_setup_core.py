@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ringkeeper.core import names
 from ringkeeper.core.conflicts import Action, Kind, Op, Version, decide
 from ringkeeper.core.ring import hops_to, path_of
-from ringkeeper.sync import names
 from ringkeeper.sync.seed import copy_origin
 
 MEMBERS = ["a", "b", "c", "d"]

@@ -8,9 +8,9 @@ import pytest
 
 from ringkeeper.contracts.conninfo import Target, build_dsn
 from ringkeeper.contracts.ringconfig import RingConfig
+from ringkeeper.core import names
 from ringkeeper.core.conflicts import Action, Kind, Op, Version, decide
 from ringkeeper.core.ringplan import primary_address, ring_status, sync_config
-from ringkeeper.sync import names
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 

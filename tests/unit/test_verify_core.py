@@ -220,7 +220,7 @@ def diff(**versions: RowVersion) -> KeyDifference:
 
 def test_origin_names_follow_the_ring() -> None:
     assert RING[0].origin_name == "rk_r_a"
-    assert MemberConn("x", "dsn").origin_name == "rk_x"
+    assert MemberConn("x", "dsn").origin_name == ""  # not in a ring: attributed nothing
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from ..core.instance import (
     self_fence_due,
     start_plan,
 )
+from ..core.names import instance_count, instance_names
 from .config import InstanceSettings
 from .server import Server, ServerError, Status
 
@@ -79,10 +80,6 @@ class AgentState:
     campus: dict[str, Any] = field(default_factory=dict)
 
 
-def instance_names(campus: str, instances: int) -> list[str]:
-    return [f"{campus}-{i}" for i in range(instances)]
-
-
 class Agent:
     def __init__(self, cfg: AgentConfig, source: CampusSource, server: Server) -> None:
         self.cfg = cfg
@@ -105,7 +102,7 @@ class Agent:
                           frozenset(status.get("fencedInstances") or []))
 
     def peers(self) -> list[str]:
-        n = int(self.spec.get("instances", 1))
+        n = instance_count(self.spec)
         return [p for p in instance_names(self.cfg.campus, n) if p != self.cfg.name]
 
     def settings(self, primary: bool, upstream_ip: str | None,

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ..core.annotations import FENCED, SWITCHOVER, parse_fenced
+from ..core.names import campus_instances
 from .status_view import safe
 
 
@@ -29,7 +30,7 @@ async def _campus_api(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 def _instances(campus: dict[str, Any]) -> list[str]:
     name = campus["metadata"]["name"]
-    return [f"{name}-{i}" for i in range(int(campus["spec"].get("instances", 1)))]
+    return campus_instances(name, campus["spec"])
 
 
 async def _promote(args: argparse.Namespace) -> int:

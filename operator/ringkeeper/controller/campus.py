@@ -43,6 +43,7 @@ from ..core.ha import (
     sync_snapshot,
     to_report,
 )
+from ..core.names import instance_count, instance_names
 from ..core.ownership import Owner, Refusal, Verdict
 from ..engines import profile_for
 from ..observability.metrics import FAILOVERS, PRIMARY_UP
@@ -354,8 +355,8 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
     meta, spec = campus["metadata"], campus["spec"]
     status = campus.get("status") or {}
     ns, name = meta["namespace"], meta["name"]
-    n = int(spec.get("instances", 3))
-    names = [f"{name}-{i}" for i in range(n)]
+    n = instance_count(spec)
+    names = instance_names(name, n)
     pod_list = await client.CoreV1Api(api).list_namespaced_pod(
         ns, label_selector=f"{manifests.CAMPUS_LABEL}={name}")
     pods = {p.metadata.name: p for p in pod_list.items if p.metadata.deletion_timestamp is None}

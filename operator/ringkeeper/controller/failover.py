@@ -37,6 +37,7 @@ from ..core.ha import (
     snapshot_from_status,
     to_report,
 )
+from ..core.names import instance_count, instance_names
 
 log = logging.getLogger("ringkeeper.failover")
 
@@ -202,8 +203,8 @@ async def run_failover(
     # The outage began when the primary first looked failed, not when we acted.
     started = status.get("failingSince") or _now()
     name = campus["metadata"]["name"]
-    n = int(spec.get("instances", 1))
-    names = [f"{name}-{i}" for i in range(n)]
+    n = instance_count(spec)
+    names = instance_names(name, n)
     replicas = [x for x in names if x != old]
     failover = spec.get("failover") or {}
     durability = Durability((spec.get("synchronous") or {}).get("dataDurability", "required"))

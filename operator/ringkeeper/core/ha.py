@@ -15,6 +15,7 @@ from typing import Any
 
 from ..base.lsn import parse_lsn
 from .election import InstanceReport, SyncSnapshot
+from .names import instance_count, instance_names
 
 
 class PrimaryState(StrEnum):
@@ -112,8 +113,8 @@ def sync_snapshot(spec: Mapping[str, Any], campus: str, primary: str,
         return None
     server = raw.get("server") or {}
     sync = spec.get("synchronous") or {}
-    n = int(spec.get("instances", 1))
-    standbys = tuple(f"{campus}-{i}" for i in range(n) if f"{campus}-{i}" != primary)
+    n = instance_count(spec)
+    standbys = tuple(i for i in instance_names(campus, n) if i != primary)
     if "sync_names" in server:
         parsed = parse_standby_names(str(server.get("sync_names") or ""))
         if parsed is None:  # asynchronous: nothing confirms commits

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..engines import EngineProfile
+from .names import instance_count
 
 CAMPUS_LABEL = "ringkeeper.io/campus"
 ROLE_LABEL = "ringkeeper.io/role"
@@ -82,7 +83,7 @@ def services(campus: Mapping[str, Any], profile: EngineProfile) -> list[dict[str
 
 def pod_disruption_budget(campus: Mapping[str, Any]) -> dict[str, Any]:
     c = campus["metadata"]["name"]
-    instances = int(campus["spec"].get("instances", 3))
+    instances = instance_count(campus["spec"])
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _meta(campus, c),
             "spec": {"maxUnavailable": 1 if instances > 1 else 0,
@@ -197,7 +198,7 @@ def statefulset(campus: Mapping[str, Any], profile: EngineProfile,
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _meta(campus, c),
         "spec": {
-            "replicas": int(spec.get("instances", 3)),
+            "replicas": instance_count(spec),
             "serviceName": c,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": {CAMPUS_LABEL: c}},

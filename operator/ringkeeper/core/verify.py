@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from ..api.v1alpha1.ring import VerificationResult, VerificationStatus
 from .conflicts import Policy, Version, winner
+from .names import origin_name
 
 Key = tuple[str, ...]
 """A primary key as the canonical text of each key column, in key-column order."""
@@ -63,12 +64,9 @@ class MemberConn:
 
     @property
     def origin_name(self) -> str:
-        return self.origin or f"rk_{self.name}"
-
-
-def origin_name(ring: str, member: str) -> str:
-    """The replication origin the sidecar uses for changes that originated at `member`."""
-    return f"rk_{ring}_{member}"
+        """The member's origin in its ring; empty when it was given none (outside a
+        ring no change is attributed to it)."""
+        return self.origin
 
 
 # --------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from ..core import names
 from ..core.conflicts import (
     Action,
     Decision,
@@ -38,7 +39,7 @@ from ..core.conflicts import (
     forwards,
 )
 from ..engines import EngineProfile
-from . import bulk, names
+from . import bulk
 from .catalog import RELAY, apply_canonical_settings, quote_ident
 from .pgoutput import (
     UNCHANGED,

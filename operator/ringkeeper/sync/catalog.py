@@ -20,8 +20,9 @@ import asyncpg
 
 from ..base.lsn import str_to_lsn
 from ..base.sqlquote import quote_ident as quote_ident
+from ..core import names
 from ..engines import EngineProfile
-from . import convergence, names
+from . import convergence
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +500,7 @@ async def origin_progress(conn: asyncpg.Connection, profile: EngineProfile,
     rows = await conn.fetch(
         f"SELECT roname, {s.replication_origin_progress}(roname, true)::text AS lsn "
         f"FROM {s.replication_origin} WHERE starts_with(roname, $1)",
-        f"rk_{ring}_")
+        names.origin_prefix(ring))
     out: dict[str, int] = {}
     for r in rows:
         member = names.member_of_origin(ring, r["roname"])

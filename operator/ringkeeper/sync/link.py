@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from ..core import names
 from ..engines import EngineProfile
-from . import catalog, names
+from . import catalog
 from .apply import Applier, Txn
 from .pgoutput import Begin, Commit, Delete, Insert, Origin, Relation, Update, parse
 from .walstream import WalStream, ensure_scram

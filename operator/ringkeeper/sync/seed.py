@@ -31,8 +31,9 @@ from datetime import datetime
 
 import asyncpg
 
+from ..core import names
 from ..engines import EngineProfile
-from . import catalog, names
+from . import catalog
 from .apply import EPOCH, Applier, Txn
 from .catalog import TableInfo, quote_ident
 from .link import connect

@@ -21,11 +21,11 @@ import asyncpg
 
 from ..base.lsn import lsn_to_str, str_to_lsn
 from ..contracts.ringconfig import RingConfig
-from ..core import retention
+from ..core import names, retention
 from ..core.ring import hops_to
 from ..core.ring import links as ring_links
 from ..engines import EngineProfile, profile_for
-from . import catalog, names
+from . import catalog
 from .apply import Applier
 from .link import Link, LinkStatus, SlotLost, connect
 from .seed import SeedProgress, copied_sources, copy_member_rows
@@ -392,7 +392,7 @@ class Sidecar:
             return
         if await catalog.ensure_slot(local, profile, hold, cfg.ring):
             return  # the ring grew past two members: the hold slot starts here
-        prefix = f"rk_{cfg.ring}_"
+        prefix = names.origin_prefix(cfg.ring)
         now_lsn = str_to_lsn(await local.fetchval(f"SELECT {s.current_wal_lsn}()::text"))
         status = await local.fetch(
             f"SELECT external_id, remote_lsn::text AS remote, local_lsn::text AS local "
