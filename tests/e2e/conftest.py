@@ -12,9 +12,8 @@ import contextlib
 import json
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from ringkeeper.devcluster import control_plane as cp
+from waiting import wait_until as wait_for
 
 TEST_PORTS = {
     "RINGKEEPER_DEV_APISERVER_PORT": "26443",
@@ -71,22 +71,6 @@ class Cluster:
         if check and res.returncode != 0:
             raise AssertionError(f"ringkeeper {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
         return res
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 60,
-             interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def _unavailable() -> str | None:

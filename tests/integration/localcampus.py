@@ -6,7 +6,6 @@ plays the operator through the same failover runner the operator uses.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import json
@@ -15,8 +14,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import procguard
 from ringkeeper.controller.failover import AgentClient
 from ringkeeper.devcluster import faults
 from ringkeeper.devcluster.runtime import process
+from waiting import await_until as wait_until  # noqa: F401  (the tests import it from here)
 
 TOKEN = secrets.token_hex(16)
 
@@ -237,22 +235,6 @@ class LocalCampus:
     def dsn(self, name: str) -> dict[str, Any]:
         return {"host": self.ips[name], "port": 5432, "user": "app",
                 "password": self.passwords["app"], "database": "app"}
-
-
-async def wait_until(what: str, check: Callable[[], Any], timeout: float = 60,
-                     interval: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await check()
-        except Exception as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
 
 
 def agent_client(session: aiohttp.ClientSession) -> AgentClient:

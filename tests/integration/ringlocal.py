@@ -13,16 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
 from pgserver import PgServer
 from ringkeeper.sync.sidecar import Sidecar, file_config
+from waiting import await_until as wait_until
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS lis;
@@ -51,18 +49,6 @@ CHECKSUM = {
     "lis.results": "SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, '|' "
                    "ORDER BY sample_id, test_code)), '') FROM lis.results t",
 }
-
-
-async def wait_until(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 60,
-                     every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @dataclass

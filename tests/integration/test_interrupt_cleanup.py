@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import procguard
 from conftest import REPO
 from integration.localcampus import unavailable
+from waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -45,15 +45,6 @@ def _comm(pid: int) -> str:
         return ""
 
 
-def _wait(what: str, predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.mark.parametrize(("sig", "guard"), [
     pytest.param(signal.SIGTERM, True, id="sigterm"),
     pytest.param(signal.SIGINT, True, id="sigint"),
@@ -75,13 +66,13 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, sig: signal.Signals,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen: dict[int, str] = {}
     try:
-        _wait("the interrupted run's servers and agents", ready.exists, 90)
+        wait_until("the interrupted run's servers and agents", ready.exists, 90)
 
         def servers_up() -> bool:
             marked = procguard._marked_pids(run)
             return sum(_comm(p) == "postgres" for p in marked) >= 2  # pg_ctl's + an agent's
 
-        _wait("PostgreSQL started by pg_ctl and by an agent", servers_up, 90)
+        wait_until("PostgreSQL started by pg_ctl and by an agent", servers_up, 90)
         info = json.loads(ready.read_text())
         for pid in [info["postmaster"], *info["agents"], *procguard._marked_pids(run)]:
             started = _start_time(pid)

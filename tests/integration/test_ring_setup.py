@@ -219,7 +219,7 @@ class Sidecars:
 
     async def wait_streaming(self, timeout: float = 40) -> None:
         try:
-            await wait_until("every link streaming", self.all_streaming, timeout, every=0.5)
+            await wait_until("every link streaming", self.all_streaming, timeout, interval=0.5)
         except AssertionError:
             print(self.states(), [self.status(n) for n in self.procs], self.logs())
             raise
@@ -309,7 +309,7 @@ async def test_sidecars_started_one_by_one_while_writes_run(tmp_path: Path) -> N
             states: dict[str, str] = await asyncio.to_thread(sidecars.states)
             return states.get("b->c") == "Streaming"
 
-        await wait_until("c's link from b streaming", c_streams, 30, every=0.5)
+        await wait_until("c's link from b streaming", c_streams, 30, interval=0.5)
         assert ring.servers["b"].psql(
             "SELECT count(*) FROM pg_publication WHERE pubname = 'rk_lis'") == "1"
         for n in ("a", "b"):
@@ -404,7 +404,7 @@ async def test_table_created_while_the_ring_runs_is_captured_from_its_first_row(
             print(sidecars.states(), [sidecars.status(n) for n in sidecars.procs])
             print(sidecars.logs())
             raise
-        await wait_until("every link streaming again", sidecars.all_streaming, 20, every=0.5)
+        await wait_until("every link streaming again", sidecars.all_streaming, 20, interval=0.5)
 
 
 async def test_checker_reports_a_row_removed_behind_the_rings_back(tmp_path: Path) -> None:
