@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,9 +28,10 @@ from ..adapters.resources import ForeignObjectError, KubeApiError
 from ..base.cron import next_fire, problem
 from ..contracts.conninfo import SslMode, Target, build_dsn
 from ..contracts.ringconfig import RingConfig
-from ..core import manifests
+from ..core import divergence, manifests
 from ..core.conditions import condition, set_condition
 from ..core.cron import schedule_condition
+from ..core.divergence import Outcome, error_outcome, outcome_of
 from ..core.failures import backoff_delay, reason_for_status, should_emit, signature
 from ..core.ownership import Owner, Refusal, ring_claim
 from ..core.ringplan import primary_address, ring_status, sync_config
@@ -39,10 +40,13 @@ from ..core.verify import Report, verification_status
 from ..engines import profile_for
 from ..observability.metrics import (
     RING_CONFLICTS,
+    RING_DIVERGED,
+    RING_DIVERGED_KEYS,
     RING_HEALTHY_LINKS,
     RING_MAX_LAG,
     VERIFY_DIFFERENCES,
     VERIFY_RESULT,
+    VERIFY_RUNS,
 )
 from ..verify.schedule import report_name, scheduled_verification
 
@@ -59,6 +63,14 @@ class _State:
         self.link_states: dict[str, str] = {}
         self.verification: asyncio.Task[None] | None = None
         self.next_verification: datetime | None = None
+        # Continuous verification: when the next interval run is due (None: not yet
+        # planned), the last finished run's outcome (None until one finishes in this
+        # process: the Diverged condition in the ring's status then stands), and the
+        # last verification error told in an Event, with the failures in a row.
+        self.next_continuous: datetime | None = None
+        self.outcome: Outcome | None = None
+        self.verify_told: str | None = None
+        self.verify_failures = 0
         self.secret_refusals: set[str] = set()  # Secret refusals already told in an Event
         # Signatures of refusals already told in an Event; None until the first cycle of
         # this process reads what the ring's status says was told before a restart.
@@ -288,38 +300,86 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
                                               datetime.now(UTC), meta.get("generation"))
     _secret_events(ring, secret_refusals, state)
     _events(ring, status, state)
+    links_ready = _links_ready(status["conditions"])
+    settings = spec.get("verification") or {}
+    decision = divergence.decide(
+        state.outcome, condition(previous, divergence.DIVERGED),
+        enabled=bool(settings.get("continuous", True) or settings.get("schedule")))
+    status["conditions"] = divergence.apply(status["conditions"], decision, datetime.now(UTC),
+                                            meta.get("generation"), previous)
     RING_HEALTHY_LINKS.labels(ns, name).set(
         sum(1 for lk in status["links"] if lk["state"] in ("Streaming", "CatchingUp")))
     RING_MAX_LAG.labels(ns, name).set(status["maxLagSeconds"] or 0)
     RING_CONFLICTS.labels(ns, name).set(status["conflictsTotal"] or 0)
     await resources.patch_custom_status(api, ns, "replicationrings", name, status)
-    _maybe_verify(api, ring, payload, state)
+    _divergence_told(ring, decision)
+    _maybe_verify(api, ring, payload, state, links_ready)
+
+
+def _links_ready(conditions: list[dict[str, Any]]) -> bool:
+    """Whether the ring is whole enough for a continuous run: Ready from the links (before
+    a divergence takes it down) and no member seeding."""
+    ready = condition(conditions, "Ready") or {}
+    seeding = condition(conditions, "Seeding") or {}
+    return ready.get("status") == "True" and seeding.get("status") != "True"
+
+
+def _divergence_told(ring: dict[str, Any], decision: divergence.Decision) -> None:
+    """The Diverged gauge, and the Event of a transition (after the status holds it)."""
+    meta = ring["metadata"]
+    RING_DIVERGED.labels(meta["namespace"], meta["name"]).set(
+        {"True": 1, "False": 0}.get(str(decision.status), -1))
+    if decision.event == divergence.DivergenceEvent.DIVERGED:
+        kopf.warn(cast(Any, ring), reason=str(decision.event), message=decision.message)
+    elif decision.event == divergence.DivergenceEvent.CONVERGED:
+        kopf.info(cast(Any, ring), reason=str(decision.event), message=decision.message)
 
 
 def _maybe_verify(api: client.ApiClient, ring: dict[str, Any], payload: str,
-                  state: _State) -> None:
-    """Start the scheduled verification when its cron expression fires (one at a time)."""
+                  state: _State, links_ready: bool = True) -> None:
+    """Start a verification when the cron schedule fires or the continuous interval is
+    due (core.divergence.run_due); one at a time, never two of the same ring at once."""
     settings = ring["spec"].get("verification") or {}
     schedule = settings.get("schedule")
-    if not schedule or (state.verification is not None and not state.verification.done()):
-        return
-    if problem(schedule) is not None:
-        return  # reported in the Ready condition by ring_cycle; nothing to schedule
+    running = state.verification is not None and not state.verification.done()
     now = datetime.now(UTC)
-    if state.next_verification is None:
-        state.next_verification = next_fire(schedule, now)
+    scheduled = False
+    if schedule and problem(schedule) is None:  # a bad one is reported in Ready
+        if state.next_verification is None:
+            state.next_verification = next_fire(schedule, now)
+        elif now >= state.next_verification and not running:
+            state.next_verification = next_fire(schedule, now)
+            scheduled = True
+    continuous = bool(settings.get("continuous", True))
+    interval = int(settings.get("intervalMinutes", divergence.DEFAULT_INTERVAL_MINUTES))
+    if not continuous:
+        state.next_continuous = None
+    elif state.next_continuous is None:
+        state.next_continuous = now  # the first run as soon as the links are ready
+    if scheduled:
+        mode, trigger = str(settings.get("mode", "incremental")), "schedule"
+    elif continuous and divergence.run_due(now, state.next_continuous, running=running,
+                                           links_ready=links_ready):
+        mode, trigger = "incremental", "continuous"
+        state.next_continuous = divergence.next_run(now, interval)
+    else:
         return
-    if now < state.next_verification:
-        return
-    state.next_verification = next_fire(schedule, now)
     cfg = RingConfig.from_dict(json.loads(payload))
-    state.verification = asyncio.create_task(_verify(api, ring, cfg, settings))
+    state.verification = asyncio.create_task(
+        _verify(api, ring, cfg, settings, state, mode=mode, trigger=trigger))
 
 
 async def _verify(api: client.ApiClient, ring: dict[str, Any], cfg: RingConfig,
-                  settings: dict[str, Any]) -> None:
+                  settings: dict[str, Any], state: _State | None = None, *,
+                  mode: str | None = None, trigger: str = "schedule") -> None:
+    """One verification run; its outcome goes to `state.outcome` for the next cycle to
+    turn into the Diverged condition. Scheduled runs tell each run in Events (someone
+    asked for them); continuous runs, every few minutes, only tell transitions (posted by
+    ring_cycle) and new errors."""
     ns, name = ring["metadata"]["namespace"], ring["metadata"]["name"]
-    mode = settings.get("mode", "incremental")
+    state = state if state is not None else _State()
+    mode = mode or settings.get("mode", "incremental")
+    told = trigger == "schedule"
     started = datetime.now(UTC)
 
     async def publish(report: Report | None, done: datetime | None, error: bool = False,
@@ -330,24 +390,47 @@ async def _verify(api: client.ApiClient, ring: dict[str, Any], cfg: RingConfig,
                                             {"lastVerification": _jsonable(status)})
 
     await publish(None, None)
-    kopf.info(cast(Any, ring), reason="VerificationStarted",
-              message=f"scheduled {mode} verification of ring {name}")
+    if told:
+        kopf.info(cast(Any, ring), reason="VerificationStarted",
+                  message=f"scheduled {mode} verification of ring {name}")
     try:
-        report = await scheduled_verification(cfg, mode=mode,
+        report = await scheduled_verification(cfg, mode=cast(Any, mode),
                                               chunk_rows=int(settings.get("chunkRows", 100000)),
-                                              report_dir=REPORT_DIR)
+                                              report_dir=REPORT_DIR, only_failed=not told)
     except Exception as exc:
-        await publish(None, datetime.now(UTC), error=True)
-        kopf.warn(cast(Any, ring), reason="VerificationError", message=str(exc)[:500])
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning("ring %s/%s: %s verification failed: %s", ns, name, trigger, message)
+        state.outcome = error_outcome(message, mode)
+        state.verify_failures += 1
+        if state.next_continuous is not None:  # back off: doubling up to an hour
+            interval = 60.0 * int(settings.get("intervalMinutes",
+                                               divergence.DEFAULT_INTERVAL_MINUTES))
+            state.next_continuous = datetime.now(UTC) + timedelta(seconds=backoff_delay(
+                state.verify_failures, first=interval, ceiling=max(interval, 3600.0)))
         VERIFY_RESULT.labels(ns, name).set(-1)
+        VERIFY_RUNS.labels(ns, name, trigger, mode, "Error").inc()
+        sig = signature("VerificationError", message)
+        if told or should_emit(state.verify_told, sig):
+            state.verify_told = sig
+            kopf.warn(cast(Any, ring), reason="VerificationError", message=message)
+        await publish(None, datetime.now(UTC), error=True)
         return
-    path = str(Path(REPORT_DIR) / report_name(cfg.ring, report.started_at))
-    await publish(report, datetime.now(UTC), path=path)
+    written = told or not report.passed
+    path = str(Path(REPORT_DIR) / report_name(cfg.ring, report.started_at)) if written else None
+    state.outcome = outcome_of(report, report_path=path)
+    state.verify_told, state.verify_failures = None, 0
+    RING_DIVERGED_KEYS.labels(ns, name).set(state.outcome.differing_keys)
     VERIFY_DIFFERENCES.labels(ns, name).set(len(report.differences))
     VERIFY_RESULT.labels(ns, name).set(1 if report.passed else 0)
-    (kopf.info if report.passed else kopf.warn)(
-        cast(Any, ring), reason="VerificationPassed" if report.passed else "VerificationFailed",
-        message=f"{len(report.tables)} tables, {len(report.differences)} differences ({path})")
+    VERIFY_RUNS.labels(ns, name, trigger, mode,
+                       "Passed" if report.passed else "Failed").inc()
+    await publish(report, datetime.now(UTC), path=path)
+    if told:
+        (kopf.info if report.passed else kopf.warn)(
+            cast(Any, ring),
+            reason="VerificationPassed" if report.passed else "VerificationFailed",
+            message=f"{len(report.tables)} tables, {len(report.differences)} differences "
+                    f"({path})")
 
 
 def _jsonable(data: dict[str, object]) -> dict[str, object]:

@@ -94,3 +94,21 @@ VERIFY_RESULT = Gauge(
     "-1 if it could not run.",
     ["namespace", "ring"],
 )
+RING_DIVERGED_KEYS = Gauge(
+    "ringkeeper_ring_diverged_keys",
+    "Keys that differed between the ring's members in its last finished verification "
+    "(continuous or scheduled); alert on > 0: members hold different data.",
+    ["namespace", "ring"],
+)
+RING_DIVERGED = Gauge(
+    "ringkeeper_ring_diverged",
+    "The ring's Diverged condition: 1 True, 0 False, -1 Unknown (not verified yet, "
+    "verification off, or the last run could not decide).",
+    ["namespace", "ring"],
+)
+VERIFY_RUNS = Counter(
+    "ringkeeper_verification_runs_total",
+    "Verification runs the operator finished, by trigger (continuous or schedule), mode "
+    "and result (Passed, Failed, Error).",
+    ["namespace", "ring", "trigger", "mode", "result"],
+)

@@ -42,6 +42,7 @@ from ..core.verify import (
 from ..sync.walstream import ReplicationError, ensure_scram
 from . import checksum as cs
 from .checksum import Canonical, TableShape
+from .dirty import forget_compared
 
 ProgressFn = Callable[[Progress], None]
 
@@ -439,15 +440,10 @@ async def verify_table(members: list[Member], table: str, *, mode: Mode, chunk_r
                       chunks_differing=ctx.chunks_differing, keys_touched=ctx.keys_touched,
                       keys_rechecked=len(found), differences=diffs, unsettled=unsettled,
                       truncated=ctx.truncated, seconds=time.monotonic() - ctx.started)
-    if mode == "incremental" and rep.passed:
-        # Everything changed before this run started is now known to be equal.
-        rel = cs.relation_name(ctx.table)
-        await asyncio.gather(*(m.pg.execute(
-            "DELETE FROM ringkeeper.dirty_keys WHERE relation = $1 AND changed_at < $2",
-            rel, ts) for m, ts in zip(members, run_start, strict=True)))
-        await asyncio.gather(*(m.pg.execute(
-            "DELETE FROM ringkeeper.dirty_key_sets WHERE relation = $1 AND changed_at < $2",
-            rel, ts) for m, ts in zip(members, run_start, strict=True)))
+    if mode == "incremental" and (since is None or rep.passed):
+        # Every entry was compared: keep only the keys that differ or still change.
+        await forget_compared([m.pg for m in members], cs.relation_name(ctx.table),
+                              run_start, [tuple(d.key) for d in diffs + unsettled])
     return rep
 
 
@@ -461,7 +457,8 @@ async def verify(members: Sequence[MemberConn], tables: Sequence[str] | None = N
 
     mode "full" hashes every row in key-range chunks; "incremental" compares only keys in
     the union of the members' ringkeeper.dirty_keys (changed after `since`, default: all
-    entries) and, if the table passes, deletes the entries older than the run's start.
+    entries) and then drops the entries older than the run's start but those of keys
+    that differ or were still changing (verify.dirty).
     A difference is reported only once it stayed unchanged for `settle_seconds` and its
     newest version is older than that (live replication is not damage); keys still
     changing after `recheck_timeout` (default max(30 s, 6 x settle)) are listed as

@@ -1,7 +1,8 @@
 """Verification of a whole ring from its ring config: the scheduled run and shared helpers.
 
 The operator's ring daemon calls `scheduled_verification` when `spec.verification.schedule`
-fires; `ringkeeper verify` uses the same helpers, so both verify the same tables (those the
+fires and, for continuous verification, every `spec.verification.intervalMinutes`;
+`ringkeeper verify` uses the same helpers, so both verify the same tables (those the
 ring replicates: its include/exclude patterns, with a primary key) the same way.
 """
 
@@ -16,6 +17,9 @@ from ..core.verify import MemberConn, Mode, Progress, Report
 from ..sync.catalog import matches
 from .report import write_report
 from .runner import ProgressFn, VerifyError, close_all, connect, list_tables, verify
+
+KEEP_REPORTS = 50
+"""Reports of one ring kept in the report directory (the newest; older ones are deleted)."""
 
 
 def members_of(cfg: RingConfig) -> list[MemberConn]:
@@ -73,11 +77,36 @@ def overall(p: Progress, tables: Sequence[str]) -> float:
 
 
 async def scheduled_verification(cfg: RingConfig, *, mode: Mode, chunk_rows: int,
-                                 report_dir: Path | str) -> Report:
-    """One scheduled run over every table the ring replicates; the JSON and text reports
-    are written to `report_dir / report_name(cfg.ring, report.started_at)` (and .txt).
+                                 report_dir: Path | str, only_failed: bool = False,
+                                 keep: int = KEEP_REPORTS) -> Report:
+    """One run over every table the ring replicates; the JSON and text reports are
+    written to `report_dir / report_name(cfg.ring, report.started_at)` (and .txt).
+    With `only_failed` (continuous runs, every few minutes) a run that passed writes
+    nothing; the ring's reports beyond the newest `keep` are deleted either way, so the
+    operator's disk does not fill up.
     Raises VerifyError when a member is unreachable or a table cannot be verified."""
     members = members_of(cfg)
     report = await verify_ring(cfg, members, mode=mode, chunk_rows=chunk_rows)
-    write_report(report, Path(report_dir) / report_name(cfg.ring, report.started_at))
+    if not (only_failed and report.passed):
+        write_report(report, Path(report_dir) / report_name(cfg.ring, report.started_at))
+    prune_reports(report_dir, cfg.ring, keep)
     return report
+
+
+def prune_reports(report_dir: Path | str, ring: str, keep: int) -> list[Path]:
+    """Delete the ring's reports (.json and .txt) but the newest `keep`; returns what went.
+
+    Names sort by their UTC timestamp, so the oldest come first; another ring's reports
+    (a different `ringkeeper-verify-<ring>-` prefix followed by a digit) are not touched."""
+    root = Path(report_dir)
+    if not root.is_dir():
+        return []
+    prefix = f"ringkeeper-verify-{ring}-"
+    mine = sorted(p for p in root.glob(f"{prefix}*.json")
+                  if p.name[len(prefix):len(prefix) + 1].isdigit())
+    gone: list[Path] = []
+    for p in mine[:max(0, len(mine) - keep)]:
+        for q in (p, p.with_suffix(".txt")):
+            q.unlink(missing_ok=True)
+            gone.append(q)
+    return gone
