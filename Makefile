@@ -24,7 +24,7 @@ crds: ## regenerate crds/ and the chart's CRDs from the models
 
 .PHONY: lint
 lint: ## ruff, mypy --strict, and a check that the CRDs match the models
-	ruff check operator tests
+	ruff check operator tools tests
 	mypy
 	$(PYTHON) -m ringkeeper crds --check
 
@@ -45,10 +45,10 @@ demo: ## the main job on the built-in local cluster (see README)
 .PHONY: bench-failover
 bench-failover: ## RTO over 10 primary kills of a 3-instance campus (starts the local cluster)
 	hack/setup.sh >/dev/null
-	$(PYTHON) -m ringkeeper dev-cluster up
-	KUBECONFIG=$$($(PYTHON) -m ringkeeper dev-cluster kubeconfig) $(PYTHON) -m ringkeeper crds --check >/dev/null
+	$(PYTHON) -m ringkeeper_devcluster up
+	KUBECONFIG=$$($(PYTHON) -m ringkeeper_devcluster kubeconfig) $(PYTHON) -m ringkeeper crds --check >/dev/null
 	hack/install-operator.sh
-	KUBECONFIG=$$($(PYTHON) -m ringkeeper dev-cluster kubeconfig) $(PYTHON) bench/failover.py
+	KUBECONFIG=$$($(PYTHON) -m ringkeeper_devcluster kubeconfig) $(PYTHON) bench/failover.py
 
 .PHONY: bench-ring
 bench-ring: ## one link vs native logical replication, 4-member ring latency, pgbench capture overhead vs native (~7 min, local servers)
@@ -60,12 +60,12 @@ bench-verify: ## full vs naive vs incremental verification of 10M rows between P
 
 .PHONY: demo-down
 demo-down: ## stop the demo's local cluster
-	$(PYTHON) -m ringkeeper dev-cluster down
+	$(PYTHON) -m ringkeeper_devcluster down
 
 .PHONY: dev-up
 dev-up: ## start the local cluster and print its KUBECONFIG
-	$(PYTHON) -m ringkeeper dev-cluster up
+	$(PYTHON) -m ringkeeper_devcluster up
 
 .PHONY: dev-down
 dev-down: ## stop the local cluster
-	$(PYTHON) -m ringkeeper dev-cluster down
+	$(PYTHON) -m ringkeeper_devcluster down

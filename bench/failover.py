@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from ringkeeper.adapters.kube import api_client
-from ringkeeper.devcluster import control_plane as cp
-from ringkeeper.devcluster.workload import Writer, kill_primary_round, wait_ready
+from ringkeeper_devcluster import control_plane as cp
+from ringkeeper_devcluster.workload import Writer, kill_primary_round, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ bin="$(hack/build-k8s.sh --print-dir)"
 kubectl="$bin/kubectl"
 
 step "2/10 starting the local Kubernetes (etcd, kube-apiserver, kube-controller-manager, process runtime)"
-python3 -m ringkeeper dev-cluster up | sed 's/^/    /'
-export KUBECONFIG="$(python3 -m ringkeeper dev-cluster kubeconfig)"
+python3 -m ringkeeper_devcluster up | sed 's/^/    /'
+export KUBECONFIG="$(python3 -m ringkeeper_devcluster kubeconfig)"
 "$kubectl" wait --for=condition=Ready node --all --timeout=60s | sed 's/^/    /'
 
 step "3/10 installing the CRDs and the operator with Helm"
@@ -26,7 +26,7 @@ step "4/10 deploying the single-campus example: three PostgreSQL 17 instances, o
 "$kubectl" apply -n demo -f examples/single-campus/ | sed 's/^/    /'
 
 step "5/10 writing through zhaohui-rw, then killing the primary"
-python3 -m ringkeeper.devcluster.demo --namespace demo --campus zhaohui
+python3 -m ringkeeper_devcluster.demo --namespace demo --campus zhaohui
 "$kubectl" -n demo get campus,pods -o wide | sed 's/^/    /'
 
 step "6/10 a mistake is refused at admission with a sentence that says what to do"
@@ -42,7 +42,7 @@ step "8/10 the hospital group's ring: four campuses on PostgreSQL 17, 18, 15 and
 "$kubectl" apply -f examples/hospital-group-local/ | sed 's/^/    /'
 
 step "9/10 writing at every campus at once; the per-link lag table while it runs; convergence"
-python3 -m ringkeeper.devcluster.ringdemo --namespace lis --ring lis-ring
+python3 -m ringkeeper_devcluster.ringdemo --namespace lis --ring lis-ring
 "$kubectl" -n lis get campus,replicationring | sed 's/^/    /'
 
 step "10/10 verifying every table across all four campuses"

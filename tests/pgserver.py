@@ -43,7 +43,7 @@ def unavailable(major: str = "15") -> str | None:
     if pg_bin(major) is None:
         return f"PostgreSQL {major} binaries are not installed"
     if os.geteuid() == 0:
-        from ringkeeper.devcluster.runtime import process
+        from ringkeeper_devcluster.runtime import process
 
         try:
             process.pod_user(POD_USER)
@@ -63,7 +63,7 @@ def _as_pod_user(cmd: list[str]) -> list[str]:
     visible (root's home is not traversable by other users here)."""
     if os.geteuid() != 0:
         return cmd
-    from ringkeeper.devcluster.runtime import process
+    from ringkeeper_devcluster.runtime import process
 
     return process.launch_argv(argv=cmd, mounts=[], workdir=None,
                                user=process.pod_user(POD_USER), groups=[])

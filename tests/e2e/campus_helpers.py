@@ -48,7 +48,7 @@ def wait_ready(cluster: Cluster, ns: str, name: str, timeout: float = 120,
                settle: bool = True) -> dict[str, Any]:
     """Ready, and by default settled: every instance serving and the synchronous snapshot
     recorded, so that a kill right after has a provably complete failover candidate."""
-    from ringkeeper.devcluster.workload import settled
+    from ringkeeper_devcluster.workload import settled
 
     def ready() -> dict[str, Any] | None:
         st = status(cluster, ns, name)

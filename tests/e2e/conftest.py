@@ -1,4 +1,4 @@
-"""Fixtures for tests against the real local control plane (`ringkeeper dev-cluster`).
+"""Fixtures for tests against the real local control plane (`ringkeeper-dev`).
 
 The session starts its own cluster in a private state folder on its own ports,
 unless RINGKEEPER_TEST_STATE names a running one to reuse. Without the built
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ringkeeper.devcluster import control_plane as cp
+from ringkeeper_devcluster import control_plane as cp
 from waiting import wait_until as wait_for
 
 TEST_PORTS = {
@@ -64,6 +64,15 @@ class Cluster:
 
     def get(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def dev(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`ringkeeper-dev --state-dir <this cluster's state> ARGS` (fault hooks, logs)."""
+        res = subprocess.run(["ringkeeper-dev", "--state-dir", str(self.state), *args],
+                             capture_output=True, text=True, env=self.env(), timeout=120)
+        if check and res.returncode != 0:
+            raise AssertionError(f"ringkeeper-dev {' '.join(args)} failed:\n"
+                                 f"{res.stdout}{res.stderr}")
+        return res
 
     def ringkeeper(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(["ringkeeper", *args], capture_output=True, text=True,

@@ -26,9 +26,9 @@ async def _kill_and_check(cluster: Cluster, ns: str, writer: Writer, how: str) -
     old = before["currentPrimary"]
     old_uid = cluster.get("-n", ns, "pod", old)["metadata"]["uid"]
     writer.mark_kill()
-    cli = ["dev-cluster", "--state-dir", str(cluster.state)]
+    cli: list[str] = []
     if how == "container":
-        await asyncio.to_thread(cluster.ringkeeper, *cli, "fault", "kill", "-n", ns, old)
+        await asyncio.to_thread(cluster.dev, *cli, "fault", "kill", "-n", ns, old)
     else:
         await asyncio.to_thread(cluster.kubectl, "-n", ns, "delete", "pod", old,
                                 "--grace-period=0", "--force", "--wait=false")
@@ -78,7 +78,7 @@ def _dump(cluster: Cluster, ns: str) -> None:
                           "{.status.containerStatuses}{'\\n'}{end}", check=False).stdout)
     for i in range(3):
         for container in ("database", "sync"):
-            res = cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "logs",
+            res = cluster.dev("logs",
                                      "-n", ns, f"lab-{i}", "-c", container, check=False)
             print(f"--- lab-{i} {container}\n{(res.stdout + res.stderr)[-4000:]}")
 
@@ -139,7 +139,7 @@ def test_replica_kill_causes_no_failover(cluster: Cluster, namespace: str) -> No
     st = wait_ready(cluster, ns, "lab")
     primary = st["currentPrimary"]
     replica = next(f"lab-{i}" for i in range(3) if f"lab-{i}" != primary)
-    cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "fault", "kill",
+    cluster.dev("fault", "kill",
                        "-n", ns, replica)
     time.sleep(8)  # longer than the detection delay
     st = wait_ready(cluster, ns, "lab", 60)
@@ -162,8 +162,8 @@ def test_partitioned_primary_fences_itself(cluster: Cluster, namespace: str) -> 
         "-n", ns, "pods", "-l", "app.kubernetes.io/name=ringkeeper,app.kubernetes.io/component"
         "=operator")["items"]]
     assert operator
-    cli = ["dev-cluster", "--state-dir", str(cluster.state), "fault"]
-    cluster.ringkeeper(*cli, "partition", "-n", ns, "--from", old, "--to", "apiserver",
+    cli = ["fault"]
+    cluster.dev(*cli, "partition", "-n", ns, "--from", old, "--to", "apiserver",
                        *others, *operator)
     promoted = None
     try:
@@ -179,7 +179,7 @@ def test_partitioned_primary_fences_itself(cluster: Cluster, namespace: str) -> 
         assert promoted in others, "a replica is promoted once the primary is cut off"
         assert not _accepts_writes(cluster, ns, old), "the cut-off primary fenced itself"
     finally:
-        cluster.ringkeeper(*cli, "heal")
+        cluster.dev(*cli, "heal")
     st = wait_ready(cluster, ns, "lab", 120)
     assert st["currentPrimary"] == promoted
     assert [n for n in names if _accepts_writes(cluster, ns, n)] == [promoted]
@@ -221,8 +221,8 @@ def _accepts_writes(cluster: Cluster, ns: str, pod: str) -> bool:
     import subprocess
 
     from e2e.campus_helpers import secret
-    from ringkeeper.devcluster import faults
-    from ringkeeper.devcluster.runtime import process
+    from ringkeeper_devcluster import faults
+    from ringkeeper_devcluster.runtime import process
 
     procs = [c for c in faults.containers(cluster.state) if c.namespace == ns and c.pod == pod]
     if not procs:

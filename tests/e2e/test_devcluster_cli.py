@@ -1,4 +1,4 @@
-"""`ringkeeper dev-cluster` start-up, idempotence, crash reporting and clear errors."""
+"""`ringkeeper-dev` start-up, idempotence, crash reporting and clear errors."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ SECOND = {
 
 def _dev(state: Path, *args: str, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ringkeeper", "dev-cluster", "--state-dir", str(state), *args],
+    return subprocess.run(["ringkeeper-dev", "--state-dir", str(state), *args],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
 

@@ -409,8 +409,8 @@ def _restarts(pod: dict[str, Any]) -> int:
 
 def _pod_log(cluster: Cluster, ns: str, pod: str, container: str | None = None) -> str:
     """Every run of the pod's containers (the dev runtime appends restarts to one file)."""
-    args = ["dev-cluster", "logs", "-n", ns, pod] + (["-c", container] if container else [])
-    return cluster.ringkeeper(*args).stdout
+    args = ["logs", "-n", ns, pod] + (["-c", container] if container else [])
+    return cluster.dev(*args).stdout
 
 
 def _operator_log(cluster: Cluster, ns: str) -> str:

@@ -43,7 +43,7 @@ spec:
 
 
 def _log(cluster: Cluster, ns: str, pod: str) -> list[str]:
-    out = cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "logs", "-n", ns,
+    out = cluster.dev("logs", "-n", ns,
                              pod, check=False).stdout
     return out.splitlines()
 
@@ -63,15 +63,15 @@ def test_partition_and_heal_between_pods(cluster: Cluster, namespace: str) -> No
     ok_lines = [line for line in _log(cluster, ns, "client") if line.startswith("OK")]
     assert ok_lines[-1].split()[1] == client_ip
 
-    cli = ["dev-cluster", "--state-dir", str(cluster.state)]
-    cluster.ringkeeper(*cli, "fault", "partition", "-n", ns, "--from", "client", "--to", "server")
+    cli: list[str] = []
+    cluster.dev(*cli, "fault", "partition", "-n", ns, "--from", "client", "--to", "server")
     try:
         mark = len(_log(cluster, ns, "client"))
         time.sleep(3)
         after = _log(cluster, ns, "client")[mark + 1:]
         assert after and all(line.startswith("FAIL") for line in after), after
     finally:
-        cluster.ringkeeper(*cli, "fault", "heal")
+        cluster.dev(*cli, "fault", "heal")
     mark = len(_log(cluster, ns, "client"))
     wait_for("the client reconnecting", lambda: any(
         line.startswith("OK") for line in _log(cluster, ns, "client")[mark:]), timeout=20)

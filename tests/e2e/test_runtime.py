@@ -101,7 +101,7 @@ def test_statefulset_pods_ips_readiness_restarts_and_gc(cluster: Cluster, namesp
 
     # SIGKILL the container: it restarts, keeps its IP and its volume, and is ready again.
     before = _restarts(cluster, ns, "web-0")
-    cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "fault", "kill",
+    cluster.dev("fault", "kill",
                        "-n", ns, "web-0")
     wait_for("a restart of web-0", lambda: _restarts(cluster, ns, "web-0") == before + 1)
     wait_for("web-0 ready again",
@@ -110,7 +110,7 @@ def test_statefulset_pods_ips_readiness_restarts_and_gc(cluster: Cluster, namesp
 
     # Kill every pod of a group by label, as a campus-loss drill does.
     counts = {p: _restarts(cluster, ns, p) for p in ips}
-    res = cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "fault", "kill",
+    res = cluster.dev("fault", "kill",
                              "-n", ns, "-l", "app=web")
     assert res.stdout.count("SIGKILL") == 2
     wait_for("both pods restarted", lambda: all(
@@ -196,7 +196,7 @@ def test_env_volumes_liveness_and_graceful_termination(cluster: Cluster, namespa
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=PROBE_POD)
 
     def log() -> str:
-        return cluster.ringkeeper("dev-cluster", "--state-dir", str(cluster.state), "logs",
+        return cluster.dev("logs",
                                   "-n", ns, "envcheck", check=False).stdout
 
     wait_for("the pod to print its environment", lambda: "FILES" in log(), timeout=90)

@@ -6,7 +6,7 @@ import ipaddress
 import subprocess
 
 from e2e.conftest import Cluster
-from ringkeeper.devcluster import faults
+from ringkeeper_devcluster import faults
 
 
 def test_nothing_connects_outside_loopback(cluster: Cluster) -> None:

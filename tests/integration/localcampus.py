@@ -22,8 +22,8 @@ import aiohttp
 
 import procguard
 from ringkeeper.controller.failover import AgentClient
-from ringkeeper.devcluster import faults
-from ringkeeper.devcluster.runtime import process
+from ringkeeper_devcluster import faults
+from ringkeeper_devcluster.runtime import process
 from waiting import await_until as wait_until  # noqa: F401  (the tests import it from here)
 
 TOKEN = secrets.token_hex(16)

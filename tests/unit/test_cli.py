@@ -11,7 +11,7 @@ from conftest import REPO
 from ringkeeper.cli import status_view
 from ringkeeper.cli.main import build_parser
 
-SUBCOMMANDS = ["operator", "agent", "sync", "crds", "validate", "status", "verify", "dev-cluster"]
+SUBCOMMANDS = ["operator", "agent", "sync", "crds", "validate", "status", "verify"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

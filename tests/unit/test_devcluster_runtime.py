@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from ringkeeper.devcluster import faults
-from ringkeeper.devcluster.faults import ContainerProcess, FaultError
-from ringkeeper.devcluster.runtime import images, process
-from ringkeeper.devcluster.runtime.images import ImageProgram
-from ringkeeper.devcluster.runtime.ipam import POD_NETWORK, Ipam
-from ringkeeper.devcluster.runtime.podspec import (
+from ringkeeper_devcluster import faults
+from ringkeeper_devcluster.faults import ContainerProcess, FaultError
+from ringkeeper_devcluster.runtime import images, process
+from ringkeeper_devcluster.runtime.images import ImageProgram
+from ringkeeper_devcluster.runtime.ipam import POD_NETWORK, Ipam
+from ringkeeper_devcluster.runtime.podspec import (
     ContainerView,
     PodSpecError,
     ProbeTracker,
@@ -30,7 +30,7 @@ from ringkeeper.devcluster.runtime.podspec import (
     restart_delay,
     should_restart,
 )
-from ringkeeper.devcluster.runtime.process import Mount, PodUser
+from ringkeeper_devcluster.runtime.process import Mount, PodUser
 
 PREFIX_BIN = str(Path(sys.executable).parent)
 

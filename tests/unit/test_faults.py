@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ringkeeper.devcluster import faults
+from ringkeeper_devcluster import faults
 
 
 @pytest.mark.parametrize(

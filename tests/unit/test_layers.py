@@ -42,11 +42,9 @@ ALLOWED: dict[str, set[str]] = {
     "agent": _PURE | {"adapters", "observability"},
     # the operator process: runs verifications, never the sidecar's code
     "controller": _PURE | {"contracts", "adapters", "observability", "verify"},
-    # the local cluster (a development tool)
-    "devcluster": _PURE | {"contracts", "adapters"},
     # the command line reaches every process's entry point
     "cli": _PURE | {"contracts", "adapters", "observability", "sync", "verify", "agent",
-                    "controller", "devcluster"},
+                    "controller"},
     # top-level modules
     "__init__": set(),
     "__main__": {"cli"},
@@ -66,7 +64,6 @@ OVERSIZE: dict[str, int] = {
     "controller/ring.py": 620,
     "agent/agent.py": 640,
     "agent/server.py": 430,
-    "devcluster/runtime/kubelet.py": 700,
     "api/v1alpha1/campus.py": 540,
     "api/validation.py": 420,
     "engines/parameters.py": 410,

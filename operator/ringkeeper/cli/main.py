@@ -27,7 +27,6 @@ EPILOG = """\
 common tasks:
   ringkeeper crds                      regenerate crds/ and the chart's CRDs from the models
   ringkeeper validate examples/*.yaml  check manifests offline, with the API server's messages
-  ringkeeper dev-cluster up            start the built-in local Kubernetes (no Docker needed)
   ringkeeper status                    show campuses, rings, satellites and drills
 """
 
@@ -208,9 +207,6 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
     from .campus_ops import add_parsers as add_campus_ops
 
     add_campus_ops(sub, _add_kube_args)
-    from ..devcluster.cli import add_parser as add_dev_cluster
-
-    add_dev_cluster(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ The API the CLI and the operator call:
     result = await repair(report, members, source=None | "member", dry_run=True)
 """
 
+from ..core.names import origin_name
 from ..core.verify import (
     Fix,
     KeyDifference,
@@ -15,7 +16,6 @@ from ..core.verify import (
     Report,
     RowVersion,
     TableReport,
-    origin_name,
 )
 from .repair import RepairResult, repair
 from .report import load_report, write_report

@@ -25,7 +25,8 @@ from typing import Any
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ...base.timefmt import now_rfc3339
+from ringkeeper.base.timefmt import now_rfc3339
+
 from .. import faults
 from . import images, process, volumes
 from .ipam import Ipam
@@ -41,7 +42,7 @@ from .podspec import (
     should_restart,
 )
 
-log = logging.getLogger("ringkeeper.devcluster.runtime")
+log = logging.getLogger("ringkeeper_devcluster.runtime")
 TOKEN_REFRESH_SECONDS = 1800
 NO_DNS = "127.53.53.53"  # a loopback address nothing listens on
 
@@ -263,10 +264,10 @@ class PodWorker:
             host = self.pod["spec"].get("hostname") or self.name
             sub = self.pod["spec"].get("subdomain")
             fqdn = f"{host}.{sub}.{self.ns}.svc.cluster.local" if sub else host
-            hosts.write_text(f"# Managed by the ringkeeper dev-cluster runtime.\n"
+            hosts.write_text(f"# Managed by the ringkeeper-dev runtime.\n"
                              f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"
                              f"{self.ip}\t{fqdn} {host}\n")
-            resolv.write_text("# Managed by the ringkeeper dev-cluster runtime: no cluster DNS.\n"
+            resolv.write_text("# Managed by the ringkeeper-dev runtime: no cluster DNS.\n"
                               f"nameserver {NO_DNS}\noptions timeout:1 attempts:1\n")
         return [process.Mount(str(hosts), "/etc/hosts", True),
                 process.Mount(str(resolv), "/etc/resolv.conf", True)]

@@ -21,7 +21,8 @@ from typing import Any
 import asyncpg
 from kubernetes_asyncio import client
 
-from ..api.v1alpha1 import GROUP, VERSION
+from ringkeeper.api.v1alpha1 import GROUP, VERSION
+
 from . import faults
 
 

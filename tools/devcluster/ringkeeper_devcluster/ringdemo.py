@@ -1,4 +1,4 @@
-"""`python -m ringkeeper.devcluster.ringdemo`: the ring part of `make demo`.
+"""`python -m ringkeeper_devcluster.ringdemo`: the ring part of `make demo`.
 
 Creates the LIS tables at every campus and starts writing there at once, while the ring
 is still being set up, and keeps writing at every campus after it streams (some writes
@@ -20,9 +20,10 @@ from typing import Any
 import asyncpg
 from kubernetes_asyncio import client
 
-from ..adapters import resources
-from ..adapters.kube import api_client
-from ..core.ringplan import primary_address
+from ringkeeper.adapters import resources
+from ringkeeper.adapters.kube import api_client
+from ringkeeper.core.ringplan import primary_address
+
 from .workload import wait_ready
 
 SCHEMA = """

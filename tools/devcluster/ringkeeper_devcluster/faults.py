@@ -19,7 +19,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base.procs import process_tree as process_tree  # re-exported: tests call faults.process_tree
+# re-exported: tests call faults.process_tree
+from ringkeeper.base.procs import process_tree as process_tree
 
 FAULT_CHAIN = "RINGKEEPER-FAULTS"
 EGRESS_CHAIN = "RINGKEEPER-EGRESS"
@@ -181,7 +182,7 @@ def other_runtimes_alive() -> bool:
     """Another dev cluster's runtime still running (tests start a second cluster)."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
-            if b"ringkeeper.devcluster.runtime" in cmdline.read_bytes():
+            if b"ringkeeper_devcluster.runtime" in cmdline.read_bytes():
                 return True
     return False
 

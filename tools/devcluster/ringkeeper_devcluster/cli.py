@@ -1,4 +1,5 @@
-"""`ringkeeper dev-cluster ...`: the local cluster's command line.
+"""`ringkeeper-dev ...` (or `python3 -m ringkeeper_devcluster ...`): the local cluster's
+command line, apart from the operator's `ringkeeper` command.
 
 Only argparse is imported at module level, so building the parser stays cheap.
 """
@@ -11,11 +12,11 @@ import time
 from pathlib import Path
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "dev-cluster",
-        help="the built-in local Kubernetes for tests and the demo",
-        description="A real Kubernetes control plane (etcd, kube-apiserver, "
+def build_parser(prog: str = "ringkeeper-dev") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="The built-in local Kubernetes for tests and the demo: a real "
+        "Kubernetes control plane (etcd, kube-apiserver, "
         "kube-controller-manager built by hack/build-k8s.sh) plus a process runtime that runs "
         "pods as local processes, each on its own 127.x address. Needs root, like a kubelet.",
     )
@@ -54,6 +55,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     part.add_argument("--to", dest="side_b", nargs="+", required=True)
     kinds.add_parser("heal", help="remove every network cut")
     p.set_defaults(func=run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _state(args: argparse.Namespace) -> Path:
@@ -115,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "kubeconfig":
             path = cp.Layout(state).kubeconfig
             if not path.exists():
-                raise cp.DevClusterError("no dev cluster yet: run `ringkeeper dev-cluster up`")
+                raise cp.DevClusterError("no dev cluster yet: run `ringkeeper-dev up`")
             print(path)
             return 0
         if args.action == "logs":
@@ -151,6 +161,6 @@ def run(args: argparse.Namespace) -> int:
                 print("network cuts removed")
                 return 0
     except (cp.DevClusterError, faults.FaultError, RuntimeError) as exc:
-        print(f"ringkeeper dev-cluster: {exc}", file=sys.stderr)
+        print(f"ringkeeper-dev: {exc}", file=sys.stderr)
         return 1
     return 2

@@ -10,9 +10,9 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ...base.timefmt import now_rfc3339
+from ringkeeper.base.timefmt import now_rfc3339
 
-log = logging.getLogger("ringkeeper.devcluster.runtime")
+log = logging.getLogger("ringkeeper_devcluster.runtime")
 LEASE_SECONDS = 40
 
 

@@ -1,4 +1,4 @@
-"""`python -m ringkeeper.devcluster.demo`: the failover part of `make demo`.
+"""`python -m ringkeeper_devcluster.demo`: the failover part of `make demo`.
 
 Writes through the campus's -rw endpoint, kills the primary, and prints who
 took over, how long writes were refused, and how many acknowledged commits
@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..adapters.kube import api_client
+from ringkeeper.adapters.kube import api_client
+
 from .control_plane import default_state_dir
 from .workload import Writer, kill_primary_round, wait_ready
 

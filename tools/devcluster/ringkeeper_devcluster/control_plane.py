@@ -260,7 +260,7 @@ def up(state: Path, timeout: float = 60.0, with_runtime: bool = True) -> tuple[L
         if missing:
             raise DevClusterError(
                 f"the dev cluster in {state} is partly running ({', '.join(running)} up, "
-                f"{', '.join(missing)} down): run `ringkeeper dev-cluster down` and `up` again"
+                f"{', '.join(missing)} down): run `ringkeeper-dev down` and `up` again"
             )
         return layout, False
     binaries = {name: binary(name) for name in ("etcd", "kube-apiserver",
@@ -325,7 +325,7 @@ def up(state: Path, timeout: float = 60.0, with_runtime: bool = True) -> tuple[L
     ])
     if with_runtime:
         _spawn(layout, "runtime", [
-            sys.executable, "-m", "ringkeeper.devcluster.runtime",
+            sys.executable, "-m", "ringkeeper_devcluster.runtime",
             "--state-dir", str(layout.state), "--kubeconfig", str(layout.kubeconfig),
             "--node-name", NODE_NAME, "--apiserver-port", str(ports.apiserver),
         ], env={"PYTHONUNBUFFERED": "1"})

@@ -1,4 +1,4 @@
-"""`python -m ringkeeper.devcluster.runtime`: started by `ringkeeper dev-cluster up`."""
+"""`python -m ringkeeper_devcluster.runtime`: started by `ringkeeper-dev up`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from . import node, process
 from .ipam import claim_network
 from .kubelet import Runtime, Settings
 
-log = logging.getLogger("ringkeeper.devcluster.runtime")
+log = logging.getLogger("ringkeeper_devcluster.runtime")
 PODNET_SOURCE = Path(__file__).with_name("podnet.c")
 
 
