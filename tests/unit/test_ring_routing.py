@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ringkeeper.core.conflicts import Kind, Policy, Version, resolve, winner
+from ringkeeper.core.conflicts import Action, Kind, Op, Policy, Version, decide, winner
 from ringkeeper.core.ring import Topology, links, path_of
 
 MEMBERS = ["zhaohui", "wangjiangshan", "yuecheng", "fuyang"]
@@ -91,12 +91,12 @@ def test_winner_is_order_independent_property() -> None:
 def test_tombstone_blocks_a_late_update() -> None:
     tomb = v("zh", 5, deleted=True)
     late = v("yc", 3)
-    r = resolve(Kind.UPDATE_DELETED, tomb, late, "lastWriterWins")
-    assert not r.apply_incoming and r.keep is tomb
-    assert "tombstone keeps the row deleted" in r.reason
+    d = decide(Op.UPDATE, late, None, tomb, "lastWriterWins")
+    assert d.action == Action.SKIP and d.conflict == Kind.UPDATE_DELETED
+    assert "stays deleted" in d.reason
 
 
 def test_missing_rows() -> None:
-    assert resolve(Kind.UPDATE_MISSING, None, v("zh", 1), "lastWriterWins").apply_incoming
-    assert not resolve(Kind.DELETE_MISSING, None, v("zh", 1, deleted=True),
-                       "lastWriterWins").apply_incoming
+    assert decide(Op.UPDATE, v("zh", 1), None, None, "lastWriterWins").action == Action.INSERT
+    assert decide(Op.DELETE, v("zh", 1, deleted=True), None, None,
+                  "lastWriterWins").action == Action.TOMBSTONE

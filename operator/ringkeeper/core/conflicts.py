@@ -56,33 +56,6 @@ def winner(local: Version, incoming: Version, policy: Policy | str) -> Version:
     return incoming if _key(incoming, p) > _key(local, p) else local
 
 
-@dataclass(frozen=True)
-class Resolution:
-    kind: Kind
-    apply_incoming: bool
-    keep: Version
-    reason: str
-
-
-def resolve(kind: Kind, local: Version | None, incoming: Version,
-            policy: Policy | str) -> Resolution:
-    """Decide one conflict. `local` is the row's current version or its tombstone."""
-    if local is None:
-        # update/delete of a row never seen here: an update becomes the row (the insert is
-        # still on its way or was lost); a delete has nothing to do but leaves a tombstone.
-        apply = kind == Kind.UPDATE_MISSING
-        return Resolution(kind, apply, incoming,
-                          "no local version: applying the incoming update as the row"
-                          if apply else "nothing to delete: recording a tombstone")
-    keep = winner(local, incoming, policy)
-    apply = keep is incoming
-    why = (f"{'incoming' if apply else 'local'} version from {keep.origin} wins "
-           f"({Policy(policy).value})")
-    if local.deleted and not incoming.deleted and not apply:
-        why += "; the tombstone keeps the row deleted"
-    return Resolution(kind, apply, keep, why)
-
-
 class Op(StrEnum):
     INSERT = "insert"
     UPDATE = "update"
