@@ -46,8 +46,24 @@
    at any member once the ring has had up to 90 s to converge (must be 0;
    tests/integration/test_ring_setup.py holds the same check as tests).
 
-Progress goes to stdout; the last line is one JSON object. SKIP=throughput,latency,capture,setup
-skips parts. Every server and sidecar process is destroyed on exit, Ctrl-C included.
+5. A big transaction crossing a 3-member ring of `ringkeeper sync` processes (BIG_TXN_MAJORS,
+   default 17,15,18; tests/integration/bigtxn.py, which tests/integration/test_big_txn.py
+   runs at 200k rows): one INSERT of BIG_TXN_ROWS rows (default 1,000,000) committed at a
+   crosses b, then c, while b commits one small row every 50 ms (ledger, until 2 s after the
+   big rows are everywhere). `big_txn_peak_rss_mb` is the highest VmHWM of the three
+   sidecar processes; `big_txn_last_member_s` the time from the big commit at a to all its
+   rows at c; `small_write_p99_during_big_txn_ms` the p99 latency of b's small writes at a
+   (their far member); `big_txn_small_missing` must be 0.
+
+6. Conflict storm (bench/storm.py, also runnable alone): 4 writers over 50 shared keys of a
+   3-member ring (STORM_MAJORS, default 15,17,18) update, delete and upsert for
+   STORM_SECONDS (default 20); once the ring is quiet the verifier counts the keys that
+   differ: `storm_diverged_keys` (full verification, must be 0) and
+   `storm_diverged_keys_incremental` (what continuous verification would see). SKIP=storm
+   skips it.
+
+Progress goes to stdout; the last line is one JSON object. SKIP=throughput,latency,capture,setup,
+big_txn skips parts. Every server and sidecar process is destroyed on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -77,6 +93,8 @@ import asyncpg
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "tests"), str(REPO / "tests" / "integration")]
 
+from storm import storm, storm_majors  # noqa: E402
+
 from integration.ringlocal import LocalRing  # noqa: E402
 from pgserver import PASSWORD, PgServer, unavailable  # noqa: E402
 from ringkeeper.core import names  # noqa: E402
@@ -94,6 +112,7 @@ CAPTURE_PIN = os.environ.get("CAPTURE_PIN", "1") not in ("", "0")
 CAPTURE_B_TMPFS = os.environ.get("CAPTURE_B_TMPFS", "1") not in ("", "0")
 PROFILE = os.environ.get("PROFILE", "") not in ("", "0")
 SKIP = {s for s in os.environ.get("SKIP", "").split(",") if s}
+BIG_TXN_ROWS = int(os.environ.get("BIG_TXN_ROWS", "1000000"))
 
 
 def _majors(var: str, default: str) -> tuple[str, ...]:
@@ -860,6 +879,27 @@ def teardown() -> None:
             s.destroy()
 
 
+async def big_txn(out: dict[str, Any]) -> None:
+    from integration import bigtxn
+    majors = _majors("BIG_TXN_MAJORS", "17,15,18")
+    assert len(majors) == 3, "BIG_TXN_MAJORS names three majors"
+    say(f"big transaction: {BIG_TXN_ROWS:,} rows at a, crossing b then c ({majors}), "
+        "small writes at b every 50 ms")
+    with tempfile.TemporaryDirectory(prefix="rk-bigtxn-") as logs:
+        res = await bigtxn.run(BIG_TXN_ROWS, Path(logs), (majors[0], majors[1], majors[2]))
+    say("big transaction: " + res.summary())
+    out["big_txn_rows"] = BIG_TXN_ROWS
+    out["big_txn_peak_rss_mb"] = max(res.peak_rss_mb.values())
+    out["big_txn_base_rss_mb"] = max(res.base_rss_mb.values())
+    out["big_txn_last_member_s"] = round(res.last_member_s, 1)
+    out["small_write_p99_during_big_txn_ms"] = round(res.small_p99_ms(bigtxn.FAR))
+    out["small_write_max_during_big_txn_ms"] = round(
+        max(res.small_latency_ms.get(bigtxn.FAR, [0.0])))
+    out["big_txn_small_writes"] = res.small_written
+    out["big_txn_small_missing"] = sum(len(v) for v in res.small_missing.values())
+    out["big_txn_rows_missing"] = sum(BIG_TXN_ROWS - n for n in res.big_at.values())
+
+
 async def main() -> dict[str, Any]:
     out: dict[str, Any] = {"bench": "ring"}
     try:
@@ -871,6 +911,10 @@ async def main() -> dict[str, Any]:
             await capture(out)
         if "setup" not in SKIP:
             await setup_under_load(out)
+        if "storm" not in SKIP:
+            await storm(out, new_ring, say)
+        if "big_txn" not in SKIP:
+            await big_txn(out)
     finally:
         for r in RINGS:
             with contextlib.suppress(Exception):
@@ -886,14 +930,15 @@ def _interrupt(*_: object) -> None:
 
 def entry() -> None:
     needed = set(THROUGHPUT_MAJORS + EXTRA_MAJORS + LATENCY_MAJORS + CAPTURE_MAJORS +
-                 SETUP_MAJORS)
+                 SETUP_MAJORS + _majors("BIG_TXN_MAJORS", "17,15,18"))
+    needed |= set(storm_majors())
     for m in sorted(needed):
         if reason := unavailable(m):
             sys.exit(f"cannot run: PostgreSQL {m}: {reason}")
     say("command: " + " ".join([sys.executable, *sys.argv]) + "  (env: " + ", ".join(
         f"{k}={os.environ[k]}" for k in ("ROWS", "TXN_ROWS", "ROUNDS", "SECONDS", "RATE",
                                           "CAPTURE_SECONDS", "CAPTURE_PAIRS", "SKIP",
-                                          "PROFILE", "CAPTURE_PIN",
+                                          "PROFILE", "CAPTURE_PIN", "BIG_TXN_ROWS",
                                           "CAPTURE_B_TMPFS") if k in os.environ) + ")")
     # SIGTERM behaves like Ctrl-C: unwind through the finally blocks below.
     signal.signal(signal.SIGTERM, _interrupt)

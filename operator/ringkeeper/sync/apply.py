@@ -52,6 +52,7 @@ from .pgoutput import (
     new_values,
     str_to_lsn,
 )
+from .txnkeys import SPILL_KEYS, TxnKeys
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,12 @@ class Applier:
         self._pending: list[Change] = []
         self._pending_keys: set[tuple[str, ...]] = set()
         self._pending_table: TableMap | None = None
-        self._txn_rows: dict[tuple[str, tuple[str, ...]], bool] = {}
+        # What the open transaction wrote, by key: bounded (spills to disk, txnkeys).
+        self._txn_rows = TxnKeys()
+        # Keys it changed, for verification: written to the target (inside the same
+        # transaction) whenever SPILL_KEYS gather, and at COMMIT.
         self._txn_dirty: dict[str, set[str]] = {}
+        self._txn_dirty_n = 0
         self._txn_conflicts: list[tuple[object, ...]] = []
         self._classic_left = 0
         self._clash_logged = 0.0
@@ -321,6 +326,7 @@ class Applier:
         self._txn = (origin, origin_lsn, commit_ts)
         self._txn_rows.clear()
         self._txn_dirty.clear()
+        self._txn_dirty_n = 0
         self._txn_conflicts.clear()
 
     def table(self, relid: int) -> TableMap:
@@ -354,17 +360,7 @@ class Applier:
     async def commit(self) -> None:
         assert self._txn is not None
         await self._flush()
-        if self._txn_conflicts:
-            await self.conn.executemany(
-                "INSERT INTO ringkeeper.conflicts (ring, relation, key, kind, resolution, "
-                "local_origin, local_committed_at, remote_origin, remote_committed_at, reason) "
-                "VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)", self._txn_conflicts)
-        for relation, keys in self._txn_dirty.items():
-            await self.conn.execute(
-                "INSERT INTO ringkeeper.dirty_keys (relation, key) "
-                "SELECT $1, k FROM unnest($2::jsonb[]) AS k "
-                "ON CONFLICT (relation, key) DO UPDATE SET changed_at = clock_timestamp()",
-                relation, sorted(keys))
+        await self._write_bookkeeping()
         origin, origin_lsn, commit_ts = self._txn
         s = self.profile.sql
         await self.conn.execute(
@@ -375,6 +371,28 @@ class Applier:
         self.stats.last_commit_ts = commit_ts
         self.stats.last_applied_at = datetime.now(UTC)
         self._txn = None
+        if len(self._txn_rows) >= SPILL_KEYS:
+            self._txn_rows.clear()  # a large transaction's keys need not wait for the next
+
+    async def _write_bookkeeping(self) -> None:
+        """Write the open transaction's conflict log rows and changed keys so far into
+        that transaction: at COMMIT, and whenever SPILL_KEYS of them gather, so that a
+        transaction of any size holds no more than that many in memory. Within one
+        transaction the result is the same as writing them all at COMMIT."""
+        if self._txn_conflicts:
+            await self.conn.executemany(
+                "INSERT INTO ringkeeper.conflicts (ring, relation, key, kind, resolution, "
+                "local_origin, local_committed_at, remote_origin, remote_committed_at, reason) "
+                "VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10)", self._txn_conflicts)
+            self._txn_conflicts.clear()
+        for relation, keys in self._txn_dirty.items():
+            await self.conn.execute(
+                "INSERT INTO ringkeeper.dirty_keys (relation, key) "
+                "SELECT $1, k FROM unnest($2::jsonb[]) AS k "
+                "ON CONFLICT (relation, key) DO UPDATE SET changed_at = clock_timestamp()",
+                relation, sorted(keys))
+        self._txn_dirty.clear()
+        self._txn_dirty_n = 0
 
     # -- many transactions -----------------------------------------------------------
     async def apply_txns(self, txns: Sequence[Txn]) -> None:
@@ -623,22 +641,26 @@ class Applier:
                 slow += [c for c in fast if c.key not in done]
         for ch in fast:
             if ch.key in done:
-                self._txn_rows[(t.relation, ch.key)] = op != Op.DELETE
+                self._txn_rows.set(t.relation, ch.key, op != Op.DELETE)
         for ch in slow:
             await self._slow(t, ch)
         self.stats.rows += len(batch)
         dirty = self._txn_dirty.setdefault(t.relation, set())
+        n = len(dirty)
         dirty.update(c.key_json for c in batch)
         dirty.update(json.dumps(list(c.old_key), ensure_ascii=False, separators=(",", ":"))
                      for c in batch if c.old_key)
+        self._txn_dirty_n += len(dirty) - n
+        if self._txn_dirty_n + len(self._txn_conflicts) >= SPILL_KEYS:
+            await self._write_bookkeeping()
 
     async def _fast(self, t: TableMap, op: Op, fast: list[Change], roident: int,
                     ts: datetime) -> set[tuple[str, ...]]:
         """The batch's set-based statements; the keys they applied."""
         if op == Op.INSERT:
             # A key written earlier in this transaction is decided with state.
-            return await self._insert_fast(
-                t, [c for c in fast if (t.relation, c.key) not in self._txn_rows])
+            known = self._txn_rows.recent(t.relation, (c.key for c in fast))
+            return await self._insert_fast(t, [c for c in fast if c.key not in known])
         if op == Op.UPDATE:
             done: set[tuple[str, ...]] = set()
             for cols, group in _by_columns(fast).items():
@@ -704,7 +726,8 @@ class Applier:
             t.statements[sig] = sql
         args: list[object] = [[c.key[i] for c in rows] for i in range(nk)]
         args += [[c.values.get(col) for c in rows] for col in cols]
-        args.append([(t.relation, c.key) in self._txn_rows for c in rows])
+        mine = self._txn_rows.recent(t.relation, (c.key for c in rows))
+        args.append([c.key in mine for c in rows])
         args += [roident, ts]
         return {tuple(r) for r in await self.conn.fetch(sql, *args)}
 
@@ -724,7 +747,8 @@ class Applier:
                    f"${nk + 3}::timestamptz FROM {x}(t.xmin) AS x)) RETURNING {keys}")
             t.statements["del"] = sql
         args: list[object] = [[c.key[i] for c in rows] for i in range(nk)]
-        args.append([(t.relation, c.key) in self._txn_rows for c in rows])
+        mine = self._txn_rows.recent(t.relation, (c.key for c in rows))
+        args.append([c.key in mine for c in rows])
         args += [roident, ts]
         return {tuple(r) for r in await self.conn.fetch(sql, *args)}
 
@@ -735,7 +759,7 @@ class Applier:
         incoming = Version(origin=origin, committed_at=ts,
                            priority=self.priorities.get(origin, 0), deleted=ch.op == Op.DELETE)
         lookup = ch.old_key or ch.key
-        known = self._txn_rows.get((t.relation, lookup))
+        known = self._txn_rows.get(t.relation, lookup)
         x = self.profile.sql.xact_commit_timestamp_origin
         row = None
         xmin = None
@@ -795,11 +819,11 @@ class Applier:
             await self._slow(t, ch, attempt + 1)
             return
         if decision.action in (Action.INSERT, Action.UPDATE):
-            self._txn_rows[(t.relation, ch.key)] = True
+            self._txn_rows.set(t.relation, ch.key, True)
             if ch.old_key:
-                self._txn_rows[(t.relation, ch.old_key)] = False
+                self._txn_rows.set(t.relation, ch.old_key, False)
         elif decision.action == Action.DELETE:
-            self._txn_rows[(t.relation, lookup)] = False
+            self._txn_rows.set(t.relation, lookup, False)
 
     async def _clash(self, t: TableMap, ch: Change, lookup: tuple[str, ...], incoming: Version,
                      e: asyncpg.IntegrityConstraintViolationError) -> bool:
@@ -854,7 +878,7 @@ class Applier:
                 f"DELETE FROM {t.quoted} AS t WHERE "
                 + " AND ".join(f"t.{quote_ident(k)} = ${i + 1}::text::{t.types[k]}"
                                for i, k in enumerate(t.key)), *gone)
-            self._txn_rows[(t.relation, gone)] = False
+            self._txn_rows.set(t.relation, gone, False)
         return decision.action == Action.DELETE
 
     async def _act(self, t: TableMap, ch: Change, action: Action, lookup: tuple[str, ...],
