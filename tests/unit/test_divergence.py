@@ -204,3 +204,22 @@ def test_prune_reports_keeps_the_newest_of_this_ring_only(tmp_path: Path) -> Non
     assert left == sorted([*names[-2:], other.name])
     assert (tmp_path / names[-1]).with_suffix(".txt").exists()
     assert prune_reports(tmp_path / "absent", "lis", keep=2) == []
+
+
+def test_status_table_shows_divergence() -> None:
+    """`ringkeeper status` has a DIVERGED column and names what differs when it is True."""
+    from ringkeeper.cli import status_view
+
+    def ring(name: str, conds: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"metadata": {"namespace": "lis", "name": name},
+                "spec": {"topology": "ring", "members": [{}, {}]},
+                "status": {"conditions": conds}}
+
+    text = status_view.rings([
+        ring("east", [cond(T, "KeysDiffer", "1 key(s) differ in lis.samples (1)\x1b[2J")]),
+        ring("west", [cond(F, "Converged")]), ring("new", [])])
+    lines = text.splitlines()
+    assert lines[0].split()[-1] == "DIVERGED"
+    assert [ln.split()[-1] for ln in lines[1:4]] == ["True", "False", "-"]
+    assert "east DIVERGED: 1 key(s) differ in lis.samples (1)\\x1b[2J" in text
+    assert "west DIVERGED" not in text and "\x1b" not in text

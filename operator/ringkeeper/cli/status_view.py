@@ -87,6 +87,14 @@ def campuses(items: Sequence[dict[str, Any]]) -> str:
     return table(("NAMESPACE", "CAMPUS", "DISPLAY", "ENGINE", "READY", "PRIMARY", "PHASE"), rows)
 
 
+def _diverged(ring: dict[str, Any]) -> dict[str, Any]:
+    """The ring's Diverged condition (core.divergence), or {} before it has one."""
+    conds = _get(ring, "status.conditions")
+    found = next((c for c in conds if isinstance(c, dict) and c.get("type") == "Diverged"),
+                 None) if isinstance(conds, list) else None
+    return found or {}
+
+
 def rings(items: Sequence[dict[str, Any]]) -> str:
     out = []
     rows = [
@@ -99,14 +107,18 @@ def rings(items: Sequence[dict[str, Any]]) -> str:
             _get(o, "status.maxLagSeconds"),
             _get(o, "status.conflictsTotal"),
             _get(o, "status.lastVerification.result"),
+            _diverged(o).get("status"),
         )
         for o in items
     ]
     out.append(
         table(("NAMESPACE", "RING", "TOPOLOGY", "MEMBERS", "HEALTHY", "MAX LAG S", "CONFLICTS",
-               "VERIFIED"), rows)
+               "VERIFIED", "DIVERGED"), rows)
     )
     for o in items:
+        if _diverged(o).get("status") == "True":  # data loss risk: say what differs
+            out.append(f"\n{safe(_get(o, 'metadata.name'))} DIVERGED: "
+                       f"{safe(_diverged(o).get('message') or '')}")
         links = _get(o, "status.links") or []
         if links:
             out.append(f"\nlinks of {safe(_get(o, 'metadata.name'))}:")
