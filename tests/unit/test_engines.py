@@ -113,7 +113,7 @@ def test_binaries(profile: EngineProfile, expected: Binaries) -> None:
 )
 def test_sql_names_are_prefix_plus_field(profile: EngineProfile, prefix: str) -> None:
     names = dataclasses.asdict(profile.sql)
-    assert len(names) == 26
+    assert len(names) == 27
     assert names == {field: prefix + field for field in names}
 
 

@@ -324,8 +324,9 @@ class _Agents:
     async def pause(self, ip: str, timeout: float = 15) -> dict[str, Any] | None:
         return await self._answer(ip, "pause")
 
-    async def promote(self, ip: str) -> dict[str, Any]:
+    async def promote(self, ip: str, target: str | None = None) -> dict[str, Any]:
         self.primary = ip
+        self.named = target
         return await self._answer(ip, "promote", False)
 
     async def follow(self, ip: str, primary: str, timeout: float = 30

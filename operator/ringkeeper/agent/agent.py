@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import asyncpg
 
+from ..base.lsn import parse_lsn
+from ..core.ha import parse_standby_names
 from ..core.instance import (
     CampusView,
     DataState,
@@ -37,6 +40,8 @@ from .server import Server, ServerError, Status
 
 log = logging.getLogger("ringkeeper.agent")
 PAUSE_LIMIT = 20.0  # seconds a paused replica waits for the operator's follow call
+API_HANG_SECONDS = 1.0  # a Campus read in flight this long counts as failing
+RESOLVE_EVERY = 5.0  # seconds between lookups of a known peer's pod address
 WATCH_EVERY = 0.1  # the stall watchdog's tick: a thawed agent notices within this
 
 
@@ -77,6 +82,13 @@ class AgentState:
     last_api_contact: float = field(default_factory=time.monotonic)
     last_peer_contact: float = field(default_factory=time.monotonic)
     peer_ips: dict[str, str] = field(default_factory=dict)
+    resolved_at: dict[str, float] = field(default_factory=dict)  # pod address lookups
+    fetch_started: float | None = None  # a read of the Campus in flight since
+    last_fetch_ok: bool = True
+    receiver_heard_at: float = field(default_factory=time.monotonic)
+    sync_confirmed: int | None = None  # furthest flush a synchronous standby confirmed
+    sync_stalled_since: float | None = None  # WAL unconfirmed, no confirmation since
+    promoted_on_word: bool = False  # promoted on the operator's word, API unreachable
     campus: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,24 +137,45 @@ class Agent:
 
     # -- contact ---------------------------------------------------------------------
     async def refresh(self) -> bool:
+        self.state.fetch_started = time.monotonic()
         try:
             self.state.campus = await self.source.fetch()
         except Exception as exc:  # API down or partitioned: counts toward self-fencing
             log.debug("campus fetch failed: %s", exc)
+            self.state.last_fetch_ok = False
             return False
+        finally:
+            self.state.fetch_started = None
+        self.state.last_fetch_ok = True
         self.state.last_api_contact = time.monotonic()
         for inst in (self.state.campus.get("status") or {}).get("instances") or []:
             if inst.get("podIP"):
                 self.state.peer_ips[inst["name"]] = inst["podIP"]
         return True
 
-    async def ip_of(self, name: str) -> str | None:
-        with contextlib.suppress(Exception):
-            ip = await self.source.pod_ip(name)
-            if ip:
-                self.state.peer_ips[name] = ip
-                return ip
+    async def resolve(self, name: str, force: bool = False) -> str | None:
+        """Look a peer's pod address up (network I/O: never called under the lock)."""
+        last = self.state.resolved_at.get(name)
+        if force or last is None or time.monotonic() - last >= RESOLVE_EVERY:
+            with contextlib.suppress(Exception):
+                ip = await self.source.pod_ip(name)
+                self.state.resolved_at[name] = time.monotonic()
+                if ip:
+                    self.state.peer_ips[name] = ip
         return self.state.peer_ips.get(name)
+
+    async def resolve_addresses(self) -> None:
+        """The addresses the next tick may connect to (the primary, a failover's target),
+        looked up before the tick takes the lock."""
+        view = self.view
+        for name in {view.current_primary, view.target_primary} - {None, self.cfg.name}:
+            assert name is not None
+            await self.resolve(name)
+
+    async def ip_of(self, name: str) -> str | None:
+        """A peer's address as last resolved; looked up only when never seen before."""
+        known = self.state.peer_ips.get(name)
+        return known if known else await self.resolve(name, force=True)
 
     async def reach_a_peer(self) -> bool:
         assert self.http is not None
@@ -165,8 +198,13 @@ class Agent:
         try:
             while not stop.is_set():
                 try:
+                    # Network I/O first, outside the lock: an operator call (pause,
+                    # promote, follow) never waits behind a slow or cut API server.
+                    api_ok = await self.refresh()
+                    await self.resolve_addresses()
+                    peer_ok = await self.reach_a_peer() if self.serving_primary() else False
                     async with self.lock:
-                        await self.tick()
+                        await self.tick(api_ok, peer_ok)
                 except Exception as exc:
                     self.state.last_error = str(exc)
                     log.exception("agent loop error")
@@ -205,10 +243,16 @@ class Agent:
                      "is primary")
         log.warning("%s", st.reason)
 
-    async def tick(self) -> None:
+    def serving_primary(self) -> bool:
+        return self.server.running and self.server.data_state() == DataState.PRIMARY
+
+    async def tick(self, api_ok: bool, peer_ok: bool) -> None:
+        """One loop under the lock, on what was read before it: no network I/O here but
+        a first lookup of an address never seen (pause must not wait on the API)."""
         if self.state.killed_by_agent and self.server.proc is not None:
             await self.server.proc.wait()  # reap the server killed on thaw
-        api_ok = await self.refresh()
+        if api_ok:
+            self.state.promoted_on_word = False
         if not self.state.campus:
             self.state.plan, self.state.reason = "wait", "Campus not readable yet"
             return
@@ -217,15 +261,12 @@ class Agent:
         if self.server.running and self.server.data_state() == DataState.PRIMARY:
             reason = running_primary_must_step_down(self.cfg.name, view) if api_ok else None
             if reason is None and not api_ok:
-                peer_ok = await self.reach_a_peer()
                 limit = float((self.spec.get("failover") or {}).get("selfFenceAfterSeconds", 3))
                 silent = time.monotonic() - max(st.last_api_contact, st.last_peer_contact)
                 if not peer_ok and self_fence_due(silent, limit):
                     reason = (f"self-fence: no contact with the API server or any peer for "
                               f"{silent:.1f}s")
                     st.self_fenced = True
-            elif api_ok:
-                await self.reach_a_peer()
             if reason:
                 log.warning("stepping down: %s", reason)
                 st.fenced, st.plan, st.reason = True, Plan.FENCE.value, reason
@@ -416,27 +457,61 @@ class Agent:
                 await self.server.reload()
             return await self.server.wait_receiver_stopped()
 
-    async def promote(self) -> Status:
+    async def promote(self, named: str | None = None) -> Status:
+        """Promote on the operator's call; `named` is the target the operator wrote.
+
+        The Campus decides when it can be read: it must name this instance. When the API
+        server cannot be reached, the operator's word stands in for it: the operator
+        writes targetPrimary (with the resourceVersion it read) before it calls, so the
+        Campus does name this instance; until this agent reads the Campus again it takes
+        that as its view, so it serves and turns ready. Without either, it refuses.
+        """
+        api_ok = await self.refresh()  # network I/O before the lock
         async with self.lock:
-            if not await self.refresh():
-                raise PermissionError("cannot read the Campus: refusing to promote blind")
-            view = self.view
-            if view.target_primary != self.cfg.name:
-                raise PermissionError(f"the Campus names {view.target_primary} as target "
-                                      f"primary, not {self.cfg.name}")
+            if api_ok:
+                view = self.view
+                if view.target_primary != self.cfg.name:
+                    raise PermissionError(f"the Campus names {view.target_primary} as "
+                                          f"target primary, not {self.cfg.name}")
+            elif named != self.cfg.name:
+                raise PermissionError("cannot read the Campus and the operator named no "
+                                      "target: refusing to promote blind")
+            else:
+                log.warning("the API server is unreachable: promoting on the operator's "
+                            "word (it wrote targetPrimary=%s before calling)", named)
             if not self.server.running:
                 raise ServerError("server is not running")
             await self.server.promote()
             self.state.paused = False
             self.state.upstream = None
             self.state.fenced = False
+            if not api_ok:
+                self.state.promoted_on_word = True
+                self.adopt_primary(self.cfg.name)
             self.server.configure(self.settings(True, None, 0), self.user_params())
             await self.server.reload()
             await self.server.ensure_slots(self.peers())
             return await self.server.status()
 
+    def adopt_primary(self, primary: str) -> None:
+        """Take the operator's word for who is primary while the Campus cannot be read: it
+        wrote that to the Campus before calling. The next successful read replaces it."""
+        log.warning("the API server is unreachable: taking the operator's word that %s is "
+                    "primary", primary)
+        status = dict(self.state.campus.get("status") or {})
+        status.update({"currentPrimary": primary, "targetPrimary": primary})
+        self.state.campus = {**self.state.campus, "status": status}
+
     async def follow_call(self, primary: str) -> Status:
+        """The operator re-points this replica after a failover. It wrote currentPrimary
+        before calling; an agent that cannot read the Campus takes the call's word as its
+        view until it can, or its next loop would follow its stale view back to the old
+        primary (which could then confirm commits again)."""
+        api_ok = await self.refresh()  # network I/O before the lock
+        await self.resolve(primary, force=True)
         async with self.lock:
+            if not api_ok:
+                self.adopt_primary(primary)
             if self.server.data_state() == DataState.PRIMARY:
                 # A former primary must rejoin through the start plan (rewind).
                 await self.server.stop("fast")
@@ -471,11 +546,82 @@ class Agent:
         return {"name": self.cfg.name, "role": role, "podIP": self.cfg.pod_ip,
                 "plan": self.state.plan, "reason": self.state.reason,
                 "fenced": self.state.fenced, "selfFenced": self.state.self_fenced,
-                "crashed": self.state.crashed,
+                "crashed": self.state.crashed, "promotedOnWord": self.state.promoted_on_word,
                 "paused": self.state.paused, "upstream": self.state.upstream,
                 "rejoinsByRewind": self.state.rejoins_by_rewind,
                 "rejoinsByBasebackup": self.state.rejoins_by_basebackup,
-                "lastError": self.state.last_error, "server": st.to_json()}
+                "lastError": self.state.last_error, "server": st.to_json(),
+                "ha": await self.ha_facts(st)}
+
+    def sync_stall(self, st: Status, now: float) -> float | None:
+        """Seconds this primary has had WAL that no synchronous standby confirmed, with no
+        confirmation advancing meanwhile; 0 when all is confirmed; None when it does not
+        replicate synchronously. A healthy standby confirms new WAL at once, so any
+        stall measured between two reports means the standbys do not answer, whether or
+        not a client is waiting right now (clients time out and retry)."""
+        parsed = parse_standby_names(st.sync_names or "")
+        current = parse_lsn(st.current_lsn) if st.current_lsn else None
+        if parsed is None or parsed[1] < 1 or current is None:
+            self.state.sync_confirmed, self.state.sync_stalled_since = None, None
+            return None
+        flushes = []
+        for row in st.standbys or []:
+            if row.get("application_name") in parsed[2] and row.get("flush_lsn"):
+                with contextlib.suppress(ValueError):
+                    flushes.append(parse_lsn(str(row["flush_lsn"])) or 0)
+        confirmed = max(flushes) if flushes else None
+        if confirmed is not None and confirmed >= current:
+            self.state.sync_confirmed, self.state.sync_stalled_since = confirmed, None
+            return 0.0
+        if self.state.sync_stalled_since is None or confirmed != self.state.sync_confirmed:
+            self.state.sync_stalled_since = now  # behind, but it moved: the clock restarts
+        self.state.sync_confirmed = confirmed
+        return now - self.state.sync_stalled_since
+
+    async def ha_facts(self, st: Status) -> dict[str, Any]:
+        """What the operator's cut rule (core.ha.standby_cut) and election read besides the
+        LSNs: on a primary, the commits waiting for synchronous standbys; on a replica,
+        how long its WAL receiver got nothing; everywhere, how long since this agent last
+        read the Campus. A fact it cannot measure is left out, never guessed."""
+        now = time.monotonic()
+        started = self.state.fetch_started
+        facts: dict[str, Any] = {
+            "apiContactSeconds": round(now - self.state.last_api_contact, 2),
+            # The last read of the Campus failed, or one hangs: the API server is lost
+            # (the age alone says so only seconds later).
+            "apiFailing": not self.state.last_fetch_ok or (
+                started is not None and now - started > API_HANG_SECONDS)}
+        if not st.running or st.error or st.in_recovery is None:
+            return facts
+        try:
+            conn = await self.server.connect(timeout=2)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return facts
+        try:
+            if st.in_recovery is False:
+                stalled = self.sync_stall(st, now)
+                if stalled is not None:
+                    facts["syncStalledSeconds"] = round(stalled, 2)
+                row = await conn.fetchrow(self.server.profile.sync_wait_query(), timeout=2)
+                facts["syncWaiters"] = int(row["waiters"])
+                if row["oldest"] is not None:
+                    facts["syncWaitSeconds"] = round(float(row["oldest"]), 2)
+            else:
+                row = await conn.fetchrow(self.server.profile.receiver_silence_query(),
+                                          timeout=2)
+                if row is not None and row["silent"] is not None:
+                    silent = max(0.0, float(row["silent"]))
+                    if silent < 1.0:
+                        self.state.receiver_heard_at = now
+                else:  # no receiver (reconnecting, or cut before it ever connected)
+                    silent = now - self.state.receiver_heard_at
+                facts["receiverSilentSeconds"] = round(silent, 2)
+        except (asyncpg.PostgresError, OSError, TimeoutError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        return facts
 
     def ready(self, st: Status) -> bool:
         if self.state.fenced or not st.running or st.error:

@@ -55,8 +55,19 @@ def build_app(agent: Agent) -> web.Application:
         await agent.pause()
         return _json(await agent.report())
 
-    async def promote(_: web.Request) -> web.Response:
-        await agent.promote()
+    async def promote(request: web.Request) -> web.Response:
+        # Optional body {"targetPrimary": "<instance>"}: the target the operator wrote,
+        # which stands in for the Campus only when this agent cannot read it.
+        named = None
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                return _json({"error": "body must be JSON"}, 400)
+            named = body.get("targetPrimary") if isinstance(body, dict) else None
+            if named is not None and not isinstance(named, str):
+                return _json({"error": "targetPrimary must be a string"}, 400)
+        await agent.promote(named)
         return _json(await agent.report())
 
     async def follow(request: web.Request) -> web.Response:

@@ -57,7 +57,8 @@ async def _main(args: argparse.Namespace) -> None:
     socket_dir = Path(args.socket_dir)
     server = Server(profile, Path(args.data_dir), socket_dir, cfg.port, creds,
                     pod_cidr=_env("RINGKEEPER_POD_CIDR", "0.0.0.0/0"))
-    source: CampusSource = (FileCampusSource(Path(args.campus_file)) if args.campus_file
+    source: CampusSource = (FileCampusSource(Path(args.campus_file), cfg.name)
+                            if args.campus_file
                             else ApiCampusSource(cfg.namespace, cfg.campus))
     agent = Agent(cfg, source, server)
     runner = web.AppRunner(build_app(agent), access_log=None)

@@ -13,13 +13,19 @@ from ..api.v1alpha1 import GROUP, VERSION
 class FileCampusSource:
     """A Campus kept in a JSON file, with pod addresses beside it: tests drive it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, me: str | None = None) -> None:
         self.path = path
+        self.me = me
 
     async def fetch(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.path.read_text())
         if data.get("unreachable"):
             raise ConnectionError("simulated API partition")
+        if self.me is not None and self.me in (data.get("apiCut") or []):
+            # This agent alone is cut from the API server: its read hangs until the
+            # client's 2 s timeout, as ApiCampusSource's does.
+            await asyncio.sleep(2.0)
+            raise TimeoutError("simulated API partition of this pod")
         # A slow API server (tests): what an agent does before its answer comes must
         # already be safe.
         latency = data.get("latencySeconds")

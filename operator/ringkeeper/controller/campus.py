@@ -40,6 +40,7 @@ from ..core.ha import (
     instances_status,
     primary_verdict,
     snapshot_to_status,
+    standby_cut,
     sync_snapshot,
     to_report,
 )
@@ -416,9 +417,13 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
         await _clear_switchover(api, ns, name)
 
     delay = float((spec.get("failover") or {}).get("detectionDelaySeconds", 5))
+    # A primary that answers but is cut off from its synchronous standbys commits
+    # nothing: it counts as failed after the same detection delay (core.ha.standby_cut).
+    cut = standby_cut(current, raws.get(current), {k: raws.get(k) for k in names
+                                                   if k != current})
     verdict = primary_verdict(current, to_report(current, raws.get(current)),
                               ready.get(current, False), _parse(status.get("failingSince")),
-                              now, delay, status.get("lastFailover"))
+                              now, delay, status.get("lastFailover"), cut=cut)
     PRIMARY_UP.labels(ns, name).set(1 if verdict.state == PrimaryState.HEALTHY else 0)
     if verdict.state == PrimaryState.FAILED:
         outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,

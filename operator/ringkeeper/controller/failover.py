@@ -104,8 +104,11 @@ class AgentClient:
         except (aiohttp.ClientError, TimeoutError, AgentCallError, ValueError):
             return None
 
-    async def promote(self, ip: str) -> dict[str, Any]:
-        return await self._call("POST", ip, "/api/promote", timeout=90)
+    async def promote(self, ip: str, target: str | None = None) -> dict[str, Any]:
+        """`target` is the targetPrimary just written: an agent cut from the API server
+        promotes on that word instead of refusing (agent.Agent.promote)."""
+        body = {"targetPrimary": target} if target else None
+        return await self._call("POST", ip, "/api/promote", body, timeout=90)
 
     async def follow(self, ip: str, primary: str, timeout: float = 30) -> dict[str, Any] | None:
         try:
@@ -295,7 +298,7 @@ async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events:
     # 5. Promote (idempotent: an instance that is primary already reports so).
     current = await agents.status(ips[target])
     if not current or (current.get("server") or {}).get("in_recovery") is not False:
-        await agents.promote(ips[target])
+        await agents.promote(ips[target], target)
     # 6. Read-write Service, then the status.
     await roles.set_role(target, "primary")
     done = _now()

@@ -24,6 +24,9 @@ from enum import StrEnum
 from ..base.lsn import format_lsn as format_lsn
 from ..base.lsn import parse_lsn as parse_lsn
 
+# An agent reads the Campus every second: one that has not for this long has lost the
+# API server.
+API_STALE_SECONDS = 3.0
 
 @dataclass(frozen=True)
 class InstanceReport:
@@ -39,6 +42,16 @@ class InstanceReport:
     received_lsn: int | None = None
     replayed_lsn: int | None = None
     receiver_active: bool = False
+    api_contact_age: float | None = None  # seconds since its agent last read the Campus
+    api_failing: bool = False  # its agent's last read failed, or one hangs
+
+    @property
+    def api_reachable(self) -> bool:
+        """Whether its agent reads the Campus: one that cannot would promote only on the
+        operator's word. Unknown (an agent that does not say) counts as reachable."""
+        if self.api_failing:
+            return False
+        return self.api_contact_age is None or self.api_contact_age < API_STALE_SECONDS
 
     @property
     def position(self) -> int:
@@ -94,11 +107,14 @@ class Election:
 
 
 def rank(reports: Sequence[InstanceReport]) -> list[InstanceReport]:
-    """One total order, best first: reachable, not fenced, running, furthest WAL, name.
+    """One total order, best first: reachable, not fenced, running, furthest WAL, reads
+    the Campus, name.
 
     "Furthest" is the position a promotion keeps (the largest of the LSNs): a restarted
     standby whose WAL receiver never came back reports no received LSN, yet replays all
-    it had flushed.
+    it had flushed. Between replicas equally far ahead (equally safe), one whose agent
+    still reads the Campus wins over one cut from the API server: the latter can only
+    promote on the operator's word and cannot see the Campus settle afterwards.
     """
     return sorted(
         reports,
@@ -109,6 +125,7 @@ def rank(reports: Sequence[InstanceReport]) -> list[InstanceReport]:
             -r.position,
             -(r.received_lsn if r.received_lsn is not None else -1),
             -(r.replayed_lsn if r.replayed_lsn is not None else -1),
+            not r.api_reachable,
             r.name,
         ),
     )

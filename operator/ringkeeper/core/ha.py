@@ -48,7 +48,17 @@ def to_report(name: str, raw: Mapping[str, Any] | None) -> InstanceReport:
         received_lsn=parse_lsn(server.get("receive_lsn")),
         replayed_lsn=parse_lsn(server.get("replay_lsn")),
         receiver_active=bool(server.get("receiver")),
+        api_contact_age=_seconds((raw.get("ha") or {}).get("apiContactSeconds")),
+        api_failing=(raw.get("ha") or {}).get("apiFailing") is True,
     )
+
+
+def _seconds(value: Any) -> float | None:
+    """A duration an agent reported, or None when it did not (an older agent) or sent
+    something that is not a number: a missing fact is never read as a good one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def primary_verdict(
@@ -59,15 +69,18 @@ def primary_verdict(
     now: datetime,
     detection_delay: float,
     last_failover: Mapping[str, Any] | None = None,
+    cut: str | None = None,
 ) -> PrimaryVerdict:
     """A primary counts as failed once it looked failed for the whole detection delay.
 
     One the last failover promoted moments ago, whose agent says it serves, stays only
     suspect while its pod waits for the kubelet's next readiness probe (just_promoted).
+    `cut` (standby_cut's reason) makes a primary that answers and serves look failed
+    too: cut off from its synchronous standbys it commits nothing.
     """
     if primary is None:
         return PrimaryVerdict(PrimaryState.NONE, None, "no primary yet")
-    if report is not None and report.healthy_primary and pod_ready:
+    if report is not None and report.healthy_primary and pod_ready and cut is None:
         return PrimaryVerdict(PrimaryState.HEALTHY, None, "primary serving")
     hold = just_promoted(primary, report, last_failover, now)
     if hold is not None:
@@ -80,12 +93,92 @@ def primary_verdict(
         why = f"{primary} fenced"
     elif report.in_recovery:
         why = f"{primary} is in recovery"
+    elif cut is not None:
+        why = cut
     else:
         why = f"pod {primary} not ready"
     since = failing_since or now
     if (now - since).total_seconds() >= detection_delay:
         return PrimaryVerdict(PrimaryState.FAILED, since, why)
     return PrimaryVerdict(PrimaryState.SUSPECT, since, why)
+
+
+# A commit waiting this long for its synchronous standbys means they do not confirm (a
+# healthy standby confirms within milliseconds); a replica whose WAL receiver got nothing
+# for this long is not being fed by the primary.
+SYNC_WAIT_LIMIT = 1.0
+RECEIVER_SILENCE = 1.0
+
+
+def standby_cut(primary: str, primary_raw: Mapping[str, Any] | None,
+                replica_raws: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+    """Why a primary that answers and serves counts as failed anyway, or None.
+
+    A primary cut off from its replicas only still answers the operator, but under
+    synchronous replication it commits nothing until the cut heals: RPO holds,
+    availability is zero for as long as the cut lasts. It counts as cut when all of:
+
+    - it runs synchronous replication (an asynchronous primary keeps committing, and
+      failing it over would lose what the replicas lack);
+    - its own view says the synchronous standbys are absent: fewer streaming members of
+      synchronous_standby_names than it needs, or for SYNC_WAIT_LIMIT or longer either a
+      commit waited for them or it had WAL none of them confirmed with no confirmation
+      advancing (its agent measures this between reports, so it holds while clients
+      time out and retry). A black-holed connection still shows as streaming until
+      wal_sender_timeout, but nothing it carries is confirmed;
+    - a majority of those standbys answer the operator as healthy replicas, so a failover
+      has somewhere to go (the election still decides whether it may);
+    - none of them says its WAL receiver got anything in the last RECEIVER_SILENCE
+      seconds (each reports it; a replica that does not is not counted as silent), so
+      the replicas confirm the cut from their side: slow standbys that still receive
+      are not a cut.
+
+    The caller applies the detection delay (failingSince), as for every other failure.
+    """
+    report = to_report(primary, primary_raw)
+    if primary_raw is None or not report.healthy_primary:
+        return None  # the other rules judge a primary that is down or unreachable
+    server = primary_raw.get("server") or {}
+    parsed = parse_standby_names(str(server.get("sync_names") or ""))
+    if parsed is None or parsed[1] < 1:
+        return None
+    method, number, sync_set = parsed
+    number = min(number, len(sync_set))
+    streaming = sorted({str(s.get("application_name")) for s in server.get("standbys") or []
+                        if s.get("state") == "streaming"
+                        and s.get("application_name") in sync_set})
+    facts = primary_raw.get("ha") or {}
+    waited = _seconds(facts.get("syncWaitSeconds"))
+    unconfirmed = _seconds(facts.get("syncStalledSeconds"))
+    waiters = facts.get("syncWaiters")
+    stalled = ((waited is not None and waited >= SYNC_WAIT_LIMIT)
+               or (unconfirmed is not None and unconfirmed >= SYNC_WAIT_LIMIT))
+    if len(streaming) >= number and not stalled:
+        return None
+    healthy: dict[str, float | None] = {}
+    for name in sync_set:
+        raw = replica_raws.get(name)
+        r = to_report(name, raw)
+        if raw is not None and r.reachable and r.server_running and r.in_recovery \
+                and not r.fenced:
+            healthy[name] = _seconds((raw.get("ha") or {}).get("receiverSilentSeconds"))
+    if len(healthy) < len(sync_set) // 2 + 1:
+        return None
+    if any(silent is None or silent < RECEIVER_SILENCE for silent in healthy.values()):
+        return None
+    need = f"{method.upper()} {number}"
+    if len(streaming) < number:
+        seen = f"{len(streaming)} of its synchronous standbys streaming ({need})"
+    else:
+        seen = (f"its standbys ({', '.join(streaming)}) confirm no commit ({need})")
+    waiting = ""
+    if unconfirmed is not None and unconfirmed >= SYNC_WAIT_LIMIT:
+        waiting += f"; none confirmed its WAL for {unconfirmed:.1f}s"
+    if waiters and waited is not None:
+        waiting += f"; {waiters} commit(s) waiting for them, the oldest {waited:.1f}s"
+    silence = ", ".join(f"{n} {healthy[n]:.1f}s" for n in sorted(healthy))
+    return (f"{primary} is cut off from its synchronous standbys: {seen}{waiting}; the "
+            f"replicas' WAL receivers got nothing for {silence}")
 
 
 _SSN = re.compile(r"^\s*(ANY|FIRST)?\s*(\d+)?\s*\((.*)\)\s*$", re.IGNORECASE)

@@ -45,6 +45,7 @@ KINGBASE_SQL = SqlNames(
     promote="sys_promote",
     stat_replication="sys_stat_replication",
     stat_wal_receiver="sys_stat_wal_receiver",
+    stat_activity="sys_stat_activity",
     replication_slots="sys_replication_slots",
     create_physical_replication_slot="sys_create_physical_replication_slot",
     drop_replication_slot="sys_drop_replication_slot",

@@ -32,6 +32,7 @@ POSTGRESQL_SQL = SqlNames(
     promote="pg_promote",
     stat_replication="pg_stat_replication",
     stat_wal_receiver="pg_stat_wal_receiver",
+    stat_activity="pg_stat_activity",
     replication_slots="pg_replication_slots",
     create_physical_replication_slot="pg_create_physical_replication_slot",
     drop_replication_slot="pg_drop_replication_slot",

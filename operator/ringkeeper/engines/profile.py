@@ -57,6 +57,7 @@ class SqlNames:
     promote: str
     stat_replication: str
     stat_wal_receiver: str
+    stat_activity: str
     replication_slots: str
     create_physical_replication_slot: str
     drop_replication_slot: str
@@ -138,6 +139,25 @@ class EngineProfile:
             f"{s.last_wal_replay_lsn}()::text AS replay_lsn, "
             f"(SELECT timeline_id FROM {s.control_checkpoint}())::int AS timeline, "
             f"(SELECT status FROM {s.stat_wal_receiver} LIMIT 1)::text AS receiver_status"
+        )
+
+    def sync_wait_query(self) -> str:
+        """One row on a primary: how many backends wait for their synchronous standbys to
+        confirm a commit (wait_event SyncRep), and the oldest wait in seconds (NULL when
+        none waits). A commit that waits is locally durable but not acknowledged."""
+        return (
+            "SELECT count(*)::int AS waiters, "
+            "EXTRACT(EPOCH FROM max(now() - query_start))::float8 AS oldest "
+            f"FROM {self.sql.stat_activity} WHERE wait_event = 'SyncRep'"
+        )
+
+    def receiver_silence_query(self) -> str:
+        """At most one row on a replica: its WAL receiver's state and the seconds since it
+        last received anything from the primary (NULL before its first message)."""
+        return (
+            "SELECT status::text AS status, "
+            "EXTRACT(EPOCH FROM now() - last_msg_receipt_time)::float8 AS silent "
+            f"FROM {self.sql.stat_wal_receiver} LIMIT 1"
         )
 
     def replication_query(self) -> str:
