@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 from kubernetes_asyncio import client, config
 
 from .. import faults
-from . import node, process
+from . import netpol, node, process
 from .ipam import claim_network
 from .kubelet import Runtime, Settings
 
@@ -72,6 +73,7 @@ async def main(args: argparse.Namespace, user: process.PodUser, podnet: Path | N
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        policies = asyncio.create_task(netpol.NetpolController(api, network).run())
         tasks = [asyncio.create_task(t) for t in (
             node.heartbeat(api, args.node_name), rt.watch_pods(), rt.watch_claims())]
         log.info("process runtime up: node %s, pod network %s, pod user %s (uid %d)",
@@ -81,6 +83,10 @@ async def main(args: argparse.Namespace, user: process.PodUser, podnet: Path | N
         for t in tasks:
             t.cancel()
         await rt.shutdown()
+        # Its finally removes every rule of ours once the pods are gone.
+        policies.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await policies
 
 
 def cli() -> None:
