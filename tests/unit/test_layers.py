@@ -42,9 +42,11 @@ ALLOWED: dict[str, set[str]] = {
     "agent": _PURE | {"adapters", "observability"},
     # the operator process: runs verifications, never the sidecar's code
     "controller": _PURE | {"contracts", "adapters", "observability", "verify"},
+    # hospital workloads with a ledger of acknowledged commits (CLI, tests, drills)
+    "workload": _PURE | {"contracts"},
     # the command line reaches every process's entry point
     "cli": _PURE | {"contracts", "adapters", "observability", "sync", "verify", "agent",
-                    "controller"},
+                    "controller", "workload"},
     # top-level modules
     "__init__": set(),
     "__main__": {"cli"},

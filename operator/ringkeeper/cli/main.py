@@ -204,6 +204,18 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
     add_verify_arguments(p)
     p.set_defaults(func=_cmd_verify)
 
+    p = sub.add_parser(
+        "workload",
+        help="write a hospital workload with a ledger, and check the ledger",
+        description="`workload lis` writes a laboratory day at every given site (patients, "
+        "orders, specimens, results, reviews, reports, cross-campus corrections) and keeps a "
+        "ledger of every acknowledged commit; `workload check` proves every one of them is on "
+        "the members. See docs/workload.md.",
+    )
+    from ..workload.cli import add_arguments as add_workload_arguments
+
+    add_workload_arguments(p)
+
     from .campus_ops import add_parsers as add_campus_ops
 
     add_campus_ops(sub, _add_kube_args)

@@ -1,0 +1,201 @@
+"""The ledger: every commit the server acknowledged, so a test or drill can prove none
+was lost.
+
+A writer records the rows of a transaction only after COMMIT returned; a commit that
+raised (or whose answer never came) is not acknowledged and is not recorded, because the
+client cannot know whether it happened. Each row is (site, table, key, rev, kind, time),
+where `rev` is the unique id of that write (the row's `rev` column holds it), so a member
+holding an older version is told apart from one holding the last.
+
+What a member must hold, per key:
+
+* written by one site only: exactly the last acknowledged write (the row with that rev,
+  or no row after a delete). One origin's writes are applied in order in a ring, so
+  anything else is a lost or stale commit;
+* written by several sites (the deliberate cross-campus corrections): the ring's conflict
+  rule may let any site's last write win, so the member must hold the last write of one
+  of those sites, and every member must hold the same one.
+
+Memory stays small for a hospital day (about 730,000 keys): per key one int (the last
+rev, negated for a delete; the writing site is the rev's site number, `keys.decompose`),
+promoted to a {site number: rev} dict only for keys several sites wrote. The optional
+JSON-lines file holds one line per acknowledged commit (its site, time and rows), in
+acknowledgement order, and `Ledger.load` replays it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import IO
+
+from .keys import decompose, valid_site_name
+from .schema import TABLES
+
+FORMAT = "ringkeeper-lis-ledger/1"
+
+
+class Kind(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One acknowledged row write."""
+
+    site: str
+    table: str
+    key: int
+    rev: int
+    kind: Kind
+    t: float  # client time the commit was acknowledged (epoch seconds)
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What every member holding `table`/`key` must show: a rev in `allowed` (None means
+    no row); `contested` keys must also be the same at every member."""
+
+    table: str
+    key: int
+    writers: frozenset[str]
+    allowed: frozenset[int | None]
+    contested: bool
+
+
+class LedgerError(ValueError):
+    """A ledger file or entry that cannot be trusted (unknown table or site, bad line)."""
+
+
+class Ledger:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.site_numbers: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+        self._last: dict[str, dict[int, int | dict[int, int]]] = {t: {} for t in TABLES}
+        self.counts: Counter[tuple[str, Kind]] = Counter()
+        self.commits: Counter[str] = Counter()
+        self._file: IO[str] | None = None
+        if path is not None:
+            self._file = path.open("a", encoding="utf-8")
+            if path.stat().st_size == 0:
+                self._write({"format": FORMAT})
+
+    def _write(self, obj: dict[str, object]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def add_site(self, name: str, number: int) -> None:
+        """Sites must be known before their entries: the rev's site number names the
+        writer, and a name may hold one number only."""
+        valid_site_name(name)
+        if self.site_numbers.get(name, number) != number or self._names.get(
+                number, name) != name:
+            raise LedgerError(f"site {name} as {number} clashes with the ledger's sites")
+        if name not in self.site_numbers:
+            self.site_numbers[name] = number
+            self._names[number] = name
+            self._write({"site": name, "number": number})
+
+    def record(self, entries: Iterable[Entry]) -> None:
+        """One acknowledged commit (all its rows); call only after COMMIT returned."""
+        batch = list(entries)
+        if not batch:
+            return
+        if len({e.site for e in batch}) != 1:
+            raise LedgerError("one commit comes from one site")
+        for e in batch:
+            self._apply(e)
+        self.commits[batch[0].site] += 1
+        self._write({"site": batch[0].site, "t": round(batch[0].t, 6),
+                     "rows": [[e.table, e.key, e.rev, str(e.kind)] for e in batch]})
+
+    def _apply(self, e: Entry) -> None:
+        table = self._last.get(e.table)
+        if table is None:
+            raise LedgerError(f"unknown table {e.table!r}")
+        number = self.site_numbers.get(e.site)
+        if number is None:
+            raise LedgerError(f"site {e.site!r} was not added to the ledger")
+        if decompose(e.rev)[0] != number:
+            raise LedgerError(f"rev {e.rev} was not issued by site {e.site} ({number})")
+        value = -e.rev if e.kind is Kind.DELETE else e.rev
+        old = table.get(e.key)
+        if old is None:
+            table[e.key] = value
+        elif isinstance(old, dict):
+            old[number] = value
+        elif decompose(abs(old))[0] == number:
+            table[e.key] = value
+        else:
+            table[e.key] = {decompose(abs(old))[0]: old, number: value}
+        self.counts[(e.site, e.kind)] += 1
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self._last.values())
+
+    def last_rev(self, table: str, key: int) -> int | None:
+        """The rev a single-writer key must show (None: deleted or never written)."""
+        v = self._last[table].get(key)
+        if isinstance(v, dict):
+            raise LedgerError(f"{table} {key} was written by several sites")
+        return v if v is not None and v > 0 else None
+
+    def expectations(self) -> Iterator[Expect]:
+        for table, rows in self._last.items():
+            for key, v in rows.items():
+                if isinstance(v, dict):
+                    yield Expect(table, key, frozenset(self._names[s] for s in v),
+                                 frozenset(r if r > 0 else None for r in v.values()), True)
+                else:
+                    yield Expect(table, key, frozenset({self._names[decompose(abs(v))[0]]}),
+                                 frozenset({v if v > 0 else None}), False)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per site: commits and rows by kind (the CLI's JSON line)."""
+        out: dict[str, dict[str, int]] = {}
+        for site in self.site_numbers:
+            row = {"commits": self.commits[site]}
+            row.update({str(k): self.counts[(site, k)] for k in Kind})
+            out[site] = row
+        return out
+
+    @classmethod
+    def load(cls, path: Path) -> Ledger:
+        """Replay a JSON-lines ledger written by `record` (in memory only)."""
+        ledger = cls()
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    if "format" in obj:
+                        if obj["format"] != FORMAT:
+                            raise LedgerError(f"format {obj['format']!r}, not {FORMAT}")
+                    elif "number" in obj:
+                        ledger.add_site(str(obj["site"]), int(obj["number"]))
+                    else:
+                        site, t = str(obj["site"]), float(obj["t"])
+                        for table, key, rev, kind in obj["rows"]:
+                            ledger._apply(Entry(site, str(table), int(key), int(rev),
+                                                Kind(kind), t))
+                        ledger.commits[site] += 1
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise LedgerError(f"{path}:{n}: {exc}") from exc
+        return ledger
