@@ -14,6 +14,7 @@ nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,16 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from ..api.v1alpha1.ring import LinkState
 from ..core import names
+from ..core.liveness import (
+    LinkFault,
+    LinkObservation,
+    judge_link,
+    liveness_seconds,
+    ping_seconds,
+    statement_seconds,
+)
 from ..engines import EngineProfile
 from . import catalog
 from .apply import Applier, Txn
@@ -34,7 +44,6 @@ PART_ROWS = 2000  # a transaction larger than this is applied in parts of this s
 BUNDLE_ROWS = 2000  # rows per queue item
 QUEUE_BUNDLES = 8  # queue items between reader and applier: with the above, the memory bound
 FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
-FEEDBACK_EVERY = 10.0  # seconds between status updates to the source however idle
 # A queue item of fewer events than this, alone in the queue and taken within LINGER
 # seconds of the last apply, waits LINGER for more: at hundreds of small transactions a
 # second, applying each alone costs the sidecar and the target more than the rows. A
@@ -49,7 +58,7 @@ class LinkStatus:
     source: str
     target: str
     slot: str
-    state: str = "Pending"
+    state: LinkState = LinkState.PENDING
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     rows_per_second: float = 0.0
@@ -61,11 +70,36 @@ class LinkStatus:
     bypassing: tuple[str, ...] = ()
     bulk_scripts: int = 0  # scripts of many transactions applied in one round trip
     bulk_misses: int = 0  # scripts that met a conflict and went row by row
+    # Liveness (core.liveness): whether the stream runs, why the last attempt ended,
+    # when (monotonic) the link last heard from its source, and whether this member
+    # still copies other members' rows (links then report CatchingUp).
+    running: bool = False
+    fault: LinkFault | None = None
+    heard_at: float | None = None
+    copies_pending: bool = False
     _rate: list[tuple[float, int]] = field(default_factory=list)
 
+    def stopped(self, fault: LinkFault | None, message: str | None) -> None:
+        """The link does not run (any more): its state and lag follow from `fault`."""
+        self.running, self.fault, self.message = False, fault, message
+        self._judge_stopped()
+
+    def _judge_stopped(self) -> None:
+        now = time.monotonic()
+        v = judge_link(LinkObservation(
+            running=False, silence=0.0, idle=True, commit_lag=None, catching_up=False,
+            fault=self.fault,
+            since_alive=None if self.heard_at is None else now - self.heard_at), 1.0)
+        self.state = v.state
+        if v.lag_seconds is not None:
+            self.lag_seconds = round(max(self.lag_seconds or 0.0, v.lag_seconds), 3)
+
     def as_dict(self) -> dict[str, object]:
+        if not self.running and self.fault is not None:
+            self._judge_stopped()  # the lag of a stopped link grows with the outage
         return {
-            "from": self.source, "to": self.target, "slot": self.slot, "state": self.state,
+            "from": self.source, "to": self.target, "slot": self.slot,
+            "state": str(self.state),
             "lagBytes": self.lag_bytes, "lagSeconds": self.lag_seconds,
             "rowsPerSecond": round(self.rows_per_second, 1),
             "lastAppliedAt": self.last_applied_at.isoformat() if self.last_applied_at else None,
@@ -87,12 +121,36 @@ class SlotLost(RuntimeError):
     """The source's slot is gone or invalidated: this member needs a re-seed."""
 
 
-async def connect(dsn: str, *, timeout: float = 5.0) -> asyncpg.Connection:
+class SourceSilent(TimeoutError):
+    """The replication stream said nothing (no change, no keepalive answering our
+    pings) for the liveness window: the source is hung or cut off."""
+
+    def __init__(self, message: str, silence: float) -> None:
+        super().__init__(message)
+        self.silence = silence
+        self.since = time.monotonic() - silence  # when the source fell silent
+
+
+async def connect(dsn: str, *, command_timeout: float,
+                  timeout: float = 5.0) -> asyncpg.Connection:
+    """A connection whose statements time out after `command_timeout` seconds: each
+    caller says how long its statements may take (core.liveness), so a frozen server
+    costs a bounded wait, never the 300 s that once hid a hung member."""
     await ensure_scram(dsn, timeout=timeout)  # external members: SCRAM or nothing
     conn: asyncpg.Connection = await asyncpg.connect(
-        dsn, timeout=timeout, command_timeout=300,
+        dsn, timeout=timeout, command_timeout=command_timeout,
         server_settings={"application_name": "ringkeeper-sync"})
     return conn
+
+
+async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -> None:
+    """Close a connection without waiting on a server that may be frozen."""
+    if conn is None or conn.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        await conn.close(timeout=timeout)
+    if not conn.is_closed():
+        conn.terminate()
 
 
 @dataclass(frozen=True)
@@ -147,7 +205,7 @@ class Link:
     def __init__(self, *, ring: str, source: str, local: str, source_dsn: str,
                  slot: str, applier: Applier, profile: EngineProfile,
                  source_profile: EngineProfile, carries: frozenset[str] | None,
-                 status: LinkStatus) -> None:
+                 status: LinkStatus, bypass_after_seconds: float = 60.0) -> None:
         self.ring = ring
         self.source = source
         self.local = local
@@ -161,6 +219,11 @@ class Link:
         # forwards them (a ring of three or more): the applier flushes as it goes.
         applier.flush_scripts = not only_source_changes(source, carries)
         self.status = status
+        self.liveness = liveness_seconds(bypass_after_seconds)
+        self.ping_every = ping_seconds(bypass_after_seconds)
+        self.statement = statement_seconds(bypass_after_seconds)
+        self._commit_lag: float | None = None
+        self._silent: SourceSilent | None = None  # set by the watchdog that ends the link
         self._src: asyncpg.Connection | None = None
         self._ws: WalStream | None = None
         self._end = 0  # end LSN of the last transaction applied or skipped here
@@ -170,7 +233,7 @@ class Link:
         self._applied = False  # applied something since progress was last flushed
 
     async def open(self) -> None:
-        self._src = await connect(self.source_dsn)
+        self._src = await connect(self.source_dsn, command_timeout=self.statement)
         await catalog.apply_canonical_settings(self._src)
         # A ring's first link, or a member that joined: the slot starts here. (A slot
         # that existed and vanished is a failover gap; the source's sidecar reports it.)
@@ -196,7 +259,7 @@ class Link:
                         "WHERE slot_name = $1", self.slot):
                     break
                 await asyncio.sleep(0.1)
-        self._ws = await WalStream.open(self.source_dsn)
+        self._ws = await WalStream.open(self.source_dsn, timeout=self.statement)
         pub = names.publication_name(self.ring)
         options = [("proto_version", "1"),
                    ("publication_names", '"' + pub.replace('"', '""') + '"')]
@@ -204,14 +267,20 @@ class Link:
                                                                       self.carries):
             # Forwarded changes would only be skipped here: the source never queues them.
             options.append(("origin", "none"))
-        await self._ws.start_logical(self.slot, 0, options)
+        await asyncio.wait_for(self._ws.start_logical(self.slot, 0, options), self.statement)
 
     async def close(self) -> None:
         if self._ws is not None:
-            await self._ws.close()
+            if self._silent is not None:
+                self._ws.abort()  # a hung source would not answer a goodbye
+            else:
+                await self._ws.close()
             self._ws = None
         if self._src is not None:
-            await self._src.close()
+            if self._silent is not None:
+                self._src.terminate()
+            else:
+                await close_quietly(self._src)
             self._src = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -220,13 +289,19 @@ class Link:
             await self.open()
         assert self._ws is not None
         ws = self._ws
-        self.status.state = "Streaming"
-        self.status.message = None
+        st = self.status
+        st.running, st.fault, st.message = True, None, None
+        st.heard_at = ws.heard_at
+        self._judge(ws, time.monotonic(), idle=True)
         queue: asyncio.Queue[list[Event]] = asyncio.Queue(maxsize=QUEUE_BUNDLES)
         reader = asyncio.create_task(self._read(ws, queue))
         stopper = asyncio.create_task(stop.wait())
+        this = asyncio.current_task()
+        assert this is not None
+        self._silent = None
+        watch = asyncio.create_task(self._watch(ws, queue, this))
         getter: asyncio.Task[list[Event]] | None = None
-        last_flush = last_feedback = last_measure = time.monotonic()
+        last_flush = last_measure = time.monotonic()
         last_apply = 0.0
         try:
             while not stop.is_set():
@@ -261,31 +336,67 @@ class Link:
                 reported = end > ws.flushed and now - last_flush >= FLUSH_EVERY
                 if reported:
                     await self._report(ws, end)
-                    last_flush = last_feedback = now
-                elif now - last_feedback >= FEEDBACK_EVERY:
-                    ws.feedback()
-                    last_feedback = now
+                    last_flush = now
                 if applied or reported or now - last_measure >= 1.0:
                     # The source is asked for the slot's lag once a second at most.
                     await self._measure(idle, ask_source=now - last_measure >= 1.0)
                     if now - last_measure >= 1.0:
                         last_measure = now
+                self._judge(ws, time.monotonic(), idle=idle)
             # Stopping: what is applied is flushed and reported, so the next start does
             # not read it again.
             end = self._confirmable(queue.empty() and (getter is None or not getter.done()))
             if end > ws.flushed:
                 await self._report(ws, end)
-                await ws.drain()
-        except BaseException:
-            await self.applier.abort()
+                await asyncio.wait_for(ws.drain(), self.statement)
+        except BaseException as exc:
+            try:
+                await asyncio.wait_for(self.applier.abort(), self.statement)
+            except BaseException:
+                # The target hangs: its connection is given up (the sidecar reconnects).
+                self.applier.conn.terminate()
+            if isinstance(exc, asyncio.CancelledError) and self._silent is not None:
+                this.uncancel()  # the watchdog's cancel, not the sidecar's
+                raise self._silent from None
             raise
         finally:
-            for t in (reader, stopper, getter):
+            for t in (reader, stopper, getter, watch):
                 if t is not None:
                     t.cancel()
-            await asyncio.gather(reader, stopper, *([getter] if getter else []),
+            await asyncio.gather(reader, stopper, watch, *([getter] if getter else []),
                                  return_exceptions=True)
             await self.close()
+
+    async def _watch(self, ws: WalStream, queue: asyncio.Queue[list[Event]],
+                     loop_task: asyncio.Task[object]) -> None:
+        """Ping the source and judge the link's liveness beside the apply loop, which
+        may wait on a statement (at either end): a source silent for the liveness
+        window ends the link (SourceSilent) whatever the loop is waiting on."""
+        while True:
+            await asyncio.sleep(self.ping_every)
+            ws.feedback(reply=True)  # a ping: the walsender answers with a keepalive
+            if self._judge(ws, time.monotonic(), idle=queue.empty()):
+                silence = ws.silence(time.monotonic())
+                self._silent = SourceSilent(
+                    f"no change or keepalive from {self.source} for {silence:.1f}s "
+                    f"(liveness {self.liveness:g}s): it is hung or cut off", silence)
+                loop_task.cancel()
+                return
+
+    def _judge(self, ws: WalStream, now: float, *, idle: bool) -> bool:
+        """State and lag of the running link (core.liveness.judge_link); True when its
+        source has been silent for the whole liveness window."""
+        st = self.status
+        if not st.running:
+            return False  # stopped from outside (the target's watchdog): that verdict holds
+        st.heard_at = ws.heard_at
+        v = judge_link(LinkObservation(
+            running=True, silence=ws.silence(now), idle=idle, commit_lag=self._commit_lag,
+            catching_up=bool(st.bypassing) or st.copies_pending, fault=None,
+            since_alive=now - ws.heard_at), self.liveness)
+        st.state = v.state
+        st.lag_seconds = None if v.lag_seconds is None else round(v.lag_seconds, 3)
+        return v.restart
 
     async def _report(self, ws: WalStream, end: int) -> None:
         """Tell the source it may forget everything before `end`, after this member's
@@ -420,9 +531,19 @@ class Link:
         if ask_source:
             assert self._src is not None
             s = self.source_profile.sql
-            row = await self._src.fetchrow(
-                f"SELECT {s.wal_lsn_diff}({s.current_wal_lsn}(), confirmed_flush_lsn)::bigint "
-                f"AS lag FROM {s.replication_slots} WHERE slot_name = $1", self.slot)
+            # Within the liveness window: a source that does not answer is as hung as a
+            # silent stream (and the loop must come back to judge the link).
+            wait = min(self.statement, self.liveness)
+            try:
+                row = await self._src.fetchrow(
+                    f"SELECT {s.wal_lsn_diff}({s.current_wal_lsn}(), "
+                    f"confirmed_flush_lsn)::bigint AS lag FROM {s.replication_slots} "
+                    "WHERE slot_name = $1", self.slot, timeout=wait)
+            except TimeoutError:
+                self._silent = SourceSilent(
+                    f"{self.source} did not answer the lag query within {wait:g}s "
+                    "(liveness): it is hung or cut off", wait)
+                raise self._silent from None
             st.lag_bytes = int(row["lag"]) if row is not None and row["lag"] is not None else None
             st.note_rows(self.applier.stats.rows)
         stats = self.applier.stats
@@ -432,6 +553,7 @@ class Link:
         st.bulk_scripts, st.bulk_misses = self.applier.bulk_scripts, self.applier.bulk_misses
         st.skipped_txns = stats.skipped_txns + self._skipped
         if idle:
-            st.lag_seconds = 0.0
+            self._commit_lag = 0.0
         elif stats.last_commit_ts is not None:
-            st.lag_seconds = max(0.0, (datetime.now(UTC) - stats.last_commit_ts).total_seconds())
+            self._commit_lag = max(0.0, (datetime.now(UTC) - stats.last_commit_ts)
+                                   .total_seconds())

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..contracts.conninfo import Target, build_dsn
 from ..contracts.ringconfig import RingConfig
 from ..core.failures import backoff_delay
+from ..core.liveness import FLOWING
 from ..observability import metrics as m
 from .sidecar import ConfigSource, Sidecar, file_config
 
@@ -117,7 +118,7 @@ def export_metrics(ring: str, sidecar: Sidecar) -> None:
         m.LINK_LAG_BYTES.labels(*labels).set(lk.lag_bytes or 0)
         m.LINK_LAG_SECONDS.labels(*labels).set(lk.lag_seconds or 0)
         m.LINK_ROWS.labels(*labels).set(lk.rows_per_second)
-        m.LINK_UP.labels(*labels).set(1 if lk.state in ("Streaming", "CatchingUp") else 0)
+        m.LINK_UP.labels(*labels).set(1 if lk.state in FLOWING else 0)
         m.LINK_APPLIED_TXNS.labels(*labels).set(lk.applied_txns)
         m.CONFLICTS.labels(*labels).set(lk.conflicts)
     if st.seeding is not None:

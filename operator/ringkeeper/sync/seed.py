@@ -32,6 +32,7 @@ from datetime import datetime
 import asyncpg
 
 from ..core import names
+from ..core.liveness import SLOW_STATEMENT_SECONDS
 from ..engines import EngineProfile
 from . import catalog
 from .apply import EPOCH, Applier, Txn
@@ -100,8 +101,9 @@ async def copy_member_rows(local_dsn: str, profile: EngineProfile, ring: str, lo
     """Copy `source`'s own rows of `tables` here (see the module docstring); returns
     the number of rows written here. The caller has made sure the slots on the path
     from `source` to this member exist and are consistent."""
-    src = await connect(source_dsn)
-    conn = await connect(local_dsn)
+    # A copy reads and writes whole tables: the long time-out (core.liveness).
+    src = await connect(source_dsn, command_timeout=SLOW_STATEMENT_SECONDS)
+    conn = await connect(local_dsn, command_timeout=SLOW_STATEMENT_SECONDS)
     written = 0
     try:
         await catalog.apply_canonical_settings(src)

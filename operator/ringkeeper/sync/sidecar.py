@@ -22,12 +22,18 @@ import asyncpg
 from ..base.lsn import lsn_to_str, str_to_lsn
 from ..contracts.ringconfig import RingConfig
 from ..core import names, retention
+from ..core.liveness import (
+    APPLY_STATEMENT_SECONDS,
+    SLOW_STATEMENT_SECONDS,
+    LinkFault,
+    statement_seconds,
+)
 from ..core.ring import hops_to
 from ..core.ring import links as ring_links
 from ..engines import EngineProfile, profile_for
 from . import catalog
 from .apply import Applier
-from .link import Link, LinkStatus, SlotLost, connect
+from .link import Link, LinkStatus, SlotLost, SourceSilent, close_quietly, connect
 from .seed import SeedProgress, copied_sources, copy_member_rows
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,16 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 LINK_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, RuntimeError)
 MEMBER_ERRORS: tuple[type[BaseException], ...] = (*LINK_ERRORS, ValueError)
+# Failures that say the server at the other end does not answer (rather than refused).
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError)
+CHECK_EVERY = 1.0  # seconds between checks that this member's own database answers
+
+
+class OwnDatabaseDown(ConnectionError):
+    """This member's own database (every inbound link's target) does not answer: the
+    member is reported Unreachable and its links TargetDown, never its upstream Down."""
 
 
 @dataclass
@@ -89,6 +105,12 @@ class Sidecar:
             try:
                 await self._run_primary(stop)
                 backoff = 0.2
+            except OwnDatabaseDown as exc:
+                self.state.role = "Unreachable"
+                self.state.error = str(exc)
+                for lk in self.state.links.values():
+                    lk.stopped(LinkFault.TARGET_UNREACHABLE, str(exc))
+                log.warning("member %s: %s", self.member, exc)
             except MEMBER_ERRORS as exc:
                 self.state.error = str(exc)
                 log.warning("member %s: %s", self.member, exc)
@@ -100,9 +122,16 @@ class Sidecar:
         cfg = await self.config()
         me = cfg.member(self.member)
         profile = profile_for(me.engine, me.version)
-        local = await connect(self.local_dsn)
+        stmt = statement_seconds(cfg.bypass_after_seconds)
         try:
-            standby = await local.fetchval("SELECT pg_is_in_recovery()")
+            # Setup and the hold slot's moves may take long (slot creation waits for
+            # running transactions); the watchdog below finds a hung server sooner.
+            local = await connect(self.local_dsn, command_timeout=SLOW_STATEMENT_SECONDS,
+                                  timeout=stmt)
+            standby = await local.fetchval("SELECT pg_is_in_recovery()", timeout=stmt)
+        except UNREACHABLE as exc:
+            raise OwnDatabaseDown(self._own_down_message(exc)) from exc
+        try:
             if standby:
                 self.state.role = "Standby"
                 self.state.error = None
@@ -111,9 +140,60 @@ class Sidecar:
             self.state.role = "Primary"
             await self.setup(local, cfg, profile)
             self.state.error = None
-            await self._serve(local, cfg, profile, stop)
+            serve = asyncio.create_task(self._serve(local, cfg, profile, stop))
+            watch = asyncio.create_task(self._watch_own(stmt))
+            try:
+                await asyncio.wait({serve, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if watch.done():
+                    watch.result()  # raises OwnDatabaseDown
+                serve.result()
+            finally:
+                for t in (serve, watch):
+                    t.cancel()
+                # serve's clean-up stops the links, each within a bounded time.
+                await asyncio.wait({serve, watch}, timeout=4 * stmt)
         finally:
-            await local.close()
+            await close_quietly(local)
+
+    def _own_down_message(self, exc: BaseException) -> str:
+        why = str(exc) or type(exc).__name__
+        return (f"member {self.member}'s own database does not answer ({why}): its "
+                "inbound links are TargetDown, their sources are not blamed")
+
+    async def _watch_own(self, stmt: float) -> None:
+        """Raise OwnDatabaseDown once this member's own database stops answering.
+
+        A frozen server keeps its sockets open, so only a statement with a time-out
+        shows it; this one runs beside the serve loop on its own connection, so no
+        long statement elsewhere delays it. Links are marked TargetDown at once."""
+        try:
+            conn = await connect(self.local_dsn, command_timeout=stmt, timeout=stmt)
+            try:
+                while True:
+                    await conn.fetchval("SELECT 1")
+                    await asyncio.sleep(CHECK_EVERY)
+            finally:
+                await close_quietly(conn)
+        except UNREACHABLE as exc:
+            message = self._own_down_message(exc)
+            self.state.role, self.state.error = "Unreachable", message
+            for lk in self.state.links.values():
+                lk.stopped(LinkFault.TARGET_UNREACHABLE, message)
+            raise OwnDatabaseDown(message) from exc
+
+    async def _own_answers(self, stmt: float) -> bool:
+        """Whether this member's own database answers a statement within `stmt`."""
+        try:
+            conn = await connect(self.local_dsn, command_timeout=stmt, timeout=stmt)
+        except UNREACHABLE:
+            return False
+        try:
+            await conn.fetchval("SELECT 1")
+            return True
+        except UNREACHABLE:
+            return False
+        finally:
+            await close_quietly(conn)
 
     async def setup(self, local: asyncpg.Connection, cfg: RingConfig,
                     profile: EngineProfile) -> list[catalog.TableInfo]:
@@ -167,13 +247,25 @@ class Sidecar:
         tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         last_hold = 0.0
         last_tables = time.monotonic()
+        stmt = statement_seconds(cfg.bypass_after_seconds)
+
+        async def end(ending: list[tuple[asyncio.Task[None], asyncio.Event]],
+                      grace: float = stmt) -> None:
+            """Stop link tasks; one stuck on a hung server is cancelled after `grace`
+            (a cancelled link only reads again what it had applied: progress skips it)."""
+            for _task, ev in ending:
+                ev.set()
+            running = {task for task, _ in ending}
+            if not running:
+                return
+            _, late = await asyncio.wait(running, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2 * stmt)
 
         async def stop_links() -> None:
-            for key in list(tasks):
-                task, ev = tasks.pop(key)
-                ev.set()
-                with contextlib.suppress(Exception):
-                    await task
+            await end([tasks.pop(key) for key in list(tasks)])
 
         try:
             while not stop.is_set():
@@ -185,32 +277,37 @@ class Sidecar:
                     # (their slots keep everything).
                     await stop_links()
                     for lk in self.state.links.values():
-                        lk.state = "Pending"
-                        lk.message = "paused while this member copies other members' rows"
+                        lk.stopped(None, "paused while this member copies other members' rows")
                     pending = await self._copy_members(local, cfg, profile, pending)
-                if pending:
-                    # Not Ready while another member's rows are missing here. Links
-                    # start anyway: the other members' copies and this one's retry
-                    # must not wait for a member that is down.
-                    for lk in self.state.links.values():
-                        if lk.state == "Streaming":
-                            lk.state = "CatchingUp"
+                # Not Ready while another member's rows are missing here: streaming
+                # links say CatchingUp. Links start anyway: the other members' copies
+                # and this one's retry must not wait for a member that is down.
+                for lk in self.state.links.values():
+                    lk.copies_pending = bool(pending)
                 wanted = self._inbound(cfg)
+                unused: list[str] = []
                 for key in list(tasks):
                     if key not in wanted or tasks[key][0].done():
-                        task, ev = tasks.pop(key)
-                        ev.set()
-                        with contextlib.suppress(Exception):
-                            await task
+                        # Re-routing around a hung member must not wait on it long.
+                        await end([tasks.pop(key)], grace=1.0)
                         if key not in wanted:
                             self.state.links.pop(key, None)
-                            await self._drop_inbound_slot(cfg, key)
+                            unused.append(key)
                 for key, (source, slot, carries, bypassing) in wanted.items():
                     if key not in tasks:
+                        if bypassing:
+                            log.info("link %s starts, bypassing %s", key,
+                                     ", ".join(bypassing))
                         ev = asyncio.Event()
                         tasks[key] = (asyncio.create_task(self._link_loop(
                             cfg, profile, source, slot, carries, bypassing, ev)), ev)
-                await self._probe_down(cfg)
+                for key in unused:
+                    # After the new links started; not on a member found down (a hung
+                    # one would hold this loop for a time-out; its slot serves again
+                    # when it is back).
+                    if key.split("->", 1)[0] not in self._down_since:
+                        await self._drop_inbound_slot(cfg, key)
+                await self._probe_down(cfg, stmt)
                 if time.monotonic() - last_tables >= 10:
                     # Tables created after the ring started join it (and leave when dropped).
                     last_tables = time.monotonic()
@@ -223,17 +320,13 @@ class Sidecar:
                         log.warning("hold slot: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
-                if await local.fetchval("SELECT pg_is_in_recovery()"):
+                if await local.fetchval("SELECT pg_is_in_recovery()", timeout=stmt):
                     self.state.role = "Standby"
                     return
         finally:
-            for _task, ev in tasks.values():
-                ev.set()
-            for task, _ in tasks.values():
-                with contextlib.suppress(Exception):
-                    await task
+            await stop_links()
 
-    async def _probe_down(self, cfg: RingConfig) -> None:
+    async def _probe_down(self, cfg: RingConfig, stmt: float) -> None:
         """A bypassed member is not read from, so ask it directly whether it is back."""
         now = time.monotonic()
         for name, since in list(self._down_since.items()):
@@ -244,15 +337,17 @@ class Sidecar:
             if info.dsn is None:
                 continue
             try:
-                conn = await connect(info.dsn, timeout=2)
-            except (OSError, asyncpg.PostgresError, TimeoutError):
+                conn = await connect(info.dsn, timeout=2, command_timeout=stmt)
+            except TRANSIENT:
                 continue
             try:
                 if not await conn.fetchval("SELECT pg_is_in_recovery()"):
                     log.info("member %s is back: the ring closes through it again", name)
                     self._down_since.pop(name, None)
+            except TRANSIENT:
+                continue  # still hung (a frozen server accepts, then never answers)
             finally:
-                await conn.close()
+                await close_quietly(conn)
 
     def _inbound(self, cfg: RingConfig) -> dict[str, tuple[str, str, frozenset[str] | None,
                                                             tuple[str, ...]]]:
@@ -275,42 +370,53 @@ class Sidecar:
         key = f"{source}->{self.member}"
         status = self.state.links.setdefault(key, LinkStatus(source, self.member, slot))
         status.slot, status.bypassing = slot, bypassing
+        stmt = statement_seconds(cfg.bypass_after_seconds)
         backoff = 0.2
         while not stop.is_set():
             info = (await self.config()).member(source)
+            local: asyncpg.Connection | None = None
             try:
                 if info.dsn is None:
                     raise OSError(f"member {source} has no primary to connect to")
                 src_profile = profile_for(info.engine, info.version)
                 await self._ensure_inbound_slot(cfg, source, slot, src_profile, info.dsn)
-                local = await connect(self.local_dsn)
-                try:
-                    applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
-                                      cfg.policy)
-                    await applier.start()
-                    link = Link(ring=cfg.ring, source=source, local=self.member,
-                                source_dsn=info.dsn, slot=slot, applier=applier,
-                                profile=profile, source_profile=src_profile, carries=carries,
-                                status=status)
-                    await link.open()
-                    self._down_since.pop(source, None)
-                    status.state = "CatchingUp" if bypassing else "Streaming"
-                    backoff = 0.2
-                    await link.run(stop)
-                finally:
-                    await local.close()
+                local = await connect(self.local_dsn, command_timeout=APPLY_STATEMENT_SECONDS,
+                                      timeout=stmt)
+                applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
+                                  cfg.policy)
+                await applier.start()
+                link = Link(ring=cfg.ring, source=source, local=self.member,
+                            source_dsn=info.dsn, slot=slot, applier=applier,
+                            profile=profile, source_profile=src_profile, carries=carries,
+                            status=status, bypass_after_seconds=cfg.bypass_after_seconds)
+                await link.open()
+                self._down_since.pop(source, None)
+                backoff = 0.2
+                await link.run(stop)
+                if status.running:
+                    status.stopped(None, None)
             except SlotLost as exc:
-                status.state, status.message = "NeedsReseed", str(exc)
+                status.stopped(LinkFault.SLOT_LOST, str(exc))
             except LINK_ERRORS as exc:
-                if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError,
-                                    asyncpg.CannotConnectNowError,
-                                    asyncpg.ConnectionDoesNotExistError)):
+                message = str(exc) or (
+                    f"{type(exc).__name__}: {source} gave no answer within {stmt:g}s"
+                    if isinstance(exc, TimeoutError) else type(exc).__name__)
+                if isinstance(exc, UNREACHABLE) and not await self._own_answers(stmt):
+                    # This member's own database failed, not the source: never bypass it.
+                    status.stopped(LinkFault.TARGET_UNREACHABLE, self._own_down_message(exc))
+                elif isinstance(exc, SourceSilent):
+                    # Down since it fell silent, so the bypass comes bypassAfterSeconds
+                    # after the hang, not after its detection.
+                    self._down_since.setdefault(source, exc.since)
+                    status.stopped(LinkFault.SOURCE_SILENT, message)
+                elif isinstance(exc, UNREACHABLE):
                     self._down_since.setdefault(source, time.monotonic())
-                    status.state = "Down"
+                    status.stopped(LinkFault.SOURCE_UNREACHABLE, message)
                 else:
-                    status.state = "Error"
-                status.message = str(exc) or type(exc).__name__
+                    status.stopped(LinkFault.FAILED, message)
                 log.warning("link %s: %s", key, status.message)
+            finally:
+                await close_quietly(local)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 3.0)
@@ -321,7 +427,9 @@ class Sidecar:
         or the ring was re-ordered) starts as a copy of the source's hold slot: the hold
         slot kept everything some member still lacks, this one included, so nothing
         between the old and the new reader is lost. Replays are skipped by progress."""
-        src = await connect(dsn)
+        # Slot creation waits for transactions running at the source: the long time-out.
+        src = await connect(dsn, command_timeout=SLOW_STATEMENT_SECONDS,
+                            timeout=statement_seconds(cfg.bypass_after_seconds))
         try:
             if await catalog.slot_exists(src, src_profile, slot):
                 await catalog.wait_consistent(src, src_profile, slot)
@@ -338,7 +446,7 @@ class Sidecar:
                     log.info("slot %s on %s starts from the hold slot", slot, source)
             await catalog.ensure_slot(src, src_profile, slot, cfg.ring)
         finally:
-            await src.close()
+            await close_quietly(src)
 
     async def _drop_inbound_slot(self, cfg: RingConfig, key: str) -> None:
         """A link no longer used leaves its slot behind, holding WAL: drop it. Safe even
@@ -350,25 +458,27 @@ class Sidecar:
         with contextlib.suppress(*TRANSIENT, KeyError):
             info = cfg.member(source)
             if info.dsn:
-                src = await connect(info.dsn)
+                stmt = statement_seconds(cfg.bypass_after_seconds)
+                src = await connect(info.dsn, command_timeout=stmt, timeout=stmt)
                 try:
                     await catalog.drop_slot(src, profile_for(info.engine, info.version), slot)
                 finally:
-                    await src.close()
+                    await close_quietly(src)
 
     # -- retention -------------------------------------------------------------------
     async def member_progress(self, cfg: RingConfig) -> dict[str, dict[str, int]]:
         """Flushed per-origin progress of every member; the last known for unreachable ones."""
         for m in cfg.members:
-            if m.name == self.member or m.dsn is None:
-                continue
+            if m.name == self.member or m.dsn is None or m.name in self._down_since:
+                continue  # a member found down keeps its last known progress
             try:
-                conn = await connect(m.dsn, timeout=2)
+                conn = await connect(m.dsn, timeout=2,
+                                     command_timeout=statement_seconds(cfg.bypass_after_seconds))
                 try:
                     self._progress_cache[m.name] = await catalog.origin_progress(
                         conn, profile_for(m.engine, m.version), cfg.ring)
                 finally:
-                    await conn.close()
+                    await close_quietly(conn)
             except TRANSIENT:
                 pass
         return self._progress_cache

@@ -131,6 +131,11 @@ class WalStream:
         self._pos = 0
         self.flushed = 0  # last flush position reported to the server
         self.server_wal_end = 0
+        # Liveness (see silence): when bytes last came from the server, and since when
+        # read() has been waiting on the socket with nothing to return (None: it is not).
+        self.heard_at = time.monotonic()
+        self.waiting_since: float | None = None
+        self._ping_at: float | None = None  # the first ping not answered yet
 
     # -- connection --------------------------------------------------------------------
     @classmethod
@@ -241,6 +246,10 @@ class WalStream:
             self._w.close()
             await asyncio.wait_for(self._w.wait_closed(), 2)
 
+    def abort(self) -> None:
+        """Drop the connection without a goodbye (the server may be hung)."""
+        self._w.transport.abort()
+
     # -- framing -----------------------------------------------------------------------
     def _raise(self, body: bytes) -> None:
         f = _error_fields(body)
@@ -253,6 +262,8 @@ class WalStream:
         chunk = await self._r.read(READ_CHUNK)
         if not chunk:
             raise ConnectionResetError("replication connection closed by the server")
+        self.heard_at = time.monotonic()
+        self._ping_at = None
         self._buf += chunk
 
     def _take(self) -> tuple[bytes, bytes] | None:
@@ -288,10 +299,29 @@ class WalStream:
             if kind == b"E":
                 self._raise(body)
 
+    def silence(self, now: float) -> float:
+        """Seconds a ping (feedback(reply=True)) has gone unanswered while the reader
+        waited on the socket.
+
+        A live walsender answers a ping within milliseconds. Only an unanswered ping
+        counts (a walsender that is not asked stays quiet for wal_sender_timeout/2),
+        and only while the reader waits (a reader blocked handing rows to a slow
+        applier leaves answers unread): a long silence means a hung server or network,
+        never a busy member."""
+        if self.waiting_since is None or self._ping_at is None:
+            return 0.0
+        return max(0.0, now - max(self._ping_at, self.waiting_since))
+
     def feedback(self, flush_lsn: int | None = None, *, reply: bool = False) -> None:
-        """Standby status update: everything before `flush_lsn` is safe downstream."""
+        """Standby status update: everything before `flush_lsn` is safe downstream.
+
+        With `reply`, the walsender answers at once with a keepalive (it does so for
+        any status update that asks): the ping that liveness relies on, since a
+        walsender that hears from us never sends keepalives of its own."""
         if flush_lsn is not None and flush_lsn > self.flushed:
             self.flushed = flush_lsn
+        if reply and self._ping_at is None:
+            self._ping_at = time.monotonic()
         now = int((time.time() - PG_EPOCH_UNIX) * 1_000_000)
         lsn = self.flushed
         self._w.write(_msg(b"d", _STATUS.pack(b"r", lsn, lsn, lsn, now, 1 if reply else 0)))
@@ -335,5 +365,8 @@ class WalStream:
                     raise ConnectionResetError("the server ended the replication stream")
             self._pos = pos
             if out or ping:
+                self.waiting_since = None
                 return out
+            if self.waiting_since is None:
+                self.waiting_since = time.monotonic()
             await self._fill()

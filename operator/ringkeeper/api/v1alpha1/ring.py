@@ -278,13 +278,22 @@ class ReplicationRingSpec(ApiModel):
 
 
 class LinkState(StrEnum):
+    """What a ring link reports (docs/ring.md, "Liveness")."""
+
     PENDING = "Pending"
     SEEDING = "Seeding"
     STREAMING = "Streaming"
     CATCHING_UP = "CatchingUp"
     BYPASSED = "Bypassed"
+    # The source said nothing (no change, no keepalive) for half the liveness window.
+    STALLED = "Stalled"
+    # The source cannot be reached, or was silent for the whole liveness window.
     DOWN = "Down"
+    # This member's own database (the link's target) cannot be reached: not the source.
+    TARGET_DOWN = "TargetDown"
     NEEDS_RESEED = "NeedsReseed"
+    # The link failed for another reason (a refusal, a bug): its source is up.
+    ERROR = "Error"
 
 
 class LinkStatus(ApiModel):
