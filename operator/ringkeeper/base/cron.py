@@ -1,4 +1,5 @@
-"""Five-field cron schedules (UTC): parsing with clear messages, and the next firing time.
+"""Five-field cron schedules: parsing with clear messages, and the next firing time (UTC by
+default, or the wall clock of an IANA time zone).
 
 A base module (no ringkeeper imports): the API models check schedules at admission with
 it, and the operator's deciders compute firing times with it.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -212,11 +214,56 @@ def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def next_fire(expr: str | Cron, after: datetime) -> datetime:
+def zone(name: str | None) -> ZoneInfo | None:
+    """The IANA zone `name` (None: UTC); ValueError for a name the zone database lacks."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not re.fullmatch(TIME_ZONE_PATTERN, name):
+        raise ValueError(f"time zone {name!r} is not an IANA name such as Asia/Shanghai")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"time zone {name!r} is not in the time zone database") from None
+
+
+# Admission's conservative shape of an IANA name (Area/Location, Etc/GMT+8, UTC): letters,
+# digits and `_+-` in `/`-separated parts, no `.` (so no `..`), no leading `/`.
+TIME_ZONE_PATTERN = "^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$"
+
+
+def time_zone_problem(name: object) -> str | None:
+    """Why `name` cannot serve as a schedule's time zone, or None."""
+    try:
+        zone(name)  # type: ignore[arg-type]
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def next_fire(expr: str | Cron, after: datetime, tz: str | None = None) -> datetime:
     """The first minute strictly after `after` at which the schedule fires, in UTC (a naive
-    `after` is read as UTC)."""
+    `after` is read as UTC). With `tz`, the fields are read on that zone's wall clock: a
+    wall time the zone skips (spring forward) does not fire, one it repeats (fall back)
+    fires once, at its first occurrence."""
     cron = expr if isinstance(expr, Cron) else parse(expr)
-    t = _utc(after).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    z = zone(tz)
+    if z is None:
+        return _next_wall(cron, _utc(after).replace(tzinfo=None)).replace(tzinfo=UTC)
+    after_utc = _utc(after)
+    t = after_utc.astimezone(z).replace(tzinfo=None)
+    # Back one hour so a repeated wall hour (fold) after `after` is not stepped over.
+    t -= timedelta(hours=1)
+    while True:
+        t = _next_wall(cron, t)
+        aware = t.replace(tzinfo=z, fold=0)
+        real = aware.astimezone(UTC)
+        if real.astimezone(z).replace(tzinfo=None) == t and real > after_utc:
+            return real
+
+
+def _next_wall(cron: Cron, after: datetime) -> datetime:
+    """The first wall-clock minute strictly after the naive `after` that matches."""
+    t = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
     limit = t.year + _SEARCH_YEARS
     while t.year <= limit:
         if t.month not in cron.months:

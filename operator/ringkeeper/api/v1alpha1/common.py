@@ -68,6 +68,15 @@ CronSchedule = Annotated[
     *_field_rule(f"self.matches('{cron.ADMISSION_PATTERN}')", cron.ADMISSION_MESSAGE,
                  cron.admitted),
 ]
+# An IANA time zone for a schedule. Admission checks a conservative shape (CEL has no zone
+# database); the Python twin also asks zoneinfo, so `ringkeeper validate` and the operator
+# refuse a well-shaped name the database lacks (Asia/Shangai).
+TimeZoneName = Annotated[
+    str, Field(max_length=64, examples=["Asia/Shanghai"]),
+    *_field_rule(f"self.matches('{cron.TIME_ZONE_PATTERN}')",
+                 "must be an IANA time zone name such as Asia/Shanghai or UTC",
+                 lambda s: cron.time_zone_problem(s) is None),
+]
 # Control characters (C0, DEL, C1: ANSI escapes start with ESC or CSI) in a name shown
 # on terminals and dashboards would let a spec rewrite what an operator reads.
 CONTROL_CHARACTERS = "[\\x00-\\x1f\\x7f-\\x9f]"

@@ -17,6 +17,7 @@ from .common import (
     KindInfo,
     PrinterColumn,
     Rule,
+    TimeZoneName,
     conditions_field,
     name_length_rule,
 )
@@ -77,8 +78,12 @@ class DrillSpec(ApiModel):
     expectations: Expectations = nested(Expectations, "What counts as a pass.")
     workload: Workload = nested(Workload, "Load applied during the drill.")
     schedule: CronSchedule | None = Field(
-        default=None, description="Cron schedule (UTC). Unset: the drill runs once."
+        default=None, description="Cron schedule, read in timeZone (UTC when unset). "
+        "Unset: the drill runs once."
     )
+    time_zone: TimeZoneName | None = Field(
+        default=None, description="IANA time zone the schedule's fields are read in (e.g. "
+        "Asia/Shanghai); a skipped wall time does not fire, a repeated one fires once.")
     suspend: bool = Field(default=False, description="Skip scheduled runs while true.")
 
     rules: ClassVar[tuple[Rule, ...]] = (
@@ -110,6 +115,12 @@ class DrillRun(ApiModel):
     lost_transactions: int | None = None
     committed_transactions: int | None = None
     message: str | None = None
+    reason: str | None = None
+    report_config_map: str | None = Field(
+        default=None, description="ConfigMap holding this run's JSON and Markdown report.")
+
+
+HISTORY = 10
 
 
 class DrillStatus(ApiModel):
@@ -118,6 +129,9 @@ class DrillStatus(ApiModel):
     runs: int = 0
     passed: int = 0
     last_run: DrillRun | None = None
+    history: list[DrillRun] = Field(
+        default_factory=list, max_length=HISTORY,
+        description=f"The last {HISTORY} finished runs, newest first.")
     conditions: list[Condition] = conditions_field()
 
 

@@ -1,0 +1,227 @@
+"""The drill planner: from a frozen snapshot of a Drill and its target, the next step.
+
+A drill run walks Start -> InjectFault -> AwaitRecovery -> Verify -> Finish. The executor
+(controller/drill.py) takes a snapshot, asks `plan` what to do, does it and records where
+the run stands; every decision (refuse, wait, pass or fail) is made here, without I/O, so
+a table test covers each one. A refusal is a condition the user can act on (target
+missing, a scenario the deployment cannot run); a wait says what it waits for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from ..api.v1alpha1.drill import Scenario, TargetKind
+from ..base.cron import next_fire
+
+# Scenarios this operator version executes; the others are refused, honestly.
+SUPPORTED = frozenset({Scenario.PRIMARY_KILL, Scenario.NETWORK_PARTITION})
+# Load runs this long before the fault, so the ledger holds commits the fault can lose.
+WARMUP = timedelta(seconds=5)
+# After maxRtoSeconds without a write, the run stops waiting and is judged (it fails).
+RECOVERY_GRACE = timedelta(seconds=5)
+
+
+class Stage(StrEnum):
+    """Where the live run stands (the executor's memory, mirrored in status.lastRun)."""
+
+    STARTED = "Started"  # load running, no fault yet
+    FAULTED = "Faulted"  # fault injected, waiting for a write through -rw
+    RECOVERED = "Recovered"  # written again (or gave up waiting); load finishing
+    VERIFIED = "Verified"  # ledger checked against the surviving members
+
+
+class Action(StrEnum):
+    REFUSE = "Refuse"
+    WAIT = "Wait"
+    START = "Start"
+    INJECT_FAULT = "InjectFault"
+    AWAIT_RECOVERY = "AwaitRecovery"
+    VERIFY = "Verify"
+    FINISH = "Finish"
+
+
+class Reason(StrEnum):
+    TARGET_MISSING = "TargetMissing"
+    SCENARIO_IMPOSSIBLE = "ScenarioImpossible"
+    NOT_YET_SUPPORTED = "NotYetSupported"
+    INVALID_SCHEDULE = "InvalidSchedule"
+    SUSPENDED = "Suspended"
+    NOT_DUE = "NotDue"
+    COMPLETED = "Completed"
+    TARGET_BUSY = "TargetBusy"
+    TARGET_NOT_READY = "TargetNotReady"
+    DUE = "Due"
+    WARMING_UP = "WarmingUp"
+    FAULT_DUE = "FaultDue"
+    RECOVERING = "Recovering"
+    RECOVERY_TIMED_OUT = "RecoveryTimedOut"
+    LOAD_RUNNING = "LoadRunning"
+    LOAD_DONE = "LoadDone"
+    PASSED = "Passed"
+    RTO_EXCEEDED = "RtoExceeded"
+    TRANSACTIONS_LOST = "TransactionsLost"
+    NO_LOAD = "NoLoad"
+    INTERRUPTED = "Interrupted"
+
+
+@dataclass(frozen=True)
+class CampusView:
+    name: str
+    ready: bool  # phase Ready with a current primary
+    primary: str | None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the run measured: RTO None = no write came back in time."""
+
+    rto_seconds: float | None
+    lost: int
+    committed: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    scenario: Scenario
+    target_kind: TargetKind
+    target_exists: bool
+    campuses: tuple[CampusView, ...]  # the target's campuses (a ring's campusRef members)
+    other_running: str | None  # the name of another Drill running on the same target
+    now: datetime
+    max_rto_seconds: int
+    max_lost: int
+    load_seconds: int
+    schedule: str | None = None
+    time_zone: str | None = None
+    suspend: bool = False
+    runs: int = 0
+    last_started: datetime | None = None  # last run's start (schedules fire after it)
+    created: datetime | None = None
+    phase_running: bool = False  # status says a run is in progress
+    stage: Stage | None = None  # the live run in this process; None: no live run
+    started_at: datetime | None = None
+    fault_at: datetime | None = None
+    recovered: bool = False
+    load_done: bool = False
+    measured: Measured | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    reason: Reason
+    message: str
+    passed: bool | None = None  # Finish only
+
+
+def _refusal(s: Snapshot) -> Step | None:
+    kind = s.target_kind.value
+    if not s.target_exists:
+        return Step(Action.REFUSE, Reason.TARGET_MISSING,
+                    f"{kind} target does not exist in this namespace")
+    if s.scenario not in SUPPORTED:
+        return Step(Action.REFUSE, Reason.NOT_YET_SUPPORTED,
+                    f"scenario {s.scenario.value} is not run by this Ringkeeper version "
+                    "(docs/drills.md); primaryKill and networkPartition are")
+    if not s.campuses:
+        return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
+                    f"{kind} target has no Campus in this namespace to run a drill against")
+    if s.scenario == Scenario.NETWORK_PARTITION and len(s.campuses) < 2:
+        return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
+                    "networkPartition cuts two campuses apart: the target has "
+                    f"{len(s.campuses)} Campus; use a ReplicationRing of two or more")
+    if s.scenario == Scenario.CAMPUS_LOSS and len(s.campuses) < 2:
+        return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
+                    "campusLoss of the only campus leaves nothing to recover on")
+    return None
+
+
+def _due(s: Snapshot) -> Step | None:
+    """None when a run is due now, else the wait that says why not."""
+    if s.suspend:
+        return Step(Action.WAIT, Reason.SUSPENDED, "spec.suspend is true: no run starts")
+    if s.schedule is None:
+        if s.runs > 0:
+            return Step(Action.WAIT, Reason.COMPLETED,
+                        "the drill ran once (no schedule); recreate it to run again")
+        return None
+    since = s.last_started or s.created or s.now
+    try:
+        at = next_fire(s.schedule, since, s.time_zone)
+    except ValueError as exc:
+        return Step(Action.REFUSE, Reason.INVALID_SCHEDULE, str(exc))
+    if at > s.now:
+        return Step(Action.WAIT, Reason.NOT_DUE, f"next run at {at.isoformat()}")
+    return None
+
+
+def judge(s: Snapshot, m: Measured) -> Step:
+    """Passed only when the load committed, the service came back within maxRtoSeconds
+    and no more than maxLostTransactions acknowledged commits are missing."""
+    if m.committed == 0:
+        return Step(Action.FINISH, Reason.NO_LOAD,
+                    "no transaction was acknowledged: the drill measured nothing", False)
+    if m.lost > s.max_lost:
+        return Step(Action.FINISH, Reason.TRANSACTIONS_LOST,
+                    f"{m.lost} acknowledged transaction(s) of {m.committed} lost "
+                    f"(allowed {s.max_lost})", False)
+    if m.rto_seconds is None:
+        return Step(Action.FINISH, Reason.RTO_EXCEEDED,
+                    f"no write succeeded within {s.max_rto_seconds} s of the fault", False)
+    if m.rto_seconds > s.max_rto_seconds:
+        return Step(Action.FINISH, Reason.RTO_EXCEEDED,
+                    f"recovery took {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s)",
+                    False)
+    return Step(Action.FINISH, Reason.PASSED,
+                f"writes back after {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s), "
+                f"{m.committed} transactions committed, {m.lost} lost", True)
+
+
+def plan(s: Snapshot) -> Step:
+    """The next step of the drill in `s`."""
+    if s.stage is None:
+        if s.phase_running:
+            # status says Running but this process has no live run: the operator restarted
+            # mid-run; the fault may have been injected and the ledger is gone.
+            return Step(Action.FINISH, Reason.INTERRUPTED,
+                        "the operator restarted during the run; its measurements are lost",
+                        False)
+        refusal = _refusal(s)
+        if refusal is not None:
+            return refusal
+        wait = _due(s)
+        if wait is not None:
+            return wait
+        if s.other_running:
+            return Step(Action.WAIT, Reason.TARGET_BUSY,
+                        f"Drill {s.other_running} is running on the same target")
+        not_ready = [c.name for c in s.campuses if not c.ready]
+        if not_ready:
+            return Step(Action.WAIT, Reason.TARGET_NOT_READY,
+                        f"Campus {', '.join(not_ready)} is not Ready with a primary")
+        return Step(Action.START, Reason.DUE, "starting the load")
+    if s.stage == Stage.STARTED:
+        if s.started_at is not None and s.now - s.started_at < WARMUP:
+            return Step(Action.WAIT, Reason.WARMING_UP, "load warming up before the fault")
+        return Step(Action.INJECT_FAULT, Reason.FAULT_DUE, f"injecting {s.scenario.value}")
+    if s.stage == Stage.FAULTED:
+        limit = timedelta(seconds=s.max_rto_seconds) + RECOVERY_GRACE
+        if s.recovered:
+            return Step(Action.VERIFY if s.load_done else Action.WAIT,
+                        Reason.LOAD_DONE if s.load_done else Reason.LOAD_RUNNING,
+                        "recovered" + ("; checking the ledger" if s.load_done
+                                       else "; load still running"))
+        if s.fault_at is not None and s.now - s.fault_at > limit:
+            return Step(Action.VERIFY, Reason.RECOVERY_TIMED_OUT,
+                        f"no write within {s.max_rto_seconds} s of the fault")
+        return Step(Action.AWAIT_RECOVERY, Reason.RECOVERING, "waiting for a write through -rw")
+    if s.stage == Stage.RECOVERED:
+        if not s.load_done:
+            return Step(Action.WAIT, Reason.LOAD_RUNNING, "load still running")
+        return Step(Action.VERIFY, Reason.LOAD_DONE, "checking the ledger")
+    if s.measured is None:
+        return Step(Action.VERIFY, Reason.LOAD_DONE, "checking the ledger")
+    return judge(s, s.measured)

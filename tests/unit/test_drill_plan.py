@@ -1,0 +1,105 @@
+"""The drill planner (core.drill.plan), one row per decision, and the pass/fail judgement."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ringkeeper.api.v1alpha1.drill import Scenario, TargetKind
+from ringkeeper.core.drill import Action, CampusView, Measured, Reason, Snapshot, Stage, plan
+
+NOW = datetime(2026, 12, 6, 3, 0, 30, tzinfo=UTC)
+A = CampusView("zhaohui", True, "zhaohui-0")
+B = CampusView("binjiang", True, "binjiang-1")
+BASE = Snapshot(scenario=Scenario.PRIMARY_KILL, target_kind=TargetKind.CAMPUS,
+                target_exists=True, campuses=(A,), other_running=None, now=NOW,
+                max_rto_seconds=60, max_lost=0, load_seconds=30)
+RING = replace(BASE, target_kind=TargetKind.REPLICATION_RING, campuses=(A, B),
+               scenario=Scenario.NETWORK_PARTITION)
+LIVE = replace(BASE, phase_running=True, runs=1, started_at=NOW - timedelta(seconds=20))
+GOOD = Measured(rto_seconds=8.5, lost=0, committed=1200)
+
+CASES = [
+    ("idle, once, never ran", BASE, Action.START, Reason.DUE),
+    ("target missing", replace(BASE, target_exists=False, campuses=()), Action.REFUSE,
+     Reason.TARGET_MISSING),
+    ("ring with no campus of ours", replace(RING, campuses=()), Action.REFUSE,
+     Reason.SCENARIO_IMPOSSIBLE),
+    ("partition of a single-campus ring", replace(RING, campuses=(A,)), Action.REFUSE,
+     Reason.SCENARIO_IMPOSSIBLE),
+    ("partition of a campus target", replace(BASE, scenario=Scenario.NETWORK_PARTITION),
+     Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE),
+    ("partition of a two-campus ring", RING, Action.START, Reason.DUE),
+    ("campusLoss not run yet", replace(RING, scenario=Scenario.CAMPUS_LOSS), Action.REFUSE,
+     Reason.NOT_YET_SUPPORTED),
+    ("syncCrash not run yet", replace(RING, scenario=Scenario.SYNC_CRASH), Action.REFUSE,
+     Reason.NOT_YET_SUPPORTED),
+    ("suspended", replace(BASE, suspend=True), Action.WAIT, Reason.SUSPENDED),
+    ("once, already ran", replace(BASE, runs=1), Action.WAIT, Reason.COMPLETED),
+    ("another drill on the target", replace(BASE, other_running="other"), Action.WAIT,
+     Reason.TARGET_BUSY),
+    ("campus not ready", replace(BASE, campuses=(CampusView("zhaohui", False, None),)),
+     Action.WAIT, Reason.TARGET_NOT_READY),
+    ("scheduled, not due", replace(BASE, schedule="0 3 * * 0", created=NOW), Action.WAIT,
+     Reason.NOT_DUE),
+    ("scheduled, due (UTC Sunday 03:00)",
+     replace(BASE, schedule="0 3 * * 0", created=NOW - timedelta(days=1)), Action.START,
+     Reason.DUE),
+    ("scheduled in Shanghai: 03:00 there was 19:00 UTC Saturday",
+     replace(BASE, schedule="0 3 * * 0", time_zone="Asia/Shanghai",
+             last_started=NOW - timedelta(hours=9)), Action.START, Reason.DUE),
+    ("scheduled in Shanghai, already ran at 19:00 UTC",
+     replace(BASE, schedule="0 3 * * 0", time_zone="Asia/Shanghai",
+             last_started=NOW - timedelta(hours=7, minutes=59)), Action.WAIT, Reason.NOT_DUE),
+    ("unknown time zone", replace(BASE, schedule="0 3 * * 0", time_zone="Asia/Shangai",
+                                  created=NOW), Action.REFUSE, Reason.INVALID_SCHEDULE),
+    ("running in status, no live run (operator restarted)", replace(LIVE, stage=None),
+     Action.FINISH, Reason.INTERRUPTED),
+    ("warming up", replace(LIVE, stage=Stage.STARTED, started_at=NOW - timedelta(seconds=1)),
+     Action.WAIT, Reason.WARMING_UP),
+    ("warm", replace(LIVE, stage=Stage.STARTED), Action.INJECT_FAULT, Reason.FAULT_DUE),
+    ("faulted", replace(LIVE, stage=Stage.FAULTED, fault_at=NOW - timedelta(seconds=10)),
+     Action.AWAIT_RECOVERY, Reason.RECOVERING),
+    ("faulted past maxRto and grace",
+     replace(LIVE, stage=Stage.FAULTED, fault_at=NOW - timedelta(seconds=66)), Action.VERIFY,
+     Reason.RECOVERY_TIMED_OUT),
+    ("recovered, load running", replace(LIVE, stage=Stage.FAULTED, recovered=True),
+     Action.WAIT, Reason.LOAD_RUNNING),
+    ("recovered, load done", replace(LIVE, stage=Stage.RECOVERED, load_done=True),
+     Action.VERIFY, Reason.LOAD_DONE),
+    ("verified, good", replace(LIVE, stage=Stage.VERIFIED, measured=GOOD), Action.FINISH,
+     Reason.PASSED),
+    ("verified, slow", replace(LIVE, stage=Stage.VERIFIED, measured=replace(GOOD,
+     rto_seconds=61.0)), Action.FINISH, Reason.RTO_EXCEEDED),
+    ("verified, never recovered", replace(LIVE, stage=Stage.VERIFIED, measured=replace(GOOD,
+     rto_seconds=None)), Action.FINISH, Reason.RTO_EXCEEDED),
+    ("verified, one lost", replace(LIVE, stage=Stage.VERIFIED, measured=replace(GOOD,
+     lost=1)), Action.FINISH, Reason.TRANSACTIONS_LOST),
+    ("verified, nothing committed", replace(LIVE, stage=Stage.VERIFIED, measured=replace(
+     GOOD, committed=0)), Action.FINISH, Reason.NO_LOAD),
+]
+
+
+@pytest.mark.parametrize(("name", "snap", "action", "reason"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_plan(name: str, snap: Snapshot, action: Action, reason: Reason) -> None:
+    step = plan(snap)
+    assert (step.action, step.reason) == (action, reason), step.message
+    assert step.message
+    if action == Action.FINISH:
+        assert step.passed is (reason == Reason.PASSED)
+
+
+def test_refusal_comes_before_schedule_and_busy() -> None:
+    """A drill that can never run says so even while another drill holds the target."""
+    step = plan(replace(BASE, target_exists=False, campuses=(), other_running="x",
+                        suspend=True))
+    assert step.reason == Reason.TARGET_MISSING
+
+
+def test_rto_at_the_limit_passes_and_just_over_fails() -> None:
+    at = replace(LIVE, stage=Stage.VERIFIED, measured=replace(GOOD, rto_seconds=60.0))
+    assert plan(at).passed is True
+    assert plan(replace(at, measured=replace(GOOD, rto_seconds=60.01))).passed is False
