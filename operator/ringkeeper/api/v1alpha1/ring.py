@@ -208,8 +208,24 @@ class ConflictSettings(ApiModel):
 
 
 class VerificationSettings(ApiModel):
+    """When the operator verifies the ring's data.
+
+    Continuous incremental verification is on by default, so that no divergence stays
+    silent: it sets the Diverged condition, an Event and metrics. `schedule` adds runs
+    (e.g. a nightly full one); runs never overlap."""
+
+    continuous: bool = Field(
+        default=True,
+        description="Run an incremental verification every intervalMinutes (default on); "
+        "false turns it off, and then only the schedule (if any) verifies the ring.",
+    )
+    interval_minutes: int = Field(
+        default=5, ge=1, le=1440,
+        description="Minutes between continuous incremental verifications.",
+    )
     schedule: CronSchedule | None = Field(
-        default=None, description="Cron schedule (five fields, UTC); no scheduled runs if unset."
+        default=None, description="Cron schedule (five fields, UTC) of additional runs in "
+        "`mode`; no scheduled runs if unset (continuous runs still happen).",
     )
     mode: VerificationMode = Field(
         default=VerificationMode.INCREMENTAL,
