@@ -205,12 +205,10 @@ def translate(policies: Iterable[Mapping[str, Any]], pods: Iterable[Pod],
                                                    for x in _ports(named, p, what, warn))
         except (KeyError, ValueError, TypeError) as exc:
             warn.append(f"{what} is not enforced: {exc}")
-    return {k: tuple(sorted(v, key=_sort_key)) for k, v in sorted(
-        allowed.items(), key=lambda kv: (kv[0][0], kv[0][1].value))}, sorted(set(warn))
-
-
-def _sort_key(a: Allow) -> tuple[str, str, int, int]:
-    return (a.peer or "", a.proto or "", a.port or 0, a.end or 0)
+    return {k: tuple(sorted(v, key=lambda a: (a.peer or "", a.proto or "", a.port or 0,
+                                             a.end or 0)))
+            for k, v in sorted(allowed.items(), key=lambda kv: (kv[0][0], kv[0][1].value))
+            }, sorted(set(warn))
 
 
 def decide(model: Model, src: str, dst: str, proto: str, port: int) -> bool:
@@ -363,7 +361,7 @@ class NetpolController:
 
     async def run(self) -> None:
         core, net = client.CoreV1Api(self.api), client.NetworkingV1Api(self.api)
-        await asyncio.to_thread(remove, self.octet)
+        await self._remove()
         tasks = [asyncio.create_task(self._watch(k, f)) for k, f in (
             ("pods", core.list_pod_for_all_namespaces), ("ns", core.list_namespace),
             ("np", net.list_network_policy_for_all_namespaces))]
@@ -392,4 +390,11 @@ class NetpolController:
         finally:
             for t in tasks:
                 t.cancel()
+            await self._remove()
+
+    async def _remove(self) -> None:
+        """Without iptables the runtime still runs pods; each apply then logs the error."""
+        try:
             await asyncio.to_thread(remove, self.octet)
+        except Exception as exc:
+            log.error("could not remove the network policy chains: %s", exc)
