@@ -10,16 +10,22 @@ outcome into the Diverged condition, as the ring daemon does every cycle:
    and the count of differing keys, with one Event and the gauge at 1 key;
 3. the next pass still says so (an incremental pass keeps the dirty keys that differ,
    and only those), without a second Event;
-4. after a repair, Converged again.
+4. after a repair, Converged again;
+5. a row deleted on a key the ring did not change since is not seen by incremental
+   passes (the documented limit), is found by a scheduled full run, and from then on the
+   incremental passes keep the ring Diverged until that key agrees.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
+from kopf._core.engines import posting
 from prometheus_client import REGISTRY
 
 from fakekube import FakeKube, serve
@@ -85,14 +91,16 @@ async def test_bypassed_delete_turns_diverged_and_back(tmp_path: Path,
 
 
 async def _run(kube: FakeKube, ring: LocalRing, state: ring_ctl._State,
-               previous: dict[str, Any] | None) -> tuple[divergence.Decision, float]:
-    """One continuous pass through the operator's executor, then the cycle's decision."""
+               previous: dict[str, Any] | None, mode: str = "incremental"
+               ) -> tuple[divergence.Decision, float]:
+    """One pass through the operator's executor (incremental: a continuous one; full: a
+    scheduled one), then the decision the next ring cycle makes from it."""
     cfg = RingConfig.load(ring.config_path)
     body = kube.objects[RING_PATH]
     t0 = time.monotonic()
     async with await api_client() as api:
-        await ring_ctl._verify(api, body, cfg, {"chunkRows": 1000}, state,
-                               mode="incremental", trigger="continuous")
+        await ring_ctl._verify(api, body, cfg, {"chunkRows": 1000}, state, mode=mode,
+                               trigger="continuous" if mode == "incremental" else "schedule")
     took = time.monotonic() - t0
     return divergence.decide(state.outcome, previous), took
 
@@ -107,6 +115,9 @@ async def _passes(ring: LocalRing, kube: FakeKube, tmp_path: Path) -> None:
                          "metadata": {"name": "lis", "namespace": NS}, "spec": {},
                          "status": {}})
     state = ring_ctl._State()
+    posting.settings_var.set(kopf.OperatorSettings())  # scheduled runs post Events
+    posting.event_queue_var.set(asyncio.Queue())
+    posting.event_queue_loop_var.set(asyncio.get_running_loop())
 
     # 1. Converged: every key the sidecars applied compares equal.
     d1, took = await _run(kube, ring, state, None)
@@ -189,8 +200,41 @@ async def _passes(ring: LocalRing, kube: FakeKube, tmp_path: Path) -> None:
                                                 divergence.DivergedReason.CONVERGED,
                                                 divergence.DivergenceEvent.CONVERGED)
     assert _gauge("ringkeeper_ring_diverged_keys") == 0
+
+    # 5. Damage on a key the ring did not change since the last pass: incremental passes
+    # cannot see it (they compare changed keys), a scheduled full run does; from then
+    # on the incremental passes look at that key too, and do not call the ring
+    # Converged while it differs.
+    await _bypassed_delete(ring, "b", 1003)
+    d5, _ = await _run(kube, ring, state, _cond(d4))
+    assert d5.status == ConditionStatus.FALSE  # the documented limit: a full run is needed
+    d6, _ = await _run(kube, ring, state, _cond(d5), mode="full")
+    assert (d6.status, d6.event) == (ConditionStatus.TRUE, divergence.DivergenceEvent.DIVERGED)
+    assert d6.message.startswith("1 key(s) differ between members in lis.samples (1)")
+    d7, _ = await _run(kube, ring, state, _cond(d6))
+    assert (d7.status, d7.event) == (ConditionStatus.TRUE, None), d7
+    assert [list(k) for k in _keys(kube)] == [["1003"]]
+
     runs = {r: REGISTRY.get_sample_value(
         "ringkeeper_verification_runs_total",
         {"namespace": NS, "ring": "lis", "trigger": "continuous", "mode": "incremental",
          "result": r}) for r in ("Passed", "Failed")}
-    assert runs == {"Passed": 2, "Failed": 2}
+    assert runs == {"Passed": 3, "Failed": 3}
+
+
+def _keys(kube: FakeKube) -> list[tuple[str, ...]]:
+    """The differing keys of the report the last run wrote."""
+    report = load_report(kube.objects[RING_PATH]["status"]["lastVerification"]["report"])
+    return [tuple(d.key) for d in report.differences]
+
+
+async def _bypassed_delete(ring: LocalRing, member: str, key: int) -> None:
+    """Delete a row at one member under the stock-sync origin, which no link forwards."""
+    conn = await ring.conn(member)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_replication_origin_session_setup('rk_lis__seed')")
+            await conn.execute("DELETE FROM lis.samples WHERE id = $1", key)
+        await conn.execute("SELECT pg_replication_origin_session_reset()")
+    finally:
+        await conn.close()

@@ -12,6 +12,11 @@ every few minutes and a divergence nobody repaired for a day, each pass would lo
 every key the ring applied that day. So the keys still to be looked at are written
 back as fresh entries, and the rest of the old ledger goes, whether the table passed or
 not: a pass costs what changed since the last one, plus the keys that differ.
+
+A full run that finds differences adds their keys to the ledger too: the next
+incremental pass then looks at them again, so it cannot report a ring Converged while a
+difference only the full run could see (on a key the ring did not change) is still
+there.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from ..core.verify import Key
+from .checksum import DIRTY_KEYS_DDL
 
 KEEP_SQL = ("INSERT INTO ringkeeper.dirty_keys (relation, key) "
             "SELECT $1, k::jsonb FROM unnest($2::text[]) k "
@@ -47,3 +53,13 @@ async def forget_compared(conns: Sequence[Any], relation: str, run_start: Sequen
                 await pg.execute(KEEP_SQL, relation, keys)
             for sql in FORGET_SQL:
                 await pg.execute(sql, relation, started)
+
+
+async def remember(conns: Sequence[Any], relation: str, keys: Sequence[Key]) -> None:
+    """Add `keys` to every member's ledger (a full run's differences), fresh."""
+    entries = sorted({key_json(k) for k in keys})
+    if not entries:
+        return
+    for pg in conns:
+        await pg.execute(DIRTY_KEYS_DDL)
+        await pg.execute(KEEP_SQL, relation, entries)

@@ -42,7 +42,7 @@ from ..core.verify import (
 from ..sync.walstream import ReplicationError, ensure_scram
 from . import checksum as cs
 from .checksum import Canonical, TableShape
-from .dirty import forget_compared
+from .dirty import forget_compared, remember
 
 ProgressFn = Callable[[Progress], None]
 
@@ -444,6 +444,9 @@ async def verify_table(members: list[Member], table: str, *, mode: Mode, chunk_r
         # Every entry was compared: keep only the keys that differ or still change.
         await forget_compared([m.pg for m in members], cs.relation_name(ctx.table),
                               run_start, [tuple(d.key) for d in diffs + unsettled])
+    elif mode == "full":  # incremental passes look at these again until they agree
+        await remember([m.pg for m in members], cs.relation_name(ctx.table),
+                       [tuple(d.key) for d in diffs + unsettled])
     return rep
 
 
