@@ -120,3 +120,30 @@ async def test_ring_of_three_majors_through_the_operator(cluster: Cluster, names
     last = await asyncio.to_thread(wait_for, "a scheduled verification", verified, 150)
     assert last["result"] == "Passed", last
     assert last["differences"] == 0 and last["rowsCompared"] >= 600
+
+    # Continuous verification (on by default) and the Diverged condition.
+    def diverged(status: str) -> Any:
+        def check() -> dict[str, Any] | None:
+            d = next((c for c in _ring(cluster, ns).get("conditions") or []
+                      if c["type"] == "Diverged"), None)
+            return d if d and d["status"] == status else None
+        return check
+
+    d = await asyncio.to_thread(wait_for, "Diverged False", diverged("False"), 60)
+    assert d["reason"] == "Converged", d
+    # A row deleted at west behind the ring's back (the stock-sync origin is never
+    # forwarded): the next run (the full one each minute, or an incremental pass) sees it.
+    conn = await _connect(cluster, ns, "west")
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_replication_origin_session_setup('rk_lis__seed')")
+            await conn.execute("DELETE FROM lis.samples WHERE id = 1007")
+    finally:
+        await conn.close()
+    d = await asyncio.to_thread(wait_for, "Diverged True", diverged("True"), 150)
+    assert d["reason"] == "KeysDiffer" and "lis.samples (1)" in d["message"], d
+    ready = next(c for c in _ring(cluster, ns)["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Diverged"), ready
+    events = cluster.kubectl("-n", ns, "get", "events", "--field-selector",
+                             "involvedObject.kind=ReplicationRing,reason=Diverged").stdout
+    assert "Diverged" in events, events
