@@ -215,3 +215,18 @@ async def test_no_overlap_and_off_switch(kube: FakeKube,
     assert off.verification is None and off.next_continuous is None
     assert (conds["Diverged"]["status"], conds["Diverged"]["reason"]) == (
         "Unknown", "VerificationDisabled")
+
+
+async def test_bad_schedule_does_not_stop_continuous_runs(
+        kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cron expression that can never fire takes Ready down (InvalidSchedule), but the
+    continuous passes still run: the links stream, and divergence must still be seen."""
+    Events()
+    _objects(kube, {"schedule": "0 0 31 2 *"})
+    _links(monkeypatch)
+    state = ring_ctl._State()
+    conds = await _cycle(kube, state)
+    assert conds["Ready"]["reason"] == "InvalidSchedule"
+    assert state.verification is not None  # it ran (and could not reach the members)
+    assert kube.objects[RING]["status"]["lastVerification"]["mode"] == "incremental"
+    assert state.next_verification is None  # the cron never fires

@@ -290,6 +290,7 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
     reports = {m: await _report(session, h) for m, h in hosts.items()}
     previous = (ring.get("status") or {}).get("conditions") or []
     status = ring_status(spec, reports, meta.get("generation"), datetime.now(UTC), previous)
+    links_ready = _links_ready(status["conditions"])  # before refusals or a bad cron say no
     _refusals(ring, status, refused, state)
     bad_schedule = schedule_condition(status["conditions"], "spec.verification.schedule",
                                       (spec.get("verification") or {}).get("schedule"),
@@ -300,7 +301,6 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
                                               datetime.now(UTC), meta.get("generation"))
     _secret_events(ring, secret_refusals, state)
     _events(ring, status, state)
-    links_ready = _links_ready(status["conditions"])
     settings = spec.get("verification") or {}
     decision = divergence.decide(
         state.outcome, condition(previous, divergence.DIVERGED),
