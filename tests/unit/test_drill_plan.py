@@ -60,6 +60,11 @@ CASES = [
     ("warming up", replace(LIVE, stage=Stage.STARTED, started_at=NOW - timedelta(seconds=1)),
      Action.WAIT, Reason.WARMING_UP),
     ("warm", replace(LIVE, stage=Stage.STARTED), Action.INJECT_FAULT, Reason.FAULT_DUE),
+    ("warm but the probe has not written yet", replace(LIVE, stage=Stage.STARTED,
+     probes_writing=False), Action.WAIT, Reason.WARMING_UP),
+    ("probe never wrote: fault after the limit", replace(LIVE, stage=Stage.STARTED,
+     probes_writing=False, started_at=NOW - timedelta(seconds=61)), Action.INJECT_FAULT,
+     Reason.FAULT_DUE),
     ("faulted", replace(LIVE, stage=Stage.FAULTED, fault_at=NOW - timedelta(seconds=10)),
      Action.AWAIT_RECOVERY, Reason.RECOVERING),
     ("faulted past maxRto and grace",
@@ -68,6 +73,20 @@ CASES = [
     ("recovered, load running", replace(LIVE, stage=Stage.FAULTED, recovered=True),
      Action.WAIT, Reason.LOAD_RUNNING),
     ("recovered, load done", replace(LIVE, stage=Stage.RECOVERED, load_done=True),
+     Action.VERIFY, Reason.LOAD_DONE),
+    ("partition held half the load: heal",
+     replace(RING, phase_running=True, runs=1, stage=Stage.FAULTED,
+             fault_at=NOW - timedelta(seconds=15), started_at=NOW - timedelta(seconds=20)),
+     Action.HEAL, Reason.PARTITION_OVER),
+    ("partition not yet over",
+     replace(RING, phase_running=True, runs=1, stage=Stage.FAULTED,
+             fault_at=NOW - timedelta(seconds=5), started_at=NOW - timedelta(seconds=10)),
+     Action.AWAIT_RECOVERY, Reason.RECOVERING),
+    ("partition: load done but not healed heals first",
+     replace(RING, phase_running=True, runs=1, stage=Stage.RECOVERED, load_done=True,
+             fault_at=NOW - timedelta(seconds=2)), Action.HEAL, Reason.PARTITION_OVER),
+    ("partition healed, load done", replace(RING, phase_running=True, runs=1,
+     stage=Stage.RECOVERED, load_done=True, healed=True, fault_at=NOW - timedelta(seconds=20)),
      Action.VERIFY, Reason.LOAD_DONE),
     ("verified, good", replace(LIVE, stage=Stage.VERIFIED, measured=GOOD), Action.FINISH,
      Reason.PASSED),
@@ -103,3 +122,22 @@ def test_rto_at_the_limit_passes_and_just_over_fails() -> None:
     at = replace(LIVE, stage=Stage.VERIFIED, measured=replace(GOOD, rto_seconds=60.0))
     assert plan(at).passed is True
     assert plan(replace(at, measured=replace(GOOD, rto_seconds=60.01))).passed is False
+
+
+def test_partition_policy_cuts_both_ways_and_names_its_drill() -> None:
+    from ringkeeper.core.drill import DRILL_LABEL, partition_policy
+
+    p = partition_policy("d", "uid-1", "ns", "a", "b", ("127.1.0.5",), "ringkeeper.io/campus")
+    spec = p["spec"]
+    assert isinstance(spec, dict)
+    assert spec["podSelector"] == {"matchLabels": {"ringkeeper.io/campus": "a"}}
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    peers = spec["ingress"][0]["from"]
+    assert peers == spec["egress"][0]["to"]
+    assert peers[0]["podSelector"]["matchExpressions"] == [
+        {"key": "ringkeeper.io/campus", "operator": "NotIn", "values": ["b"]}]
+    assert peers[1]["ipBlock"]["except"] == ["127.1.0.5/32"]
+    meta = p["metadata"]
+    assert isinstance(meta, dict)
+    assert meta["labels"][DRILL_LABEL] == "d"
+    assert meta["ownerReferences"][0]["uid"] == "uid-1"

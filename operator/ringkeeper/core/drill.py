@@ -20,6 +20,7 @@ from ..base.cron import next_fire
 SUPPORTED = frozenset({Scenario.PRIMARY_KILL, Scenario.NETWORK_PARTITION})
 # Load runs this long before the fault, so the ledger holds commits the fault can lose.
 WARMUP = timedelta(seconds=5)
+WARMUP_LIMIT = timedelta(seconds=60)  # then the fault comes even if a probe never wrote
 # After maxRtoSeconds without a write, the run stops waiting and is judged (it fails).
 RECOVERY_GRACE = timedelta(seconds=5)
 
@@ -38,6 +39,7 @@ class Action(StrEnum):
     WAIT = "Wait"
     START = "Start"
     INJECT_FAULT = "InjectFault"
+    HEAL = "Heal"  # networkPartition: remove the policy, the campuses meet again
     AWAIT_RECOVERY = "AwaitRecovery"
     VERIFY = "Verify"
     FINISH = "Finish"
@@ -60,6 +62,7 @@ class Reason(StrEnum):
     RECOVERY_TIMED_OUT = "RecoveryTimedOut"
     LOAD_RUNNING = "LoadRunning"
     LOAD_DONE = "LoadDone"
+    PARTITION_OVER = "PartitionOver"
     PASSED = "Passed"
     RTO_EXCEEDED = "RtoExceeded"
     TRANSACTIONS_LOST = "TransactionsLost"
@@ -103,8 +106,10 @@ class Snapshot:
     phase_running: bool = False  # status says a run is in progress
     stage: Stage | None = None  # the live run in this process; None: no live run
     started_at: datetime | None = None
+    probes_writing: bool = True  # every campus's probe has written once (the fault's "before")
     fault_at: datetime | None = None
     recovered: bool = False
+    healed: bool = False  # networkPartition: the policy is gone
     load_done: bool = False
     measured: Measured | None = None
 
@@ -180,6 +185,52 @@ def judge(s: Snapshot, m: Measured) -> Step:
                 f"{m.committed} transactions committed, {m.lost} lost", True)
 
 
+def partition_hold(s: Snapshot) -> timedelta:
+    """How long a networkPartition lasts: half the load, so the other half shows the
+    campuses converge under load after it."""
+    return timedelta(seconds=max(s.load_seconds // 2, 1))
+
+
+def _heal_due(s: Snapshot) -> bool:
+    return (s.scenario == Scenario.NETWORK_PARTITION and not s.healed
+            and s.fault_at is not None
+            and (s.now - s.fault_at >= partition_hold(s) or s.load_done))
+
+
+def _load_over(s: Snapshot) -> bool:
+    """The ledger is checked once the load stopped (and a partition is over)."""
+    return s.load_done and (s.scenario != Scenario.NETWORK_PARTITION or s.healed)
+
+
+def partition_policy(drill: str, drill_uid: str, namespace: str, campus: str, other: str,
+                     other_ips: tuple[str, ...], campus_label: str) -> dict[str, object]:
+    """A NetworkPolicy that cuts `campus`'s pods from `other`'s, both ways, and lets every
+    other peer through. Selecting one side for Ingress and Egress is enough: the other
+    side's packets are refused on arrival and this side's never leave. Pods are matched by
+    label (NotIn matches pods without the label) and, for implementations that apply
+    ipBlock to pod addresses, `other`'s addresses are carved out of the catch-all block.
+    Labelled and owned by the Drill so it is found and removed at the end of the run."""
+    peers: list[dict[str, object]] = [
+        {"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+            {"key": campus_label, "operator": "NotIn", "values": [other]}]}},
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": [f"{ip}/32" for ip in other_ips]}},
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{drill}-partition"[:63].rstrip("-"), "namespace": namespace,
+            "labels": {DRILL_LABEL: drill, "app.kubernetes.io/managed-by": "ringkeeper"},
+            "ownerReferences": [{"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Drill",
+                                 "name": drill, "uid": drill_uid, "controller": True}]},
+        "spec": {"podSelector": {"matchLabels": {campus_label: campus}},
+                 "policyTypes": ["Ingress", "Egress"],
+                 "ingress": [{"from": peers}], "egress": [{"to": peers}]},
+    }
+
+
+DRILL_LABEL = "ringkeeper.io/drill"
+
+
 def plan(s: Snapshot) -> Step:
     """The next step of the drill in `s`."""
     if s.stage is None:
@@ -204,22 +255,28 @@ def plan(s: Snapshot) -> Step:
                         f"Campus {', '.join(not_ready)} is not Ready with a primary")
         return Step(Action.START, Reason.DUE, "starting the load")
     if s.stage == Stage.STARTED:
-        if s.started_at is not None and s.now - s.started_at < WARMUP:
+        if s.started_at is not None and (s.now - s.started_at < WARMUP or (
+                not s.probes_writing and s.now - s.started_at < WARMUP_LIMIT)):
+            # The probe must have seen the writable server before the fault, or a write
+            # that slips in before the kill takes effect would pass for a recovery.
             return Step(Action.WAIT, Reason.WARMING_UP, "load warming up before the fault")
         return Step(Action.INJECT_FAULT, Reason.FAULT_DUE, f"injecting {s.scenario.value}")
+    if s.stage in (Stage.FAULTED, Stage.RECOVERED) and _heal_due(s):
+        return Step(Action.HEAL, Reason.PARTITION_OVER,
+                    f"partition held {partition_hold(s).total_seconds():.0f} s; removing it")
     if s.stage == Stage.FAULTED:
         limit = timedelta(seconds=s.max_rto_seconds) + RECOVERY_GRACE
         if s.recovered:
-            return Step(Action.VERIFY if s.load_done else Action.WAIT,
-                        Reason.LOAD_DONE if s.load_done else Reason.LOAD_RUNNING,
-                        "recovered" + ("; checking the ledger" if s.load_done
+            return Step(Action.VERIFY if _load_over(s) else Action.WAIT,
+                        Reason.LOAD_DONE if _load_over(s) else Reason.LOAD_RUNNING,
+                        "recovered" + ("; checking the ledger" if _load_over(s)
                                        else "; load still running"))
         if s.fault_at is not None and s.now - s.fault_at > limit:
             return Step(Action.VERIFY, Reason.RECOVERY_TIMED_OUT,
                         f"no write within {s.max_rto_seconds} s of the fault")
         return Step(Action.AWAIT_RECOVERY, Reason.RECOVERING, "waiting for a write through -rw")
     if s.stage == Stage.RECOVERED:
-        if not s.load_done:
+        if not _load_over(s):
             return Step(Action.WAIT, Reason.LOAD_RUNNING, "load still running")
         return Step(Action.VERIFY, Reason.LOAD_DONE, "checking the ledger")
     if s.measured is None:
