@@ -25,11 +25,13 @@ Triple = tuple[str, str, str]
 # is one the operator's code uses: test_every_grant_is_used_by_the_code checks that.
 WORKLOAD_RULES: list[tuple[list[str], list[str], list[str]]] = [
     (["ringkeeper.io"], ["campuses", "replicationrings"], ["get", "list", "watch", "patch"]),
-    (["ringkeeper.io"], ["satellites", "drills"], ["list", "watch", "patch"]),
+    (["ringkeeper.io"], ["satellites"], ["list", "watch", "patch"]),
+    (["ringkeeper.io"], ["drills"], ["get", "list", "watch", "patch"]),
     (["ringkeeper.io"],
      ["campuses/status", "replicationrings/status", "satellites/status", "drills/status"],
      ["patch"]),
-    ([""], ["pods"], ["get", "list", "patch"]),
+    ([""], ["pods"], ["get", "list", "patch", "delete"]),
+    (["networking.k8s.io"], ["networkpolicies"], ["create", "list", "delete"]),
     ([""], ["secrets"], ["get", "list", "create", "patch", "delete"]),
     ([""], ["services", "serviceaccounts"], ["get", "create", "patch"]),
     (["apps"], ["statefulsets"], ["get", "create", "patch"]),
@@ -453,6 +455,14 @@ def _needed_by_code() -> dict[Triple, list[str]]:
         (r"resources\.patch_campus_status\(", [("ringkeeper.io", "campuses/status", "patch")]),
         (r"resources\.label_pod\(|patch_namespaced_pod\(", [("", "pods", "patch")]),
         (r"list_namespaced_pod\(", [("", "pods", "list")]),
+        (r"delete_namespaced_pod\(", [("", "pods", "delete")]),
+        (r"read_namespaced_service\(", [("", "services", "get")]),
+        (r"create_namespaced_network_policy\(", [("networking.k8s.io", "networkpolicies",
+                                                  "create")]),
+        (r"list_namespaced_network_policy\(", [("networking.k8s.io", "networkpolicies",
+                                                "list")]),
+        (r"delete_namespaced_network_policy\(", [("networking.k8s.io", "networkpolicies",
+                                                  "delete")]),
         (r"resources\.secret_value\(|secretrefs\.secret_(metadata|key)\(|"
          r"read_namespaced_secret\(", [("", "secrets", "get")]),
         (r"resources\.create_if_missing\(", [("", "secrets", "create")]),
@@ -475,8 +485,8 @@ def _needed_by_code() -> dict[Triple, list[str]]:
             for m in re.finditer(pattern, src, re.S):
                 for g in grants:
                     need(g, f"{name}:{src.count(chr(10), 0, m.start()) + 1}")
-        for m in re.finditer(r'resources\.(read_custom|patch_custom_status)\(\s*\w+,\s*\w+,\s*'
-                             r'"(\w+)"', src):
+        for m in re.finditer(r'resources\.(read_custom|patch_custom_status)\(\s*[\w.]+,\s*'
+                             r'[\w.]+,\s*"(\w+)"', src):
             res = m[2] if m[1] == "read_custom" else f"{m[2]}/status"
             need(("ringkeeper.io", res, "get" if m[1] == "read_custom" else "patch"), name)
         # kopf handlers: kopf lists and watches the resource, patches its annotations,

@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     # the instance agent process
     "agent": _PURE | {"adapters", "observability"},
     # the operator process: runs verifications, never the sidecar's code
-    "controller": _PURE | {"contracts", "adapters", "observability", "verify"},
+    "controller": _PURE | {"contracts", "adapters", "observability", "verify", "workload"},
     # hospital workloads with a ledger of acknowledged commits (CLI, tests, drills)
     "workload": _PURE | {"contracts"},
     # the command line reaches every process's entry point

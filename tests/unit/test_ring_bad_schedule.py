@@ -111,6 +111,8 @@ def _accept(kind: str, spec: dict[str, Any], status: dict[str, Any] | None = Non
 
 
 DRILL = {"target": {"kind": "Campus", "name": "east"}, "scenario": "primaryKill"}
+SATELLITE = {"parentRef": {"name": "east"}, "version": "17",
+             "tables": [{"name": "lis.test_catalog"}]}
 
 
 async def test_drill_schedule_checked_on_first_sight() -> None:
@@ -123,8 +125,8 @@ async def test_drill_schedule_checked_on_first_sight() -> None:
     # Corrected: Ready no longer claims the schedule is bad.
     fixed, events = _accept("Drill", {**DRILL, "schedule": "0 3 * * *"}, status)
     ready = next(c for c in fixed["conditions"] if c["type"] == "Ready")
-    # Drills are not run yet: Ready says that, not the (now fixed) schedule.
-    assert (ready["status"], ready["reason"]) == ("False", "NotImplemented")
+    # The drill executor (controller/drill.py) sets Ready from its planner from here on.
+    assert (ready["status"], ready["reason"]) == ("Unknown", "ScheduleValid")
     assert "InvalidSchedule" not in str(fixed["conditions"])
     assert not [e for e in events if e[0] == "Warning"]
 
@@ -139,9 +141,12 @@ async def test_ring_schedule_checked_on_first_sight() -> None:
 
 
 async def test_kinds_not_acted_on_say_so_in_ready() -> None:
-    """A Drill or Satellite is accepted, and Ready says that nothing runs for it yet."""
-    status, _ = _accept("Drill", DRILL)
+    """A Satellite is accepted, and Ready says that nothing runs for it yet; a Drill is run
+    (controller/drill.py), so the admission handler does not claim otherwise."""
+    status, _ = _accept("Satellite", SATELLITE)
     conds = {c["type"]: c for c in status["conditions"]}
     assert conds["Accepted"]["status"] == "True"
     assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "NotImplemented")
-    assert "does not run them yet" in conds["Ready"]["message"]
+    assert "does not deploy them yet" in conds["Ready"]["message"]
+    status, _ = _accept("Drill", DRILL)
+    assert "NotImplemented" not in str(status["conditions"])

@@ -25,8 +25,6 @@ from ..observability.metrics import RECONCILES, RESOURCES_ACCEPTED
 NOT_ACTED_ON: dict[str, str] = {
     "Satellite": "this Ringkeeper version validates Satellites but does not deploy them yet: "
     "no database, Service or sync runs for this object (docs/roadmap.md)",
-    "Drill": "this Ringkeeper version validates Drills but does not run them yet: no fault is "
-    "injected and no schedule fires for this object (docs/roadmap.md)",
 }
 
 

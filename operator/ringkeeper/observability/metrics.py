@@ -112,3 +112,20 @@ VERIFY_RUNS = Counter(
     "and result (Passed, Failed, Error).",
     ["namespace", "ring", "trigger", "mode", "result"],
 )
+
+# Drills (controller/drill.py): what the last run of each Drill measured.
+DRILL_RTO = Gauge(
+    "ringkeeper_drill_rto_seconds",
+    "Last run of a Drill: seconds from the fault to the first write through -rw (-1: none).",
+    ["namespace", "drill", "scenario"],
+)
+DRILL_LOST = Gauge(
+    "ringkeeper_drill_lost_transactions",
+    "Last run of a Drill: acknowledged transactions the surviving members do not hold.",
+    ["namespace", "drill", "scenario"],
+)
+DRILL_RUNS = Counter(
+    "ringkeeper_drill_runs_total",
+    "Finished Drill runs, by result (Passed, Failed).",
+    ["namespace", "drill", "result"],
+)

@@ -107,6 +107,16 @@ class DrillPhase(StrEnum):
     FAILED = "Failed"
 
 
+TIMELINE = 30
+REPORT_CHARS = 16384
+
+
+class DrillEvent(ApiModel):
+    at: str = Field(description="RFC 3339 time, microseconds.")
+    event: str
+    message: str
+
+
 class DrillRun(ApiModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -116,8 +126,13 @@ class DrillRun(ApiModel):
     committed_transactions: int | None = None
     message: str | None = None
     reason: str | None = None
-    report_config_map: str | None = Field(
-        default=None, description="ConfigMap holding this run's JSON and Markdown report.")
+    timeline: list[DrillEvent] = Field(
+        default_factory=list, max_length=TIMELINE,
+        description="What happened in the run and when (start, fault, recovery, end).")
+    report: str | None = Field(
+        default=None, max_length=REPORT_CHARS,
+        description="The run's report in Markdown (docs/drills.md); the operator also logs "
+        "it as JSON.")
 
 
 HISTORY = 10

@@ -1,0 +1,373 @@
+"""Run Drills: a thin executor around core.drill.plan.
+
+One kopf daemon per Drill polls every second: it takes a snapshot (the Drill, its target,
+the target's campuses, this process's live run), asks the planner for the next step and
+does it. A live run holds the load (workload.run through each campus's -rw), the RTO
+probes and the fault; all of it is asyncio I/O on kopf's loop, nothing blocks. The
+partition NetworkPolicy is removed when the run ends, fails, when the daemon stops, and
+by the delete handler (kopf's finalizer) when the Drill is deleted mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import kopf
+from kubernetes_asyncio import client
+
+from ..adapters import resources
+from ..adapters.kube import api_client
+from ..adapters.resources import KubeApiError
+from ..api.v1alpha1.drill import (
+    HISTORY,
+    REPORT_CHARS,
+    TIMELINE,
+    DrillPhase,
+    Scenario,
+    TargetKind,
+)
+from ..base.timefmt import parse_rfc3339, rfc3339
+from ..core.conditions import condition, set_condition
+from ..core.drill import (
+    DRILL_LABEL,
+    Action,
+    CampusView,
+    Measured,
+    Snapshot,
+    Stage,
+    Step,
+    partition_policy,
+    plan,
+)
+from ..core.manifests import CAMPUS_LABEL
+from ..observability.metrics import DRILL_LOST, DRILL_RTO, DRILL_RUNS
+from ..workload import Ledger, Problem, SiteTarget, check
+from ..workload import plan as load_plan
+from ..workload import run as run_load
+from . import drill_io as io
+from .drill_report import report
+
+log = logging.getLogger("ringkeeper.drill")
+# (namespace, target kind, target name) -> the Drill running on it, in this process
+# (only the leader runs drills, so this is the whole cluster's view).
+_BUSY: dict[tuple[str, str, str], str] = {}
+API_BACKOFF = 10.0
+
+
+@dataclass
+class LiveRun:
+    campuses: list[str]
+    started: datetime
+    stage: Stage = Stage.STARTED
+    fault_at: datetime | None = None
+    healed: bool = False
+    measured: Measured | None = None
+    ledger: Ledger = field(default_factory=Ledger)
+    proxies: dict[str, io.RwProxy] = field(default_factory=dict)
+    probes: dict[str, io.Probe] = field(default_factory=dict)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    load: asyncio.Task[Any] | None = None
+    timeline: list[dict[str, str]] = field(default_factory=list)
+    load_result: dict[str, Any] = field(default_factory=dict)
+    check_result: dict[str, Any] = field(default_factory=dict)
+
+    def rto(self) -> float | None:
+        rtos = [p.rto for p in self.probes.values()]
+        return None if not rtos or any(r is None for r in rtos) else max(
+            r for r in rtos if r is not None)
+
+    async def close(self) -> None:
+        for p in self.probes.values():
+            p.stop.set()
+        for t in [*self.tasks, *([self.load] if self.load else [])]:
+            t.cancel()
+        for t in [*self.tasks, *([self.load] if self.load else [])]:
+            with contextlib.suppress(BaseException):
+                await t
+        for px in self.proxies.values():
+            await px.close()
+
+
+def _ns_name(body: kopf.Body) -> tuple[str, str, str]:
+    meta = body["metadata"]
+    return str(meta["namespace"]), str(meta["name"]), str(meta.get("uid", ""))
+
+
+def _snapshot(body: dict[str, Any], exists: bool, campuses: tuple[CampusView, ...],
+              other: str | None, live: LiveRun | None) -> Snapshot:
+    spec, st = body.get("spec") or {}, body.get("status") or {}
+    exp, load = spec.get("expectations") or {}, spec.get("workload") or {}
+    last = st.get("lastRun") or {}
+    return Snapshot(
+        scenario=Scenario(spec["scenario"]), target_kind=TargetKind(spec["target"]["kind"]),
+        target_exists=exists, campuses=campuses, other_running=other, now=datetime.now(UTC),
+        max_rto_seconds=int(exp.get("maxRtoSeconds", 600)),
+        max_lost=int(exp.get("maxLostTransactions", 0)),
+        load_seconds=int(load.get("durationSeconds", 120)), schedule=spec.get("schedule"),
+        time_zone=spec.get("timeZone"), suspend=bool(spec.get("suspend")),
+        runs=int(st.get("runs") or 0), last_started=parse_rfc3339(last.get("startedAt")),
+        created=parse_rfc3339(body["metadata"].get("creationTimestamp")),
+        phase_running=st.get("phase") == DrillPhase.RUNNING,
+        stage=live.stage if live else None, started_at=live.started if live else None,
+        fault_at=live.fault_at if live else None,
+        probes_writing=bool(live and all(p.writes for p in live.probes.values())),
+        recovered=bool(live and live.rto() is not None),
+        healed=bool(live and live.healed), load_done=bool(live and live.load and
+                                                          live.load.done()),
+        measured=live.measured if live else None)
+
+
+class Executor:
+    def __init__(self, api: client.ApiClient, body: kopf.Body) -> None:
+        self.api, self.body = api, body
+        self.ns, self.name, self.uid = _ns_name(body)
+        self.live: LiveRun | None = None
+        # The Drill as last read from the API: kopf's body lags our own status patches, and
+        # a stale phase Running would read as an interrupted run.
+        self.fresh: dict[str, Any] = dict(body)
+
+    def _event(self, reason: str, message: str, warning: bool = False) -> None:
+        if self.live is not None:
+            self.live.timeline.append({"at": rfc3339(datetime.now(UTC), micro=True),
+                                       "event": reason, "message": message})
+        (kopf.warn if warning else kopf.info)(self.body, reason=reason, message=message)
+
+    async def _status(self, patch: dict[str, Any]) -> dict[str, Any]:
+        self.fresh = await resources.patch_custom_status(self.api, self.ns, "drills",
+                                                         self.name, patch)
+        return self.fresh
+
+    async def _condition(self, step: Step, status: str) -> None:
+        conds = list((self.fresh.get("status") or {}).get("conditions") or [])
+        old = condition(conds, "Ready") or {}
+        if (old.get("reason"), old.get("message"), old.get("status")) == (
+                str(step.reason), step.message, status):
+            return
+        new = set_condition(conds, type="Ready", status=status, reason=str(step.reason),
+                            message=step.message, now=datetime.now(UTC),
+                            generation=self.fresh["metadata"].get("generation"))
+        self.fresh = await self._status({"conditions": new})
+        if step.action == Action.REFUSE:
+            kopf.warn(self.body, reason=str(step.reason), message=step.message)
+
+    async def _start(self, snap: Snapshot) -> None:
+        live = LiveRun([c.name for c in snap.campuses], snap.now)
+        self.live = live
+        spec = self.fresh.get("spec") or {}
+        load = spec.get("workload") or {}
+        sites = []
+        for i, campus in enumerate(live.campuses, start=1):
+            px = io.RwProxy(self.api, self.ns, campus)
+            await px.start()
+            live.proxies[campus] = px
+            dsn = px.dsn(await io.app_password(self.api, self.ns, campus))
+            sites.append(SiteTarget(campus, i, dsn))
+            live.probes[campus] = io.Probe(campus, dsn)
+            live.tasks.append(asyncio.create_task(live.probes[campus].run()))
+        the_plan = load_plan(duration=float(load.get("durationSeconds", 120)),
+                             rate=float(load.get("ratePerSecond", 200)),
+                             workers=int(load.get("writers", 4)))
+        live.load = asyncio.create_task(run_load(sites, the_plan, live.ledger))
+        await self._status({"phase": DrillPhase.RUNNING,
+                            "lastRun": {"startedAt": rfc3339(snap.now), "completedAt": None,
+                                        "result": None, "rtoSeconds": None,
+                                        "lostTransactions": None,
+                                        "committedTransactions": None, "reason": None,
+                                        "timeline": None, "report": None,
+                                        "message": f"{snap.scenario.value} under load"}})
+        self._event("DrillStarted", f"{snap.scenario.value} against "
+                    f"{snap.target_kind.value} {', '.join(live.campuses)}: load for "
+                    f"{the_plan.duration:.0f} s at {the_plan.rate:.0f} specimens/s")
+
+    async def _inject(self, snap: Snapshot) -> None:
+        live = self.live
+        assert live is not None
+        if snap.scenario == Scenario.PRIMARY_KILL:
+            campus = snap.campuses[0]
+            for p in live.probes.values():
+                p.fault(killed=True)
+            await io.kill_pod(self.api, self.ns, str(campus.primary))
+            what = f"deleted primary pod {campus.primary} of {campus.name} (grace 0)"
+        else:
+            a, b = live.campuses[0], live.campuses[1]
+            ips = await io.campus_pod_ips(self.api, self.ns, b, CAMPUS_LABEL)
+            body = partition_policy(self.name, self.uid, self.ns, a, b, ips, CAMPUS_LABEL)
+            await io.create_policy(self.api, self.ns, body)
+            for p in live.probes.values():
+                p.fault(killed=False)
+            what = f"NetworkPolicy {body['metadata']['name']} cuts {a} from {b}"  # type: ignore[index]
+        live.fault_at, live.stage = datetime.now(UTC), Stage.FAULTED
+        self._event("FaultInjected", what, warning=True)
+
+    async def _heal(self) -> None:
+        assert self.live is not None
+        gone = await io.remove_policies(self.api, self.ns, self.name, DRILL_LABEL)
+        self.live.healed = True
+        self._event("PartitionHealed", f"removed NetworkPolicy {', '.join(gone) or '(none)'}")
+
+    async def _verify(self) -> None:
+        live = self.live
+        assert live is not None
+        if live.load is not None:
+            if not live.load.done():  # recovery timed out: the load stops here
+                live.load.cancel()
+                with contextlib.suppress(BaseException):
+                    await live.load
+            if live.load.cancelled():
+                live.load_result = {"error": "stopped early"}
+            elif live.load.exception() is not None:
+                live.load_result = {"error": repr(live.load.exception())[:300]}
+            else:
+                live.load_result = live.load.result().as_dict()
+        rto = live.rto()
+        if rto is not None:
+            self._event("Recovered", f"first write through -rw {rto:.2f} s after the fault")
+        lost, last_error = None, ""
+        for _ in range(5):  # the -rw Service may still be moving; the ledger check retries
+            conns: dict[str, Any] = {}
+            try:
+                for c in live.campuses:
+                    conns[c] = await asyncpg.connect(live.probes[c].dsn,
+                                                     timeout=io.CONNECT_TIMEOUT)
+                found = await check(conns, live.ledger, holds={c: [c] for c in conns})
+                live.check_result = found.as_dict()
+                lost = sum(found.count(p) for p in (Problem.MISSING, Problem.STALE,
+                                                    Problem.UNEXPECTED))
+                break
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                await asyncio.sleep(2)
+            finally:
+                for conn in conns.values():
+                    conn.terminate()
+        committed = sum(live.ledger.commits.values())
+        if lost is None:
+            live.check_result = {"error": last_error}
+            lost = committed  # nothing could be checked: nothing is proven kept
+        live.measured = Measured(rto, lost, committed)
+        live.stage = Stage.VERIFIED
+
+    async def _finish(self, step: Step, snap: Snapshot) -> None:
+        live, st = self.live, self.fresh.get("status") or {}
+        m = live.measured if live else None
+        result = DrillPhase.PASSED if step.passed else DrillPhase.FAILED
+        self._event("DrillPassed" if step.passed else "DrillFailed", step.message,
+                    warning=not step.passed)
+        run = {"startedAt": (st.get("lastRun") or {}).get("startedAt"),
+               "completedAt": rfc3339(datetime.now(UTC)), "result": result,
+               "rtoSeconds": None if m is None or m.rto_seconds is None
+               else round(m.rto_seconds, 2),
+               "lostTransactions": m.lost if m else None,
+               "committedTransactions": m.committed if m else None,
+               "reason": str(step.reason), "message": step.message}
+        if live is not None:
+            run["timeline"] = live.timeline[-TIMELINE:]
+            data = report(self.name, snap, run, live.timeline, live.load_result,
+                          live.check_result)
+            run["report"] = data["report.md"][:REPORT_CHARS]
+            log.info("drill %s/%s report: %s", self.ns, self.name, data["report.json"])
+        # History keeps the figures; the timeline and report stay on lastRun only.
+        history = [{k: v for k, v in run.items() if k not in ("timeline", "report")},
+                   *list(st.get("history") or [])][:HISTORY]
+        await self._status({"phase": result, "runs": int(st.get("runs") or 0) + 1,
+                            "passed": int(st.get("passed") or 0) + int(bool(step.passed)),
+                            "lastRun": run, "history": history})
+        await self._condition(step, "True")
+        labels = (self.ns, self.name, snap.scenario.value)
+        DRILL_RTO.labels(*labels).set(-1.0 if m is None or m.rto_seconds is None
+                                      else m.rto_seconds)
+        DRILL_LOST.labels(*labels).set(m.lost if m else 0)
+        DRILL_RUNS.labels(self.ns, self.name, result.value).inc()
+        await self.end()
+
+    async def end(self) -> None:
+        """Whatever happens, the run's tasks stop and its policy goes."""
+        live, self.live = self.live, None
+        for key, who in list(_BUSY.items()):
+            if who == self.name and key[0] == self.ns:
+                del _BUSY[key]
+        if live is not None:
+            await live.close()
+        await io.remove_policies(self.api, self.ns, self.name, DRILL_LABEL)
+
+    async def tick(self) -> None:
+        self.fresh = await resources.read_custom(self.api, self.ns, "drills", self.name)
+        spec = self.fresh.get("spec") or {}
+        kind, target = TargetKind(spec["target"]["kind"]), str(spec["target"]["name"])
+        exists, campuses = await io.target(self.api, self.ns, kind, target)
+        key = (self.ns, kind.value, target)
+        other = _BUSY.get(key)
+        snap = _snapshot(self.fresh, exists, campuses,
+                         other if other not in (None, self.name) else None, self.live)
+        step = plan(snap)
+        if step.action == Action.START:
+            _BUSY[key] = self.name
+            await self._start(snap)
+        elif step.action == Action.INJECT_FAULT:
+            await self._inject(snap)
+        elif step.action == Action.HEAL:
+            await self._heal()
+        elif step.action == Action.VERIFY:
+            await self._verify()
+        elif step.action == Action.FINISH:
+            await self._finish(step, snap)
+        elif step.action in (Action.REFUSE, Action.WAIT) and self.live is None:
+            ok = step.action == Action.WAIT and str(step.reason) in (
+                "NotDue", "Completed", "Suspended")
+            await self._condition(step, "True" if ok else "False")
+
+
+async def drill_loop(body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
+    async with await api_client() as api:
+        ex = Executor(api, body)
+        try:
+            while not stopped:
+                delay = 1.0
+                try:
+                    await ex.tick()
+                except (KubeApiError, client.ApiException, OSError, ValueError) as exc:
+                    # Seen, said and backed off; a live run that cannot go on is failed.
+                    text = str(exc)[:300]
+                    log.warning("drill %s/%s: %s", ex.ns, ex.name, text)
+                    with contextlib.suppress(Exception):
+                        kopf.warn(body, reason="DrillError", message=text)
+                    if ex.live is not None:
+                        await ex.end()
+                        with contextlib.suppress(Exception):
+                            await ex._status({"phase": DrillPhase.FAILED, "lastRun": {
+                                "result": DrillPhase.FAILED, "reason": "Error",
+                                "completedAt": rfc3339(datetime.now(UTC)),
+                                "message": f"the run broke off: {text}"}})
+                    delay = API_BACKOFF
+                await stopped.wait(delay)
+        finally:
+            await ex.end()
+
+
+async def cleanup(body: kopf.Body) -> None:
+    """The finalizer's work: no partition outlives its Drill."""
+    ns, name, _ = _ns_name(body)
+    async with await api_client() as api:
+        await io.remove_policies(api, ns, name, DRILL_LABEL)
+
+
+def register() -> None:
+    @kopf.daemon("ringkeeper.io", "v1alpha1", "drills", id="drill-run",
+                 cancellation_timeout=15)
+    async def _run(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        started = time.monotonic()
+        await drill_loop(body, stopped)
+        log.debug("drill daemon ended after %.0f s", time.monotonic() - started)
+
+    @kopf.on.delete("ringkeeper.io", "v1alpha1", "drills", id="drill-cleanup")
+    async def _delete(body: kopf.Body, **_: Any) -> None:
+        await cleanup(body)
+
+

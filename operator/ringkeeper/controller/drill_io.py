@@ -1,0 +1,220 @@
+"""A drill's I/O: a campus's -rw Service for the operator's own connections, the RTO probe,
+the faults (pod deletion, partition policy).
+
+The operator resolves `<campus>-rw` as kube-proxy does (the ready pods its selector picks), and
+relays each new connection to the address listed at that moment (RwProxy): a connection
+made after a failover reaches the new primary, whether or not the cluster routes Service
+addresses (the local cluster has no kube-proxy or DNS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import asyncpg
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..adapters import resources
+from ..adapters.resources import KubeApiError
+from ..api.v1alpha1.drill import TargetKind
+from ..contracts.conninfo import SslMode, Target, build_dsn
+from ..core.drill import CampusView
+
+log = logging.getLogger("ringkeeper.drill")
+PG_PORT = 5432
+CONNECT_TIMEOUT = 2.0
+PROBE_EVERY = 0.2
+
+
+async def rw_addresses(api: client.ApiClient, namespace: str, campus: str) -> list[str]:
+    """Addresses of the ready pods the campus's -rw Service selects: what its endpoints
+    list, read from the Service's selector and the pods (the operator holds no
+    EndpointSlice grant)."""
+    core = client.CoreV1Api(api)
+    svc = await core.read_namespaced_service(f"{campus}-rw", namespace)
+    selector = (svc.spec.selector if svc.spec else None) or {}
+    if not selector:
+        return []
+    pods = await core.list_namespaced_pod(
+        namespace, label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+    return sorted(p.status.pod_ip for p in pods.items
+                  if p.status and p.status.pod_ip and p.metadata.deletion_timestamp is None
+                  and any(c.type == "Ready" and c.status == "True"
+                          for c in p.status.conditions or []))
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        dst.close()
+
+
+class RwProxy:
+    """A loopback listener that relays each connection to the current -rw address."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, campus: str) -> None:
+        self.api, self.namespace, self.campus = api, namespace, campus
+        self.server: asyncio.Server | None = None
+        self.host, self.port = "127.0.0.1", 0
+        self.upstream_port = PG_PORT
+        self.tasks: set[asyncio.Future[Any]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.host, self.port = self.server.sockets[0].getsockname()[:2]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            addrs = await rw_addresses(self.api, self.namespace, self.campus)
+            if len(addrs) != 1:  # none during a failover; two would be a split the Service hides
+                raise ConnectionError(f"{self.campus}-rw lists {addrs}")
+            up_r, up_w = await asyncio.wait_for(
+                asyncio.open_connection(addrs[0], self.upstream_port), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ApiException, ConnectionError):
+            writer.close()
+            return
+        task = asyncio.ensure_future(asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def dsn(self, password: str) -> str:
+        return build_dsn(Target(host=str(self.host), port=int(self.port), database="app",
+                                user="app", password=password, sslmode=SslMode.PREFER))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for t in list(self.tasks):
+            t.cancel()
+
+
+PROBE_TABLE = ("CREATE TABLE IF NOT EXISTS ringkeeper_drill_probe "
+               "(campus text PRIMARY KEY, n bigint NOT NULL, at timestamptz NOT NULL)")
+PROBE_WRITE = ("INSERT INTO ringkeeper_drill_probe VALUES ($1, 1, now()) "
+               "ON CONFLICT (campus) DO UPDATE SET n = ringkeeper_drill_probe.n + 1, "
+               "at = now() RETURNING host(inet_server_addr()), pg_postmaster_start_time()::text")
+
+
+@dataclass
+class Probe:
+    """Writes one row through -rw every PROBE_EVERY s. After `fault()` the first write that
+    lands on a server other than the one that was writable before (another address, or
+    the same one restarted) ends the outage: that is the RTO."""
+
+    campus: str
+    dsn: str = field(repr=False)
+    last_server: tuple[str, str] | None = None
+    writes: int = 0
+    fault_mono: float | None = None
+    avoid: tuple[str, str] | None = None
+    rto: float | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def fault(self, killed: bool) -> None:
+        self.avoid = self.last_server if killed else None
+        self.fault_mono = time.monotonic()
+
+    async def run(self) -> None:
+        conn: Any = None
+        made = False
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
+                    if not made:
+                        await asyncio.wait_for(conn.execute(PROBE_TABLE), CONNECT_TIMEOUT)
+                        made = True
+                row = await asyncio.wait_for(conn.fetchrow(PROBE_WRITE, self.campus),
+                                             CONNECT_TIMEOUT)
+                at = time.monotonic()
+                server = (str(row[0]), str(row[1]))
+                self.writes += 1
+                self.last_server = server
+                if (self.fault_mono is not None and self.rto is None and at > self.fault_mono
+                        and server != self.avoid):
+                    self.rto = at - self.fault_mono
+            except Exception:  # any failure is a write that did not happen
+                if conn is not None:
+                    conn.terminate()
+                conn = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), PROBE_EVERY)
+        if conn is not None:
+            conn.terminate()
+
+
+async def target(api: client.ApiClient, ns: str, kind: TargetKind, name: str
+                  ) -> tuple[bool, tuple[CampusView, ...]]:
+    """Whether the target exists, and its campuses (a ring's campusRef members)."""
+    try:
+        if kind == TargetKind.CAMPUS:
+            names = [name]
+            await resources.read_custom(api, ns, "campuses", name)
+        else:
+            ring = await resources.read_custom(api, ns, "replicationrings", name)
+            names = [str((m.get("campusRef") or {}).get("name"))
+                     for m in (ring.get("spec") or {}).get("members") or []
+                     if (m.get("campusRef") or {}).get("name")]
+    except KubeApiError as exc:
+        if exc.status == 404:
+            return False, ()
+        raise
+    views = []
+    for n in names:
+        try:
+            st = (await resources.read_custom(api, ns, "campuses", n)).get("status") or {}
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            st = {}
+        primary = st.get("currentPrimary")
+        views.append(CampusView(n, st.get("phase") == "Ready" and bool(primary), primary))
+    return True, tuple(views)
+
+
+async def kill_pod(api: client.ApiClient, namespace: str, pod: str) -> None:
+    """Delete the pod at once (grace 0): its server dies without a clean shutdown."""
+    await client.CoreV1Api(api).delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+
+
+async def campus_pod_ips(api: client.ApiClient, namespace: str, campus: str,
+                         label: str) -> tuple[str, ...]:
+    pods = await client.CoreV1Api(api).list_namespaced_pod(
+        namespace, label_selector=f"{label}={campus}")
+    return tuple(sorted(p.status.pod_ip for p in pods.items if p.status and p.status.pod_ip))
+
+
+async def create_policy(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> None:
+    await client.NetworkingV1Api(api).create_namespaced_network_policy(namespace, cast(Any, body))
+
+
+async def remove_policies(api: client.ApiClient, namespace: str, drill: str,
+                          label: str) -> list[str]:
+    """Delete every NetworkPolicy labelled as this drill's; the names removed."""
+    net = client.NetworkingV1Api(api)
+    found = await net.list_namespaced_network_policy(namespace,
+                                                     label_selector=f"{label}={drill}")
+    gone = []
+    for p in found.items:
+        try:
+            await net.delete_namespaced_network_policy(p.metadata.name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        gone.append(str(p.metadata.name))
+    return gone
+
+
+async def app_password(api: client.ApiClient, namespace: str, campus: str) -> str:
+    return await resources.secret_value(api, namespace, f"{campus}-app", "password")

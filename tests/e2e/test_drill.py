@@ -1,0 +1,156 @@
+"""Drills on the local cluster, run by the operator: a primaryKill against a three-instance
+PostgreSQL 17 campus under the LIS load must pass with nothing lost and a measured RTO; a
+Drill against a missing target is refused with a condition saying so.
+
+The figures are the operator's own (status.lastRun); the test checks them against what
+it can see for itself: the primary pod was really replaced, the timeline holds the fault
+and the recovery in order, and the RTO is neither zero nor over the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.campus_helpers import campus_yaml, install_operator, status, wait_ready
+from e2e.conftest import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+MAX_RTO = 30  # detection delay 3 s + failover; generous for a shared 2-core machine
+
+
+def drill_yaml(name: str, target: str, scenario: str = "primaryKill",
+               kind: str = "Campus", **spec: Any) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "ringkeeper.io/v1alpha1", "kind": "Drill", "metadata": {"name": name},
+        "spec": {"target": {"kind": kind, "name": target}, "scenario": scenario,
+                 "expectations": {"maxRtoSeconds": MAX_RTO, "maxLostTransactions": 0},
+                 "workload": {"writers": 2, "ratePerSecond": 4, "durationSeconds": 25},
+                 **spec}})
+
+
+def drill(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    return dict(cluster.get("-n", ns, "drill", name))
+
+
+def ready(obj: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or []
+                 if c["type"] == "Ready"), {})
+
+
+async def test_primary_kill_drill_passes_and_missing_target_is_refused(
+        cluster: Cluster, namespace: str) -> None:
+    ns = namespace
+    await asyncio.to_thread(install_operator, cluster, ns)
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=campus_yaml("lab", "17"))
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml("ghost", "nope"))
+    refused = await asyncio.to_thread(wait_for, "ghost refused", lambda: (
+        ready(drill(cluster, ns, "ghost")).get("reason") == "TargetMissing"
+        and ready(drill(cluster, ns, "ghost"))), timeout=60)
+    assert refused["status"] == "False" and "does not exist" in refused["message"]
+    assert (drill(cluster, ns, "ghost").get("status") or {}).get("runs", 0) == 0
+
+    st = await asyncio.to_thread(wait_ready, cluster, ns, "lab", 180)
+    old_primary = st["currentPrimary"]
+    old_uid = cluster.get("-n", ns, "pod", old_primary)["metadata"]["uid"]
+
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml("kill", "lab"))
+    running = await asyncio.to_thread(wait_for, "drill running", lambda: (
+        (drill(cluster, ns, "kill").get("status") or {}).get("phase") == "Running"), timeout=60)
+    assert running
+    done = await asyncio.to_thread(wait_for, "drill finished", lambda: (
+        drill(cluster, ns, "kill") if (drill(cluster, ns, "kill").get("status") or {}).get(
+            "phase") in ("Passed", "Failed") else None), timeout=25 + MAX_RTO + 90)
+    run = done["status"]["lastRun"]
+    print("drill lastRun:", {k: v for k, v in run.items() if k not in ("report", "timeline")})
+    assert done["status"]["phase"] == "Passed", run
+    assert run["result"] == "Passed" and run["reason"] == "Passed"
+    assert run["lostTransactions"] == 0
+    assert run["committedTransactions"] > 50, run  # the load really ran
+    assert 0 < run["rtoSeconds"] <= MAX_RTO, run
+    assert done["status"]["runs"] == 1 and done["status"]["passed"] == 1
+    assert done["status"]["history"][0]["rtoSeconds"] == run["rtoSeconds"]
+    # the fault was real: the primary's pod was replaced or another instance took over
+    after = status(cluster, ns, "lab")
+    pod = cluster.get("-n", ns, "pod", old_primary)
+    assert after["currentPrimary"] != old_primary or pod["metadata"]["uid"] != old_uid
+    # the timeline is in order: start, fault, recovery, verdict
+    events = [e["event"] for e in run["timeline"]]
+    assert events[:2] == ["DrillStarted", "FaultInjected"] and "Recovered" in events, events
+    assert events[-1] == "DrillPassed"
+    times = [datetime.fromisoformat(e["at"].replace("Z", "+00:00")) for e in run["timeline"]]
+    assert times == sorted(times)
+    assert "| FaultInjected |" in run["report"] and "RTO" in run["report"]
+    reasons = {e["reason"] for e in cluster.get("-n", ns, "events", "--field-selector",
+                                                  "involvedObject.name=kill")["items"]}
+    assert {"DrillStarted", "FaultInjected", "DrillPassed"} <= reasons, reasons
+    # once, without a schedule: it does not run again
+    await asyncio.sleep(3)
+    assert drill(cluster, ns, "kill")["status"]["runs"] == 1
+
+
+def policies(cluster: Cluster, ns: str, drill_name: str) -> list[str]:
+    return [p["metadata"]["name"] for p in cluster.get(
+        "-n", ns, "networkpolicy", "-l", f"ringkeeper.io/drill={drill_name}")["items"]]
+
+
+def ring_yaml(name: str, campuses: list[str]) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "ringkeeper.io/v1alpha1", "kind": "ReplicationRing",
+        "metadata": {"name": name},
+        "spec": {"members": [{"name": c, "campusRef": {"name": c}} for c in campuses],
+                 "tables": {"include": ["drilltest.*"]}}})
+
+
+async def test_network_partition_policy_lives_only_during_the_run(
+        cluster: Cluster, namespace: str) -> None:
+    ns = namespace
+    await asyncio.to_thread(install_operator, cluster, ns)
+    for c in ("east", "west"):
+        cluster.kubectl("-n", ns, "apply", "-f", "-", input=campus_yaml(c, "17", instances=1))
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=ring_yaml("lis", ["east", "west"]))
+    # A partition of a Campus target is refused: it needs two campuses.
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml(
+        "solo", "east", "networkPartition"))
+    for c in ("east", "west"):
+        await asyncio.to_thread(wait_ready, cluster, ns, c, 180, False)
+    solo = await asyncio.to_thread(wait_for, "solo refused", lambda: ready(
+        drill(cluster, ns, "solo")).get("reason") == "ScenarioImpossible", timeout=30)
+    assert solo
+
+    load = {"writers": 1, "ratePerSecond": 3, "durationSeconds": 16}
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml(
+        "part", "lis", "networkPartition", "ReplicationRing", workload=load))
+    seen = await asyncio.to_thread(wait_for, "partition policy", lambda: policies(
+        cluster, ns, "part"), timeout=60)
+    assert seen == ["part-partition"]
+    pol = cluster.get("-n", ns, "networkpolicy", "part-partition")
+    assert pol["metadata"]["ownerReferences"][0]["kind"] == "Drill"
+    done = await asyncio.to_thread(wait_for, "partition drill finished", lambda: (
+        drill(cluster, ns, "part") if (drill(cluster, ns, "part").get("status") or {}).get(
+            "phase") in ("Passed", "Failed") else None), timeout=90)
+    run = done["status"]["lastRun"]
+    print("partition lastRun:", {k: v for k, v in run.items()
+                                 if k not in ("report", "timeline")})
+    assert policies(cluster, ns, "part") == []
+    events = [e["event"] for e in run["timeline"]]
+    assert "PartitionHealed" in events, events
+    assert done["status"]["phase"] == "Passed", run
+    assert run["lostTransactions"] == 0 and run["committedTransactions"] > 0
+
+    # Deleted mid-run: the finalizer removes the policy before the Drill goes.
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml(
+        "cut", "lis", "networkPartition", "ReplicationRing",
+        workload={**load, "durationSeconds": 60}))
+    await asyncio.to_thread(wait_for, "cut policy", lambda: policies(cluster, ns, "cut"),
+                            timeout=60)
+    cluster.kubectl("-n", ns, "delete", "drill", "cut", "--wait=false")
+    await asyncio.to_thread(wait_for, "cut policy removed", lambda: not policies(
+        cluster, ns, "cut"), timeout=30)
+    await asyncio.to_thread(wait_for, "cut deleted", lambda: cluster.kubectl(
+        "-n", ns, "get", "drill", "cut", check=False).returncode != 0, timeout=30)
