@@ -42,13 +42,20 @@ test-unit: ## the fast tests only (no servers, no cluster)
 demo: ## the main job on the built-in local cluster (see README)
 	hack/demo.sh
 
+FAILOVER_SCENARIOS ?= kill replicas-cut frozen-primary
 .PHONY: bench-failover
-bench-failover: ## RTO over 10 primary kills of a 3-instance campus (starts the local cluster)
-	hack/setup.sh >/dev/null
-	$(PYTHON) -m ringkeeper_devcluster up
-	KUBECONFIG=$$($(PYTHON) -m ringkeeper_devcluster kubeconfig) $(PYTHON) -m ringkeeper crds --check >/dev/null
-	hack/install-operator.sh
-	KUBECONFIG=$$($(PYTHON) -m ringkeeper_devcluster kubeconfig) $(PYTHON) bench/failover.py
+bench-failover: ## outage and lost commits per scenario, one JSON line each: kill (10 primary kills, local cluster), replicas-cut and frozen-primary (local servers); FAILOVER_SCENARIOS=... picks
+	@set -e; for s in $(FAILOVER_SCENARIOS); do \
+	  if [ "$$s" = kill ]; then \
+	    hack/setup.sh >/dev/null; \
+	    $(PYTHON) -m ringkeeper_devcluster up; \
+	    KUBECONFIG=$$($(PYTHON) -m ringkeeper_devcluster kubeconfig) $(PYTHON) -m ringkeeper crds --check >/dev/null; \
+	    hack/install-operator.sh; \
+	    KUBECONFIG=$$($(PYTHON) -m ringkeeper_devcluster kubeconfig) $(PYTHON) bench/failover.py --scenario kill; \
+	  else \
+	    $(PYTHON) bench/failover.py --scenario $$s; \
+	  fi; \
+	done
 
 .PHONY: bench-ring
 bench-ring: ## one link vs native logical replication, 4-member ring latency, pgbench capture overhead vs native (~7 min, local servers)

@@ -50,6 +50,7 @@ class TcpProxy:
         self.host, self.target, self.port = host, target, port
         self.black_hole = False
         self.writers: set[asyncio.StreamWriter] = set()
+        self.forwarding = 0  # connections being forwarded now
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -89,8 +90,12 @@ class TcpProxy:
             writer.close()
             return
         self.writers.add(up_w)
-        await asyncio.gather(self._pump(reader, up_w), self._pump(up_r, writer),
-                             return_exceptions=True)
+        self.forwarding += 1
+        try:
+            await asyncio.gather(self._pump(reader, up_w), self._pump(up_r, writer),
+                                 return_exceptions=True)
+        finally:
+            self.forwarding -= 1
         for w in (writer, up_w):
             w.close()
             self.writers.discard(w)
@@ -212,10 +217,14 @@ class Writer:
     """Commits through the instance the Campus names primary; `acked` maps each
     acknowledged id to the monotonic time its commit returned."""
 
-    def __init__(self, c: LocalCampus, pause: float = 0.05) -> None:
+    def __init__(self, c: LocalCampus, pause: float = 0.05, writers: int = 1,
+                 timeout: float = 2.0) -> None:
         self.c = c
         self.pause = pause
+        self.writers = writers  # concurrent clients: one stuck on a dead primary is not all
+        self.timeout = timeout
         self.acked: dict[int, float] = {}
+        self.started: dict[int, float] = {}
         self.next = 0
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -225,6 +234,7 @@ class Writer:
 
     async def write_one(self, timeout: float = 2.0) -> bool:
         i, self.next = self.next, self.next + 1
+        self.started[i] = time.monotonic()
         try:
             conn = await asyncpg.connect(**self.c.dsn(self.primary()), timeout=timeout)
         except Exception:
@@ -241,9 +251,12 @@ class Writer:
         return True
 
     async def run(self) -> None:
-        while not self.stop.is_set():
-            await self.write_one()
-            await asyncio.sleep(self.pause)
+        async def one() -> None:
+            while not self.stop.is_set():
+                await self.write_one(self.timeout)
+                await asyncio.sleep(self.pause)
+
+        await asyncio.gather(*(one() for _ in range(self.writers)))
 
     async def start(self) -> None:
         conn = await asyncpg.connect(**self.c.dsn(self.primary()), timeout=5)
@@ -261,8 +274,8 @@ class Writer:
             await self.task
 
     def outage_after(self, t: float) -> float | None:
-        """Seconds from `t` to the first commit acknowledged after it."""
-        after = [v for v in self.acked.values() if v > t]
+        """Seconds from `t` to the first acknowledged commit of a write begun after it."""
+        after = [v for i, v in self.acked.items() if self.started[i] >= t]
         return min(after) - t if after else None
 
     async def missing_on(self, name: str) -> set[int]:
@@ -286,6 +299,7 @@ class RoleSampler:
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.seq = 0
+        self.marks: list[tuple[float, str]] = []
 
     async def _probe(self, name: str) -> bool:
         self.seq += 1
@@ -304,8 +318,10 @@ class RoleSampler:
                 await asyncio.wait_for(conn.close(), 0.5)
 
     async def run(self) -> None:
-        others_acked = False
+        others_acked, watched = False, self.old
         while not self.stop.is_set():
+            if self.old != watched:  # a new round of faults watches another old primary
+                others_acked, watched = False, self.old
             self.rounds += 1
             t = time.monotonic()
             answers = await asyncio.gather(*(self._probe(n) for n in self.c.names))
@@ -313,12 +329,25 @@ class RoleSampler:
             for n in writable:
                 self.acks.append((t, n))
             if len(writable) > 1:
-                self.violations.append(f"round {self.rounds}: {writable} all acknowledged")
+                self.violations.append(f"round {self.rounds}: {writable} all acknowledged"
+                                       + self._when(t))
             if self.old in writable and others_acked:
                 self.violations.append(f"round {self.rounds}: the old primary {self.old} "
-                                       "acknowledged after another instance did")
+                                       "acknowledged after another instance did"
+                                       + self._when(t))
             others_acked = others_acked or any(n != self.old for n in writable)
             await asyncio.sleep(max(0.0, self.every - (time.monotonic() - t)))
+
+    def mark(self, what: str) -> None:
+        """Note an event, so a violation can be read against the faults around it."""
+        self.marks.append((time.monotonic(), what))
+
+    def _when(self, t: float) -> str:
+        before = [(at, what) for at, what in self.marks if at <= t]
+        if not before:
+            return ""
+        at, what = before[-1]
+        return f" ({t - at:.2f}s after {what})"
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.run())
