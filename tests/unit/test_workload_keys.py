@@ -165,3 +165,20 @@ def test_dsn_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
                 "a=host=h dbname=d", "a;b=postgresql://h/d"):
         with pytest.raises(Usage):
             parse_dsn(bad)
+
+
+def test_a_ledger_file_is_new_unless_continued(tmp_path: Path) -> None:
+    """Another database's run 1 has the same keys as this one's: an old file is never
+    appended to by accident (that once made a passing run look like lost commits)."""
+    path = tmp_path / "l.jsonl"
+    led = _ledger(path)
+    k = KeySource(1, 1).next()
+    led.record([Entry("north", "patients", k, k, Kind.INSERT, 1.0)])
+    led.close()
+    with pytest.raises(FileExistsError):
+        Ledger(path)
+    more = Ledger(path, append=True)
+    k2 = KeySource(1, 2).next()
+    more.record([Entry("north", "patients", k2, k2, Kind.INSERT, 2.0)])
+    more.close()
+    assert {e.key for e in Ledger.load(path).expectations()} == {k, k2}

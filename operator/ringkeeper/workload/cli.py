@@ -107,8 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="share of corrections also made at once from another site "
                      f"(default {Mix.conflict})")
     lis.add_argument("--seed", type=int, help="random seed, for a repeatable mix")
-    lis.add_argument("--ledger", type=Path, help="append every acknowledged commit to this "
-                     "JSON-lines file")
+    lis.add_argument("--ledger", type=Path, help="write every acknowledged commit to this "
+                     "new JSON-lines file")
+    lis.add_argument("--append", action="store_true",
+                     help="continue an existing --ledger (only one of the same servers)")
     lis.add_argument("--progress-every", type=float, default=5.0, metavar="S",
                      help="seconds between progress lines on stderr (default 5)")
     lis.set_defaults(func=run_lis)
@@ -148,7 +150,11 @@ def run_lis(args: argparse.Namespace) -> int:
     except (Usage, ValueError) as exc:
         print(f"ringkeeper workload lis: {exc}", file=sys.stderr)
         return 2
-    ledger = Ledger(args.ledger)
+    try:
+        ledger = Ledger(args.ledger, append=args.append)
+    except (OSError, LedgerError) as exc:
+        print(f"ringkeeper workload lis: ledger: {exc}", file=sys.stderr)
+        return 2
     try:
         result = asyncio.run(run(sites, the_plan, ledger, _progress, args.progress_every))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,

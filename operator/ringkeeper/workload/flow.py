@@ -254,7 +254,10 @@ class SiteWriter:
         """Make the corrections other sites asked for; a row not here yet waits (up to
         `retries` passes) for replication to bring it."""
         for _ in range(self.inbox.qsize()):
-            job = self.inbox.get_nowait()
+            try:  # the site's other workers drain the same inbox meanwhile
+                job = self.inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                return
             if await self.correct(conn, job.result_id):
                 self.stats.counts["cross_site_corrections"] += 1
             elif job.attempts < retries:

@@ -74,7 +74,10 @@ class LedgerError(ValueError):
 
 
 class Ledger:
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, append: bool = False) -> None:
+        """`path` must be new unless `append`: entries of another database's run could
+        share keys with this one (run numbers start at 1 in every fresh database), so
+        only a ledger of the same servers may be continued."""
         self.path = path
         self.site_numbers: dict[str, int] = {}
         self._names: dict[int, str] = {}
@@ -83,7 +86,10 @@ class Ledger:
         self.commits: Counter[str] = Counter()
         self._file: IO[str] | None = None
         if path is not None:
-            self._file = path.open("a", encoding="utf-8")
+            if append and path.exists():
+                for name, number in Ledger.load(path).site_numbers.items():
+                    self.add_site(name, number)  # known sites are not written again
+            self._file = path.open("a" if append else "x", encoding="utf-8")
             if path.stat().st_size == 0:
                 self._write({"format": FORMAT})
 
