@@ -92,6 +92,10 @@ class ElectionReason(StrEnum):
     LAG_TOO_LARGE = "LagTooLarge"
     RECEIVERS_RUNNING = "ReceiversStillRunning"
     NO_SYNC_SNAPSHOT = "NoSyncSnapshot"
+    # A switchover (choose_switchover): the operator asked for one replica by name.
+    SWITCHOVER_CAUGHT_UP = "SwitchoverTargetCaughtUp"
+    SWITCHOVER_TARGET_UNREACHABLE = "SwitchoverTargetUnreachable"
+    SWITCHOVER_TARGET_BEHIND = "SwitchoverTargetBehind"
 
 
 @dataclass(frozen=True)
@@ -239,3 +243,25 @@ def refusal_before_pause(
     if election.candidate is None and election.reason in _FINAL_REFUSALS:
         return election
     return None
+
+
+def choose_switchover(target: str, replicas: Sequence[InstanceReport],
+                      old: str | None) -> Election:
+    """Whether the replica asked for by a switchover may be promoted, and why.
+
+    A switchover fences the healthy old primary first, so it stopped cleanly and
+    every commit it acknowledged was sent to its standbys; once their receivers
+    are paused the target must be at least as far ahead as every reachable
+    replica, or promoting it would lose what another replica holds. `replicas`
+    excludes the old primary; their positions must be frozen (paused) first.
+    """
+    rep = next((r for r in replicas if r.name == target), None)
+    if rep is None or not rep.reachable or not rep.server_running:
+        return Election(None, ElectionReason.SWITCHOVER_TARGET_UNREACHABLE,
+                        f"{target} is not reachable")
+    best = max(r.position for r in replicas if r.reachable)
+    if rep.position < best:
+        return Election(None, ElectionReason.SWITCHOVER_TARGET_BEHIND,
+                        f"{target} is behind another replica; it would lose commits")
+    return Election(target, ElectionReason.SWITCHOVER_CAUGHT_UP,
+                    f"switchover to {target}, caught up with the old primary {old}")
