@@ -112,7 +112,9 @@ async def test_network_partition_policy_lives_only_during_the_run(
     ns = namespace
     await asyncio.to_thread(install_operator, cluster, ns)
     for c in ("east", "west"):
-        cluster.kubectl("-n", ns, "apply", "-f", "-", input=campus_yaml(c, "17", instances=1))
+        cluster.kubectl("-n", ns, "apply", "-f", "-", input=campus_yaml(
+            c, "17", instances=1,
+            synchronous={"number": 0, "dataDurability": "preferred"}))
     cluster.kubectl("-n", ns, "apply", "-f", "-", input=ring_yaml("lis", ["east", "west"]))
     # A partition of a Campus target is refused: it needs two campuses.
     cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml(
