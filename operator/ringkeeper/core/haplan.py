@@ -182,7 +182,10 @@ def role_after_refusal(old: str, planned: bool) -> tuple[str, str]:
     the read-write Service; if the server is down, clients fail to connect exactly
     as they would with no endpoint, and the next cycle's verdict (failed again, or
     healthy) relabels it. Taking the label away instead would leave a recovered
-    primary without clients until a later healthy cycle.
+    primary without clients until a later healthy cycle. A switchover fenced it and
+    waited for the stop; its agent lifts that fence by itself once it reads a Campus
+    settled on it (currentPrimary names it, no failover in flight), which a refusal
+    leaves as it was.
     """
     what = "switchover" if planned else "failover"
     return "primary", (f"{what} refused: {old} is still currentPrimary and the only "
