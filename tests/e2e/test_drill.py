@@ -25,11 +25,11 @@ MAX_RTO = 30  # detection delay 3 s + failover; generous for a shared 2-core mac
 
 
 def drill_yaml(name: str, target: str, scenario: str = "primaryKill",
-               kind: str = "Campus", **spec: Any) -> str:
+               kind: str = "Campus", max_rto: int = MAX_RTO, **spec: Any) -> str:
     return yaml.safe_dump({
         "apiVersion": "ringkeeper.io/v1alpha1", "kind": "Drill", "metadata": {"name": name},
         "spec": {"target": {"kind": kind, "name": target}, "scenario": scenario,
-                 "expectations": {"maxRtoSeconds": MAX_RTO, "maxLostTransactions": 0},
+                 "expectations": {"maxRtoSeconds": max_rto, "maxLostTransactions": 0},
                  "workload": {"writers": 2, "ratePerSecond": 4, "durationSeconds": 25},
                  **spec}})
 
@@ -92,6 +92,19 @@ async def test_primary_kill_drill_passes_and_missing_target_is_refused(
     # once, without a schedule: it does not run again
     await asyncio.sleep(3)
     assert drill(cluster, ns, "kill")["status"]["runs"] == 1
+
+    # The verdict can fail: the same kill held to a 1 s RTO, which no failover here meets.
+    await asyncio.to_thread(wait_ready, cluster, ns, "lab", 180)
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml(
+        "strict", "lab", max_rto=1, workload={"writers": 1, "ratePerSecond": 3,
+                                               "durationSeconds": 12}))
+    failed = await asyncio.to_thread(wait_for, "strict drill finished", lambda: (
+        drill(cluster, ns, "strict") if (drill(cluster, ns, "strict").get("status") or {}).get(
+            "phase") in ("Passed", "Failed") else None), timeout=120)
+    srun = failed["status"]["lastRun"]
+    print("strict lastRun:", {k: v for k, v in srun.items() if k not in ("report", "timeline")})
+    assert failed["status"]["phase"] == "Failed" and srun["reason"] == "RtoExceeded", srun
+    assert srun["lostTransactions"] == 0
 
 
 def policies(cluster: Cluster, ns: str, drill_name: str) -> list[str]:
