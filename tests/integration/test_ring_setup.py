@@ -326,6 +326,15 @@ async def test_setup_under_writes_converges_every_time(tmp_path: Path, seed: int
         except AssertionError:
             print(sidecars.states(), [sidecars.status(n) for n in sidecars.procs])
             print(sidecars.logs())
+            for n in ring.names:
+                print(n, ring.servers[n].psql(
+                    "SELECT slot_name, restart_lsn, confirmed_flush_lsn "
+                    "FROM pg_replication_slots ORDER BY 1"))
+                print(n, ring.servers[n].psql(
+                    "SELECT external_id, remote_lsn, local_lsn "
+                    "FROM pg_replication_origin_status ORDER BY 1"))
+                print(n, ring.servers[n].psql(
+                    "SELECT slot, created_lsn FROM ringkeeper.slot_history ORDER BY 1"))
             raise
         await ring.wait_converged(("lis.samples", "lis.results"), timeout=20)
 
