@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from ..api.v1alpha1.ring import LinkState
-from ..core import names
+from ..core import names, ringmember
 from ..core.liveness import (
     LinkFault,
     LinkObservation,
@@ -32,16 +32,16 @@ from ..core.liveness import (
     ping_seconds,
     statement_seconds,
 )
+from ..core.ringmember import confirmable
 from ..engines import EngineProfile
 from . import catalog
 from .apply import Applier, Txn
-from .pgoutput import Begin, Commit, Delete, Insert, Origin, Relation, Update, parse
+from .assembly import Assembler, Event, Part, Skip
+from .pgoutput import Begin, Origin, Relation
 from .walstream import WalStream, ensure_scram
 
 log = logging.getLogger(__name__)
 
-PART_ROWS = 2000  # a transaction larger than this is applied in parts of this size
-BUNDLE_ROWS = 2000  # rows per queue item
 QUEUE_BUNDLES = 8  # queue items between reader and applier: with the above, the memory bound
 FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
 # A queue item of fewer events than this, alone in the queue and taken within LINGER
@@ -50,7 +50,6 @@ FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
 # trickle (nothing applied in the last LINGER) and a backlog (more queued) never wait.
 LINGER = 0.005
 LINGER_EVENTS = 64
-_ROW_MESSAGES = frozenset(b"IUD")
 
 
 @dataclass
@@ -153,44 +152,12 @@ async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -
         conn.terminate()
 
 
-@dataclass(frozen=True)
-class Skip:
-    """A transaction this member does not take (its own, a seed copy, not carried)."""
-
-    end_lsn: int
-
-
-@dataclass
-class Part:
-    """A piece of a transaction too large to hold whole."""
-
-    origin: str
-    origin_lsn: int
-    commit_ts: datetime
-    changes: list[Insert | Update | Delete]
-    first: bool
-    end_lsn: int | None = None  # set on the last part
-
-
-Event = Relation | Txn | Skip | Part
-
-
 def route(ring: str, source: str, begin: Begin, origin: Origin | None,
           carries: frozenset[str] | None, local: str | None = None) -> tuple[str, int] | None:
-    """(true origin, origin LSN) of a transaction read from `source`, or None when this
-    link must not bring it (a stock-sync copy, the target's own change coming back, or
-    an origin it does not carry)."""
-    if origin is not None:
-        member = names.member_of_origin(ring, origin.name)
-        if member == names.SEED:
-            return None  # a stock-sync copy: local to the member that was seeded
-        true_origin = member or source
-        origin_lsn = origin.origin_lsn if member else begin.final_lsn
-    else:
-        true_origin, origin_lsn = source, begin.final_lsn
-    if true_origin == local or (carries is not None and true_origin not in carries):
-        return None
-    return true_origin, origin_lsn
+    """core.ringmember.route for a transaction's Begin and Origin messages."""
+    return ringmember.route(ring, source, begin.final_lsn,
+                            None if origin is None else (origin.name, origin.origin_lsn),
+                            carries, local)
 
 
 def only_source_changes(source: str, carries: frozenset[str] | None) -> bool:
@@ -408,77 +375,25 @@ class Link:
         ws.feedback(end)
 
     def _confirmable(self, drained: bool) -> int:
-        """How far the source may be told this member is: the end of the last
-        transaction applied or skipped; or, once everything read has been taken from the
-        queue and no transaction is open, the source's WAL end as of the last keepalive
-        read (what lies before it and was not sent is not for this link). Without the
-        latter a quiet link would hold the slot's restart point, and so WAL, at its last
-        transaction, and the next start would decode again from there."""
-        if drained and not self._part_applying:
-            return max(self._end, self._seen_end)
-        return self._end
+        """How far the source may be told this member is (core.ringmember.confirmable)."""
+        return confirmable(applied_end=self._end, seen_end=self._seen_end, drained=drained,
+                           part_open=self._part_applying)
 
     async def _read(self, ws: WalStream, queue: asyncio.Queue[list[Event]]) -> None:
-        """Assemble the stream into events, in order, bounded by the queue."""
-        bundle: list[Event] = []
-        rows = 0
-        begin: Begin | None = None
-        origin: Origin | None = None
-        routed: tuple[str, int] | None = None
-        changes: list[Insert | Update | Delete] = []
-        parts = 0
-        decided = False
+        """Assemble the stream into events (sync.assembly), in order, bounded by the
+        queue; note how far the source's WAL is known to hold nothing more for us."""
+        asm = Assembler(self.ring, self.source, self.local, self.carries)
         while True:
             batch = await ws.read()
             seen = ws.server_wal_end  # keepalives in this batch came after its data
             for data in batch:
-                if data[0] in _ROW_MESSAGES:
-                    if not decided and begin is not None:
-                        routed = route(self.ring, self.source, begin, origin, self.carries,
-                                       self.local)
-                        decided = True
-                    if routed is None:
-                        continue  # not ours to bring: not even parsed
-                    msg = parse(data)
-                    assert isinstance(msg, (Insert, Update, Delete))
-                    changes.append(msg)
-                    if len(changes) >= PART_ROWS:
-                        assert begin is not None
-                        bundle.append(Part(routed[0], routed[1], begin.commit_ts, changes,
-                                           first=parts == 0))
-                        parts += 1
-                        rows += len(changes)
-                        changes = []
-                    continue
-                msg = parse(data)
-                if isinstance(msg, Begin):
-                    begin, origin, routed, changes, parts = msg, None, None, [], 0
-                    decided = False
-                elif isinstance(msg, Origin):
-                    origin = msg
-                elif isinstance(msg, Relation):
-                    bundle.append(msg)
-                elif isinstance(msg, Commit):
-                    if begin is None:
-                        continue
-                    if parts:
-                        assert routed is not None
-                        bundle.append(Part(routed[0], routed[1], begin.commit_ts, changes,
-                                           first=False, end_lsn=msg.end_lsn))
-                    elif changes and routed is not None:
-                        bundle.append(Txn(routed[0], routed[1], begin.commit_ts, msg.end_lsn,
-                                          changes))
-                    else:
-                        bundle.append(Skip(msg.end_lsn))
-                    rows += len(changes)
-                    begin, changes, parts = None, [], 0
-                if rows >= BUNDLE_ROWS:
-                    await queue.put(bundle)
-                    bundle, rows = [], 0
-            if bundle:
-                await queue.put(bundle)
-                bundle, rows = [], 0
-            if begin is None:
+                full = asm.feed(data)
+                if full is not None:
+                    await queue.put(full)
+            rest = asm.take()
+            if rest:
+                await queue.put(rest)
+            if not asm.in_transaction:
                 # Every transaction the stream held before this keepalive position is
                 # in the queue by now.
                 self._seen_end = max(self._seen_end, seen)

@@ -21,7 +21,7 @@ import asyncpg
 
 from ..base.lsn import lsn_to_str, str_to_lsn
 from ..contracts.ringconfig import RingConfig
-from ..core import names, retention
+from ..core import names, retention, ringmember
 from ..core.liveness import (
     APPLY_STATEMENT_SECONDS,
     SLOW_STATEMENT_SECONDS,
@@ -29,7 +29,6 @@ from ..core.liveness import (
     statement_seconds,
 )
 from ..core.ring import hops_to
-from ..core.ring import links as ring_links
 from ..engines import EngineProfile, profile_for
 from . import catalog
 from .apply import Applier
@@ -208,17 +207,14 @@ class Sidecar:
             log.warning("tables without a primary key are not replicated: %s",
                         ", ".join(refused))
         await catalog.ensure_origins(local, profile, cfg.ring, cfg.names)
-        own = self._own_slots(cfg)
-        for slot in own:
+        for slot in ringmember.own_slots(cfg.ring, self.member, cfg.names, cfg.topology):
             had_before = await local.fetchval(
                 "SELECT count(*) FROM ringkeeper.slot_history WHERE slot = $1", slot)
             created = await catalog.ensure_slot(local, profile, slot, cfg.ring)
-            if created and had_before:
-                gap = (f"slot {slot} was re-created at this member (a failover without "
-                       "failover slots): changes committed just before it may not have "
-                       "reached the ring; run a verification with repair")
-                if gap not in self.state.gaps:
-                    self.state.gaps.append(gap)
+            gap = ringmember.recreated_slot_gap(slot, created=created,
+                                                had_before=bool(had_before))
+            if gap is not None and gap not in self.state.gaps:
+                self.state.gaps.append(gap)
         return tables
 
     async def refresh_tables(self, local: asyncpg.Connection, cfg: RingConfig) -> None:
@@ -228,18 +224,6 @@ class Sidecar:
                                                         cfg.exclude, schema=False)
         self.state.refused_tables = refused
         self.state.tables = len(tables)
-
-    def _own_slots(self, cfg: RingConfig) -> list[str]:
-        if cfg.topology == "mesh":
-            return [names.link_slot_name(cfg.ring, self.member, t)
-                    for t in cfg.names if t != self.member]
-        # The hold slot first, so it never starts after the slot it backs up. Each
-        # target has its own slot: a new successor never inherits a position another
-        # member moved on.
-        order = cfg.names
-        successor = order[(order.index(self.member) + 1) % len(order)]
-        hold = [names.hold_slot_name(cfg.ring, self.member)] if needs_hold(cfg) else []
-        return [*hold, names.link_slot_name(cfg.ring, self.member, successor)]
 
     async def _serve(self, local: asyncpg.Connection, cfg: RingConfig,
                      profile: EngineProfile, stop: asyncio.Event) -> None:
@@ -293,14 +277,15 @@ class Sidecar:
                         if key not in wanted:
                             self.state.links.pop(key, None)
                             unused.append(key)
-                for key, (source, slot, carries, bypassing) in wanted.items():
+                for key, inb in wanted.items():
                     if key not in tasks:
-                        if bypassing:
+                        if inb.bypassing:
                             log.info("link %s starts, bypassing %s", key,
-                                     ", ".join(bypassing))
+                                     ", ".join(inb.bypassing))
                         ev = asyncio.Event()
                         tasks[key] = (asyncio.create_task(self._link_loop(
-                            cfg, profile, source, slot, carries, bypassing, ev)), ev)
+                            cfg, profile, inb.source, inb.slot, inb.carries, inb.bypassing,
+                            ev)), ev)
                 for key in unused:
                     # After the new links started; not on a member found down (a hung
                     # one would hold this loop for a time-out; its slot serves again
@@ -349,20 +334,12 @@ class Sidecar:
             finally:
                 await close_quietly(conn)
 
-    def _inbound(self, cfg: RingConfig) -> dict[str, tuple[str, str, frozenset[str] | None,
-                                                            tuple[str, ...]]]:
-        """link key -> (source, slot on source, origins carried, bypassed members)."""
-        now = time.monotonic()
-        down = frozenset(m for m, since in self._down_since.items()
-                         if now - since >= cfg.bypass_after_seconds and m != self.member)
-        out: dict[str, tuple[str, str, frozenset[str] | None, tuple[str, ...]]] = {}
-        for lk in ring_links(cfg.names, cfg.topology, down):
-            if lk.target != self.member:
-                continue
-            slot = names.link_slot_name(cfg.ring, lk.source, self.member)
-            out[f"{lk.source}->{self.member}"] = (lk.source, slot, lk.forwards_origins,
-                                                    lk.bypassing)
-        return out
+    def _inbound(self, cfg: RingConfig) -> dict[str, ringmember.Inbound]:
+        """The links that feed this member now (core.ringmember), around the members
+        down past bypassAfterSeconds."""
+        down = ringmember.bypassed(self._down_since, local=self.member, now=time.monotonic(),
+                                   bypass_after=cfg.bypass_after_seconds)
+        return ringmember.inbound(cfg.ring, self.member, cfg.names, cfg.topology, down)
 
     async def _link_loop(self, cfg: RingConfig, profile: EngineProfile, source: str,
                          slot: str, carries: frozenset[str] | None,
@@ -396,24 +373,27 @@ class Sidecar:
                 if status.running:
                     status.stopped(None, None)
             except SlotLost as exc:
-                status.stopped(LinkFault.SLOT_LOST, str(exc))
+                status.stopped(ringmember.link_fault(slot_lost=True, silent=False,
+                                                     unreachable=False, own_answers=True),
+                               str(exc))
             except LINK_ERRORS as exc:
                 message = str(exc) or (
                     f"{type(exc).__name__}: {source} gave no answer within {stmt:g}s"
                     if isinstance(exc, TimeoutError) else type(exc).__name__)
-                if isinstance(exc, UNREACHABLE) and not await self._own_answers(stmt):
-                    # This member's own database failed, not the source: never bypass it.
-                    status.stopped(LinkFault.TARGET_UNREACHABLE, self._own_down_message(exc))
-                elif isinstance(exc, SourceSilent):
-                    # Down since it fell silent, so the bypass comes bypassAfterSeconds
-                    # after the hang, not after its detection.
-                    self._down_since.setdefault(source, exc.since)
-                    status.stopped(LinkFault.SOURCE_SILENT, message)
-                elif isinstance(exc, UNREACHABLE):
-                    self._down_since.setdefault(source, time.monotonic())
-                    status.stopped(LinkFault.SOURCE_UNREACHABLE, message)
-                else:
-                    status.stopped(LinkFault.FAILED, message)
+                unreachable = isinstance(exc, UNREACHABLE)
+                silent = exc if isinstance(exc, SourceSilent) else None
+                # Asked only when the peer did not answer: was it this member's own
+                # database (never bypass the source for it)?
+                own = not unreachable or await self._own_answers(stmt)
+                fault = ringmember.link_fault(slot_lost=False, silent=silent is not None,
+                                              unreachable=unreachable, own_answers=own)
+                since = ringmember.down_since(fault, now=time.monotonic(),
+                                              silent_since=None if silent is None else silent.since)
+                if since is not None:
+                    self._down_since.setdefault(source, since)
+                if fault == LinkFault.TARGET_UNREACHABLE:
+                    message = self._own_down_message(exc)
+                status.stopped(fault, message)
                 log.warning("link %s: %s", key, status.message)
             finally:
                 await close_quietly(local)
@@ -535,14 +515,18 @@ class Sidecar:
                 member=self.member, holders=who, progress=progress, samples=self._samples,
                 now_lsn=now_lsn, outbound=outbound, owed=frozenset(cfg.names))
 
-        lag = self.state.hold_lag_bytes
-        if lag is not None and lag > 0.8 * cfg.max_slot_wal_keep_bytes:
+        if ringmember.over_budget(self.state.hold_lag_bytes, cfg.max_slot_wal_keep_bytes):
             # Keep the disk: a member this far behind gets a re-seed, not more WAL.
-            behind = retention.behind(holders, at, target)
-            for m in behind:
-                log.warning("member %s fell behind the WAL budget: it needs a re-seed", m)
-                self.state.needs_reseed.add(m)
-            holders = [m for m in holders if m not in behind]
+            behind = frozenset(retention.behind(holders, at, target))
+            now = time.monotonic()
+            steps = {m: ringmember.plan_member(ringmember.MemberFacts(
+                m, self.member, now, cfg.bypass_after_seconds, self._down_since.get(m),
+                behind_budget=m in behind)) for m in holders}
+            for m, step in steps.items():
+                if not step.holds:
+                    log.warning("member %s: %s", self.member, step.reason)
+                    self.state.needs_reseed.add(m)
+            holders = [m for m in holders if steps[m].holds]
         moved = target(holders)
         if moved is not None and moved > at:
             await local.execute(f"SELECT {s.replication_slot_advance}($1, $2::text::pg_lsn)",
@@ -554,7 +538,7 @@ class Sidecar:
     # -- initial copies ----------------------------------------------------------------
     async def _pending_copies(self, local: asyncpg.Connection, cfg: RingConfig) -> list[str]:
         done = await copied_sources(local, cfg.ring)
-        return [m for m in cfg.names if m != self.member and m not in done]
+        return ringmember.pending_copies(self.member, cfg.names, frozenset(done))
 
     async def _copy_members(self, local: asyncpg.Connection, cfg: RingConfig,
                             profile: EngineProfile, pending: list[str]) -> list[str]:
@@ -601,9 +585,8 @@ class Sidecar:
 
 
 def needs_hold(cfg: RingConfig) -> bool:
-    """A hold slot lets the ring heal around a dead member, which takes a ring of
-    three or more (a mesh reads every member directly)."""
-    return cfg.topology != "mesh" and len(cfg.names) > 2
+    """Whether this ring keeps a hold slot (core.ringmember.needs_hold)."""
+    return ringmember.needs_hold(cfg.topology, cfg.names)
 
 
 def file_config(path: str) -> ConfigSource:
