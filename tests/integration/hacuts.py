@@ -32,15 +32,8 @@ import asyncpg
 
 from integration.localcampus import LocalCampus, agent_client
 from ringkeeper.controller.failover import Outcome, run_failover
-from ringkeeper.core.ha import (
-    PrimaryState,
-    instances_status,
-    primary_verdict,
-    snapshot_to_status,
-    standby_cut,
-    sync_snapshot,
-    to_report,
-)
+from ringkeeper.core.ha import instances_status, snapshot_to_status
+from ringkeeper.core.haplan import CampusSnapshot, StepKind, plan_cycle
 
 
 class TcpProxy:
@@ -160,35 +153,38 @@ class OperatorLoop:
         self.last_facts = {n: None if r is None else {
             "ha": r.get("ha"), "standbys": (r.get("server") or {}).get("standbys"),
             "receiver": (r.get("server") or {}).get("receiver")} for n, r in raws.items()}
-        cut = standby_cut(current, raws.get(current),
-                          {k: v for k, v in raws.items() if k != current})
-        now = datetime.now(UTC)
-        verdict = primary_verdict(current, to_report(current, raws.get(current)),
-                                  raws.get(current) is not None, self.failing_since, now,
-                                  self.detection, status.get("lastFailover"), cut=cut)
-        self.last_reason = verdict.reason
-        if verdict.state == PrimaryState.HEALTHY:
+        # The decision is controller.campus.ha_cycle's own: core.haplan.plan_cycle.
+        step = plan_cycle(CampusSnapshot(
+            name=self.c.name, spec=campus["spec"], names=tuple(self.c.names),
+            current=current, target=status.get("targetPrimary"),
+            failing_since=self.failing_since, last_failover=status.get("lastFailover"),
+            raws=raws, ready={n: raws[n] is not None for n in raws},
+            addressed=frozenset(self.ips), switchover=None, now=datetime.now(UTC),
+            since_write=float("inf")))
+        self.last_reason = step.reason
+        if step.kind is StepKind.PUBLISH:
             self.failing_since, self.first_suspect = None, None
             patch: dict[str, Any] = {"failingSince": None, "instances": instances_status(
                 # The pod addresses the agents resolve (the proxy's, where one is used).
                 self.c.names, raws, campus.get("podIPs") or self.c.ips,
                 {n: raws[n] is not None for n in raws},
                 raws.get(current))}
-            snap = sync_snapshot(campus["spec"], self.c.name, current, raws.get(current))
-            if snap is not None:
-                patch["syncSnapshot"] = snapshot_to_status(snap)
+            if step.sync is not None:
+                patch["syncSnapshot"] = snapshot_to_status(step.sync)
             await self.c.store.patch_status(patch, None)
             return None
-        if verdict.state == PrimaryState.SUSPECT:
-            if self.failing_since is None:
-                self.failing_since, self.first_suspect = verdict.failing_since, time.monotonic()
-                stamp = (verdict.failing_since or now).replace(microsecond=0)
-                await self.c.store.patch_status(
-                    {"failingSince": stamp.isoformat().replace("+00:00", "Z")}, None)
+        if step.kind is StepKind.MARK_SUSPECT:
+            self.failing_since, self.first_suspect = step.failing_since, time.monotonic()
+            stamp = (step.failing_since or datetime.now(UTC)).replace(microsecond=0)
+            await self.c.store.patch_status(
+                {"failingSince": stamp.isoformat().replace("+00:00", "Z")}, None)
             return None
+        if step.kind is StepKind.AWAIT_SUSPECT:
+            return None
+        assert step.kind in (StepKind.FAILOVER, StepKind.RESUME_FAILOVER), step
         outcome = await run_failover(store=self.c.store, agents=self.agents,
                                      roles=self.c.recorder, events=self.c.recorder,
-                                     ips=self.ips, reason=f"primary failed: {verdict.reason}")
+                                     ips=self.ips, reason=step.reason)
         self.outcomes.append((time.monotonic(), outcome))
         self.failing_since, self.first_suspect = None, None
         return outcome

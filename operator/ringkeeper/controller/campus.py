@@ -26,7 +26,7 @@ from ..adapters import resources
 from ..adapters.kube import api_client
 from ..adapters.resources import ForeignObjectError, KubeApiError
 from ..core import manifests
-from ..core.annotations import annotations_condition, parse_fenced, parse_switchover
+from ..core.annotations import annotations_condition, parse_fenced
 from ..core.conditions import condition, set_condition
 from ..core.failures import (
     FailureReason,
@@ -35,14 +35,14 @@ from ..core.failures import (
     should_emit,
     signature,
 )
-from ..core.ha import (
-    PrimaryState,
-    instances_status,
-    primary_verdict,
-    snapshot_to_status,
-    standby_cut,
-    sync_snapshot,
-    to_report,
+from ..core.ha import instances_status, snapshot_to_status
+from ..core.haplan import (
+    AfterRefusal,
+    CampusSnapshot,
+    HaStep,
+    StepKind,
+    after_refused_failover,
+    plan_cycle,
 )
 from ..core.names import instance_count, instance_names
 from ..core.ownership import Owner, Refusal, Verdict
@@ -386,77 +386,87 @@ async def ha_cycle(api: client.ApiClient, agents: AgentClient, campus: dict[str,
     if fence_patch:
         await store.patch_status(fence_patch, None)
 
-    if current is None:
-        if target and (raws.get(target) or {}).get("role") == "primary":
-            await roles.set_role(target, "primary")
-            await store.patch_status({"currentPrimary": target, "phase": "Ready"}, None)
-            await events.emit("PrimaryReady", f"{target} is the first primary")
-        await _publish(store, campus, names, raws, ips, ready, None, now, force=True)
+    snapshot = CampusSnapshot(
+        name=name, spec=spec, names=tuple(names), current=current, target=target,
+        failing_since=_parse(status.get("failingSince")),
+        last_failover=status.get("lastFailover"), raws=raws, ready=ready,
+        addressed=frozenset(ips),
+        switchover=(meta.get("annotations") or {}).get(SWITCHOVER_ANNOTATION),
+        now=now, since_write=time.monotonic() - last_write)
+    step = plan_cycle(snapshot)
+    log.debug("campus %s/%s: %s: %s", ns, name, step.kind, step.reason)
+    return await _execute(step, snapshot, api, agents, store, roles, events, campus, ips,
+                          last_write)
+
+
+async def _execute(step: HaStep, s: CampusSnapshot, api: client.ApiClient,
+                   agents: AgentClient, store: _Store, roles: _Roles, events: _Events,
+                   campus: dict[str, Any], ips: dict[str, str], last_write: float) -> float:
+    """Carry out the planned step; returns when the status was last written (monotonic)."""
+    ns, name = campus["metadata"]["namespace"], s.name
+    names = list(s.names)
+    status = campus.get("status") or {}
+    if step.kind in (StepKind.BOOTSTRAP, StepKind.AWAIT_BOOTSTRAP):
+        if step.kind is StepKind.BOOTSTRAP and step.target:
+            await roles.set_role(step.target, "primary")
+            await store.patch_status({"currentPrimary": step.target, "phase": "Ready"}, None)
+            await events.emit("PrimaryReady", f"{step.target} is the first primary")
+        await _publish(store, campus, names, dict(s.raws), ips, dict(s.ready), None, s.now,
+                       force=True)
         return time.monotonic()
-    if target and target != current:
+    if step.kind is StepKind.RESUME_FAILOVER:
         FAILOVERS.labels(ns, name, "resumed").inc()
         await run_failover(store=store, agents=agents, roles=roles, events=events, ips=ips,
-                           reason="resuming after an interruption")
+                           reason=step.reason)
         return time.monotonic()
-    wanted = meta.get("annotations", {}).get(SWITCHOVER_ANNOTATION)
-    if wanted and wanted != current:
-        asked = parse_switchover(wanted, names)
-        if not asked.ok:
-            # The parser's sentence quotes the value: no raw newline or ESC in the Event.
-            await events.emit("SwitchoverRefused", str(asked.error), warning=True)
-        else:
-            outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,
-                                         ips=ips, reason=f"switchover requested to {wanted}",
-                                         planned_target=wanted)
-            FAILOVERS.labels(ns, name, "switchover" if outcome.promoted else "refused").inc()
+    if step.kind is StepKind.REFUSE_SWITCHOVER:
+        # The parser's sentence quotes the value: no raw newline or ESC in the Event.
+        await events.emit("SwitchoverRefused", step.reason, warning=True)
+        await _clear_switchover(api, ns, name)
+        return time.monotonic()
+    if step.kind is StepKind.SWITCHOVER:
+        outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,
+                                     ips=ips, reason=step.reason, planned_target=step.target)
+        FAILOVERS.labels(ns, name, "switchover" if outcome.promoted else "refused").inc()
         # Cleared only once decided, so `ringkeeper promote` reads "annotation gone and
         # primary unchanged" as a refusal, never as a switchover still under way.
         await _clear_switchover(api, ns, name)
         return time.monotonic()
-    if wanted == current:
+    if step.clear_switchover:
         await _clear_switchover(api, ns, name)
-
-    delay = float((spec.get("failover") or {}).get("detectionDelaySeconds", 5))
-    # A primary that answers but is cut off from its synchronous standbys commits
-    # nothing: it counts as failed after the same detection delay (core.ha.standby_cut).
-    cut = standby_cut(current, raws.get(current), {k: raws.get(k) for k in names
-                                                   if k != current})
-    verdict = primary_verdict(current, to_report(current, raws.get(current)),
-                              ready.get(current, False), _parse(status.get("failingSince")),
-                              now, delay, status.get("lastFailover"), cut=cut)
-    PRIMARY_UP.labels(ns, name).set(1 if verdict.state == PrimaryState.HEALTHY else 0)
-    if verdict.state == PrimaryState.FAILED:
+    if step.primary_up is not None:
+        PRIMARY_UP.labels(ns, name).set(1 if step.primary_up else 0)
+    if step.kind is StepKind.FAILOVER:
         outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,
-                                     ips=ips, reason=f"primary failed: {verdict.reason}")
+                                     ips=ips, reason=step.reason)
         FAILOVERS.labels(ns, name, "promoted" if outcome.promoted else "refused").inc()
-        old = raws.get(current) or {}
-        if outcome.promoted is None and old.get("crashed") and current in ips:
+        if outcome.promoted is not None:
+            return time.monotonic()
+        after, why = after_refused_failover(s)
+        log.info("campus %s/%s: failover refused: %s: %s", ns, name, after, why)
+        if after is AfterRefusal.RESTART_IN_PLACE and s.current:
             # Nobody is provably complete, but the old primary is: restart it in place.
             await events.emit("RecoveringInPlace", f"no safe failover target "
-                              f"({outcome.message}); restarting {current} in place",
+                              f"({outcome.message}); restarting {s.current} in place",
                               warning=True)
-            await agents.recover(ips[current])
+            await agents.recover(ips[s.current])
             return time.monotonic()
-        if outcome.promoted is None:
-            conds = set_condition(status.get("conditions") or [], type="FailingOver",
-                                  status="False", reason="NoSafeCandidate",
-                                  message=outcome.message, now=now)
-            await store.patch_status({"conditions": conds, "phase": "Failed"}, None)
+        conds = set_condition(status.get("conditions") or [], type="FailingOver",
+                              status="False", reason="NoSafeCandidate",
+                              message=outcome.message, now=s.now)
+        await store.patch_status({"conditions": conds, "phase": "Failed"}, None)
         return time.monotonic()
-    if verdict.state == PrimaryState.SUSPECT:
-        if not status.get("failingSince"):
-            await store.patch_status({"failingSince": _iso(verdict.failing_since or now)}, None)
-            await events.emit("PrimarySuspect", verdict.reason, warning=True)
+    if step.kind is StepKind.MARK_SUSPECT:
+        await store.patch_status({"failingSince": _iso(step.failing_since or s.now)}, None)
+        await events.emit("PrimarySuspect", step.reason, warning=True)
         return last_write
-    # Healthy: keep Services' role labels and the synchronous snapshot current.
+    if step.kind is StepKind.AWAIT_SUSPECT:
+        return last_write
+    # Publish (healthy): keep Services' role labels and the synchronous snapshot current.
     for inst in names:
-        raw = raws.get(inst) or {}
-        role = "primary" if inst == current else (
-            "replica" if raw.get("role") == "replica" else "unavailable")
-        await roles.set_role(inst, role)
-    snap = sync_snapshot(spec, name, current, raws.get(current))
-    force = time.monotonic() - last_write > 5
-    changed = await _publish(store, campus, names, raws, ips, ready, snap, now, force=force)
+        await roles.set_role(inst, step.roles[inst])
+    changed = await _publish(store, campus, names, dict(s.raws), ips, dict(s.ready), step.sync,
+                             s.now, force=step.force)
     return time.monotonic() if changed else last_write
 
 

@@ -29,7 +29,13 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from ..core.election import Durability, Election, choose_candidate, refusal_before_pause
+from ..core.election import (
+    Durability,
+    Election,
+    choose_candidate,
+    choose_switchover,
+    refusal_before_pause,
+)
 from ..core.ha import (
     AfterPromotion,
     after_promotion,
@@ -37,6 +43,7 @@ from ..core.ha import (
     snapshot_from_status,
     to_report,
 )
+from ..core.haplan import role_after_refusal
 from ..core.names import instance_count, instance_names
 
 log = logging.getLogger("ringkeeper.failover")
@@ -244,7 +251,7 @@ async def run_failover(
     reports = [to_report(r, paused.get(r)) for r in replicas]
     # 4. Elect.
     if planned_target:
-        election = _planned(planned_target, reports, old, status)
+        election = choose_switchover(planned_target, reports, old)
     else:
         election = choose_candidate(reports, snapshot, durability, max_lag)
     if election.candidate is None:
@@ -253,7 +260,9 @@ async def run_failover(
         if old:
             await _gather({r: agents.follow(ips[r], old, timeout=FOLLOW_TIMEOUT)
                            for r in replicas if r in ips}, FOLLOW_TIMEOUT + 0.5)
-            await roles.set_role(old, "primary")
+            role, why = role_after_refusal(old, planned=bool(planned_target))
+            log.info("%s relabelled %s: %s", old, role, why)
+            await roles.set_role(old, role)
         return Outcome(None, election, election.message)
     # 5. Record the decision before acting on it.
     record = {"from": old, "to": election.candidate, "reason": f"{reason}; {election.message}",
@@ -270,22 +279,6 @@ async def run_failover(
 
 def _promoted_last(status: Mapping[str, Any], name: str | None) -> bool:
     return bool(name) and (status.get("lastFailover") or {}).get("to") == name
-
-
-def _planned(target: str, reports: list[Any], old: str | None,
-             status: Mapping[str, Any]) -> Election:
-    """A switchover: the old primary stopped cleanly, so the target must have caught up."""
-    from ..core.election import ElectionReason
-
-    rep = next((r for r in reports if r.name == target), None)
-    if rep is None or not rep.reachable or not rep.server_running:
-        return Election(None, ElectionReason.NO_REPLICA_REACHABLE, f"{target} is not reachable")
-    best = max(r.position for r in reports if r.reachable)
-    if rep.position < best:
-        return Election(None, ElectionReason.LAG_TOO_LARGE,
-                        f"{target} is behind another replica; it would lose commits")
-    return Election(target, ElectionReason.SYNCHRONOUS_STANDBY,
-                    f"switchover to {target}, caught up with the old primary {old}")
 
 
 async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events: Events,
