@@ -145,6 +145,10 @@ class Executor:
         return self.fresh
 
     async def _condition(self, step: Step, status: str) -> None:
+        # Re-read first: the accept handler writes Accepted into the same list, and a merge
+        # patch replaces the whole list, so a stale copy would drop it (the hostile-input
+        # run found Drills with Ready only, no Accepted).
+        self.fresh = await resources.read_custom(self.api, self.ns, "drills", self.name)
         conds = list((self.fresh.get("status") or {}).get("conditions") or [])
         old = condition(conds, "Ready") or {}
         if (old.get("reason"), old.get("message"), old.get("status")) == (
