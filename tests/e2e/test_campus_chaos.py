@@ -121,12 +121,19 @@ async def _check_ledger(cluster: Cluster, ns: str, writer: Writer,
         ip = await asyncio.to_thread(pod_ip, cluster, ns, pod)
         deadline = time.monotonic() + patience
         while True:
-            missing = acked - await committed_ids(cluster, ns, "lab", ip)
+            try:
+                missing = acked - await committed_ids(cluster, ns, "lab", ip)
+            except (OSError, asyncpg.PostgresError) as exc:
+                # A rejoining instance restarts its server (CI saw connection refused
+                # here): not an answer yet, ask again until the deadline.
+                missing, err = acked, exc
+            else:
+                err = None
             if not missing:
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"{pod} misses {len(missing)} acknowledged commits, "
-                                     f"e.g. {sorted(missing)[:10]}")
+                                     f"e.g. {sorted(missing)[:10]} (last error: {err!r})")
             await asyncio.sleep(0.5)
 
 
@@ -174,9 +181,10 @@ async def test_frozen_primary_is_replaced_and_returns_fenced(cluster: Cluster,
 
 
 # Passed every time it ran alone or after the frozen-primary test here (writes back after
-# 5.1, 5.6 and 7.5 s), but failed in both full CI runs of this session, once beside a
-# running demo and once alone, and the failure message was not captured before the
-# session ended. Non-strict until that is understood, so CI lists it as XFAIL or XPASS.
+# 5.1, 5.6 and 7.5 s), but failed in both full CI runs of this session: the second with
+# ConnectionRefusedError from the ledger check reading a rejoining instance (now retried
+# until the deadline). Non-strict until a full CI run passes it, so CI lists it as XFAIL
+# or XPASS.
 # tests/integration/test_ha_cuts.py covers the same cut on real servers and is not marked.
 @pytest.mark.xfail(strict=False, reason="failed in full CI runs, passes alone; cause not "
                    "yet captured (issue 15)")
