@@ -108,9 +108,66 @@ def test_single_writer_keys_expect_the_last_write_and_deletes_no_row(tmp_path: P
     assert got == {("orders", order): ({newer}, False), ("order_items", item): ({None}, False),
                    ("results", result): ({result}, False)}
     assert led.last_rev("orders", order) == newer
-    assert led.summary()["north"] == {"commits": 3, "insert": 2, "update": 1, "delete": 1}
+    assert led.summary()["north"] == {"commits": 3, "in_doubt": 0, "insert": 2, "update": 1,
+                                      "delete": 1}
     assert set(Ledger.load(tmp_path / "l.jsonl").expectations()) == set(led.expectations())
     assert Ledger.load(tmp_path / "l.jsonl").summary() == led.summary()
+
+
+def test_a_commit_in_doubt_allows_its_versions_until_the_next_acknowledged_write(
+        tmp_path: Path) -> None:
+    """A COMMIT that broke off may or may not have happened: the key may hold the
+    acknowledged version or the doubtful one (an update's rev, None for a delete), the
+    doubt counts as no commit, and the site's next acknowledged write ends it. A key only
+    a doubtful commit wrote is not checked (a row found that was never acknowledged is
+    fine); the file replays the same."""
+    n, s = KeySource(1, 1), KeySource(2, 1)
+    led = _ledger(tmp_path / "l.jsonl")
+    order, item, fresh = n.next(), n.next(), n.next()
+    led.record([Entry("north", "orders", order, order, Kind.INSERT, 1.0),
+                Entry("north", "order_items", item, item, Kind.INSERT, 1.0)])
+    upd, gone = n.next(), n.next()
+    led.record_in_doubt([Entry("north", "orders", order, upd, Kind.UPDATE, 2.0),
+                         Entry("north", "order_items", item, gone, Kind.DELETE, 2.0),
+                         Entry("north", "specimens", fresh, fresh, Kind.INSERT, 2.0)])
+    got = {(e.table, e.key): e.allowed for e in led.expectations()}
+    assert got == {("orders", order): {order, upd}, ("order_items", item): {item, None}}
+    assert led.commits["north"] == 1 and led.summary()["north"]["in_doubt"] == 1
+    assert led.doubtful("orders", order) == {upd}
+    # another site's acknowledged write does not end north's doubt; north's own does
+    fix = s.next()
+    led.record([Entry("south", "orders", order, fix, Kind.UPDATE, 3.0)])
+    (e,) = [e for e in led.expectations() if e.table == "orders"]
+    assert e.contested and e.allowed == {order, upd, fix}
+    final = n.next()
+    led.record([Entry("north", "orders", order, final, Kind.UPDATE, 4.0)])
+    (e,) = [e for e in led.expectations() if e.table == "orders"]
+    assert e.allowed == {final, fix} and led.doubtful("orders", order) == frozenset()
+    led.close()
+    again = Ledger.load(tmp_path / "l.jsonl")
+    assert set(again.expectations()) == set(led.expectations())
+    assert again.summary() == led.summary()
+    with pytest.raises(LedgerError):  # a doubt still names its site's own revs
+        led.record_in_doubt([Entry("north", "orders", order, s.next(), Kind.UPDATE, 5.0)])
+
+
+def test_only_an_error_answer_to_commit_is_a_verdict() -> None:
+    """ERROR: rolled back, session alive. FATAL (the session ended while COMMIT waited for
+    its standbys: committed locally), a broken or timed-out connection: in doubt."""
+    import asyncpg
+
+    from ringkeeper.workload.flow import commit_in_doubt
+
+    def pg(cls: type[asyncpg.PostgresError], code: str, severity: str) -> BaseException:
+        exc: BaseException = cls.new({"S": severity, "V": severity, "C": code, "M": "x"})
+        return exc
+
+    assert not commit_in_doubt(pg(asyncpg.SerializationError, "40001", "ERROR"))
+    assert not commit_in_doubt(pg(asyncpg.UniqueViolationError, "23505", "ERROR"))
+    assert commit_in_doubt(pg(asyncpg.AdminShutdownError, "57P01", "FATAL"))
+    assert commit_in_doubt(asyncpg.ConnectionDoesNotExistError("connection was closed"))
+    assert commit_in_doubt(ConnectionResetError())
+    assert commit_in_doubt(TimeoutError())
 
 
 def test_a_key_written_by_two_sites_accepts_either_sites_last_write() -> None:

@@ -8,19 +8,24 @@ results are corrected, and some corrections are also made at once from another s
 the ring sees real cross-campus conflicts on the same rows.
 
 Rows are recorded in the ledger only after COMMIT returned (`_commit`); an error anywhere
-leaves the earlier, acknowledged steps in the ledger and nothing of the failed one. Values
+leaves the earlier, acknowledged steps in the ledger and nothing of the failed one, except
+that a COMMIT that broke off without an answer records its rows as in doubt (they may or
+may not be there; `Ledger.record_in_doubt`). Values
 are bind parameters; the only text in the SQL is constant.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import asyncpg
 
 from .keys import KeySource, barcode
 from .ledger import Entry, Kind, Ledger
@@ -63,6 +68,21 @@ class Peer:
     attempts: int = 0
 
 
+def commit_in_doubt(exc: BaseException) -> bool:
+    """Whether a COMMIT that raised `exc` may have committed anyway.
+
+    Only an ERROR answer is a verdict: the server rolled the transaction back and the
+    session goes on (a serialization failure, a deferred constraint). Anything else
+    leaves the outcome unknown: the connection broke or timed out after COMMIT was sent
+    (the server may have committed, and a synchronous standby may hold it), or the
+    session was ended with FATAL while COMMIT waited for its synchronous standbys
+    (PostgreSQL has then committed locally). Such a commit is not acknowledged, but its
+    rows may be there: counting them lost is a false alarm (a drill once reported one).
+    """
+    severity = getattr(exc, "severity_en", None) or getattr(exc, "severity", None)
+    return not (isinstance(exc, asyncpg.PostgresError) and severity == "ERROR")
+
+
 class SiteWriter:
     """The transactions of one site; one instance per site, shared by its workers."""
 
@@ -78,9 +98,26 @@ class SiteWriter:
         self._panels = panels()
 
     async def _commit(self, conn: Any, work: Callable[[list[Row]], Awaitable[None]]) -> None:
+        """Run `work` in one transaction; record its rows once COMMIT answered, or as in
+        doubt when COMMIT itself broke off without a verdict (see `commit_in_doubt`)."""
         rows: list[Row] = []
-        async with conn.transaction():
+        tr = conn.transaction()
+        await tr.start()
+        try:
             await work(rows)
+        except BaseException:
+            # Nothing was committed: a failed statement or a lost session rolls back.
+            with contextlib.suppress(Exception):
+                await tr.rollback()
+            raise
+        try:
+            await tr.commit()
+        except BaseException as exc:
+            if rows and commit_in_doubt(exc):
+                self.ledger.record_in_doubt(
+                    Entry(self.name, t, k, r, kind, time.time()) for t, k, r, kind in rows)
+                self.stats.counts["in_doubt"] += 1
+            raise
         if rows:  # a correction that found no row wrote nothing
             now = time.time()
             self.ledger.record(Entry(self.name, t, k, r, kind, now) for t, k, r, kind in rows)

@@ -2,16 +2,21 @@
 was lost.
 
 A writer records the rows of a transaction only after COMMIT returned; a commit that
-raised (or whose answer never came) is not acknowledged and is not recorded, because the
-client cannot know whether it happened. Each row is (site, table, key, rev, kind, time),
-where `rev` is the unique id of that write (the row's `rev` column holds it), so a member
-holding an older version is told apart from one holding the last.
+raised is not acknowledged. When COMMIT itself broke off without a verdict (the server
+died or dropped the session while the commit was in flight) the client cannot know
+whether it happened, and the rows are recorded as in doubt (`record_in_doubt`): not a
+commit of the ledger, but the key may hold that version as well as the acknowledged one
+(until the site writes the key again with an acknowledged commit). Without this, an
+update that was durable but unanswered when a primary was killed read as a lost commit.
+Each row is (site, table, key, rev, kind, time), where `rev` is the unique id of that
+write (the row's `rev` column holds it), so a member holding an older version is told
+apart from one holding the last.
 
 What a member must hold, per key:
 
 * written by one site only: exactly the last acknowledged write (the row with that rev,
-  or no row after a delete). One origin's writes are applied in order in a ring, so
-  anything else is a lost or stale commit;
+  or no row after a delete), or one of that site's later writes in doubt. One origin's
+  writes are applied in order in a ring, so anything else is a lost or stale commit;
 * written by several sites (the deliberate cross-campus corrections): the ring's conflict
   rule may let any site's last write win, so the member must hold the last write of one
   of those sites, and every member must hold the same one.
@@ -19,8 +24,9 @@ What a member must hold, per key:
 Memory stays small for a hospital day (about 730,000 keys): per key one int (the last
 rev, negated for a delete; the writing site is the rev's site number, `keys.decompose`),
 promoted to a {site number: rev} dict only for keys several sites wrote. The optional
-JSON-lines file holds one line per acknowledged commit (its site, time and rows), in
-acknowledgement order, and `Ledger.load` replays it.
+JSON-lines file holds one line per acknowledged commit (its site, time and rows), and one
+marked `"doubt": true` per commit in doubt, in the order they ended, and `Ledger.load`
+replays it.
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ class Ledger:
         self._last: dict[str, dict[int, int | dict[int, int]]] = {t: {} for t in TABLES}
         self.counts: Counter[tuple[str, Kind]] = Counter()
         self.commits: Counter[str] = Counter()
+        self.in_doubt: Counter[str] = Counter()  # commits whose COMMIT never answered
+        # table -> key -> site number -> values (rev, -rev for a delete) of writes in
+        # doubt since that site's last acknowledged write of the key
+        self._doubt: dict[str, dict[int, dict[int, set[int]]]] = {t: {} for t in TABLES}
         self._file: IO[str] | None = None
         if path is not None:
             if append and path.exists():
@@ -122,7 +132,22 @@ class Ledger:
         self._write({"site": batch[0].site, "t": round(batch[0].t, 6),
                      "rows": [[e.table, e.key, e.rev, str(e.kind)] for e in batch]})
 
-    def _apply(self, e: Entry) -> None:
+    def record_in_doubt(self, entries: Iterable[Entry]) -> None:
+        """One commit whose COMMIT raised without a verdict: each row may or may not be
+        there. Not counted as a commit; its versions become allowed for keys the ledger
+        checks, until the same site's next acknowledged write of the key."""
+        batch = list(entries)
+        if not batch:
+            return
+        if len({e.site for e in batch}) != 1:
+            raise LedgerError("one commit comes from one site")
+        for e in batch:
+            self._apply_doubt(e)
+        self.in_doubt[batch[0].site] += 1
+        self._write({"site": batch[0].site, "t": round(batch[0].t, 6), "doubt": True,
+                     "rows": [[e.table, e.key, e.rev, str(e.kind)] for e in batch]})
+
+    def _valid(self, e: Entry) -> tuple[dict[int, int | dict[int, int]], int]:
         table = self._last.get(e.table)
         if table is None:
             raise LedgerError(f"unknown table {e.table!r}")
@@ -131,6 +156,20 @@ class Ledger:
             raise LedgerError(f"site {e.site!r} was not added to the ledger")
         if decompose(e.rev)[0] != number:
             raise LedgerError(f"rev {e.rev} was not issued by site {e.site} ({number})")
+        return table, number
+
+    def _apply_doubt(self, e: Entry) -> None:
+        _, number = self._valid(e)
+        value = -e.rev if e.kind is Kind.DELETE else e.rev
+        self._doubt[e.table].setdefault(e.key, {}).setdefault(number, set()).add(value)
+
+    def _apply(self, e: Entry) -> None:
+        table, number = self._valid(e)
+        doubt = self._doubt[e.table].get(e.key)
+        if doubt is not None:  # an acknowledged write supersedes the site's doubtful ones
+            doubt.pop(number, None)
+            if not doubt:
+                del self._doubt[e.table][e.key]
         value = -e.rev if e.kind is Kind.DELETE else e.rev
         old = table.get(e.key)
         if old is None:
@@ -155,6 +194,11 @@ class Ledger:
     def __len__(self) -> int:
         return sum(len(t) for t in self._last.values())
 
+    def doubtful(self, table: str, key: int) -> frozenset[int | None]:
+        """The versions of `table`/`key` written by commits in doubt (None: a delete)."""
+        return frozenset(v if v > 0 else None
+                         for vs in self._doubt[table].get(key, {}).values() for v in vs)
+
     def last_rev(self, table: str, key: int) -> int | None:
         """The rev a single-writer key must show (None: deleted or never written)."""
         v = self._last[table].get(key)
@@ -164,19 +208,22 @@ class Ledger:
 
     def expectations(self) -> Iterator[Expect]:
         for table, rows in self._last.items():
+            doubts = self._doubt[table]
             for key, v in rows.items():
+                maybe = self.doubtful(table, key) if key in doubts else frozenset()
                 if isinstance(v, dict):
                     yield Expect(table, key, frozenset(self._names[s] for s in v),
-                                 frozenset(r if r > 0 else None for r in v.values()), True)
+                                 frozenset(r if r > 0 else None for r in v.values()) | maybe,
+                                 True)
                 else:
                     yield Expect(table, key, frozenset({self._names[decompose(abs(v))[0]]}),
-                                 frozenset({v if v > 0 else None}), False)
+                                 frozenset({v if v > 0 else None}) | maybe, False)
 
     def summary(self) -> dict[str, dict[str, int]]:
-        """Per site: commits and rows by kind (the CLI's JSON line)."""
+        """Per site: commits, commits in doubt and rows by kind (the CLI's JSON line)."""
         out: dict[str, dict[str, int]] = {}
         for site in self.site_numbers:
-            row = {"commits": self.commits[site]}
+            row = {"commits": self.commits[site], "in_doubt": self.in_doubt[site]}
             row.update({str(k): self.counts[(site, k)] for k in Kind})
             out[site] = row
         return out
@@ -198,10 +245,14 @@ class Ledger:
                         ledger.add_site(str(obj["site"]), int(obj["number"]))
                     else:
                         site, t = str(obj["site"]), float(obj["t"])
+                        doubt = obj.get("doubt") is True
                         for table, key, rev, kind in obj["rows"]:
-                            ledger._apply(Entry(site, str(table), int(key), int(rev),
-                                                Kind(kind), t))
-                        ledger.commits[site] += 1
+                            e = Entry(site, str(table), int(key), int(rev), Kind(kind), t)
+                            if doubt:
+                                ledger._apply_doubt(e)
+                            else:
+                                ledger._apply(e)
+                        (ledger.in_doubt if doubt else ledger.commits)[site] += 1
                 except (ValueError, KeyError, TypeError) as exc:
                     raise LedgerError(f"{path}:{n}: {exc}") from exc
         return ledger
