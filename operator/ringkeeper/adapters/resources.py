@@ -221,9 +221,16 @@ async def read_custom(api: client.ApiClient, namespace: str, plural: str,
 
 
 async def patch_custom_status(api: client.ApiClient, namespace: str, plural: str, name: str,
-                              status: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch of a Ringkeeper object's status subresource."""
+                              status: dict[str, Any], resource_version: str | None = None
+                              ) -> dict[str, Any]:
+    """A merge patch of a Ringkeeper object's status subresource. A merge patch replaces
+    whole lists, and status.conditions has two writers (the accept handler and the
+    object's loop): a writer of conditions passes the resourceVersion it read, and gets
+    KubeApiError 409 instead of dropping the other writer's condition."""
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status"
-    result: dict[str, Any] = await _call(api, "PATCH", path, {"status": status},
+    result: dict[str, Any] = await _call(api, "PATCH", path, body,
                                          "application/merge-patch+json")
     return result

@@ -46,6 +46,7 @@ from ..core.drill import (
     partition_policy,
     plan,
 )
+from ..core.failures import backoff_delay, should_emit, signature
 from ..core.manifests import CAMPUS_LABEL
 from ..observability.metrics import DRILL_LOST, DRILL_RTO, DRILL_RUNS
 from ..workload import Ledger, Problem, SiteTarget, check
@@ -145,21 +146,29 @@ class Executor:
         return self.fresh
 
     async def _condition(self, step: Step, status: str) -> None:
-        # Re-read first: the accept handler writes Accepted into the same list, and a merge
-        # patch replaces the whole list, so a stale copy would drop it (the hostile-input
-        # run found Drills with Ready only, no Accepted).
-        self.fresh = await resources.read_custom(self.api, self.ns, "drills", self.name)
-        conds = list((self.fresh.get("status") or {}).get("conditions") or [])
-        old = condition(conds, "Ready") or {}
-        if (old.get("reason"), old.get("message"), old.get("status")) == (
-                str(step.reason), step.message, status):
+        # The accept handler writes Accepted into the same list: write against the version
+        # read, and read again on a conflict (a re-read alone still lost Accepted).
+        for _ in range(5):
+            self.fresh = await resources.read_custom(self.api, self.ns, "drills", self.name)
+            conds = list((self.fresh.get("status") or {}).get("conditions") or [])
+            old = condition(conds, "Ready") or {}
+            if (old.get("reason"), old.get("message"), old.get("status")) == (
+                    str(step.reason), step.message, status):
+                return
+            new = set_condition(conds, type="Ready", status=status, reason=str(step.reason),
+                                message=step.message, now=datetime.now(UTC),
+                                generation=self.fresh["metadata"].get("generation"))
+            try:
+                self.fresh = await resources.patch_custom_status(
+                    self.api, self.ns, "drills", self.name, {"conditions": new},
+                    self.fresh["metadata"].get("resourceVersion"))
+            except client.ApiException as exc:
+                if exc.status == 409:
+                    continue
+                raise
+            if step.action == Action.REFUSE:
+                kopf.warn(self.body, reason=str(step.reason), message=step.message)
             return
-        new = set_condition(conds, type="Ready", status=status, reason=str(step.reason),
-                            message=step.message, now=datetime.now(UTC),
-                            generation=self.fresh["metadata"].get("generation"))
-        self.fresh = await self._status({"conditions": new})
-        if step.action == Action.REFUSE:
-            kopf.warn(self.body, reason=str(step.reason), message=step.message)
 
     async def _start(self, snap: Snapshot) -> None:
         live = LiveRun([c.name for c in snap.campuses], snap.now)
@@ -303,6 +312,10 @@ class Executor:
 
     async def tick(self) -> None:
         self.fresh = await resources.read_custom(self.api, self.ns, "drills", self.name)
+        accepted = condition((self.fresh.get("status") or {}).get("conditions") or [],
+                             "Accepted") or {}
+        if self.live is None and accepted.get("status") != "True":
+            return  # not (yet) accepted: the accept handler says why; nothing runs
         spec = self.fresh.get("spec") or {}
         kind, target = TargetKind(spec["target"]["kind"]), str(spec["target"]["name"])
         exists, campuses = await io.target(self.api, self.ns, kind, target)
@@ -331,25 +344,35 @@ class Executor:
 async def drill_loop(body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
     async with await api_client() as api:
         ex = Executor(api, body)
+        failures, told = 0, None
         try:
             while not stopped:
                 delay = 1.0
                 try:
                     await ex.tick()
-                except (KubeApiError, client.ApiException, OSError, ValueError) as exc:
+                    failures, told = 0, None
+                except Exception as exc:  # every error is told; none ends the loop
                     # Seen, said and backed off; a live run that cannot go on is failed.
-                    text = str(exc)[:300]
-                    log.warning("drill %s/%s: %s", ex.ns, ex.name, text)
-                    with contextlib.suppress(Exception):
-                        kopf.warn(body, reason="DrillError", message=text)
+                    # Errors not of API, network or database are named by their type.
+                    expected = isinstance(exc, (KubeApiError, client.ApiException, OSError,
+                                                ValueError, asyncpg.PostgresError))
+                    text = (str(exc) if expected else f"{type(exc).__name__}: {exc}")[:300]
+                    failures += 1
+                    log.warning("drill %s/%s: %s (attempt %d)", ex.ns, ex.name, text, failures)
+                    sig = signature("DrillError", text)
+                    if should_emit(told, sig):
+                        told = sig
+                        with contextlib.suppress(Exception):
+                            kopf.warn(body, reason="DrillError", message=text)
                     if ex.live is not None:
-                        await ex.end()
+                        with contextlib.suppress(Exception):
+                            await ex.end()
                         with contextlib.suppress(Exception):
                             await ex._status({"phase": DrillPhase.FAILED, "lastRun": {
                                 "result": DrillPhase.FAILED, "reason": "Error",
                                 "completedAt": rfc3339(datetime.now(UTC)),
                                 "message": f"the run broke off: {text}"}})
-                    delay = API_BACKOFF
+                    delay = backoff_delay(failures, first=API_BACKOFF, ceiling=120.0)
                 await stopped.wait(delay)
         finally:
             await ex.end()

@@ -311,7 +311,15 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
         sum(1 for lk in status["links"] if lk["state"] in ("Streaming", "CatchingUp")))
     RING_MAX_LAG.labels(ns, name).set(status["maxLagSeconds"] or 0)
     RING_CONFLICTS.labels(ns, name).set(status["conflictsTotal"] or 0)
-    await resources.patch_custom_status(api, ns, "replicationrings", name, status)
+    try:
+        # Against the version read: the accept handler may have written Accepted (say,
+        # False for a new, invalid spec) since, and this whole-list write must not undo it.
+        await resources.patch_custom_status(api, ns, "replicationrings", name, status,
+                                            meta.get("resourceVersion"))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        return  # the ring moved while this cycle ran: the next cycle reads it again
     _divergence_told(ring, decision)
     _maybe_verify(api, ring, payload, state, links_ready)
 
@@ -528,7 +536,8 @@ async def _ring_failed(api: client.ApiClient, body: dict[str, Any], state: _Stat
                                   message=message, now=datetime.now(UTC),
                                   generation=ring["metadata"].get("generation"))
             await resources.patch_custom_status(api, ns, "replicationrings", name,
-                                                {"conditions": conds})
+                                                {"conditions": conds},
+                                                ring["metadata"].get("resourceVersion"))
         except ApiException as exc:
             log.warning("ring %s/%s: cannot record the condition: %s", ns, name, exc)
     return backoff_delay(state.failures, first=PERIOD_SECONDS, ceiling=60.0)

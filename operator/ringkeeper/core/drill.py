@@ -10,8 +10,9 @@ missing, a scenario the deployment cannot run); a wait says what it waits for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 
 from ..api.v1alpha1.drill import Scenario, TargetKind
 from ..base.cron import next_fire
@@ -23,6 +24,11 @@ WARMUP = timedelta(seconds=5)
 WARMUP_LIMIT = timedelta(seconds=60)  # then the fault comes even if a probe never wrote
 # After maxRtoSeconds without a write, the run stops waiting and is judged (it fails).
 RECOVERY_GRACE = timedelta(seconds=5)
+# Every drill kills or cuts something that serves a hospital: a schedule may not fire
+# more often than this (a typo such as "* * * * *" would take the primary down every few
+# minutes). Rehearsals are weekly or monthly in practice; hourly is already generous.
+MIN_SCHEDULE_GAP = timedelta(hours=1)
+_GAP_SAMPLES = 48  # consecutive fires examined for the shortest gap
 
 
 class Stage(StrEnum):
@@ -50,6 +56,7 @@ class Reason(StrEnum):
     SCENARIO_IMPOSSIBLE = "ScenarioImpossible"
     NOT_YET_SUPPORTED = "NotYetSupported"
     INVALID_SCHEDULE = "InvalidSchedule"
+    SCHEDULE_TOO_FREQUENT = "ScheduleTooFrequent"
     SUSPENDED = "Suspended"
     NOT_DUE = "NotDue"
     COMPLETED = "Completed"
@@ -141,7 +148,37 @@ def _refusal(s: Snapshot) -> Step | None:
     if s.scenario == Scenario.CAMPUS_LOSS and len(s.campuses) < 2:
         return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
                     "campusLoss of the only campus leaves nothing to recover on")
-    return None
+    return _too_frequent(s)
+
+
+@lru_cache(maxsize=256)
+def shortest_gap(schedule: str, time_zone: str | None) -> timedelta:
+    """The shortest time between two consecutive fires of `schedule` over its next
+    `_GAP_SAMPLES` fires from a fixed start (cached: the planner asks every tick). Raises
+    ValueError for a schedule that does not parse or never fires."""
+    at = next_fire(schedule, datetime(2026, 1, 1, tzinfo=UTC), time_zone)
+    gap = timedelta.max
+    for _ in range(_GAP_SAMPLES):
+        nxt = next_fire(schedule, at, time_zone)
+        gap = min(gap, nxt - at)
+        at = nxt
+    return gap
+
+
+def _too_frequent(s: Snapshot) -> Step | None:
+    if s.schedule is None:
+        return None
+    try:
+        gap = shortest_gap(s.schedule, s.time_zone)
+    except ValueError:
+        return None  # _due says why the schedule is unusable
+    if gap >= MIN_SCHEDULE_GAP:
+        return None
+    minutes = int(gap.total_seconds() // 60)
+    return Step(Action.REFUSE, Reason.SCHEDULE_TOO_FREQUENT,
+                f"spec.schedule {s.schedule!r} fires {minutes} minute(s) apart; a drill "
+                f"kills or cuts a serving campus, so runs must be at least "
+                f"{int(MIN_SCHEDULE_GAP.total_seconds() // 60)} minutes apart")
 
 
 def _due(s: Snapshot) -> Step | None:
