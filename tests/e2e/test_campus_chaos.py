@@ -186,8 +186,6 @@ async def test_frozen_primary_is_replaced_and_returns_fenced(cluster: Cluster,
 # until the deadline). Non-strict until a full CI run passes it, so CI lists it as XFAIL
 # or XPASS.
 # tests/integration/test_ha_cuts.py covers the same cut on real servers and is not marked.
-@pytest.mark.xfail(strict=False, reason="failed in full CI runs, passes alone; cause not "
-                   "yet captured (issue 15)")
 async def test_primary_cut_from_replicas_only_is_replaced(cluster: Cluster,
                                                           namespace: str) -> None:
     """Cut the primary from both replicas (it still reaches the API server and the
