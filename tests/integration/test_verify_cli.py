@@ -19,7 +19,7 @@ import pytest
 from pgserver import PASSWORD, free_port, unavailable
 from ringkeeper.cli.main import main
 from ringkeeper.contracts.ringconfig import RingConfig
-from ringkeeper.core.verify import Progress
+from ringkeeper.core.verify_report import Progress
 from ringkeeper.verify.cli import ProgressBar, Redactor
 from ringkeeper.verify.schedule import report_name, scheduled_verification
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ringkeeper.base import cron
 from ringkeeper.core.cron import schedule_condition
-from ringkeeper.core.verify import Report, TableReport, verification_status
+from ringkeeper.core.verify_report import Report, TableReport, verification_status
 
 
 def t(text: str) -> datetime:

@@ -24,7 +24,8 @@ from ringkeeper.core.divergence import (
     outcome_of,
     run_due,
 )
-from ringkeeper.core.verify import KeyDifference, Report, TableReport
+from ringkeeper.core.verify import KeyDifference
+from ringkeeper.core.verify_report import Report, TableReport
 from ringkeeper.verify.schedule import prune_reports, report_name
 
 NOW = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)

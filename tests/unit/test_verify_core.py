@@ -16,26 +16,22 @@ from ringkeeper.core.verify import (
     Digest,
     KeyDifference,
     MemberConn,
-    Progress,
-    Report,
     RowVersion,
-    TableReport,
     chunk_count,
     chunks_between,
     classify,
     combine,
     digests_differ,
     needs_bisection,
-    plan_fixes,
     plan_integer_chunks,
     plan_sampled_chunks,
-    policy_winner,
     recheck_delays,
-    render_text,
     settle_verdict,
     split_points,
     xor_combine,
 )
+from ringkeeper.core.verify_repair import plan_fixes, policy_winner
+from ringkeeper.core.verify_report import Progress, Report, TableReport, render_text
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

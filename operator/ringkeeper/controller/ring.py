@@ -36,7 +36,7 @@ from ..core.failures import backoff_delay, reason_for_status, should_emit, signa
 from ..core.ownership import Owner, Refusal, ring_claim
 from ..core.ringplan import primary_address, ring_status, sync_config
 from ..core.secretrefs import SecretUse, generated_names, may_use, refusal_conditions
-from ..core.verify import Report, verification_status
+from ..core.verify_report import Report, verification_status
 from ..engines import profile_for
 from ..observability.metrics import (
     RING_CONFLICTS,

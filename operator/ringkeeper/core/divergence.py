@@ -30,7 +30,7 @@ from typing import Any
 from ..api.v1alpha1.common import ConditionStatus
 from ..api.v1alpha1.ring import VerificationResult
 from .conditions import set_condition
-from .verify import Report
+from .verify_report import Report
 
 DIVERGED = "Diverged"
 DEFAULT_INTERVAL_MINUTES = 5

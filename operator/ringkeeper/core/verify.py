@@ -1,4 +1,4 @@
-"""Pure decisions of data verification between ring members.
+"""Pure decisions of data verification between ring members: what to compare and how.
 
 Verification compares one table across 2..N members without moving the table over the
 network: each member hashes ranges of primary keys ("chunks") inside the database, the
@@ -7,9 +7,10 @@ split again (bisection) until the differing rows are few enough to name key by k
 
 Everything here is arithmetic and bookkeeping, so it is unit-tested without a database:
 chunk planning, combining row hashes, deciding which chunks need recursion, classifying a
-key's state at each member, deciding when a difference has settled (the sync sidecar keeps
-the ring converging, so a young difference is usually replication lag, not damage), the
-repair plan, progress arithmetic and the report model with its text rendering.
+key's state at each member, and deciding when a difference has settled (the sync sidecar
+keeps the ring converging, so a young difference is usually replication lag, not damage).
+What a difference is repaired with lives in `verify_repair.py`; how a run is reported
+(progress, the report model and its text, the ring's status) in `verify_report.py`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ..api.v1alpha1.ring import VerificationResult, VerificationStatus
-from .conflicts import Policy, Version, winner
 from .names import origin_name
 
 Key = tuple[str, ...]
@@ -313,285 +312,4 @@ def recheck_delays(first: float, cap: float, timeout: float) -> list[float]:
         out.append(d)
         total += d
         d = min(cap, d * 2)
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# Repair planning
-
-Action = Literal["upsert", "delete"]
-
-
-class Fix(BaseModel):
-    """One change at one member that makes its row equal to the winning version.
-
-    `origin` and `committed_at` are those of the winning version, so the repaired row
-    carries the same original origin and commit time as everywhere else."""
-
-    table: str
-    key: list[str]
-    member: str
-    action: Action
-    source: str
-    origin: str
-    committed_at: datetime | None = None
-    values: dict[str, str | None] | None = None
-    reason: str = ""
-
-
-_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
-
-
-def origin_member(origin: str | None, holder: str, members: Sequence[MemberConn]) -> str:
-    """The member a version came from: the one whose origin name it carries, else the
-    member holding it (an empty origin means written locally there)."""
-    if origin:
-        for m in members:
-            if m.origin_name == origin:
-                return m.name
-    return holder
-
-
-def policy_winner(versions: Mapping[str, RowVersion], members: Sequence[MemberConn],
-                  policy: Policy | str = Policy.LAST_WRITER_WINS) -> str | None:
-    """The member holding the version the ring's policy keeps, or None if no member has
-    the row. lastWriterWins: newest original commit, then the origin's priority, then its
-    name (the same order `conflicts.winner` applies live). An absent row never wins: a
-    deletion leaves no commit time to compare, so repair by policy restores the newest
-    row; choose a source member to propagate a deletion instead."""
-    by_name = {m.name: m for m in members}
-    best: tuple[str, Version] | None = None
-    for holder in sorted(versions):
-        v = versions[holder]
-        if not v.present:
-            continue
-        who = origin_member(v.origin, holder, members)
-        ref = by_name.get(who, by_name.get(holder))
-        cand = Version(origin=who, committed_at=v.committed_at or _EPOCH,
-                       priority=ref.priority if ref else 100)
-        if best is None or winner(best[1], cand, policy) is cand:
-            best = (holder, cand)
-    return best[0] if best else None
-
-
-def plan_fixes(diff: KeyDifference, members: Sequence[MemberConn], *,
-               source: str | None = None,
-               policy: Policy | str = Policy.LAST_WRITER_WINS) -> list[Fix]:
-    """The fixes for one key: every member whose version differs from the winner's gets
-    the winner's row (upsert), or loses its row when the winner (a source of truth) has
-    none (delete). Versions must carry `values` for the winner when it has the row."""
-    names = [m.name for m in members]
-    by_name = {m.name: m for m in members}
-    if source is not None:
-        if source not in by_name:
-            raise ValueError(f"source member {source!r} is not one of {names}")
-        win: str | None = source
-        reason = f"source of truth {source}"
-    else:
-        win = policy_winner(diff.versions, members, policy)
-        reason = f"policy {Policy(policy).value}"
-    if win is None:
-        return []
-    won = diff.versions.get(win, RowVersion())
-    fixes: list[Fix] = []
-    for m in names:
-        if m == win:
-            continue
-        mine = diff.versions.get(m, RowVersion())
-        if mine.row_hash == won.row_hash:
-            continue
-        if won.present:
-            if won.values is None:
-                raise ValueError(f"{diff.table} {diff.key}: no values fetched from {win}")
-            origin = won.origin or by_name[win].origin_name
-            fixes.append(Fix(table=diff.table, key=diff.key, member=m, action="upsert",
-                             source=win, origin=origin, committed_at=won.committed_at,
-                             values=won.values, reason=f"{reason}: take {win}'s row"))
-        else:
-            fixes.append(Fix(table=diff.table, key=diff.key, member=m, action="delete",
-                             source=win, origin=by_name[win].origin_name,
-                             reason=f"{reason}: {win} has no such row"))
-    return fixes
-
-
-# --------------------------------------------------------------------------------------
-# Progress
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a verification is: per table and phase, with rates for a progress line."""
-
-    table: str
-    phase: str
-    chunks_done: int
-    chunks_total: int
-    rows_done: int
-    rows_total: int
-    elapsed_s: float
-
-    @property
-    def fraction(self) -> float:
-        if self.rows_total > 0:
-            return min(1.0, self.rows_done / self.rows_total)
-        if self.chunks_total > 0:
-            return min(1.0, self.chunks_done / self.chunks_total)
-        return 1.0
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        """Seconds left at the current rate, None before there is a rate."""
-        f = self.fraction
-        if f <= 0 or self.elapsed_s <= 0:
-            return None
-        return self.elapsed_s * (1 - f) / f
-
-    def line(self) -> str:
-        eta = "?" if self.eta_s is None else f"{self.eta_s:.1f}s"
-        return (f"{self.table} {self.phase}: {self.chunks_done}/{self.chunks_total} chunks, "
-                f"{self.rows_done}/{self.rows_total} rows ({self.fraction:.0%}), "
-                f"{self.rows_per_s:,.0f} rows/s, eta {eta}")
-
-
-# --------------------------------------------------------------------------------------
-# Report
-
-
-class TableReport(BaseModel):
-    """One table's outcome. `rows` is what each member hashed (full mode) or looked up
-    (incremental); `keys_touched` counts keys compared one by one (leaf fetches, dirty
-    keys), which is what incremental cost follows."""
-
-    table: str
-    key_columns: list[str]
-    mode: Mode
-    rows: dict[str, int] = Field(default_factory=dict)
-    chunks: int = 0
-    chunks_differing: int = 0
-    keys_touched: int = 0
-    keys_rechecked: int = 0
-    differences: list[KeyDifference] = Field(default_factory=list)
-    unsettled: list[KeyDifference] = Field(default_factory=list)
-    truncated: bool = False
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return not self.differences and not self.unsettled and not self.truncated
-
-
-class Report(BaseModel):
-    """A verification run: JSON for machines (`model_dump_json`, re-read with
-    `Report.model_validate_json` before a repair), `render_text` for people."""
-
-    mode: Mode
-    members: list[str]
-    reference: str
-    started_at: datetime
-    finished_at: datetime | None = None
-    settle_seconds: float = 0.0
-    canonical: str = "typed"
-    tables: list[TableReport] = Field(default_factory=list)
-    skipped: dict[str, str] = Field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(t.passed for t in self.tables)
-
-    @property
-    def differences(self) -> list[KeyDifference]:
-        return [d for t in self.tables for d in t.differences]
-
-    def render_text(self) -> str:
-        return render_text(self)
-
-
-def summarise_values(v: RowVersion | None, width: int = 48) -> str:
-    """A short human form of one version's row for the text table."""
-    if v is None or not v.present:
-        return "(absent)"
-    if not v.values:
-        return f"hash {v.row_hash}"
-    text = ", ".join(f"{k}={'NULL' if x is None else x}" for k, x in v.values.items())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def render_text(report: Report) -> str:
-    """A readable table: one line per (key, member that differs), with both versions."""
-    lines = [
-        f"verification ({report.mode}) of {', '.join(report.members)}; "
-        f"reference {report.reference}: "
-        + ("PASSED" if report.passed else
-           f"{len(report.differences)} differing key(s)"),
-    ]
-    for name, why in report.skipped.items():
-        lines.append(f"  {name}: NOT VERIFIED ({why})")
-    for t in report.tables:
-        rows = ", ".join(f"{m}={n}" for m, n in t.rows.items())
-        lines.append(f"  {t.table}: rows {rows or '-'}; chunks {t.chunks} "
-                     f"({t.chunks_differing} differing); keys touched {t.keys_touched}; "
-                     f"{len(t.differences)} difference(s); {t.seconds:.2f}s")
-        if t.truncated:
-            lines.append("    stopped naming keys at the max_keys limit: more rows differ "
-                         "(a member far behind or empty? compare row counts)")
-        if t.unsettled:
-            lines.append(f"    {len(t.unsettled)} key(s) still changing when rechecks "
-                         "timed out (not verified): "
-                         + ", ".join(",".join(d.key) for d in t.unsettled[:10]))
-    rows_out: list[tuple[str, ...]] = []
-    for d in report.differences:
-        ref_v = d.versions.get(d.reference)
-        for m, kind in d.member_kinds():
-            rows_out.append((d.table, ",".join(d.key), kind, m, d.reference,
-                             summarise_values(d.versions.get(m)), summarise_values(ref_v)))
-    if rows_out:
-        head = ("TABLE", "KEY", "KIND", "MEMBER", "REFERENCE", "MEMBER'S ROW",
-                "REFERENCE'S ROW")
-        widths = [max(len(r[i]) for r in [head, *rows_out]) for i in range(len(head))]
-        for r in [head, *rows_out]:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-                         .rstrip())
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------
-# ReplicationRing status
-
-
-def rows_compared(report: Report) -> int:
-    """Rows compared: per table the most rows any member held (or looked up), summed."""
-    return sum(max(t.rows.values(), default=0) for t in report.tables)
-
-
-def verification_status(report: Report | None, *, mode: Mode | str, started_at: datetime,
-                        completed_at: datetime | None, report_path: str | None,
-                        progress_percent: float | None = None,
-                        error: bool = False) -> dict[str, object]:
-    """The ReplicationRing `status.lastVerification` object (camelCase, as in the CRD).
-
-    With a report: Passed or Failed with its counts and progress 100. Without one: Running
-    (with `progress_percent`) while `completed_at` is None, Error once it is set (or with
-    `error`, e.g. when the members could not be reached)."""
-    data: dict[str, object] = {"started_at": started_at, "completed_at": completed_at,
-                               "mode": str(mode), "report": report_path}
-    if report is not None and not error:
-        data.update(tables=len(report.tables), rows_compared=rows_compared(report),
-                    differences=len(report.differences) + sum(
-                        len(t.unsettled) for t in report.tables),
-                    result=(VerificationResult.PASSED if report.passed
-                            else VerificationResult.FAILED),
-                    progress_percent=100.0)
-    elif completed_at is None and not error:
-        data.update(result=VerificationResult.RUNNING,
-                    progress_percent=round(progress_percent or 0.0, 1))
-    else:
-        data.update(result=VerificationResult.ERROR)
-        if report is not None:
-            data.update(tables=len(report.tables), rows_compared=rows_compared(report))
-    status = VerificationStatus.model_validate(data)
-    out: dict[str, object] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     return out

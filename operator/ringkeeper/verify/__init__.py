@@ -8,15 +8,9 @@ The API the CLI and the operator call:
 """
 
 from ..core.names import origin_name
-from ..core.verify import (
-    Fix,
-    KeyDifference,
-    MemberConn,
-    Progress,
-    Report,
-    RowVersion,
-    TableReport,
-)
+from ..core.verify import KeyDifference, MemberConn, RowVersion
+from ..core.verify_repair import Fix
+from ..core.verify_report import Progress, Report, TableReport
 from .repair import RepairResult, repair
 from .report import load_report, write_report
 from .runner import VerifyError, verify

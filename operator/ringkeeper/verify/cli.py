@@ -27,7 +27,8 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from ..contracts.ringconfig import RingConfig
-from ..core.verify import MemberConn, Mode, Progress, Report, render_text, verification_status
+from ..core.verify import MemberConn, Mode
+from ..core.verify_report import Progress, Report, render_text, verification_status
 from .repair import RepairResult, repair
 from .report import write_report
 from .runner import VerifyError, verify

@@ -22,7 +22,9 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from ..core.conflicts import Policy
-from ..core.verify import Fix, KeyDifference, MemberConn, Report, classify, plan_fixes
+from ..core.verify import KeyDifference, MemberConn, classify
+from ..core.verify_repair import Fix, plan_fixes
+from ..core.verify_report import Report
 from . import checksum as cs
 from .runner import Context, Member, VerifyError, aligned_shapes, close_all, connect, lookup
 from .runner import table_shape as _table_shape

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.verify import Report, render_text
+from ..core.verify_report import Report, render_text
 
 
 def write_report(report: Report, json_path: Path | str,

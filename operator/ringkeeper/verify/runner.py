@@ -26,10 +26,7 @@ from ..core.verify import (
     KeyDifference,
     MemberConn,
     Mode,
-    Progress,
-    Report,
     RowVersion,
-    TableReport,
     chunks_between,
     classify,
     digests_differ,
@@ -39,6 +36,7 @@ from ..core.verify import (
     recheck_delays,
     settle_verdict,
 )
+from ..core.verify_report import Progress, Report, TableReport
 from ..sync.walstream import ReplicationError, ensure_scram
 from . import checksum as cs
 from .checksum import Canonical, TableShape

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..contracts.ringconfig import RingConfig
-from ..core.verify import MemberConn, Mode, Progress, Report
+from ..core.verify import MemberConn, Mode
+from ..core.verify_report import Progress, Report
 from ..sync.catalog import matches
 from .report import write_report
 from .runner import ProgressFn, VerifyError, close_all, connect, list_tables, verify
