@@ -11,9 +11,10 @@ from ..core.names import origin_name
 from ..core.verify import KeyDifference, MemberConn, RowVersion
 from ..core.verify_repair import Fix
 from ..core.verify_report import Progress, Report, TableReport
+from .members import VerifyError
 from .repair import RepairResult, repair
 from .report import load_report, write_report
-from .runner import VerifyError, verify
+from .runner import verify
 
 __all__ = [
     "Fix",

@@ -26,8 +26,9 @@ from ..core.verify import KeyDifference, MemberConn, classify
 from ..core.verify_repair import Fix, plan_fixes
 from ..core.verify_report import Report
 from . import checksum as cs
-from .runner import Context, Member, VerifyError, aligned_shapes, close_all, connect, lookup
-from .runner import table_shape as _table_shape
+from .members import Context, Member, VerifyError, aligned_shapes, close_all, connect
+from .members import table_shape as _table_shape
+from .recheck import lookup
 
 
 class RepairResult(BaseModel):

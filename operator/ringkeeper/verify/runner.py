@@ -1,9 +1,11 @@
-"""Verification against live members: asyncpg orchestration of the pure engine.
+"""Verification against live members: the comparison of chunk digests and the run.
 
-Each member gets one connection with fixed session settings; members hash the same chunk
-list in parallel (one task per member, so a fast member never waits for a slow one chunk by
-chunk), chunk digests are compared, differing chunks are bisected down to rows, and the
-differing keys are rechecked until they converge (replication lag) or settle (damage).
+Members hash the same chunk list in parallel (one task per member, so a fast member never
+waits for a slow one chunk by chunk), chunk digests are compared, and differing chunks are
+bisected down to rows; incremental runs take their candidate keys from the members'
+dirty-key tables instead. The candidates are then rechecked (`recheck.py`) until they
+converge (replication lag) or settle (damage). Connections and table shapes are
+`members.py`'s job.
 """
 
 from __future__ import annotations
@@ -12,127 +14,41 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
-
-import asyncpg
 
 from ..core.verify import (
     Chunk,
     Digest,
     Key,
-    KeyDifference,
     MemberConn,
     Mode,
-    RowVersion,
     chunks_between,
-    classify,
     digests_differ,
     needs_bisection,
     plan_integer_chunks,
     plan_sampled_chunks,
-    recheck_delays,
-    settle_verdict,
 )
-from ..core.verify_report import Progress, Report, TableReport
-from ..sync.walstream import ReplicationError, ensure_scram
+from ..core.verify_report import Report, TableReport
 from . import checksum as cs
 from .checksum import Canonical, TableShape
 from .dirty import forget_compared, remember
+from .members import (
+    Context,
+    Member,
+    ProgressFn,
+    VerifyError,
+    aligned_shapes,
+    close_all,
+    connect,
+    ensure_dirty_keys,
+    list_tables,
+    table_shape,
+)
+from .recheck import LOOKUP_BATCH, lookup, recheck
 
-ProgressFn = Callable[[Progress], None]
-
-LOOKUP_BATCH = 5000
 FANOUT = 16
-
-
-class VerifyError(Exception):
-    """A verification that cannot run as asked (missing table, no primary key, ...)."""
-
-
-@dataclass
-class Member:
-    """An open connection to one member."""
-
-    conn: MemberConn
-    pg: Any  # asyncpg.Connection (untyped library)
-    commit_ts: bool = True
-
-    @property
-    def name(self) -> str:
-        return self.conn.name
-
-
-async def connect(m: MemberConn, *, timeout: float = 30.0) -> Member:
-    """One connection with the canonical session settings (and no JIT: chunk queries are
-    many and short, compiling them would cost more than it saves)."""
-    settings = {**cs.SESSION_SETTINGS, "jit": "off", "application_name": "ringkeeper-verify",
-                "statement_timeout": "0"}
-    try:
-        await ensure_scram(m.dsn, timeout=timeout)  # external members: SCRAM or nothing
-        pg = await asyncpg.connect(m.dsn, server_settings=settings, timeout=timeout)
-    except (TimeoutError, OSError, ValueError, asyncpg.PostgresError,
-            ReplicationError) as exc:
-        raise VerifyError(f"cannot connect to member {m.name}: {exc}") from exc
-    on = await pg.fetchval("SELECT current_setting('track_commit_timestamp') = 'on'")
-    return Member(m, pg, bool(on))
-
-
-async def close_all(members: Iterable[Member]) -> None:
-    await asyncio.gather(*(m.pg.close() for m in members), return_exceptions=True)
-
-
-async def ensure_dirty_keys(member: Member) -> None:
-    """The table the sidecar fills; created here too so verification never depends on
-    which of the two ran first."""
-    await member.pg.execute(cs.DIRTY_KEYS_DDL)
-
-
-async def list_tables(member: Member) -> tuple[list[str], list[str]]:
-    """(tables with a primary key, tables without one) outside the system schemas."""
-    with_pk = [r[0] for r in await member.pg.fetch(cs.TABLES_SQL)]
-    without = [r[0] for r in await member.pg.fetch(cs.NO_PK_TABLES_SQL)]
-    return with_pk, without
-
-
-async def table_shape(member: Member, table: str) -> TableShape:
-    rel = cs.qualified(table)
-    exists = await member.pg.fetchval("SELECT to_regclass($1) IS NOT NULL", rel)
-    if not exists:
-        raise VerifyError(f"table {table} does not exist on member {member.name}")
-    rows = await member.pg.fetch(cs.INTROSPECT_SQL, rel)
-    key = tuple(r[0] for r in await member.pg.fetch(cs.PRIMARY_KEY_SQL, rel))
-    if not key:
-        raise VerifyError(f"table {table} has no primary key on member {member.name}: "
-                          "verification needs one to name rows and to split ranges")
-    cols = tuple(cs.Column(name=r["name"], sql_type=r["sql_type"], base=r["base"],
-                           base_sql_type=r["base_sql_type"], base_kind=r["base_kind"],
-                           element=r["element"], generated=r["generated"],
-                           identity=r["identity"], not_null=r["not_null"]) for r in rows)
-    return TableShape(table=cs.relation_name(table), columns=cols, key=key)
-
-
-def aligned_shapes(shapes: Sequence[TableShape], members: Sequence[Member]) -> list[TableShape]:
-    """Every member compares the reference member's non-generated columns by name; a
-    missing column or a different primary key is a schema difference, reported as such."""
-    ref = shapes[0]
-    order = tuple(c.name for c in ref.columns if not c.generated)
-    out = []
-    for shape, m in zip(shapes, members, strict=True):
-        names = {c.name for c in shape.columns if not c.generated}
-        missing = [n for n in order if n not in names]
-        extra = sorted(names - set(order))
-        if missing or extra:
-            raise VerifyError(
-                f"table {ref.table} has different columns on {m.name} than on "
-                f"{members[0].name}: missing {missing or '-'}, extra {extra or '-'}")
-        if shape.key != ref.key:
-            raise VerifyError(f"table {ref.table} has primary key {list(shape.key)} on "
-                              f"{m.name} but {list(ref.key)} on {members[0].name}")
-        out.append(TableShape(shape.table, shape.columns, shape.key, order))
-    return out
 
 
 async def estimate_rows(member: Member, shape: TableShape) -> int:
@@ -161,33 +77,6 @@ async def plan_chunks(member: Member, shape: TableShape, chunk_rows: int) -> tup
     percent = min(100.0, 100.0 * wanted / max(rows, 1))
     samples = [tuple(r) for r in await member.pg.fetch(cs.sample_sql(shape, percent))]
     return plan_sampled_chunks(samples, rows, chunk_rows), rows
-
-
-@dataclass
-class Context:
-    members: list[Member]
-    shapes: list[TableShape]
-    canonical: Canonical
-    table: str
-    progress: ProgressFn | None
-    started: float = field(default_factory=time.monotonic)
-    keys_touched: int = 0
-    max_keys: int = 100_000
-    truncated: bool = False
-    chunks_total: int = 0
-    chunks_differing: int = 0
-    rows: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def names(self) -> list[str]:
-        return [m.name for m in self.members]
-
-    def report(self, phase: str, done: int, total: int, rows_done: int, rows_total: int) -> None:
-        if self.progress is not None:
-            self.progress(Progress(self.table, phase, done, total, rows_done, rows_total,
-                                   time.monotonic() - self.started))
-
-
 async def digest(member: Member, shape: TableShape, chunk: Chunk,
                  canonical: Canonical) -> Digest:
     sql, params = cs.chunk_digest_sql(shape, chunk, canonical)
@@ -266,95 +155,6 @@ async def bisect(ctx: Context, chunk: Chunk, digests: dict[str, Digest], leaf_ro
     sub_digests = await digest_all(ctx, subs, phase="bisect")
     for sub, d in zip(subs, sub_digests, strict=True):
         await bisect(ctx, sub, d, leaf_rows, found)
-
-
-async def lookup(ctx: Context, keys: Sequence[Key], *, versions: bool,
-                 values: bool) -> dict[Key, dict[str, RowVersion]]:
-    """Current versions of the given keys at every member (index lookups)."""
-    out: dict[Key, dict[str, RowVersion]] = {}
-    width = len(ctx.shapes[0].key)
-
-    async def fetch(i: int, batch: Sequence[Key]) -> list[Any]:
-        m = ctx.members[i]
-        sql = cs.lookup_sql(ctx.shapes[i], ctx.canonical, versions=versions and m.commit_ts,
-                            values=values)
-        return list(await m.pg.fetch(sql, *cs.key_arrays(batch, width)))
-
-    for start in range(0, len(keys), LOOKUP_BATCH):
-        batch = keys[start:start + LOOKUP_BATCH]
-        per_member = await asyncio.gather(*(fetch(i, batch) for i in range(len(ctx.members))))
-        for m, rows in zip(ctx.members, per_member, strict=True):
-            for r in rows:
-                k = tuple(r[:width])
-                v = RowVersion(row_hash=str(int(r[width])))
-                col = width + 1
-                if versions and m.commit_ts:
-                    v.committed_at, v.origin = r[col], r[col + 1]
-                    col += 2
-                if values:
-                    raw = r[col]
-                    v.values = json.loads(raw) if isinstance(raw, str) else raw
-                out.setdefault(k, {})[m.name] = v
-    return out
-
-
-def _state(versions: dict[str, RowVersion], names: Sequence[str]) -> tuple[str | None, ...]:
-    return tuple(versions[n].row_hash if n in versions else None for n in names)
-
-
-async def recheck(ctx: Context, keys: Iterable[Key], *, settle_seconds: float,
-                  timeout: float, reference: str) -> tuple[list[KeyDifference],
-                                                           list[KeyDifference]]:
-    """Re-read differing keys until each converges (lag), settles (reported) or the
-    timeout passes (returned as unsettled, never silently dropped)."""
-    pending = sorted(set(keys))
-    persistent: list[KeyDifference] = []
-    if not pending:
-        return [], []
-    names = ctx.names
-    stable_since: dict[Key, tuple[tuple[str | None, ...], float]] = {}
-    delays = iter(recheck_delays(min(0.2, max(settle_seconds / 4, 0.05)), 2.0, timeout))
-    last: dict[Key, dict[str, RowVersion]] = {}
-    while True:
-        obs = await lookup(ctx, pending, versions=True, values=True)
-        now_m, now_wall = time.monotonic(), datetime.now(UTC)
-        still: list[Key] = []
-        for k in pending:
-            vs = obs.get(k, {})
-            st = _state(vs, names)
-            prev = stable_since.get(k)
-            if prev is None or prev[0] != st:
-                stable_since[k] = (st, now_m)
-            stamps = [v.committed_at for v in vs.values() if v.committed_at is not None]
-            age = (now_wall - max(stamps)).total_seconds() if stamps else None
-            verdict = settle_verdict(len(set(st)) == 1, now_m - stable_since[k][1], age,
-                                     settle_seconds)
-            if verdict == "wait":
-                still.append(k)
-                last[k] = vs
-            elif verdict == "persistent":
-                d = classify(ctx.table, k, {n: st[i] for i, n in enumerate(names)}, names,
-                             reference)
-                if d is not None:
-                    d.versions = {n: vs.get(n, RowVersion()) for n in names}
-                    persistent.append(d)
-        pending = still
-        if not pending:
-            return persistent, []
-        delay = next(delays, None)
-        if delay is None:
-            unsettled = []
-            for k in pending:
-                vs = last[k]
-                st = _state(vs, names)
-                d = classify(ctx.table, k, {n: st[i] for i, n in enumerate(names)}, names,
-                             reference)
-                if d is not None:
-                    d.versions = {n: vs.get(n, RowVersion()) for n in names}
-                    unsettled.append(d)
-            return persistent, unsettled
-        ctx.report("recheck", 0, len(pending), 0, 0)
-        await asyncio.sleep(delay)
 
 
 async def full_candidates(ctx: Context, chunk_rows: int, leaf_rows: int) -> set[Key]:

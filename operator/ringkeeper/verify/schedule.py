@@ -16,8 +16,9 @@ from ..contracts.ringconfig import RingConfig
 from ..core.verify import MemberConn, Mode
 from ..core.verify_report import Progress, Report
 from ..sync.catalog import matches
+from .members import ProgressFn, VerifyError, close_all, connect, list_tables
 from .report import write_report
-from .runner import ProgressFn, VerifyError, close_all, connect, list_tables, verify
+from .runner import verify
 
 KEEP_REPORTS = 50
 """Reports of one ring kept in the report directory (the newest; older ones are deleted)."""
