@@ -20,8 +20,8 @@ from pgserver import PASSWORD, free_port, unavailable
 from ringkeeper.cli.main import main
 from ringkeeper.contracts.ringconfig import RingConfig
 from ringkeeper.core.verify_report import Progress
-from ringkeeper.verify.cli import ProgressBar, Redactor
 from ringkeeper.verify.schedule import report_name, scheduled_verification
+from ringkeeper.verify.terminal import ProgressBar, Redactor
 
 from .ringlocal import LocalRing, wait_until
 
