@@ -7,13 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ringkeeper.api.validation import (
-    DuplicateKeyError,
-    load_manifests,
-    name_problems,
-    parse,
-    validate,
-)
+from ringkeeper.api.kubectl_yaml import DuplicateKeyError, load_manifests
+from ringkeeper.api.validation import name_problems, parse, validate
 
 BASE = """apiVersion: ringkeeper.io/v1alpha1
 kind: Campus

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from ..api.validation import load_manifests, validate
+from ..api.kubectl_yaml import load_manifests
+from ..api.validation import validate
 from .status_view import safe
 
 
