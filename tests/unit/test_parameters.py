@@ -230,7 +230,7 @@ def test_bounds_are_inclusive_in_every_unit() -> None:
 def test_managed_and_refused_lists_keep_their_promises() -> None:
     from ringkeeper.agent.config import InstanceSettings, managed_settings
     from ringkeeper.engines import profile_for
-    from ringkeeper.engines.parameters import MANAGED_PARAMETERS, REFUSED_PARAMETERS
+    from ringkeeper.engines.refused_parameters import MANAGED_PARAMETERS, REFUSED_PARAMETERS
 
     profile = profile_for("postgresql", "18")
     for primary in (True, False):
@@ -322,7 +322,7 @@ def test_render_quotes_quotes_and_backslashes() -> None:
 def test_docs_list_every_parameter_and_refusal() -> None:
     from conftest import REPO
     from ringkeeper.engines import profile_for
-    from ringkeeper.engines.parameters import REFUSED_PARAMETERS
+    from ringkeeper.engines.refused_parameters import REFUSED_PARAMETERS
 
     text = (REPO / "docs" / "parameters.md").read_text(encoding="utf-8")
     for p in profile_for("postgresql", "18").parameters.params:

@@ -24,12 +24,8 @@ from ringkeeper.api.v1alpha1 import Campus
 from ringkeeper.api.validation import validate
 from ringkeeper.core import manifests
 from ringkeeper.engines import EngineProfile, Param, ParamType, profile_for
-from ringkeeper.engines.parameters import (
-    BASE_UNITS,
-    BOOL_VALUES,
-    REFUSED_PARAMETERS,
-    ascii_lower,
-)
+from ringkeeper.engines.parameters import BASE_UNITS, BOOL_VALUES, ascii_lower
+from ringkeeper.engines.refused_parameters import REFUSED_PARAMETERS
 
 PROFILES = [profile_for("postgresql", v) for v in ("15", "16", "17", "18")] + [
     profile_for("kingbase", "V8R6")]

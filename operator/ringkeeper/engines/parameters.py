@@ -14,7 +14,8 @@ from the very same bounds) and the agent, which checks again what it is about to
 render. Names compare case-insensitively as PostgreSQL's do; values follow a
 grammar that is a strict subset of what the server accepts (no hex, no spaces
 before a unit, units only where the setting has one), so whatever passes here
-also starts the server. Pure: no I/O.
+also starts the server. The names refused with a reason are `refused_parameters.py`'s.
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
+
+from .refused_parameters import REFUSED_PARAMETERS, Refusal, refusal_message
 
 # A parameter name after ASCII lower-casing; at most 63 characters (NAMEDATALEN - 1).
 NAME_PATTERN = r"[a-z][a-z0-9_.]{0,62}"
@@ -246,67 +249,6 @@ def _unit_order(units: Mapping[str, int]) -> list[str]:
     return sorted(units, key=lambda u: (-len(u), list(units).index(u)))
 
 
-class Refusal(StrEnum):
-    """Why a name can never be set; the text follows "parameters may not set NAME: "."""
-
-    COMMAND = "it runs a shell command as the database user"
-    CODE = "it loads code into the server"
-    FILES = "it points the server at other files or directories"
-    UNSAFE = "turning it off can lose committed data, and failover and pg_rewind rely on it"
-    MANAGED = "Ringkeeper manages this setting"
-
-
-# The settings Ringkeeper's operator and agent own; overriding one would break
-# replication, failover or fencing (the agent writes them after the user's lines).
-MANAGED_PARAMETERS: tuple[str, ...] = (
-    "cluster_name",
-    "hot_standby",
-    "hot_standby_feedback",
-    "listen_addresses",
-    "max_replication_slots",
-    "max_slot_wal_keep_size",
-    "max_wal_senders",
-    "password_encryption",
-    "port",
-    "primary_conninfo",
-    "primary_slot_name",
-    "recovery_target_timeline",
-    "ssl",
-    "sync_replication_slots",
-    "synchronized_standby_slots",
-    "synchronous_commit",
-    "synchronous_standby_names",
-    "track_commit_timestamp",
-    "unix_socket_directories",
-    "unix_socket_group",
-    "unix_socket_permissions",
-    "wal_level",
-    "wal_log_hints",
-)
-
-REFUSED_PARAMETERS: dict[str, Refusal] = {
-    **{n: Refusal.COMMAND for n in (
-        "archive_command", "archive_cleanup_command", "restore_command",
-        "recovery_end_command", "ssl_passphrase_command")},
-    **{n: Refusal.CODE for n in (
-        "shared_preload_libraries", "local_preload_libraries", "session_preload_libraries",
-        "dynamic_library_path", "jit_provider", "archive_library",
-        "oauth_validator_libraries", "extension_control_path")},
-    **{n: Refusal.FILES for n in (
-        "include", "include_dir", "include_if_exists", "config_file", "hba_file",
-        "ident_file", "data_directory", "external_pid_file", "log_directory",
-        "log_filename", "krb_server_keyfile", "ssl_ca_file", "ssl_cert_file",
-        "ssl_key_file", "ssl_crl_file", "ssl_crl_dir", "ssl_dh_params_file")},
-    **{n: Refusal.UNSAFE for n in ("fsync", "full_page_writes")},
-    **{n: Refusal.MANAGED for n in MANAGED_PARAMETERS},
-}
-
-
-def refusal_message(name: str) -> str:
-    """The sentence for a refused name (lower-cased, known to be in REFUSED_PARAMETERS)."""
-    return f"parameters may not set {name}: {REFUSED_PARAMETERS[name].value}"
-
-
 def unknown_message(name: str, engine: str, version: str) -> str:
     return (f"parameters may not set {name}: it is not one of the settings Ringkeeper allows "
             f"for {engine} {version} (see docs/parameters.md)")
@@ -390,19 +332,15 @@ __all__ = [
     "CONTROL_MESSAGE",
     "CONTROL_PATTERN",
     "DUPLICATE_MESSAGE",
-    "MANAGED_PARAMETERS",
     "MAX_PARAMETERS",
     "MAX_VALUE_LENGTH",
     "NAME_MESSAGE",
     "NAME_PATTERN",
     "RAW_NAME_PATTERN",
-    "REFUSED_PARAMETERS",
     "Param",
     "ParamType",
     "ParameterCatalog",
     "ParameterProblem",
-    "Refusal",
     "ascii_lower",
-    "refusal_message",
     "unknown_message",
 ]

@@ -16,18 +16,20 @@ from ...engines.parameters import (
     CONTROL_MESSAGE,
     CONTROL_PATTERN,
     DUPLICATE_MESSAGE,
-    MANAGED_PARAMETERS,
     MAX_PARAMETERS,
     MAX_VALUE_LENGTH,
     NAME_MESSAGE,
     NAME_PATTERN,
     RAW_NAME_PATTERN,
-    REFUSED_PARAMETERS,
     Param,
     ParamType,
     ascii_lower,
-    refusal_message,
     unknown_message,
+)
+from ...engines.refused_parameters import (
+    MANAGED_PARAMETERS,
+    REFUSED_PARAMETERS,
+    refusal_message,
 )
 from .common import (
     AGE_COLUMN,
