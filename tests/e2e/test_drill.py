@@ -10,6 +10,7 @@ and the recovery in order, and the RTO is neither zero nor over the limit.
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any
 
@@ -48,11 +49,18 @@ async def test_primary_kill_drill_passes_and_missing_target_is_refused(
     ns = namespace
     await asyncio.to_thread(install_operator, cluster, ns)
     cluster.kubectl("-n", ns, "apply", "-f", "-", input=campus_yaml("lab", "17"))
-    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml("ghost", "nope"))
-    refused = await asyncio.to_thread(wait_for, "ghost refused", lambda: (
-        ready(drill(cluster, ns, "ghost")).get("reason") == "TargetMissing"
-        and ready(drill(cluster, ns, "ghost"))), timeout=60)
+    # `kubectl ringkeeper drill run --wait` against a campus that does not exist: created,
+    # refused by the operator with the reason, and the command says so and exits 1.
+    res = await asyncio.to_thread(
+        cluster.kubectl, "ringkeeper", "drill", "run", "ghost", "-n", ns, "--campus", "nope",
+        "--wait", "--timeout", "60", check=False, timeout=90)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "drill ghost: Refused: TargetMissing" in res.stdout, res.stdout
+    refused = ready(drill(cluster, ns, "ghost"))
     assert refused["status"] == "False" and "does not exist" in refused["message"]
+    bad = cluster.kubectl("ringkeeper", "drill", "run", "bad", "-n", ns, "--campus",
+                          "lab; touch /tmp/x", check=False)
+    assert bad.returncode == 2 and "target.name" in bad.stderr, bad.stderr
     assert (drill(cluster, ns, "ghost").get("status") or {}).get("runs", 0) == 0
 
     st = await asyncio.to_thread(wait_ready, cluster, ns, "lab", 180)
@@ -92,15 +100,27 @@ async def test_primary_kill_drill_passes_and_missing_target_is_refused(
     # once, without a schedule: it does not run again
     await asyncio.sleep(3)
     assert drill(cluster, ns, "kill")["status"]["runs"] == 1
+    # what a person reads: the status screen, the Markdown report and the timeline picture
+    shown = cluster.kubectl("ringkeeper", "drill", "status", "kill", "-n", ns).stdout
+    assert f"RTO {run['rtoSeconds']} s, lost 0 of {run['committedTransactions']}" in shown
+    assert "FaultInjected" in shown
+    md = cluster.kubectl("ringkeeper", "drill", "report", "kill", "-n", ns).stdout
+    assert md.strip() == run["report"].strip()
+    svg = cluster.kubectl("ringkeeper", "drill", "report", "kill", "-n", ns, "--format",
+                          "svg").stdout
+    root = ET.fromstring(svg)
+    assert "outage" in "".join(root.itertext()) and "Passed" in "".join(root.itertext())
 
     # The verdict can fail: the same kill held to a 1 s RTO, which no failover here meets.
+    # Run with `kubectl ringkeeper drill run --wait`: it follows the run and exits 1.
     await asyncio.to_thread(wait_ready, cluster, ns, "lab", 180)
-    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml(
-        "strict", "lab", max_rto=1, workload={"writers": 1, "ratePerSecond": 3,
-                                               "durationSeconds": 12}))
-    failed = await asyncio.to_thread(wait_for, "strict drill finished", lambda: (
-        drill(cluster, ns, "strict") if (drill(cluster, ns, "strict").get("status") or {}).get(
-            "phase") in ("Passed", "Failed") else None), timeout=120)
+    res = await asyncio.to_thread(
+        cluster.kubectl, "ringkeeper", "drill", "run", "strict", "-n", ns, "--campus", "lab",
+        "--max-rto", "1", "--writers", "1", "--rate", "3", "--duration", "12", "--wait",
+        "--timeout", "120", check=False, timeout=150)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "drill strict: Failed" in res.stdout and "phase Running" in res.stdout, res.stdout
+    failed = drill(cluster, ns, "strict")
     srun = failed["status"]["lastRun"]
     print("strict lastRun:", {k: v for k, v in srun.items() if k not in ("report", "timeline")})
     assert failed["status"]["phase"] == "Failed" and srun["reason"] == "RtoExceeded", srun

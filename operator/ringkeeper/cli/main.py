@@ -28,6 +28,7 @@ common tasks:
   ringkeeper crds                      regenerate crds/ and the chart's CRDs from the models
   ringkeeper validate examples/*.yaml  check manifests offline, with the API server's messages
   ringkeeper status                    show campuses, rings, satellites and drills
+  ringkeeper drill run NAME --campus C --wait   rehearse a primary failure now, measured
 """
 
 
@@ -215,6 +216,10 @@ def build_parser(prog: str = "ringkeeper") -> argparse.ArgumentParser:
     from ..workload.cli import add_arguments as add_workload_arguments
 
     add_workload_arguments(p)
+
+    from .drill import add_parser as add_drill
+
+    add_drill(sub, _add_kube_args)
 
     from .campus_ops import add_parsers as add_campus_ops
 
