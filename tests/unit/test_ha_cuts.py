@@ -22,7 +22,7 @@ from typing import Any, cast
 import pytest
 
 from ringkeeper.agent.agent import Agent, AgentConfig
-from ringkeeper.agent.server import Status
+from ringkeeper.agent.server_sql import Status
 from ringkeeper.core.election import (
     Durability,
     ElectionReason,

@@ -36,7 +36,8 @@ from ..core.instance import (
 )
 from ..core.names import instance_count, instance_names
 from .config import InstanceSettings
-from .server import Server, ServerError, Status
+from .server import Server
+from .server_sql import ServerError, Status
 
 log = logging.getLogger("ringkeeper.agent")
 PAUSE_LIMIT = 20.0  # seconds a paused replica waits for the operator's follow call

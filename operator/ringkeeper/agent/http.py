@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .agent import Agent
-from .server import ServerError
+from .server_sql import ServerError
 
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -16,7 +16,8 @@ from aiohttp import web
 from ..engines import profile_for
 from .agent import Agent, AgentConfig, CampusSource
 from .http import build_app
-from .server import Credentials, Server
+from .server import Server
+from .server_sql import Credentials
 from .sources import ApiCampusSource, FileCampusSource
 
 
