@@ -21,7 +21,8 @@ from typing import Any, cast
 
 import pytest
 
-from ringkeeper.agent.agent import Agent, AgentConfig
+from ringkeeper.agent.agent import Agent
+from ringkeeper.agent.contact import AgentConfig
 from ringkeeper.agent.server_sql import Status
 from ringkeeper.core.election import (
     Durability,

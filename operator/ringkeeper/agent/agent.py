@@ -5,6 +5,10 @@ who is fenced), decides with core.instance what its instance should be, and
 acts: initdb, base backup, start, rewind, follow, promote on the operator's
 call, fence. It never promotes on its own, and a primary that loses both the
 API server and every peer fences itself.
+
+This module is what the agent does: its loop and the operator's calls. What it knows
+and how it learns it is `contact.py`'s (AgentContact), what it tells the operator
+`report.py`'s (AgentReport); Agent builds on both.
 """
 
 from __future__ import annotations
@@ -14,14 +18,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
-import asyncpg
 
-from ..base.lsn import parse_lsn
-from ..core.ha import parse_standby_names
 from ..core.instance import (
     CampusView,
     DataState,
@@ -34,163 +34,17 @@ from ..core.instance import (
     self_fence_due,
     start_plan,
 )
-from ..core.names import instance_count, instance_names
-from .config import InstanceSettings
-from .server import Server
+from .report import AgentReport
 from .server_sql import ServerError, Status
 
 log = logging.getLogger("ringkeeper.agent")
 PAUSE_LIMIT = 20.0  # seconds a paused replica waits for the operator's follow call
-API_HANG_SECONDS = 1.0  # a Campus read in flight this long counts as failing
-RESOLVE_EVERY = 5.0  # seconds between lookups of a known peer's pod address
 WATCH_EVERY = 0.1  # the stall watchdog's tick: a thawed agent notices within this
 
 
-class CampusSource(Protocol):
-    async def fetch(self) -> dict[str, Any]: ...
-
-    async def pod_ip(self, name: str) -> str | None: ...
-
-
-@dataclass
-class AgentConfig:
-    campus: str
-    namespace: str
-    name: str
-    pod_ip: str
-    port: int
-    agent_port: int
-    token: str
-    loop_seconds: float = 1.0
-
-
-@dataclass
-class AgentState:
-    plan: str = "starting"
-    reason: str = ""
-    fenced: bool = False  # by the operator's call, or self-fenced
-    self_fenced: bool = False
-    paused: bool = False  # WAL receiver stopped for a failover comparison
-    paused_at: float = 0.0
-    paused_under: str | None = None  # the currentPrimary when the pause came
-    killed_by_agent: bool = False  # the server was killed on thaw: not a crash to report
-    rejoins_by_rewind: int = 0
-    rejoins_by_basebackup: int = 0
-    crashed: bool = False  # primary server died: wait for the operator (failover or recover)
-    upstream: str | None = None
-    upstream_ip: str | None = None
-    last_error: str | None = None
-    last_api_contact: float = field(default_factory=time.monotonic)
-    last_peer_contact: float = field(default_factory=time.monotonic)
-    peer_ips: dict[str, str] = field(default_factory=dict)
-    resolved_at: dict[str, float] = field(default_factory=dict)  # pod address lookups
-    fetch_started: float | None = None  # a read of the Campus in flight since
-    last_fetch_ok: bool = True
-    receiver_heard_at: float = field(default_factory=time.monotonic)
-    sync_confirmed: int | None = None  # furthest flush a synchronous standby confirmed
-    sync_stalled_since: float | None = None  # WAL unconfirmed, no confirmation since
-    promoted_on_word: bool = False  # promoted on the operator's word, API unreachable
-    campus: dict[str, Any] = field(default_factory=dict)
-
-
-class Agent:
-    def __init__(self, cfg: AgentConfig, source: CampusSource, server: Server) -> None:
-        self.cfg = cfg
-        self.source = source
-        self.server = server
-        self.state = AgentState()
-        self.lock = asyncio.Lock()
-        self.http: aiohttp.ClientSession | None = None
-
-    # -- views of the Campus -------------------------------------------------------
-    @property
-    def spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = self.state.campus.get("spec") or {}
-        return spec
-
-    @property
-    def view(self) -> CampusView:
-        status = self.state.campus.get("status") or {}
-        return CampusView(status.get("currentPrimary"), status.get("targetPrimary"),
-                          frozenset(status.get("fencedInstances") or []))
-
-    def peers(self) -> list[str]:
-        n = instance_count(self.spec)
-        return [p for p in instance_names(self.cfg.campus, n) if p != self.cfg.name]
-
-    def settings(self, primary: bool, upstream_ip: str | None,
-                 connected: int | None = None, bootstrap: bool = False) -> InstanceSettings:
-        sync = self.spec.get("synchronous") or {}
-        # While the first instance creates its roles no standby can connect yet, so its
-        # commits must not wait for one; the next loop turns synchronous commit on.
-        number = 0 if bootstrap else int(sync.get("number", 1))
-        return InstanceSettings(
-            campus=self.cfg.campus, instance=self.cfg.name, pod_ip=self.cfg.pod_ip,
-            port=self.cfg.port, socket_dir=str(self.server.sockets), primary=primary,
-            upstream_host=upstream_ip, upstream_port=self.cfg.port,
-            replication_user=self.server.creds.replication_user,
-            passfile=str(self.server.passfile), sync_method=sync.get("method", "any"),
-            sync_number=number, peers=tuple(self.peers()),
-            durability=sync.get("dataDurability", "required"), connected_standbys=connected)
-
-    def user_params(self) -> dict[str, str]:
-        return {k: str(v) for k, v in (self.spec.get("parameters") or {}).items()}
-
-    # -- contact ---------------------------------------------------------------------
-    async def refresh(self) -> bool:
-        self.state.fetch_started = time.monotonic()
-        try:
-            self.state.campus = await self.source.fetch()
-        except Exception as exc:  # API down or partitioned: counts toward self-fencing
-            log.debug("campus fetch failed: %s", exc)
-            self.state.last_fetch_ok = False
-            return False
-        finally:
-            self.state.fetch_started = None
-        self.state.last_fetch_ok = True
-        self.state.last_api_contact = time.monotonic()
-        for inst in (self.state.campus.get("status") or {}).get("instances") or []:
-            if inst.get("podIP"):
-                self.state.peer_ips[inst["name"]] = inst["podIP"]
-        return True
-
-    async def resolve(self, name: str, force: bool = False) -> str | None:
-        """Look a peer's pod address up (network I/O: never called under the lock)."""
-        last = self.state.resolved_at.get(name)
-        if force or last is None or time.monotonic() - last >= RESOLVE_EVERY:
-            with contextlib.suppress(Exception):
-                ip = await self.source.pod_ip(name)
-                self.state.resolved_at[name] = time.monotonic()
-                if ip:
-                    self.state.peer_ips[name] = ip
-        return self.state.peer_ips.get(name)
-
-    async def resolve_addresses(self) -> None:
-        """The addresses the next tick may connect to (the primary, a failover's target),
-        looked up before the tick takes the lock."""
-        view = self.view
-        for name in {view.current_primary, view.target_primary} - {None, self.cfg.name}:
-            assert name is not None
-            await self.resolve(name)
-
-    async def ip_of(self, name: str) -> str | None:
-        """A peer's address as last resolved; looked up only when never seen before."""
-        known = self.state.peer_ips.get(name)
-        return known if known else await self.resolve(name, force=True)
-
-    async def reach_a_peer(self) -> bool:
-        assert self.http is not None
-        for peer in self.peers():
-            ip = self.state.peer_ips.get(peer)
-            if not ip:
-                continue
-            with contextlib.suppress(Exception):
-                async with self.http.get(f"http://{ip}:{self.cfg.agent_port}/healthz",
-                                         timeout=aiohttp.ClientTimeout(total=0.8)) as r:
-                    if r.status == 200:
-                        self.state.last_peer_contact = time.monotonic()
-                        return True
-        return False
+class Agent(AgentReport):
+    """One instance's agent: its loop and the operator's calls (what it knows is
+    `AgentContact`'s, what it reports `AgentReport`'s)."""
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -538,99 +392,6 @@ class Agent:
             if on:
                 await self.server.stop("fast")
             return await self.server.status()
-
-    async def report(self) -> dict[str, Any]:
-        st = await self.server.status()
-        role = ("fenced" if self.state.fenced else
-                "primary" if st.running and st.in_recovery is False else
-                "replica" if st.running and st.in_recovery else "unknown")
-        return {"name": self.cfg.name, "role": role, "podIP": self.cfg.pod_ip,
-                "plan": self.state.plan, "reason": self.state.reason,
-                "fenced": self.state.fenced, "selfFenced": self.state.self_fenced,
-                "crashed": self.state.crashed, "promotedOnWord": self.state.promoted_on_word,
-                "paused": self.state.paused, "upstream": self.state.upstream,
-                "rejoinsByRewind": self.state.rejoins_by_rewind,
-                "rejoinsByBasebackup": self.state.rejoins_by_basebackup,
-                "lastError": self.state.last_error, "server": st.to_json(),
-                "ha": await self.ha_facts(st)}
-
-    def sync_stall(self, st: Status, now: float) -> float | None:
-        """Seconds this primary has had WAL that no synchronous standby confirmed, with no
-        confirmation advancing meanwhile; 0 when all is confirmed; None when it does not
-        replicate synchronously. A healthy standby confirms new WAL at once, so any
-        stall measured between two reports means the standbys do not answer, whether or
-        not a client is waiting right now (clients time out and retry)."""
-        parsed = parse_standby_names(st.sync_names or "")
-        current = parse_lsn(st.current_lsn) if st.current_lsn else None
-        if parsed is None or parsed[1] < 1 or current is None:
-            self.state.sync_confirmed, self.state.sync_stalled_since = None, None
-            return None
-        flushes = []
-        for row in st.standbys or []:
-            if row.get("application_name") in parsed[2] and row.get("flush_lsn"):
-                with contextlib.suppress(ValueError):
-                    flushes.append(parse_lsn(str(row["flush_lsn"])) or 0)
-        confirmed = max(flushes) if flushes else None
-        if confirmed is not None and confirmed >= current:
-            self.state.sync_confirmed, self.state.sync_stalled_since = confirmed, None
-            return 0.0
-        if self.state.sync_stalled_since is None or confirmed != self.state.sync_confirmed:
-            self.state.sync_stalled_since = now  # behind, but it moved: the clock restarts
-        self.state.sync_confirmed = confirmed
-        return now - self.state.sync_stalled_since
-
-    async def ha_facts(self, st: Status) -> dict[str, Any]:
-        """What the operator's cut rule (core.ha.standby_cut) and election read besides the
-        LSNs: on a primary, the commits waiting for synchronous standbys; on a replica,
-        how long its WAL receiver got nothing; everywhere, how long since this agent last
-        read the Campus. A fact it cannot measure is left out, never guessed."""
-        now = time.monotonic()
-        started = self.state.fetch_started
-        facts: dict[str, Any] = {
-            "apiContactSeconds": round(now - self.state.last_api_contact, 2),
-            # The last read of the Campus failed, or one hangs: the API server is lost
-            # (the age alone says so only seconds later).
-            "apiFailing": not self.state.last_fetch_ok or (
-                started is not None and now - started > API_HANG_SECONDS)}
-        if not st.running or st.error or st.in_recovery is None:
-            return facts
-        try:
-            conn = await self.server.connect(timeout=2)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
-            return facts
-        try:
-            if st.in_recovery is False:
-                stalled = self.sync_stall(st, now)
-                if stalled is not None:
-                    facts["syncStalledSeconds"] = round(stalled, 2)
-                row = await conn.fetchrow(self.server.profile.sync_wait_query(), timeout=2)
-                facts["syncWaiters"] = int(row["waiters"])
-                if row["oldest"] is not None:
-                    facts["syncWaitSeconds"] = round(float(row["oldest"]), 2)
-            else:
-                row = await conn.fetchrow(self.server.profile.receiver_silence_query(),
-                                          timeout=2)
-                if row is not None and row["silent"] is not None:
-                    silent = max(0.0, float(row["silent"]))
-                    if silent < 1.0:
-                        self.state.receiver_heard_at = now
-                else:  # no receiver (reconnecting, or cut before it ever connected)
-                    silent = now - self.state.receiver_heard_at
-                facts["receiverSilentSeconds"] = round(silent, 2)
-        except (asyncpg.PostgresError, OSError, TimeoutError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.close()
-        return facts
-
-    def ready(self, st: Status) -> bool:
-        if self.state.fenced or not st.running or st.error:
-            return False
-        view = self.view
-        if st.in_recovery is False:
-            return view.current_primary == self.cfg.name
-        return bool(st.in_recovery)
 
 
 Handler = Callable[[], Awaitable[Status]]

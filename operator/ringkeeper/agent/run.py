@@ -14,7 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from ..engines import profile_for
-from .agent import Agent, AgentConfig, CampusSource
+from .agent import Agent
+from .contact import AgentConfig, CampusSource
 from .http import build_app
 from .server import Server
 from .server_sql import Credentials

@@ -1,0 +1,177 @@
+"""What an instance agent knows and how it learns it: its configuration, the state it
+keeps between loops, its view of the Campus, and contact with the API server and its
+peers (reads of the Campus, pod addresses, peers' health).
+
+Kept apart from what the agent does with that knowledge (`agent.py`: the loop and the
+operator's calls) and what it tells the operator (`report.py`), which both build on this
+class. Network reads happen here, outside the agent's lock: a slow or cut API server
+never holds up an operator call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from ..core.instance import CampusView
+from ..core.names import instance_count, instance_names
+from .config import InstanceSettings
+from .server import Server
+
+log = logging.getLogger("ringkeeper.agent")
+RESOLVE_EVERY = 5.0  # seconds between lookups of a known peer's pod address
+
+
+class CampusSource(Protocol):
+    async def fetch(self) -> dict[str, Any]: ...
+
+    async def pod_ip(self, name: str) -> str | None: ...
+
+
+@dataclass
+class AgentConfig:
+    campus: str
+    namespace: str
+    name: str
+    pod_ip: str
+    port: int
+    agent_port: int
+    token: str
+    loop_seconds: float = 1.0
+
+
+@dataclass
+class AgentState:
+    plan: str = "starting"
+    reason: str = ""
+    fenced: bool = False  # by the operator's call, or self-fenced
+    self_fenced: bool = False
+    paused: bool = False  # WAL receiver stopped for a failover comparison
+    paused_at: float = 0.0
+    paused_under: str | None = None  # the currentPrimary when the pause came
+    killed_by_agent: bool = False  # the server was killed on thaw: not a crash to report
+    rejoins_by_rewind: int = 0
+    rejoins_by_basebackup: int = 0
+    crashed: bool = False  # primary server died: wait for the operator (failover or recover)
+    upstream: str | None = None
+    upstream_ip: str | None = None
+    last_error: str | None = None
+    last_api_contact: float = field(default_factory=time.monotonic)
+    last_peer_contact: float = field(default_factory=time.monotonic)
+    peer_ips: dict[str, str] = field(default_factory=dict)
+    resolved_at: dict[str, float] = field(default_factory=dict)  # pod address lookups
+    fetch_started: float | None = None  # a read of the Campus in flight since
+    last_fetch_ok: bool = True
+    receiver_heard_at: float = field(default_factory=time.monotonic)
+    sync_confirmed: int | None = None  # furthest flush a synchronous standby confirmed
+    sync_stalled_since: float | None = None  # WAL unconfirmed, no confirmation since
+    promoted_on_word: bool = False  # promoted on the operator's word, API unreachable
+    campus: dict[str, Any] = field(default_factory=dict)
+
+
+class AgentContact:
+    """The agent's knowledge and its contact with the world (see the module docstring)."""
+
+    def __init__(self, cfg: AgentConfig, source: CampusSource, server: Server) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.server = server
+        self.state = AgentState()
+        self.lock = asyncio.Lock()
+        self.http: aiohttp.ClientSession | None = None
+
+    # -- views of the Campus -------------------------------------------------------
+    @property
+    def spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.state.campus.get("spec") or {}
+        return spec
+
+    @property
+    def view(self) -> CampusView:
+        status = self.state.campus.get("status") or {}
+        return CampusView(status.get("currentPrimary"), status.get("targetPrimary"),
+                          frozenset(status.get("fencedInstances") or []))
+
+    def peers(self) -> list[str]:
+        n = instance_count(self.spec)
+        return [p for p in instance_names(self.cfg.campus, n) if p != self.cfg.name]
+
+    def settings(self, primary: bool, upstream_ip: str | None,
+                 connected: int | None = None, bootstrap: bool = False) -> InstanceSettings:
+        sync = self.spec.get("synchronous") or {}
+        # While the first instance creates its roles no standby can connect yet, so its
+        # commits must not wait for one; the next loop turns synchronous commit on.
+        number = 0 if bootstrap else int(sync.get("number", 1))
+        return InstanceSettings(
+            campus=self.cfg.campus, instance=self.cfg.name, pod_ip=self.cfg.pod_ip,
+            port=self.cfg.port, socket_dir=str(self.server.sockets), primary=primary,
+            upstream_host=upstream_ip, upstream_port=self.cfg.port,
+            replication_user=self.server.creds.replication_user,
+            passfile=str(self.server.passfile), sync_method=sync.get("method", "any"),
+            sync_number=number, peers=tuple(self.peers()),
+            durability=sync.get("dataDurability", "required"), connected_standbys=connected)
+
+    def user_params(self) -> dict[str, str]:
+        return {k: str(v) for k, v in (self.spec.get("parameters") or {}).items()}
+
+    # -- contact ---------------------------------------------------------------------
+    async def refresh(self) -> bool:
+        self.state.fetch_started = time.monotonic()
+        try:
+            self.state.campus = await self.source.fetch()
+        except Exception as exc:  # API down or partitioned: counts toward self-fencing
+            log.debug("campus fetch failed: %s", exc)
+            self.state.last_fetch_ok = False
+            return False
+        finally:
+            self.state.fetch_started = None
+        self.state.last_fetch_ok = True
+        self.state.last_api_contact = time.monotonic()
+        for inst in (self.state.campus.get("status") or {}).get("instances") or []:
+            if inst.get("podIP"):
+                self.state.peer_ips[inst["name"]] = inst["podIP"]
+        return True
+
+    async def resolve(self, name: str, force: bool = False) -> str | None:
+        """Look a peer's pod address up (network I/O: never called under the lock)."""
+        last = self.state.resolved_at.get(name)
+        if force or last is None or time.monotonic() - last >= RESOLVE_EVERY:
+            with contextlib.suppress(Exception):
+                ip = await self.source.pod_ip(name)
+                self.state.resolved_at[name] = time.monotonic()
+                if ip:
+                    self.state.peer_ips[name] = ip
+        return self.state.peer_ips.get(name)
+
+    async def resolve_addresses(self) -> None:
+        """The addresses the next tick may connect to (the primary, a failover's target),
+        looked up before the tick takes the lock."""
+        view = self.view
+        for name in {view.current_primary, view.target_primary} - {None, self.cfg.name}:
+            assert name is not None
+            await self.resolve(name)
+
+    async def ip_of(self, name: str) -> str | None:
+        """A peer's address as last resolved; looked up only when never seen before."""
+        known = self.state.peer_ips.get(name)
+        return known if known else await self.resolve(name, force=True)
+
+    async def reach_a_peer(self) -> bool:
+        assert self.http is not None
+        for peer in self.peers():
+            ip = self.state.peer_ips.get(peer)
+            if not ip:
+                continue
+            with contextlib.suppress(Exception):
+                async with self.http.get(f"http://{ip}:{self.cfg.agent_port}/healthz",
+                                         timeout=aiohttp.ClientTimeout(total=0.8)) as r:
+                    if r.status == 200:
+                        self.state.last_peer_contact = time.monotonic()
+                        return True
+        return False
