@@ -206,3 +206,38 @@ async def test_a_commit_in_doubt_that_happened_is_not_counted_lost(server: PgSer
     report = await _check(server, ledger)
     assert [(f.problem, f.key, f.found) for f in report.examples] == [
         (Problem.STALE, rid, rid)]
+
+
+async def test_a_real_loss_is_named_with_what_each_server_holds(server: PgServer) -> None:
+    """The drill's diagnosis (controller/drill_io.rows_at, drill_report.explain_lost) on a
+    real server: the lost key, its acknowledged and in-doubt versions, what the server
+    holds and, for a server that cannot be reached, why."""
+    from pgserver import free_port
+    from ringkeeper.controller.drill_io import rows_at
+    from ringkeeper.controller.drill_report import explain_lost, lost_keys, lost_text
+
+    ledger, rid, acked = await _kill_during_commit(server, "terminate")
+    doubt = sorted(r for r in ledger.doubtful("results", rid) if r is not None)
+    conn: Any = await asyncpg.connect(server.dsn())
+    try:
+        await conn.execute("UPDATE lis.results SET rev = result_id WHERE result_id = $1", rid)
+        checked = (await check({"lab": conn}, ledger)).as_dict()
+    finally:
+        await conn.close()
+    keys = lost_keys(checked)
+    assert keys == [("lab", "results", rid)]
+    gone = f"postgresql://postgres:x@127.0.0.1:{free_port()}/postgres"
+    held = {"lab": await rows_at({"lab-0": server.dsn(), "lab-1": gone},
+                                 [(t, k) for _, t, k in keys])}
+    assert held["lab"]["lab-0"]["revs"] == {f"results/{rid}": rid}
+    assert held["lab"]["lab-0"]["inRecovery"] is False
+    assert "error" in held["lab"]["lab-1"]
+    (lost,) = explain_lost(checked, held, {f"results/{rid}": list(doubt)})
+    assert lost["inDoubt"] == doubt and len(doubt) == 1
+    assert sorted(lost["allowed"]) == sorted([acked, *doubt])  # either outcome allowed
+    assert lost["hint"].startswith("older than the acknowledged version")
+    text = lost_text([lost])
+    assert f"stale results key {rid} at lab" in text
+    assert f"lab-0 (primary 127.0.0.1) {rid}" in text and "lab-1 " in text
+    with pytest.raises(ValueError):  # nothing but a workload table reaches the SQL
+        await rows_at({"lab-0": server.dsn()}, [("pg_authid", 1)])

@@ -37,3 +37,62 @@ def test_report_says_when_nothing_came_back() -> None:
            "committedTransactions": 10, "reason": "RtoExceeded", "message": "no write"}
     md = report("kill", SNAP, run, [], {}, {})["report.md"]
     assert "RTO: none (no write came back)" in md and "lost: 3" in md
+
+
+def _checked() -> dict[str, object]:
+    from ringkeeper.workload.keys import compose
+
+    acked, newer, older = compose(1, 1, 27), compose(1, 1, 35), compose(1, 1, 3)
+    return {"passed": False, "examples": [
+        {"member": "lab", "problem": "stale", "table": "orders", "key": older,
+         "found": newer, "allowed": [acked]},
+        {"member": "lab", "problem": "disagree", "table": "results", "key": 9,
+         "found": 9, "allowed": [9]},
+        {"member": "lab", "problem": "stale", "table": "results", "key": compose(1, 1, 1),
+         "found": older, "allowed": [acked]},
+        {"member": "lab", "problem": "missing", "table": "reports", "key": compose(1, 1, 5),
+         "found": None, "allowed": [compose(1, 1, 5)]}]}
+
+
+def test_lost_keys_and_what_each_server_held_are_named() -> None:
+    """A lost key is named with the check's reading, the acknowledged and in-doubt
+    versions, a hint (newer: an unacknowledged write is there; older: the acknowledged
+    one is not) and every server's own row; a server that could not be read says why."""
+    from ringkeeper.controller.drill_report import explain_lost, lost_keys, lost_text
+    from ringkeeper.workload.keys import compose
+
+    checked = _checked()
+    keys = lost_keys(checked)
+    assert [k[1] for k in keys] == ["orders", "results", "reports"]  # disagree is not lost
+    order = compose(1, 1, 3)
+    ref = f"orders/{order}"
+    held = {"lab": {
+        "lab-1": {"address": "10.0.0.2", "inRecovery": False, "revs": {ref: compose(1, 1, 35)}},
+        "lab-0": {"address": "10.0.0.1", "inRecovery": True, "revs": {ref: compose(1, 1, 27)}},
+        "lab-2": {"error": "ConnectionRefusedError: refused"}}}
+    lost = explain_lost(checked, held, {ref: [None]})
+    assert [x["table"] for x in lost] == ["orders", "results", "reports"]
+    first = lost[0]
+    assert first["hint"].startswith("newer than every acknowledged version")
+    assert lost[1]["hint"].startswith("older than the acknowledged version")
+    assert lost[2]["hint"].startswith("no row")
+    assert first["servers"] == {
+        "lab-0": {"address": "10.0.0.1", "role": "replica", "rev": compose(1, 1, 27)},
+        "lab-1": {"address": "10.0.0.2", "role": "primary", "rev": compose(1, 1, 35)},
+        "lab-2": {"error": "ConnectionRefusedError: refused"}}
+    text = lost_text(lost)
+    assert text.startswith(f"stale orders key {order} at lab: check read "
+                           f"{compose(1, 1, 35)} (#35), acknowledged {compose(1, 1, 27)} "
+                           "(#27), in doubt no row; newer")
+    assert f"lab-1 (primary 10.0.0.2) {compose(1, 1, 35)} (#35)" in text
+    assert "lab-2 ConnectionRefusedError: refused" in text
+    assert len(lost_text(lost * 20)) == 1000  # an Event message stays bounded
+
+    run = {"result": "Failed", "rtoSeconds": 4.0, "lostTransactions": 3,
+           "committedTransactions": 560, "reason": "TransactionsLost", "message": "lost"}
+    md = report("kill", SNAP, run, TIMELINE, {}, {**checked, "lost": lost, "readFrom": {
+        "lab": {"address": "10.0.0.2", "inRecovery": False}}})["report.md"]
+    # named before the timeline, which the status limit cuts first
+    assert md.index("## Lost") < md.index("## Ledger check read") < md.index("## Timeline")
+    assert f"- stale orders key {order} at lab" in md
+    assert "- lab: {'address': '10.0.0.2', 'inRecovery': False}" in md

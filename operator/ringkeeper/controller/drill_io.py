@@ -23,8 +23,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from ..adapters import resources
 from ..adapters.resources import KubeApiError
 from ..api.v1alpha1.drill import TargetKind
+from ..base.sqlquote import quote_ident
 from ..contracts.conninfo import SslMode, Target, build_dsn
 from ..core.drill import CampusView
+from ..workload.schema import SCHEMA, TABLES
 
 log = logging.getLogger("ringkeeper.drill")
 PG_PORT = 5432
@@ -214,6 +216,66 @@ async def remove_policies(api: client.ApiClient, namespace: str, drill: str,
                 raise
         gone.append(str(p.metadata.name))
     return gone
+
+
+SERVER_IDENTITY = ("SELECT host(inet_server_addr()), pg_is_in_recovery(), "
+                   "pg_postmaster_start_time()::text")
+
+
+async def server_identity(conn: Any) -> dict[str, Any]:
+    """Which server a connection reached and its role: the ledger check records it, so a
+    failure shows whether it read the new primary."""
+    row = await conn.fetchrow(SERVER_IDENTITY)
+    return {"address": str(row[0]), "inRecovery": bool(row[1]), "startedAt": str(row[2])}
+
+
+def app_dsn(host: str, password: str, port: int = PG_PORT) -> str:
+    return build_dsn(Target(host=host, port=port, database="app", user="app",
+                            password=password, sslmode=SslMode.PREFER))
+
+
+async def rows_at(servers: dict[str, str], wanted: list[tuple[str, int]]
+                  ) -> dict[str, dict[str, Any]]:
+    """What each server (name -> dsn) holds for each (table, key): the row's rev, or None
+    when there is no row; with the server's address and role. A server that cannot be
+    read says why instead. `table` must be a workload table (checked here: nothing
+    else reaches the SQL)."""
+    for table, _ in wanted:
+        if table not in TABLES:
+            raise ValueError(f"{table!r} is not a workload table")
+    out: dict[str, dict[str, Any]] = {}
+    for name, dsn in servers.items():
+        conn: Any = None
+        try:
+            conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+            held: dict[str, Any] = await asyncio.wait_for(server_identity(conn),
+                                                          CONNECT_TIMEOUT)
+            revs: dict[str, int | None] = {}
+            for table, key in wanted:
+                t = TABLES[table]
+                rev = await asyncio.wait_for(conn.fetchval(
+                    f"SELECT rev FROM {quote_ident(SCHEMA)}.{quote_ident(t.name)} "
+                    f"WHERE {quote_ident(t.key)} = $1", key), CONNECT_TIMEOUT)
+                revs[f"{table}/{key}"] = None if rev is None else int(rev)
+            out[name] = {**held, "revs": revs}
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                TimeoutError) as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:150]}"}
+        finally:
+            if conn is not None:
+                conn.terminate()
+    return out
+
+
+async def campus_pod_dsns(api: client.ApiClient, namespace: str, campus: str, label: str,
+                          password: str) -> dict[str, str]:
+    """Every pod of the campus (primary, replicas, a restarted old primary) by name, as
+    a DSN to its own server, bypassing -rw."""
+    pods = await client.CoreV1Api(api).list_namespaced_pod(
+        namespace, label_selector=f"{label}={campus}")
+    return {str(p.metadata.name): app_dsn(str(p.status.pod_ip), password)
+            for p in sorted(pods.items, key=lambda p: str(p.metadata.name))
+            if p.status and p.status.pod_ip}
 
 
 async def app_password(api: client.ApiClient, namespace: str, campus: str) -> str:
