@@ -21,6 +21,7 @@ from kopf._core.engines import posting
 
 from fakekube import FakeKube, serve
 from ringkeeper.controller import campus as campus_ctl
+from ringkeeper.controller import campus_reconcile
 from ringkeeper.controller import ring as ring_ctl
 
 NS = "ns"
@@ -35,7 +36,7 @@ STS = f"/apis/apps/v1/namespaces/{NS}/statefulsets"
 async def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeKube]:
     async with serve() as fake:
         monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path)))
-        campus_ctl._FAILURES.clear()
+        campus_reconcile._FAILURES.clear()
         yield fake
 
 
@@ -76,7 +77,7 @@ async def test_refused_statefulset_gives_one_event_a_condition_and_backs_off(
            '.requests[storage]: Invalid value: "-1Gi": must be greater than or equal to 0')
     kube.refuse[("PATCH", f"{STS}/victim")] = (422, "Invalid", msg)
     for _ in range(3):  # create, then two spec updates: each tries at once
-        await campus_ctl.reconcile(dict(body), None)
+        await campus_reconcile.reconcile(dict(body), None)
         body = kube.objects[f"{CAMPUSES}/victim"]
     told = _drain(events)
     assert [r for t, r, _ in told if t == "Normal"] == ["SecretGenerated"] * 4
@@ -87,11 +88,11 @@ async def test_refused_statefulset_gives_one_event_a_condition_and_backs_off(
     assert conds["Ready"]["reason"] == "Invalid" and msg in conds["Ready"]["message"]
     # The timer backs off: a drift pass straight after a failure asks nothing.
     before = len(kube.requests)
-    await campus_ctl.reconcile(dict(body), None, timer=True)
+    await campus_reconcile.reconcile(dict(body), None, timer=True)
     assert len(kube.requests) == before
     # Mended: Reconciled=True, and the HA loop's Ready no longer carries the refusal.
     del kube.refuse[("PATCH", f"{STS}/victim")]
-    await campus_ctl.reconcile(dict(body), None)
+    await campus_reconcile.reconcile(dict(body), None)
     conds = _conds(kube.objects[f"{CAMPUSES}/victim"])
     assert conds["Reconciled"]["status"] == "True"
     # The Secrets existed: no SecretGenerated this time; only the first primary is named.
@@ -103,9 +104,9 @@ async def test_a_restarted_operator_does_not_repeat_the_event(kube: FakeKube) ->
     events = _listen()
     body = _campus(kube, "victim")
     kube.refuse[("PATCH", f"{STS}/victim")] = (422, "Invalid", "cpu: Invalid value: -1")
-    await campus_ctl.reconcile(dict(body), None)
-    campus_ctl._FAILURES.clear()  # a new operator process
-    await campus_ctl.reconcile(dict(kube.objects[f"{CAMPUSES}/victim"]), None)
+    await campus_reconcile.reconcile(dict(body), None)
+    campus_reconcile._FAILURES.clear()  # a new operator process
+    await campus_reconcile.reconcile(dict(kube.objects[f"{CAMPUSES}/victim"]), None)
     assert [r for t, r, _ in _drain(events) if t == "Warning"] == ["Invalid"]
 
 
@@ -113,13 +114,13 @@ async def test_campus_named_after_anothers_service_is_refused_and_writes_nothing
         kube: FakeKube) -> None:
     events = _listen()
     other = _campus(kube, "victim-rw")
-    await campus_ctl.reconcile(dict(other), None)
+    await campus_reconcile.reconcile(dict(other), None)
     assert kube.objects[f"{SERVICES}/victim-rw"]["metadata"]["ownerReferences"][0]["uid"] == \
         other["metadata"]["uid"]
     _drain(events)
     body = _campus(kube, "victim")
     kube.requests.clear()
-    await campus_ctl.reconcile(dict(body), None)
+    await campus_reconcile.reconcile(dict(body), None)
     written = [w for w in kube.writes() if not w[1].startswith(f"{CAMPUSES}/victim/")]
     assert written == []  # not one Secret, Service or StatefulSet of victim
     conds = _conds(kube.objects[f"{CAMPUSES}/victim"])
@@ -140,14 +141,14 @@ async def test_campus_adopts_its_orphan_but_not_a_hand_made_secret(kube: FakeKub
             "app.kubernetes.io/managed-by": "ringkeeper", "ringkeeper.io/campus": "east"}}})
     kube.put(f"{SECRETS}/east-app", {"apiVersion": "v1", "kind": "Secret", "metadata": {
         "name": "east-app", "namespace": NS}, "stringData": {"password": "mine"}})
-    await campus_ctl.reconcile(dict(body), None)
+    await campus_reconcile.reconcile(dict(body), None)
     conds = _conds(kube.objects[f"{CAMPUSES}/east"])
     assert conds["Reconciled"]["reason"] == "ForeignObject"
     assert "Secret east-app" in conds["Reconciled"]["message"]
     assert kube.objects[f"{SECRETS}/east-app"]["stringData"] == {"password": "mine"}
     assert kube.metadata_reads >= 2  # the ownership checks never fetched a Secret's value
     del kube.objects[f"{SECRETS}/east-app"]
-    await campus_ctl.reconcile(dict(kube.objects[f"{CAMPUSES}/east"]), None)
+    await campus_reconcile.reconcile(dict(kube.objects[f"{CAMPUSES}/east"]), None)
     assert _conds(kube.objects[f"{CAMPUSES}/east"])["Reconciled"]["status"] == "True"
     refs = kube.objects[f"{SERVICES}/east-ro"]["metadata"]["ownerReferences"]
     assert refs[0]["uid"] == body["metadata"]["uid"]
@@ -247,13 +248,13 @@ async def test_unreachable_api_server_is_a_failure_not_a_crash(
     fake = FakeKube()
     fake.url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path)))
-    campus_ctl._FAILURES.clear()
+    campus_reconcile._FAILURES.clear()
     body = {"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Campus",
             "metadata": {"name": "victim", "namespace": NS, "uid": "u-1"},
             "spec": {"engine": "postgresql", "version": "17", "instances": 1}}
     for _ in range(2):
-        await campus_ctl.reconcile(body, None)
-    failure = campus_ctl._FAILURES["u-1"]
+        await campus_reconcile.reconcile(body, None)
+    failure = campus_reconcile._FAILURES["u-1"]
     assert failure.count == 2 and failure.signature.startswith("ApiUnavailable:")
     assert [r for t, r, _ in _drain(events) if t == "Warning"] == ["ApiUnavailable"]
 

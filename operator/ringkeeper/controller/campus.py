@@ -1,9 +1,9 @@
-"""Campus reconcile and the HA loop: thin shells around core/ and controller/failover.
+"""The Campus HA loop: a thin shell around core/ and controller/failover.
 
-reconcile: generated Secrets (created once), then server-side apply of the
-objects core.manifests builds. ha_loop: one daemon per Campus that polls every
-agent each health-check period, keeps status and the Services' role labels
-true, and starts or resumes a failover when the primary has failed.
+ha_loop: one daemon per Campus that polls every agent each health-check period, keeps
+status and the Services' role labels true, and starts or resumes a failover when the
+primary has failed. Reconcile (generated Secrets, then server-side apply of the objects
+core.manifests builds) is `campus_reconcile.py`'s job; `register` wires both into kopf.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -24,12 +22,11 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..adapters import resources
 from ..adapters.kube import api_client
-from ..adapters.resources import ForeignObjectError, KubeApiError
+from ..adapters.resources import KubeApiError
 from ..core import manifests
 from ..core.annotations import annotations_condition, parse_fenced
 from ..core.conditions import condition, set_condition
 from ..core.failures import (
-    FailureReason,
     backoff_delay,
     reason_for_status,
     should_emit,
@@ -45,15 +42,13 @@ from ..core.haplan import (
     plan_cycle,
 )
 from ..core.names import instance_count, instance_names
-from ..core.ownership import Owner, Refusal, Verdict
-from ..engines import profile_for
 from ..observability.metrics import FAILOVERS, PRIMARY_UP
+from .campus_reconcile import RECONCILED, reconcile
 from .failover import AgentClient, StaleStatus, run_failover
 
 log = logging.getLogger("ringkeeper.campus")
 SWITCHOVER_ANNOTATION = "ringkeeper.io/switchover-to"
 FENCED_ANNOTATION = "ringkeeper.io/fenced-instances"
-POD_CIDR = "0.0.0.0/0"
 
 
 def _iso(dt: datetime) -> str:
@@ -62,181 +57,6 @@ def _iso(dt: datetime) -> str:
 
 def _parse(ts: str | None) -> datetime | None:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
-
-
-class SpecError(ValueError):
-    """The operator cannot build the Campus's objects from its spec."""
-
-
-@dataclass
-class _Failure:
-    """The last failure of one Campus's reconcile: what was told, and when to try again."""
-
-    signature: str
-    count: int
-    retry_at: float  # time.monotonic()
-
-
-# By Campus uid. In memory: after a restart the Reconciled condition in status tells
-# what was last said, so a restart does not repeat the Event either.
-_FAILURES: dict[str, _Failure] = {}
-RECONCILED = "Reconciled"
-RETRY_CEILING = 120.0
-
-
-def campus_owner(body: dict[str, Any]) -> Owner:
-    """The Campus as the owner of what reconcile writes (labels every object carries)."""
-    meta = body["metadata"]
-    return Owner("Campus", meta["name"], meta["uid"],
-                 {"app.kubernetes.io/managed-by": "ringkeeper",
-                  manifests.CAMPUS_LABEL: meta["name"]})
-
-
-async def reconcile(body: dict[str, Any], logger: Any, timer: bool = False) -> None:
-    """Write the Campus's objects; any refusal becomes Reconciled/Ready=False and one Event.
-
-    Failures are not raised to kopf: kopf posts an Event for every failed
-    retry, and a Campus the API server refuses would fill the namespace with
-    them. The 30 s timer is the retry instead, and it backs off
-    (core.failures.backoff_delay) while the same Campus keeps failing; a spec
-    change (create/update/resume) always tries at once.
-    """
-    meta = body["metadata"]
-    uid = str(meta.get("uid", ""))
-    failure = _FAILURES.get(uid)
-    if timer and failure is not None and time.monotonic() < failure.retry_at:
-        return
-    async with await api_client() as api:
-        try:
-            await _write_campus(api, body)
-        except ForeignObjectError as exc:
-            await _failed(api, body, Refusal.FOREIGN_OBJECT, str(exc))
-            return
-        except SpecError as exc:
-            await _failed(api, body, FailureReason.INVALID_SPEC, str(exc))
-            return
-        except KubeApiError as exc:
-            await _failed(api, body, reason_for_status(exc.status),
-                          f"{exc.api_reason}: {exc.message}")
-            return
-        except ApiException as exc:
-            await _failed(api, body, reason_for_status(exc.status), str(exc.reason))
-            return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            await _failed(api, body, FailureReason.UNAVAILABLE,
-                          f"the API server did not answer: {type(exc).__name__}: {exc}")
-            return
-        _FAILURES.pop(uid, None)
-        await _set_reconciled(api, body, None, "all objects applied")
-
-
-async def _write_campus(api: client.ApiClient, body: dict[str, Any]) -> None:
-    """Check every object before writing any: one Foreign object stops them all."""
-    spec, meta = body["spec"], body["metadata"]
-    try:
-        profile = profile_for(spec["engine"], str(spec["version"]))
-        generated = [manifests.secret(body, kind, user, secrets.token_urlsafe(24))
-                     for kind, user in (("superuser", profile.superuser),
-                                        ("replication", "ringkeeper_repl"),
-                                        ("app", "app"), ("agent", ""))]
-        objs = manifests.desired(body, profile, POD_CIDR)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise SpecError(f"cannot build the campus's objects: {exc}") from exc
-    owner = campus_owner(body)
-    decided = [(obj, *await resources.ownership(api, obj, owner)) for obj in generated + objs]
-    foreign = [(obj, d) for obj, d, _ in decided if not d.writable]
-    if foreign:
-        obj, d = foreign[0]
-        refusal = ForeignObjectError(obj["kind"], obj["metadata"]["name"], d)
-        others = [f"{o['kind']} {o['metadata']['name']}" for o, _ in foreign[1:]]
-        if others:
-            refusal.args = (f"{refusal} Also in the way: {', '.join(others)}.",)
-        raise refusal
-    for obj, d, existing in decided[:len(generated)]:
-        if existing is None:
-            if await resources.create_if_missing(api, obj):
-                # Never logs the value: only that a credential now exists.
-                kopf.info(cast(Any, body), reason="SecretGenerated",
-                          message=f"generated {obj['metadata']['name']}")
-        elif d.verdict is Verdict.ADOPT:
-            # Our labels, no controller: take ownership of the metadata, keep the value.
-            await resources.apply(api, {k: obj[k] for k in ("apiVersion", "kind", "metadata")})
-    for obj in objs:
-        await resources.apply(api, obj)
-    status = body.get("status") or {}
-    if not status.get("currentPrimary") and not status.get("targetPrimary"):
-        first = f"{meta['name']}-0"
-        await resources.patch_campus_status(api, meta["namespace"], meta["name"], {
-            "targetPrimary": first, "phase": "Initializing"}, None)
-        kopf.info(cast(Any, body), reason="Bootstrapping",
-                  message=f"{first} will be the first primary")
-
-
-def _told(body: dict[str, Any]) -> str | None:
-    """The failure the Campus's status already reports (what the last Event said)."""
-    c = condition((body.get("status") or {}).get("conditions") or [], RECONCILED)
-    if c is None or c.get("status") != "False":
-        return None
-    return signature(str(c.get("reason")), str(c.get("message")))
-
-
-async def _failed(api: client.ApiClient, body: dict[str, Any], reason: str,
-                  message: str) -> None:
-    meta = body["metadata"]
-    uid = str(meta.get("uid", ""))
-    message = message[:1000]
-    sig = signature(reason, message)
-    previous = _FAILURES.get(uid)
-    count = (previous.count if previous else 0) + 1
-    # At most two minutes: once someone removes what was in the way, the Campus should
-    # not wait long for the next pass (an annotation is no spec change to wake it).
-    delay = backoff_delay(count, ceiling=RETRY_CEILING)
-    _FAILURES[uid] = _Failure(sig, count, time.monotonic() + delay)
-    if should_emit(previous.signature if previous else _told(body), sig):
-        kopf.warn(cast(Any, body), reason=reason, message=message)
-    log.warning("campus %s/%s not reconciled (%s, attempt %d, next in %.0fs): %s",
-                meta["namespace"], meta["name"], reason, count, delay, message)
-    await _set_reconciled(api, body, reason, message)
-
-
-async def _set_reconciled(api: client.ApiClient, body: dict[str, Any], reason: str | None,
-                          message: str) -> None:
-    """Reconciled (and, on failure, Ready) in status, on a fresh read; no write if unchanged.
-
-    The HA loop writes the same conditions list; the resourceVersion
-    precondition makes the loser of a race re-read instead of dropping the
-    other's conditions.
-    """
-    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    for _ in range(3):
-        try:
-            campus = await resources.read_campus(api, ns, name)
-            conds = list((campus.get("status") or {}).get("conditions") or [])
-            now = datetime.now(UTC)
-            gen = campus["metadata"].get("generation")
-            before = condition(conds, RECONCILED)
-            ok = reason is None
-            if ok and before is not None and before.get("status") == "True":
-                return
-            new = set_condition(conds, type=RECONCILED, status="True" if ok else "False",
-                                reason="Applied" if ok else str(reason), message=message,
-                                now=now, generation=gen)
-            if not ok:
-                new = set_condition(new, type="Ready", status="False", reason=str(reason),
-                                    message=message, now=now, generation=gen)
-            if ok or new != conds:
-                await resources.patch_campus_status(
-                    api, ns, name, {"conditions": new},
-                    campus["metadata"].get("resourceVersion"))
-            return
-        except ApiException as exc:
-            if exc.status == 409:
-                continue  # the Campus moved: read it again
-            log.warning("campus %s/%s: cannot record the condition: %s", ns, name, exc)
-            return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("campus %s/%s: cannot record the condition: %s", ns, name, exc)
-            return
 
 
 class _Store:
