@@ -180,12 +180,9 @@ async def test_frozen_primary_is_replaced_and_returns_fenced(cluster: Cluster,
     assert not late, f"the frozen primary acknowledged writes after the fault: {late[:3]}"
 
 
-# Passed every time it ran alone or after the frozen-primary test here (writes back after
-# 5.1, 5.6 and 7.5 s), but failed in both full CI runs of this session: the second with
-# ConnectionRefusedError from the ledger check reading a rejoining instance (now retried
-# until the deadline). Non-strict until a full CI run passes it, so CI lists it as XFAIL
-# or XPASS.
-# tests/integration/test_ha_cuts.py covers the same cut on real servers and is not marked.
+# Failed in two full CI runs of one session (the second with ConnectionRefusedError from
+# the ledger check reading a rejoining instance, now retried until the deadline); passed
+# in every run since. tests/integration/test_ha_cuts.py covers the same cut on real servers.
 async def test_primary_cut_from_replicas_only_is_replaced(cluster: Cluster,
                                                           namespace: str) -> None:
     """Cut the primary from both replicas (it still reaches the API server and the
@@ -210,6 +207,68 @@ async def test_primary_cut_from_replicas_only_is_replaced(cluster: Cluster,
     roles = {i["name"]: i["role"] for i in st["instances"]}
     assert roles[old] == "replica", roles
     assert outage <= OUTAGE_LIMIT, f"outage {outage:.1f} s > {OUTAGE_LIMIT} s"
+
+
+def _operator_pod(cluster: Cluster, ns: str) -> str:
+    pods = cluster.get("-n", ns, "pods", "-l", "app.kubernetes.io/component=operator")
+    running = [p for p in pods["items"] if p["status"].get("phase") == "Running"]
+    assert running, "no running operator pod"
+    return str(running[0]["metadata"]["name"])
+
+
+async def test_asymmetric_cut_promotes_a_replica_that_sees_the_api(
+        cluster: Cluster, namespace: str) -> None:
+    """Cut the primary from the API server and the operator, and one replica from the API
+    server: the primary must be replaced (by either replica: the one without the API
+    promotes on the operator's word), within the limit, nothing lost, never two writers."""
+    ns = namespace
+    old, writer, sampler, tasks = await _setup(cluster, ns)
+    replicas = [n for n in NAMES if n != old]
+    operator = await asyncio.to_thread(_operator_pod, cluster, ns)
+    t_fault = time.monotonic()
+    await asyncio.to_thread(cluster.dev, "fault", "partition", "-n", ns, "--from", old,
+                            "--to", "apiserver", operator)
+    await asyncio.to_thread(cluster.dev, "fault", "partition", "-n", ns, "--from",
+                            replicas[0], "--to", "apiserver")
+    t0 = writer.mark_kill()
+    try:
+        outage = await _outage(writer, t0, 90) + (t0 - t_fault)
+        new = status(cluster, ns, "lab").get("currentPrimary")
+        print(f"primary {old} cut from API and operator, {replicas[0]} from the API: writes "
+              f"back after {outage:.1f} s on {new}")
+        assert new in replicas
+        await asyncio.sleep(5)  # the cut lasts past the failover: the old primary stays out
+    finally:
+        await asyncio.to_thread(cluster.dev, "fault", "heal")
+    st = await asyncio.to_thread(wait_ready, cluster, ns, "lab", 180)
+    await _finish(cluster, ns, writer, sampler, tasks)
+    roles = {i["name"]: i["role"] for i in st["instances"]}
+    assert roles[old] == "replica", roles
+    assert outage <= OUTAGE_LIMIT, f"outage {outage:.1f} s > {OUTAGE_LIMIT} s"
+
+
+async def test_operator_killed_mid_failover_finishes_it(cluster: Cluster,
+                                                         namespace: str) -> None:
+    """SIGKILL the primary, and the operator while it fails over: the restarted operator
+    finishes the failover (or runs it again) with nothing lost and never two writers."""
+    ns = namespace
+    old, writer, sampler, tasks = await _setup(cluster, ns)
+    operator = await asyncio.to_thread(_operator_pod, cluster, ns)
+    t_fault = time.monotonic()
+    await asyncio.to_thread(cluster.dev, "fault", "kill", "-n", ns, old)
+    t0 = writer.mark_kill()
+    # Mid-failover: after the detection delay, when the operator has started acting.
+    await asyncio.sleep(DETECTION + 0.5)
+    await asyncio.to_thread(cluster.dev, "fault", "kill", "-n", ns, operator)
+    outage = await _outage(writer, t0, 120) + (t0 - t_fault)
+    new = status(cluster, ns, "lab").get("currentPrimary")
+    print(f"primary {old} and the operator killed: writes back after {outage:.1f} s on {new}")
+    st = await asyncio.to_thread(wait_ready, cluster, ns, "lab", 180)
+    await _finish(cluster, ns, writer, sampler, tasks)
+    roles = [i["role"] for i in st["instances"]]
+    assert roles.count("primary") == 1, st["instances"]
+    # The operator's own restart (its process, then its leader lease) adds to the outage.
+    assert outage <= OUTAGE_LIMIT + 30, f"outage {outage:.1f} s > {OUTAGE_LIMIT + 30} s"
 
 
 def test_sampler_sees_two_writers_when_there_are_two() -> None:
