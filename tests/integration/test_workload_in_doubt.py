@@ -241,3 +241,34 @@ async def test_a_real_loss_is_named_with_what_each_server_holds(server: PgServer
     assert f"lab-0 (primary 127.0.0.1) {rid}" in text and "lab-1 " in text
     with pytest.raises(ValueError):  # nothing but a workload table reaches the SQL
         await rows_at({"lab-0": server.dsn()}, [("pg_authid", 1)])
+
+
+async def test_the_drill_check_reads_a_primary_and_counts_only_real_losses(
+        server: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """controller/drill_io.check_ledger, the drill's verdict on the ledger: a commit in
+    doubt is not lost, a real loss is one, the server read is named, and a server in
+    recovery (a replica behind -rw, which may lag) is not checked at all."""
+    from ringkeeper.controller import drill_io
+
+    ledger, rid, _ = await _kill_during_commit(server, "terminate")
+    lost, report = await drill_io.check_ledger({"north": server.dsn()}, ledger)
+    # (the drill's site is named after its campus: each campus is checked for its own)
+    assert lost == 0 and report["passed"], report
+    assert report["members"]["north"]["checked"] == len(ledger) > 0
+    assert report["readFrom"]["north"]["address"] == "127.0.0.1"
+    assert report["readFrom"]["north"]["inRecovery"] is False
+    conn: Any = await asyncpg.connect(server.dsn())
+    try:
+        await conn.execute("UPDATE lis.results SET rev = result_id WHERE result_id = $1", rid)
+    finally:
+        await conn.close()
+    lost, report = await drill_io.check_ledger({"north": server.dsn()}, ledger)
+    assert lost == 1 and report["members"]["north"]["stale"] == 1, report
+
+    await asyncio.to_thread(server.stop)
+    (server.data / "standby.signal").touch()
+    await asyncio.to_thread(server.start)
+    monkeypatch.setattr(drill_io, "CHECK_TRIES", 1)
+    lost, report = await drill_io.check_ledger({"north": server.dsn()}, ledger)
+    assert lost is None
+    assert report == {"error": "-rw of north reached a server in recovery"}

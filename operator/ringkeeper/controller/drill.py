@@ -49,11 +49,11 @@ from ..core.drill import (
 from ..core.failures import backoff_delay, should_emit, signature
 from ..core.manifests import CAMPUS_LABEL
 from ..observability.metrics import DRILL_LOST, DRILL_RTO, DRILL_RUNS
-from ..workload import Ledger, Problem, SiteTarget, check
+from ..workload import Ledger, SiteTarget
 from ..workload import plan as load_plan
 from ..workload import run as run_load
 from . import drill_io as io
-from .drill_report import report
+from .drill_report import lost_text, report
 
 log = logging.getLogger("ringkeeper.drill")
 # (namespace, target kind, target name) -> the Drill running on it, in this process
@@ -242,27 +242,14 @@ class Executor:
         rto = live.rto()
         if rto is not None:
             self._event("Recovered", f"first write through -rw {rto:.2f} s after the fault")
-        lost, last_error = None, ""
-        for _ in range(5):  # the -rw Service may still be moving; the ledger check retries
-            conns: dict[str, Any] = {}
-            try:
-                for c in live.campuses:
-                    conns[c] = await asyncpg.connect(live.probes[c].dsn,
-                                                     timeout=io.CONNECT_TIMEOUT)
-                found = await check(conns, live.ledger, holds={c: [c] for c in conns})
-                live.check_result = found.as_dict()
-                lost = sum(found.count(p) for p in (Problem.MISSING, Problem.STALE,
-                                                    Problem.UNEXPECTED))
-                break
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                await asyncio.sleep(2)
-            finally:
-                for conn in conns.values():
-                    conn.terminate()
+        lost, live.check_result = await io.check_ledger(
+            {c: live.probes[c].dsn for c in live.campuses}, live.ledger)
+        if lost:  # name the lost keys and what every server holds for them
+            live.check_result["lost"] = await io.explain_lost_at(
+                self.api, self.ns, CAMPUS_LABEL, live.ledger, live.check_result)
+            self._event("TransactionsLost", lost_text(live.check_result["lost"]), True)
         committed = sum(live.ledger.commits.values())
         if lost is None:
-            live.check_result = {"error": last_error}
             lost = committed  # nothing could be checked: nothing is proven kept
         live.measured = Measured(rto, lost, committed)
         live.stage = Stage.VERIFIED

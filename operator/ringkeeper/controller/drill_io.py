@@ -26,7 +26,10 @@ from ..api.v1alpha1.drill import TargetKind
 from ..base.sqlquote import quote_ident
 from ..contracts.conninfo import SslMode, Target, build_dsn
 from ..core.drill import CampusView
+from ..workload.check import Problem, check
+from ..workload.ledger import Ledger
 from ..workload.schema import SCHEMA, TABLES
+from .drill_report import explain_lost, lost_keys
 
 log = logging.getLogger("ringkeeper.drill")
 PG_PORT = 5432
@@ -276,6 +279,59 @@ async def campus_pod_dsns(api: client.ApiClient, namespace: str, campus: str, la
     return {str(p.metadata.name): app_dsn(str(p.status.pod_ip), password)
             for p in sorted(pods.items, key=lambda p: str(p.metadata.name))
             if p.status and p.status.pod_ip}
+
+
+LOST = (Problem.MISSING, Problem.STALE, Problem.UNEXPECTED)  # what a drill counts lost
+CHECK_TRIES = 5
+
+
+async def check_ledger(dsns: dict[str, str], ledger: Ledger
+                       ) -> tuple[int | None, dict[str, Any]]:
+    """The ledger check of each campus (name -> its -rw DSN): (rows lost, the check's
+    report with the server each campus was read at). Only a primary is checked, since a
+    replica may lag behind it; while -rw moves or reaches a server in recovery the check
+    retries, and (None, {"error": ...}) says it never could."""
+    last_error = ""
+    for _ in range(CHECK_TRIES):
+        conns: dict[str, Any] = {}
+        try:
+            for c, dsn in dsns.items():
+                conns[c] = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+            read = {c: await server_identity(conn) for c, conn in conns.items()}
+            if standby := sorted(c for c, r in read.items() if r["inRecovery"]):
+                last_error = f"-rw of {', '.join(standby)} reached a server in recovery"
+            else:
+                found = await check(conns, ledger, holds={c: [c] for c in conns})
+                return (sum(found.count(p) for p in LOST),
+                        {**found.as_dict(), "readFrom": read})
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        finally:
+            for conn in conns.values():
+                conn.terminate()
+        await asyncio.sleep(2)
+    return None, {"error": last_error}
+
+
+async def explain_lost_at(api: client.ApiClient, namespace: str, label: str, ledger: Ledger,
+                          checked: dict[str, Any]) -> list[dict[str, Any]]:
+    """The check's first lost keys, each with what every server of its campus holds for
+    it and the ledger's versions in doubt (drill_report.explain_lost): a failure is
+    diagnosable from the Event and status.lastRun alone. A lookup that fails is said in
+    place of the server's answer, never fatal to the run's verdict."""
+    keys = lost_keys(checked)
+    held: dict[str, dict[str, dict[str, Any]]] = {}
+    for member in sorted({m for m, _, _ in keys}):
+        try:
+            dsns = await campus_pod_dsns(api, namespace, member, label,
+                                         await app_password(api, namespace, member))
+        except (KubeApiError, ApiException, OSError) as exc:
+            held[member] = {"(pods)": {"error": f"{type(exc).__name__}: {str(exc)[:150]}"}}
+            continue
+        held[member] = await rows_at(dsns, [(t, k) for m, t, k in keys if m == member])
+    doubtful = {f"{t}/{k}": sorted(ledger.doubtful(t, k), key=lambda r: r or 0)
+                for _, t, k in keys}
+    return explain_lost(checked, held, doubtful)
 
 
 async def app_password(api: client.ApiClient, namespace: str, campus: str) -> str:
