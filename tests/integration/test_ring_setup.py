@@ -457,6 +457,86 @@ async def test_table_created_while_the_ring_runs_is_captured_from_its_first_row(
         await wait_until("every link streaming again", sidecars.all_streaming, 20, interval=0.5)
 
 
+async def seeding_done(sidecars: Sidecars, name: str) -> bool:
+    st = await asyncio.to_thread(sidecars.status, name) or {}
+    seeding: Any = st.get("seeding") or {}
+    return bool(seeding.get("state") == "Done")
+
+
+async def test_table_that_appears_after_a_members_copy_is_copied_from_every_member(
+        tmp_path: Path) -> None:
+    """Issue 14 (`make demo` lost one campus's first rows): a table one member already
+    writes when the ring is set up, and that the others create only after their copies
+    of that member ran. Its rows written before the ring's slots existed reach the
+    others only by a copy of that table, made when it appears there."""
+    async with ring_of(("15", "17", "18"), tmp_path) as (ring, sidecars):
+        ledger = Ledger()
+        stop = asyncio.Event()
+        writers: list[asyncio.Task[None]] = []
+        sidecars.writers.append((stop, writers))
+        ring.servers["a"].psql(NEW_TABLE)  # at a only, before any slot or publication
+        writers.append(asyncio.create_task(ledger_writer(
+            ring, "a", 1, ledger, stop, table="lis.orders", pause=0.01)))
+        await asyncio.sleep(1)
+        early = ledger.count("a")
+        for n in ring.names:
+            sidecars.start(n)
+        for n in ("b", "c"):
+            await wait_until(f"{n} copied the other members' rows",
+                             lambda n=n: seeding_done(sidecars, n), 40, interval=0.5)
+        # Now b and c create the table and write it at once, like every campus of the
+        # demo creating the LIS schema while the ring sets up.
+        for i, n in enumerate(("b", "c"), start=2):
+            ring.servers[n].psql(NEW_TABLE)
+            writers.append(asyncio.create_task(ledger_writer(
+                ring, n, i, ledger, stop, table="lis.orders", pause=0.01)))
+        await asyncio.sleep(3)
+        await finish(stop, writers)
+        assert early > 20, early
+        try:
+            await wait_ledger(ring, ledger)
+        except AssertionError:
+            print(sidecars.states(), [sidecars.status(n) for n in sidecars.procs])
+            print(sidecars.logs())
+            raise
+        await wait_until("every link streaming", sidecars.all_streaming, 30, interval=0.5)
+
+
+async def test_new_table_created_everywhere_at_once_while_the_ring_streams(
+        tmp_path: Path) -> None:
+    """The brief's case of issue 14: the ring streams, then every member creates a new
+    table at the same moment and writes it at once (long before the sidecars' 10 s
+    table refresh). Every acknowledged row of it must end at every member; the new
+    table's per-table copies (each member's from every other) run while the ring is
+    live and must neither lose nor double a row."""
+    async with ring_of(("15", "17", "18"), tmp_path) as (ring, sidecars):
+        ledger = Ledger()
+        stop, writers = await run_writers(ring, ledger, sidecars, pause=0.03)
+        for n in ring.names:
+            sidecars.start(n)
+        await sidecars.wait_streaming()
+        await asyncio.gather(*(asyncio.to_thread(ring.servers[n].psql, NEW_TABLE)
+                               for n in ring.names))
+        stop2, writers2 = await run_writers(ring, ledger, sidecars, table="lis.orders",
+                                            pause=0.01)
+        await asyncio.sleep(4)
+        await finish(stop2, writers2)
+        await finish(stop, writers)
+        assert all(len([o for o in ledger.keys["lis.orders"].values() if o == n]) > 20
+                   for n in ring.names), ledger.count("a")
+        try:
+            await wait_ledger(ring, ledger)
+        except AssertionError:
+            print(sidecars.states(), [sidecars.status(n) for n in sidecars.procs])
+            print(sidecars.logs())
+            raise
+        await wait_until("every link streaming", sidecars.all_streaming, 30, interval=0.5)
+        for n in ring.names:
+            conflicts = ring.servers[n].psql(
+                "SELECT count(*) FROM ringkeeper.conflicts WHERE relation = 'lis.orders'")
+            assert conflicts == "0", (n, conflicts)  # a row copied and streamed is no conflict
+
+
 async def test_checker_reports_a_row_removed_behind_the_rings_back(tmp_path: Path) -> None:
     async with ring_of(("15", "17", "18"), tmp_path) as (ring, sidecars):
         ledger = Ledger()

@@ -12,6 +12,7 @@ from ringkeeper.core.liveness import LinkFault
 from ringkeeper.core.ringmember import (
     MemberFacts,
     StepKind,
+    TableCopy,
     bypassed,
     confirmable,
     down_since,
@@ -24,6 +25,7 @@ from ringkeeper.core.ringmember import (
     plan_member,
     recreated_slot_gap,
     route,
+    table_copy_step,
 )
 
 
@@ -114,7 +116,39 @@ def test_recreated_slot_gap_and_pending_copies() -> None:
     assert recreated_slot_gap("s", created=True, had_before=True) is not None
     assert recreated_slot_gap("s", created=True, had_before=False) is None
     assert recreated_slot_gap("s", created=False, had_before=True) is None
-    assert pending_copies("b", ["a", "b", "c"], frozenset({"c"})) == ["a"]
+
+
+T1, T2 = "lis.samples", "lis.orders"
+
+
+@pytest.mark.parametrize(("tables", "done", "want"), [
+    # Nothing copied yet: every table from every other member, in ring order.
+    ([T1, T2], set(), {"a": [T1, T2], "c": [T1, T2]}),
+    # Everything copied: nothing pending.
+    ([T1, T2], {("a", T1), ("a", T2), ("c", T1), ("c", T2)}, {}),
+    # Issue 14: b copied a and c when it had only T1; T2 appeared here later. A
+    # per-member mark called it done; per table it is pending from both.
+    ([T1, T2], {("a", T1), ("c", T1)}, {"a": [T2], "c": [T2]}),
+    # A copy cut short after one table of a: only the rest of a, and all of c.
+    ([T1, T2], {("a", T1)}, {"a": [T2], "c": [T1, T2]}),
+    # A table that left the replicated set is not owed; one copied from b itself never.
+    ([T1], {("a", T2), ("b", T1)}, {"a": [T1], "c": [T1]}),
+    # No tables: nothing to copy from anyone.
+    ([], set(), {}),
+])
+def test_pending_copies_per_source_and_table(tables: list[str], done: set[tuple[str, str]],
+                                             want: dict[str, list[str]]) -> None:
+    assert pending_copies("b", ["a", "b", "c"], tables, frozenset(done)) == want
+
+
+@pytest.mark.parametrize(("at_source", "published", "want"), [
+    (True, True, TableCopy.COPY),  # the slot decodes every row after the snapshot
+    (True, False, TableCopy.WAIT),  # rows after the snapshot would be in neither
+    (False, False, TableCopy.ABSENT),  # the event trigger publishes it at birth
+    (False, True, TableCopy.ABSENT),
+])
+def test_table_copy_step(at_source: bool, published: bool, want: TableCopy) -> None:
+    assert table_copy_step(at_source=at_source, published=published) == want
 
 
 ORIGIN_C = (names.origin_name("r", "c"), 77)

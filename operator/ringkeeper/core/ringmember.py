@@ -10,6 +10,8 @@ module decides, with no I/O here:
 - own_slots / inbound: which slots a member owns, which links feed it (core.ring);
 - link_fault: which failure of a link means its source is Down, and which is an Error;
 - route: whether a transaction read from a source is this link's to bring;
+- pending_copies / table_copy_step: which (source, table) copies a member still owes
+  itself, and whether a copy of one table can be made now (sync/seed.py);
 - confirmable: how far the source may be told this member is. Safety-critical:
   confirming past what this member durably applied loses those changes for good.
 """
@@ -171,9 +173,52 @@ def recreated_slot_gap(slot: str, *, created: bool, had_before: bool) -> str | N
     return None
 
 
-def pending_copies(member: str, members: Sequence[str], done: frozenset[str]) -> list[str]:
-    """Members whose own rows `member` has yet to copy (sync/seed.py), in ring order."""
-    return [m for m in members if m != member and m not in done]
+def pending_copies(member: str, members: Sequence[str], tables: Sequence[str],
+                   done: frozenset[tuple[str, str]]) -> dict[str, list[str]]:
+    """Source member -> the tables whose rows from it `member` has yet to copy
+    (sync/seed.py), sources in ring order; a source with none pending is left out.
+
+    Copies are kept per (source, table), not per source: a table that joins this
+    member's replicated set after its copy of a source ran (created here later, as the
+    demo's campuses create the LIS schema while the ring sets up) is pending from every
+    other member until copied from each. A per-source mark would call it done, and the
+    source's rows of it written before the ring's slots carried it would never come
+    (issue 14: one campus's first rows missing at the others)."""
+    out: dict[str, list[str]] = {}
+    for m in members:
+        if m == member:
+            continue
+        left = [t for t in tables if (m, t) not in done]
+        if left:
+            out[m] = left
+    return out
+
+
+class TableCopy(StrEnum):
+    """What a copy does with one table of one source, judged in the snapshot it reads."""
+
+    COPY = "Copy"  # in the source's publication: copy its rows now, then it is done
+    ABSENT = "Absent"  # not at the source: nothing of the source's to copy; done
+    WAIT = "Wait"  # at the source but not in its publication yet: copy it later
+
+
+def table_copy_step(*, at_source: bool, published: bool) -> TableCopy:
+    """Whether a copy of one table from a source, read in a snapshot taken after every
+    slot on the path from the source exists and is consistent, covers every row of it
+    together with the stream, with no gap.
+
+    Published in that snapshot: the publication change committed before it, so a row
+    committed before the snapshot is in the copy and one committed after is decoded as
+    published by the (older, consistent) slot: COPY. Not at the source: the source's
+    event trigger (created with its publication, before any slot there) adds the
+    table in the transaction that creates it, so every row of it will travel: ABSENT,
+    done with nothing copied. At the source but not published: rows committed after
+    the snapshot and before the table joins the publication would be in neither, so
+    the copy WAITs for the publication (the caller adds the table to it) and is made
+    again after."""
+    if not at_source:
+        return TableCopy.ABSENT
+    return TableCopy.COPY if published else TableCopy.WAIT
 
 
 def route(ring: str, source: str, final_lsn: int, origin: tuple[str, int] | None,

@@ -91,13 +91,24 @@ CREATE TABLE IF NOT EXISTS ringkeeper.capture_rules (
     include text[] NOT NULL,
     exclude text[] NOT NULL
 );
--- Members whose own rows this member has copied (setup and joins).
+-- Per-member copies, no longer read (issue 14: see initial_copy_tables).
 CREATE TABLE IF NOT EXISTS ringkeeper.initial_copies (
     ring text NOT NULL,
     source text NOT NULL,
     rows_copied bigint NOT NULL DEFAULT 0,
     finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (ring, source)
+);
+-- Which tables this member has copied from which member (setup, joins, tables that join
+-- later): sync/seed.py. `absent`: not at the source then, nothing of its to copy.
+CREATE TABLE IF NOT EXISTS ringkeeper.initial_copy_tables (
+    ring text NOT NULL,
+    source text NOT NULL,
+    relation text NOT NULL,
+    rows_copied bigint NOT NULL DEFAULT 0,
+    absent boolean NOT NULL DEFAULT false,
+    finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (ring, source, relation)
 );
 CREATE OR REPLACE FUNCTION ringkeeper.pattern_like(pattern text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $fn$

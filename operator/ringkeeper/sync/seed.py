@@ -13,6 +13,17 @@ as the same write (core.conflicts.decide): nothing is doubled, nothing is logged
 a conflict. Rows S holds from other members are left to those members' own copies
 (each copies what it wrote last); rows already here as they are at S are skipped.
 
+Copies are made and recorded per (source, table) (ringkeeper.initial_copy_tables;
+core.ringmember.pending_copies): a table that joins this member's replicated set later
+(created here after the copy of S ran) is copied from every other member when it
+appears, since S's rows of it written before the slots existed reach this member no
+other way. In the snapshot, a table is copied only if it is already in S's
+publication (core.ringmember.table_copy_step): every later row of it is then decoded
+by the slot, so copy and stream leave no gap. One absent at S is done with nothing to
+copy (S's event trigger publishes it from the transaction that creates it); one at S
+but not yet published waits and is copied again later (the caller first adds it to
+S's publication, sidecar._ensure_path).
+
 Copied rows are applied by the Applier with the conflict rules (a row that differs
 here is decided by commit time and priority, and logged) in transactions that
 carry the row's true origin and commit time with origin LSN 0/0: they do not move
@@ -31,7 +42,7 @@ from datetime import datetime
 
 import asyncpg
 
-from ..core import names
+from ..core import names, ringmember
 from ..core.liveness import SLOW_STATEMENT_SECONDS
 from ..engines import EngineProfile
 from . import catalog
@@ -73,10 +84,34 @@ class SeedError(RuntimeError):
     pass
 
 
-async def copied_sources(conn: asyncpg.Connection, ring: str) -> set[str]:
-    """Members whose own rows this member has already copied."""
-    return {r["source"] for r in await conn.fetch(
-        "SELECT source FROM ringkeeper.initial_copies WHERE ring = $1", ring)}
+async def copied_tables(conn: asyncpg.Connection, ring: str) -> set[tuple[str, str]]:
+    """(source member, schema.table) pairs this member has copied, or found absent at
+    the source when it looked (nothing of the source's to copy)."""
+    return {(r["source"], r["relation"]) for r in await conn.fetch(
+        "SELECT source, relation FROM ringkeeper.initial_copy_tables WHERE ring = $1", ring)}
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    written: int  # rows written here
+    waiting: list[str]  # tables at the source not yet in its publication: copy later
+
+
+async def _source_tables(src: asyncpg.Connection, ring: str,
+                         tables: Sequence[TableInfo]) -> list[ringmember.TableCopy]:
+    """Per table, what the copy does with it, from plain catalog reads in the open
+    snapshot (so they agree with the rows that snapshot sees)."""
+    rows = await src.fetch(
+        "SELECT k.ord, c.oid IS NOT NULL AS present, EXISTS (SELECT 1 FROM "
+        "pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid "
+        "WHERE p.pubname = $1 AND pr.prrelid = c.oid) AS published "
+        "FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(nsp, rel, ord) "
+        "LEFT JOIN pg_namespace n ON n.nspname = k.nsp "
+        "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = k.rel "
+        "AND c.relkind IN ('r', 'p') ORDER BY k.ord",
+        names.publication_name(ring), [t.schema for t in tables], [t.name for t in tables])
+    return [ringmember.table_copy_step(at_source=bool(r["present"]),
+                                       published=bool(r["published"])) for r in rows]
 
 
 def copy_origin(ring: str, source: str, members: Sequence[str], roname: str | None) -> str | None:
@@ -97,10 +132,10 @@ def copy_origin(ring: str, source: str, members: Sequence[str], roname: str | No
 async def copy_member_rows(local_dsn: str, profile: EngineProfile, ring: str, local: str,
                            members: Sequence[str], priorities: dict[str, int], policy: str,
                            source: str, source_dsn: str, tables: Sequence[TableInfo],
-                           progress: SeedProgress) -> int:
-    """Copy `source`'s own rows of `tables` here (see the module docstring); returns
-    the number of rows written here. The caller has made sure the slots on the path
-    from `source` to this member exist and are consistent."""
+                           progress: SeedProgress) -> CopyResult:
+    """Copy `source`'s own rows of `tables` here (see the module docstring) and record
+    each table copied (or absent at the source) as done. The caller has made sure the
+    slots on the path from `source` to this member exist and are consistent."""
     # A copy reads and writes whole tables: the long time-out (core.liveness).
     src = await connect(source_dsn, command_timeout=SLOW_STATEMENT_SECONDS)
     conn = await connect(local_dsn, command_timeout=SLOW_STATEMENT_SECONDS)
@@ -113,11 +148,19 @@ async def copy_member_rows(local_dsn: str, profile: EngineProfile, ring: str, lo
             "SELECT roident, roname FROM pg_replication_origin")}
         x = profile.sql.xact_commit_timestamp_origin
         async with src.transaction(isolation="repeatable_read", readonly=True):
+            # The first statement takes the snapshot every read below shares.
+            steps = await _source_tables(src, ring, tables)
+            todo = [t for t, st in zip(tables, steps, strict=True)
+                    if st == ringmember.TableCopy.COPY]
+            absent = [t for t, st in zip(tables, steps, strict=True)
+                      if st == ringmember.TableCopy.ABSENT]
+            waiting = [t.relation for t, st in zip(tables, steps, strict=True)
+                       if st == ringmember.TableCopy.WAIT]
             counts = {t.relation: int(await src.fetchval(f"SELECT count(*) FROM {t.quoted}"))
-                      for t in tables}
+                      for t in todo}
             progress.rows_total += sum(counts.values())
             progress.tables_total += len(tables)
-            for relid, t in enumerate(tables, start=1):
+            for relid, t in enumerate(todo, start=1):
                 cols = [str(r["attname"]) for r in await conn.fetch(
                     "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) "
                     "AND attnum > 0 AND NOT attisdropped AND attgenerated = '' "
@@ -128,29 +171,47 @@ async def copy_member_rows(local_dsn: str, profile: EngineProfile, ring: str, lo
                 query = (f"SELECT {sel}, x.roident, x.timestamp FROM {t.quoted} AS t "
                          f"LEFT JOIN LATERAL {x}(t.xmin) AS x ON true")
                 chunk: list[asyncpg.Record] = []
+                table_written = 0
                 async for row in src.cursor(query, prefetch=CHUNK_ROWS):
                     chunk.append(row)
                     if len(chunk) >= CHUNK_ROWS:
-                        written += await _apply_chunk(conn, applier, ring, source, members,
-                                                      roname, relid, t, cols, chunk)
+                        table_written += await _apply_chunk(conn, applier, ring, source,
+                                                            members, roname, relid, t, cols,
+                                                            chunk)
                         progress.rows_copied += len(chunk)
                         chunk = []
                 if chunk:
-                    written += await _apply_chunk(conn, applier, ring, source, members,
-                                                  roname, relid, t, cols, chunk)
+                    table_written += await _apply_chunk(conn, applier, ring, source, members,
+                                                        roname, relid, t, cols, chunk)
                     progress.rows_copied += len(chunk)
+                await applier.settle()
+                # Recorded after its rows are committed here: a copy cut short makes
+                # only the tables not yet recorded again.
+                await _record(conn, ring, source, t.relation, table_written, absent=False)
+                written += table_written
+                progress.tables_done += 1
+            for t in absent:
+                await _record(conn, ring, source, t.relation, 0, absent=True)
                 progress.tables_done += 1
         await applier.settle()
-        await conn.execute(
-            "INSERT INTO ringkeeper.initial_copies (ring, source, rows_copied) "
-            "VALUES ($1, $2, $3) ON CONFLICT (ring, source) DO UPDATE SET "
-            "rows_copied = EXCLUDED.rows_copied, finished_at = clock_timestamp()",
-            ring, source, written)
-        log.info("copied %d row(s) of %s's own here (%s)", written, source, local)
-        return written
+        log.info("copied %d row(s) of %s's own here (%s) from %d table(s)%s%s", written,
+                 source, local, len(todo),
+                 f"; {len(absent)} not at {source} yet" if absent else "",
+                 f"; waiting for {source}'s publication to carry {', '.join(waiting)}"
+                 if waiting else "")
+        return CopyResult(written, waiting)
     finally:
         await src.close()
         await conn.close()
+
+
+async def _record(conn: asyncpg.Connection, ring: str, source: str, relation: str,
+                  rows: int, *, absent: bool) -> None:
+    await conn.execute(
+        "INSERT INTO ringkeeper.initial_copy_tables (ring, source, relation, rows_copied, "
+        "absent) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (ring, source, relation) DO UPDATE "
+        "SET rows_copied = EXCLUDED.rows_copied, absent = EXCLUDED.absent, "
+        "finished_at = clock_timestamp()", ring, source, relation, rows, absent)
 
 
 async def _apply_chunk(conn: asyncpg.Connection, applier: Applier, ring: str, source: str,

@@ -33,7 +33,7 @@ from ..engines import EngineProfile, profile_for
 from . import catalog
 from .apply import Applier
 from .link import Link, LinkStatus, SlotLost, SourceSilent, close_quietly, connect
-from .seed import SeedProgress, copied_sources, copy_member_rows
+from .seed import SeedProgress, copied_tables, copy_member_rows
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,8 @@ class Sidecar:
             backoff = min(backoff * 2, 3.0)
 
     async def _ensure_inbound_slot(self, cfg: RingConfig, source: str, slot: str,
-                                   src_profile: EngineProfile, dsn: str) -> None:
+                                   src_profile: EngineProfile, dsn: str, *,
+                                   publish: bool = False) -> None:
         """A ring slot this member lacks on `source` (it bypasses a dead member, joined,
         or the ring was re-ordered) starts as a copy of the source's hold slot: the hold
         slot kept everything some member still lacks, this one included, so nothing
@@ -415,6 +416,9 @@ class Sidecar:
                 await catalog.wait_consistent(src, src_profile, slot)
                 if not await catalog.publication_exists(src, cfg.ring):
                     await catalog.prepare_capture(src, cfg.ring, cfg.include, cfg.exclude)
+                elif publish:
+                    await catalog.prepare_capture(src, cfg.ring, cfg.include, cfg.exclude,
+                                                  schema=False)
                 return
             # The source's own sidecar may not have run yet: its publication (and event
             # trigger) first, or the slot could not decode with it.
@@ -536,32 +540,51 @@ class Sidecar:
         self._samples = [x for x in self._samples if x.local_end >= at]
 
     # -- initial copies ----------------------------------------------------------------
-    async def _pending_copies(self, local: asyncpg.Connection, cfg: RingConfig) -> list[str]:
-        done = await copied_sources(local, cfg.ring)
-        return ringmember.pending_copies(self.member, cfg.names, frozenset(done))
+    async def _pending_copies(self, local: asyncpg.Connection,
+                              cfg: RingConfig) -> dict[str, list[str]]:
+        """Source -> tables still to copy from it: per (source, table), so a table that
+        joined this member's replicated set after a source's copy ran is copied too."""
+        tables, _ = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
+        done = await copied_tables(local, cfg.ring)
+        return ringmember.pending_copies(self.member, cfg.names,
+                                         [t.relation for t in tables], frozenset(done))
 
     async def _copy_members(self, local: asyncpg.Connection, cfg: RingConfig,
-                            profile: EngineProfile, pending: list[str]) -> list[str]:
-        """Copy each pending member's own rows here (sync/seed.py); returns those still
-        pending (a member that cannot be reached is tried again later)."""
+                            profile: EngineProfile,
+                            pending: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Copy each pending member's own rows of its pending tables here
+        (sync/seed.py); returns what is still pending (a member that cannot be reached,
+        or a table not yet in its publication, is tried again later)."""
         progress = self.state.seeding
         if progress is None or progress.state == "Done":
             progress = self.state.seeding = SeedProgress(self.member, "")
         progress.state = "Copying"
-        tables, _ = await catalog.replicated_tables(local, cfg.include, cfg.exclude)
-        left: list[str] = []
-        for source in pending:
+        tables = {t.relation: t for t in
+                  (await catalog.replicated_tables(local, cfg.include, cfg.exclude))[0]}
+        left: dict[str, list[str]] = {}
+        for source, wanted in pending.items():
+            todo = [tables[r] for r in wanted if r in tables]
+            if not todo:
+                continue  # left the replicated set meanwhile
             progress.source = source
             try:
-                await self._ensure_path(cfg, source)
+                # The tables join the publication of every server on the path before
+                # the snapshot: only then is each one's copy gap-free (seed.py).
+                await self._ensure_path(cfg, source, publish=True)
                 info = cfg.member(source)
                 assert info.dsn is not None  # _ensure_path connected to it
-                await copy_member_rows(self.local_dsn, profile, cfg.ring, self.member,
-                                       cfg.names, cfg.priorities(), cfg.policy, source,
-                                       info.dsn, tables, progress)
+                result = await copy_member_rows(
+                    self.local_dsn, profile, cfg.ring, self.member, cfg.names,
+                    cfg.priorities(), cfg.policy, source, info.dsn, todo, progress)
             except MEMBER_ERRORS as exc:
-                left.append(source)
+                left[source] = [t.relation for t in todo]
                 progress.message = f"copy of {source}'s rows waits: {exc}"
+                log.warning("member %s: %s", self.member, progress.message)
+                continue
+            if result.waiting:
+                left[source] = result.waiting
+                progress.message = (f"copy of {source}'s rows of {', '.join(result.waiting)} "
+                                    f"waits until {source}'s publication carries them")
                 log.warning("member %s: %s", self.member, progress.message)
         if left:
             progress.state = "Waiting"
@@ -572,16 +595,21 @@ class Sidecar:
             self._copy_backoff = 1.0
         return left
 
-    async def _ensure_path(self, cfg: RingConfig, source: str) -> None:
+    async def _ensure_path(self, cfg: RingConfig, source: str, *,
+                           publish: bool = False) -> None:
         """Every slot a write at `source` crosses on its way here exists (each with its
         publication first) and is consistent, so a snapshot of `source` taken after
-        this returns misses nothing that the slots will not bring."""
+        this returns misses nothing that the slots will not bring. With `publish`,
+        every server on the path also has each of its ring tables in its publication
+        now (its own sidecar adds a table missed by its event trigger only every
+        10 s): a table's copy waits for that (core.ringmember.table_copy_step)."""
         for u, v in hops_to(source, self.member, cfg.names, cfg.topology):
             info = cfg.member(u)
             if info.dsn is None:
                 raise OSError(f"member {u} has no primary to connect to")
             await self._ensure_inbound_slot(cfg, u, names.link_slot_name(cfg.ring, u, v),
-                                            profile_for(info.engine, info.version), info.dsn)
+                                            profile_for(info.engine, info.version), info.dsn,
+                                            publish=publish)
 
 
 def needs_hold(cfg: RingConfig) -> bool:
