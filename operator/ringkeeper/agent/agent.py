@@ -18,27 +18,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 
+from ..core.agentplan import Action, Reason, Step, plan_tick
 from ..core.instance import (
-    CampusView,
     DataState,
     Plan,
     RejoinStep,
     StallAction,
     after_stall,
     rejoin_steps,
-    running_primary_must_step_down,
-    self_fence_due,
     start_plan,
 )
 from .report import AgentReport
 from .server_sql import ServerError, Status
 
 log = logging.getLogger("ringkeeper.agent")
-PAUSE_LIMIT = 20.0  # seconds a paused replica waits for the operator's follow call
 WATCH_EVERY = 0.1  # the stall watchdog's tick: a thawed agent notices within this
 
 
@@ -102,85 +100,60 @@ class Agent(AgentReport):
         return self.server.running and self.server.data_state() == DataState.PRIMARY
 
     async def tick(self, api_ok: bool, peer_ok: bool) -> None:
-        """One loop under the lock, on what was read before it: no network I/O here but
-        a first lookup of an address never seen (pause must not wait on the API)."""
+        """One loop under the lock, on what was read before it: the facts are frozen,
+        core.agentplan.plan_tick decides, `carry_out` acts. No network I/O here but a
+        first lookup of an address never seen (pause must not wait on the API)."""
         if self.state.killed_by_agent and self.server.proc is not None:
             await self.server.proc.wait()  # reap the server killed on thaw
         if api_ok:
-            self.state.promoted_on_word = False
-        if not self.state.campus:
-            self.state.plan, self.state.reason = "wait", "Campus not readable yet"
-            return
-        view = self.view
-        st = self.state
-        if self.server.running and self.server.data_state() == DataState.PRIMARY:
-            reason = running_primary_must_step_down(self.cfg.name, view) if api_ok else None
-            if reason is None and not api_ok:
-                limit = float((self.spec.get("failover") or {}).get("selfFenceAfterSeconds", 3))
-                silent = time.monotonic() - max(st.last_api_contact, st.last_peer_contact)
-                if not peer_ok and self_fence_due(silent, limit):
-                    reason = (f"self-fence: no contact with the API server or any peer for "
-                              f"{silent:.1f}s")
-                    st.self_fenced = True
-            if reason:
-                log.warning("stepping down: %s", reason)
-                st.fenced, st.plan, st.reason = True, Plan.FENCE.value, reason
+            self.state.promoted_on_word = False  # a fresh read replaces the word
+        facts = self.facts(api_ok, peer_ok)
+        step = plan_tick(facts)
+        if step.action is Action.PROBE_SHUTDOWN:  # the one fact read only on demand
+            try:
+                clean = await self.server.shut_down_cleanly()
+            except ServerError:
+                clean = False
+            step = plan_tick(replace(facts, clean_shutdown=clean))
+        await self.carry_out(step)
+
+    async def carry_out(self, step: Step) -> None:
+        """Act on the planned step; each branch only does what the step says."""
+        st, act = self.state, step.action
+        log.debug("tick: %s (%s): %s", act.value, step.reason.value, step.message)
+        st.fenced, st.self_fenced = step.fenced, step.self_fenced
+        for note in step.notes:
+            log.log(logging.WARNING if step.resumed is Reason.PAUSE_TIMED_OUT
+                    else logging.INFO, "%s", note)
+        if step.resumed:
+            st.paused, st.upstream = False, None
+        if step.clear_killed:
+            st.killed_by_agent = False
+        if act is Action.WAIT:
+            st.plan, st.reason = Plan.WAIT.value, step.message
+        elif act in (Action.STEP_DOWN, Action.STOP_FENCED):
+            st.plan, st.reason = Plan.FENCE.value, step.message
+            if act is Action.STEP_DOWN:
+                log.warning("stepping down: %s", step.message)
                 # SIGKILL to the whole group: a frozen server ignores an immediate stop,
                 # and a crash is what pg_rewind's crash-recovery step expects anyway.
                 await self.server.kill()
-                return
+            else:
+                log.warning("fenced by the operator: stopping the server")
+                await self.server.stop("fast")
+        elif act is Action.SERVE_PRIMARY:
             await self.maintain_primary()
-            return
-        if st.self_fenced and api_ok:
-            # Contact is back; the Campus decides what happens next (rejoin or resume).
-            st.self_fenced = False
-            st.fenced = self.cfg.name in view.fenced
-        if st.fenced and self.cfg.name not in view.fenced and not st.self_fenced:
-            # A step-down lasts until the Campus settles: either it names us primary again
-            # with no failover in flight, or it names another primary we can rejoin.
-            settled_on_me = (view.current_primary == self.cfg.name
-                             and view.target_primary in (None, self.cfg.name))
-            moved_on = bool(view.current_primary) and view.current_primary != self.cfg.name
-            if settled_on_me or moved_on:
-                st.fenced = False
-        if self.server.running and self.cfg.name in view.fenced:
-            log.warning("fenced by the operator: stopping the server")
-            st.fenced, st.plan, st.reason = True, Plan.FENCE.value, "fenced by annotation"
-            await self.server.stop("fast")
-            return
-        if self.server.running:
-            await self.maintain_replica(view)
-            return
-        if st.fenced:
+        elif act in (Action.KEEP_REPLICA, Action.FOLLOW):
+            st.plan = "replica"
+            if act is Action.FOLLOW and step.upstream:
+                await self.follow(step.upstream)
+        elif act is Action.STAY_FENCED:
             st.plan = Plan.FENCE.value
-            return
-        if not api_ok:
-            st.plan, st.reason = "wait", "API server unreachable; not starting blind"
-            return
-        decision = start_plan(self.cfg.name, self.server.data_state(), view)
-        if decision.plan == Plan.START_PRIMARY and await self._crashed():
-            # A primary that crashed is not restarted behind the operator's back: a
-            # synchronous replica may be promoted instead; the operator says which.
+        elif act is Action.HOLD_CRASHED:
             st.crashed = True
-            st.plan, st.reason = "crashed", ("primary server stopped uncleanly: waiting for "
-                                             "the operator to fail over or recover it")
-            return
-        await self.execute(decision)
-
-    async def _crashed(self) -> bool:
-        if self.state.killed_by_agent:
-            # Killed on thaw by this agent, and the Campus still names it primary with no
-            # failover in flight: recovering in place is what the operator would ask.
-            self.state.killed_by_agent = False
-            return False
-        if self.state.crashed:
-            return True
-        if self.server.proc is not None and self.server.proc.returncode not in (None, 0):
-            return True
-        try:
-            return not await self.server.shut_down_cleanly()
-        except ServerError:
-            return True
+            st.plan, st.reason = "crashed", step.message
+        elif act is Action.START and step.start is not None:
+            await self.execute(step.start)
 
     async def execute(self, decision: Any) -> None:
         st = self.state
@@ -263,31 +236,6 @@ class Agent(AgentReport):
         if (self.server.data / "ringkeeper.conf").read_text() != before:
             await self.server.reload()
         await self.server.ensure_slots(self.peers())
-
-    async def maintain_replica(self, view: CampusView) -> None:
-        st = self.state
-        st.plan = "replica"
-        target = view.current_primary
-        in_flight = view.target_primary not in (None, view.current_primary)
-        if st.paused and not in_flight and target and target != st.paused_under:
-            # The failover that paused us finished (another primary is named) and its follow
-            # call missed us: follow now rather than wait out the pause limit.
-            log.info("paused under %s, now %s is primary: following it", st.paused_under,
-                     target)
-            st.paused = False
-            st.upstream = None
-        if st.paused and not in_flight and time.monotonic() - st.paused_at > PAUSE_LIMIT:
-            # The election that paused us ended without a follow call reaching us.
-            log.warning("paused for %.0fs with no failover in flight: resuming", PAUSE_LIMIT)
-            st.paused = False
-            st.upstream = None
-        if st.paused or in_flight or not target or target == self.cfg.name:
-            return
-        # Follow again when the primary's pod came back with a new address under the same
-        # name (a deleted pod recreated before any failover): the old address is dead.
-        moved = self.state.peer_ips.get(target) not in (None, st.upstream_ip)
-        if st.upstream != target or moved:
-            await self.follow(target)
 
     async def follow(self, primary: str) -> None:
         ip = await self.ip_of(primary)

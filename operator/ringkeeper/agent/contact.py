@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from ..core.agentplan import AgentFacts
 from ..core.instance import CampusView
 from ..core.names import instance_count, instance_names
 from .config import InstanceSettings
@@ -119,6 +120,24 @@ class AgentContact:
 
     def user_params(self) -> dict[str, str]:
         return {k: str(v) for k, v in (self.spec.get("parameters") or {}).items()}
+
+    def facts(self, api_ok: bool, peer_ok: bool) -> AgentFacts:
+        """Everything one loop decides on, read once (core.agentplan.plan_tick); how the
+        server last shut down is read only when the plan asks (it is I/O)."""
+        st, now, proc = self.state, time.monotonic(), self.server.proc
+        view = self.view
+        return AgentFacts(
+            me=self.cfg.name, campus_read=bool(st.campus), view=view, api_ok=api_ok,
+            peer_ok=peer_ok, running=self.server.running, data=self.server.data_state(),
+            fenced=st.fenced, self_fenced=st.self_fenced,
+            silent_seconds=now - max(st.last_api_contact, st.last_peer_contact),
+            self_fence_after=float((self.spec.get("failover") or {}).get(
+                "selfFenceAfterSeconds", 3)),
+            paused=st.paused, paused_under=st.paused_under, paused_seconds=now - st.paused_at,
+            upstream=st.upstream, upstream_ip=st.upstream_ip,
+            primary_ip=st.peer_ips.get(view.current_primary) if view.current_primary else None,
+            killed_by_agent=st.killed_by_agent, crashed=st.crashed,
+            exit_code=proc.returncode if proc is not None else None)
 
     # -- contact ---------------------------------------------------------------------
     async def refresh(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from ..base.lsn import parse_lsn
+from ..core.agentplan import is_ready, reported_role
 from ..core.ha import parse_standby_names
 from .contact import AgentContact
 from .server_sql import Status
@@ -28,9 +29,7 @@ class AgentReport(AgentContact):
 
     async def report(self) -> dict[str, Any]:
         st = await self.server.status()
-        role = ("fenced" if self.state.fenced else
-                "primary" if st.running and st.in_recovery is False else
-                "replica" if st.running and st.in_recovery else "unknown")
+        role = reported_role(self.state.fenced, st.running, st.in_recovery).value
         return {"name": self.cfg.name, "role": role, "podIP": self.cfg.pod_ip,
                 "plan": self.state.plan, "reason": self.state.reason,
                 "fenced": self.state.fenced, "selfFenced": self.state.self_fenced,
@@ -112,9 +111,5 @@ class AgentReport(AgentContact):
         return facts
 
     def ready(self, st: Status) -> bool:
-        if self.state.fenced or not st.running or st.error:
-            return False
-        view = self.view
-        if st.in_recovery is False:
-            return view.current_primary == self.cfg.name
-        return bool(st.in_recovery)
+        return is_ready(self.state.fenced, st.running, bool(st.error), st.in_recovery,
+                        self.view.current_primary == self.cfg.name)
