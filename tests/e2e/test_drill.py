@@ -94,6 +94,9 @@ async def test_primary_kill_drill_passes_and_missing_target_is_refused(
     times = [datetime.fromisoformat(e["at"].replace("Z", "+00:00")) for e in run["timeline"]]
     assert times == sorted(times)
     assert "| FaultInjected |" in run["report"] and "RTO" in run["report"]
+    # the ledger was checked at a primary, and the report says which server that was
+    assert "## Ledger check read" in run["report"], run["report"]
+    assert "'inRecovery': False" in run["report"], run["report"]
     reasons = {e["reason"] for e in cluster.get("-n", ns, "events", "--field-selector",
                                                   "involvedObject.name=kill")["items"]}
     assert {"DrillStarted", "FaultInjected", "DrillPassed"} <= reasons, reasons
