@@ -188,3 +188,53 @@ async def test_cli_runs_and_checks_two_independent_sites(server: PgServer,
     assert [(f["problem"], f["member"], f["table"], f["key"]) for f in out["examples"]] == [
         ("missing", "b", "reports", key)]
     assert f"missing reports key {key}" in dropped.stderr
+
+
+async def test_a_drill_schema_leaves_the_hospitals_lis_schema_alone(server: PgServer,
+                                                                   tmp_path: Path) -> None:
+    """The drill's load writes into its own schema: a `lis` schema the hospital owns (here
+    one the writing role may not even use) is neither needed nor touched, and the check
+    reads the drill's schema. The demo's first ring drill failed with "permission denied
+    for schema lis" when the load still wrote there."""
+    dsn = await fresh_db(server)
+    db = dsn.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute("CREATE ROLE app_drill LOGIN PASSWORD 'x'")
+        await admin.execute(f"GRANT CREATE ON DATABASE {db} TO app_drill")
+        await admin.execute("CREATE SCHEMA lis")  # the hospital's, not granted to app_drill
+        await admin.execute("CREATE TABLE lis.results (result_id bigint PRIMARY KEY)")
+        await admin.execute("INSERT INTO lis.results VALUES (42)")
+    finally:
+        await admin.close()
+    user_dsn = f"postgresql://app_drill:x@{server.host}:{server.port}/{db}"
+    ledger = Ledger(tmp_path / "drill.jsonl")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await run([SiteTarget("north", 1, user_dsn)], plan(specimens=5, duration=5, rate=10,
+                                                            workers=1), Ledger())
+    result = await run([SiteTarget("north", 1, user_dsn, "ringkeeper_drill")],
+                       plan(specimens=20, duration=10, rate=20, workers=2), ledger)
+    ledger.close()
+    assert not any(result.errors.values()), result.last_errors
+    assert result.total("specimens") == 20
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM lis.results") == 1  # untouched
+        assert await conn.fetchval(
+            "SELECT count(*) FROM ringkeeper_drill.results") >= 20
+        report = await check({"m1": conn}, ledger, schema="ringkeeper_drill")
+        assert report.passed and report.members["m1"].ok == len(ledger)
+        # and the check can fail: one acknowledged row gone is named
+        victim, _ = single_writer_key(ledger, "results")
+        await conn.execute("DELETE FROM ringkeeper_drill.results WHERE result_id = $1",
+                           victim)
+        report = await check({"m1": conn}, ledger, schema="ringkeeper_drill")
+        assert not report.passed and [f.key for f in report.examples] == [victim]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("name", ["lis; DROP TABLE x", "Lis", "", "a" * 64, "lis.x", "1lis"])
+def test_workload_schema_names_are_plain_identifiers(name: str) -> None:
+    with pytest.raises(ValueError):
+        SiteTarget("north", 1, "postgresql://x", name)

@@ -155,3 +155,13 @@ def test_partition_policy_cuts_both_ways_and_names_its_drill() -> None:
     assert isinstance(meta, dict)
     assert meta["labels"][DRILL_LABEL] == "d"
     assert meta["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_no_load_says_why_the_load_failed() -> None:
+    """A load that could not write (a grant, a schema) is named in the verdict, not left
+    for the report: the demo's first partition drill said only "measured nothing"."""
+    step = plan(replace(LIVE, stage=Stage.VERIFIED, measured=replace(
+        GOOD, committed=0, load_error="InsufficientPrivilegeError('permission denied')")))
+    assert step.reason == Reason.NO_LOAD and "permission denied" in step.message
+    assert "failed" not in plan(replace(LIVE, stage=Stage.VERIFIED, measured=replace(
+        GOOD, committed=0))).message

@@ -181,7 +181,7 @@ class Executor:
             await px.start()
             live.proxies[campus] = px
             dsn = px.dsn(await io.app_password(self.api, self.ns, campus))
-            sites.append(SiteTarget(campus, i, dsn))
+            sites.append(SiteTarget(campus, i, dsn, io.DRILL_SCHEMA))
             live.probes[campus] = io.Probe(campus, dsn)
             live.tasks.append(asyncio.create_task(live.probes[campus].run()))
         the_plan = load_plan(duration=float(load.get("durationSeconds", 120)),
@@ -251,7 +251,7 @@ class Executor:
         committed = sum(live.ledger.commits.values())
         if lost is None:
             lost = committed  # nothing could be checked: nothing is proven kept
-        live.measured = Measured(rto, lost, committed)
+        live.measured = Measured(rto, lost, committed, live.load_result.get("error"))
         live.stage = Stage.VERIFIED
 
     async def _finish(self, step: Step, snap: Snapshot) -> None:

@@ -28,7 +28,7 @@ from ..contracts.conninfo import SslMode, Target, build_dsn
 from ..core.drill import CampusView
 from ..workload.check import Problem, check
 from ..workload.ledger import Ledger
-from ..workload.schema import SCHEMA, TABLES
+from ..workload.schema import TABLES
 from .drill_report import explain_lost, lost_keys
 
 log = logging.getLogger("ringkeeper.drill")
@@ -104,6 +104,9 @@ class RwProxy:
             t.cancel()
 
 
+# The drill's LIS load writes here, never into the hospital's own `lis` schema: synthetic
+# patients must not mix with real ones, and the drill needs no grant on the real tables.
+DRILL_SCHEMA = "ringkeeper_drill"
 PROBE_TABLE = ("CREATE TABLE IF NOT EXISTS ringkeeper_drill_probe "
                "(campus text PRIMARY KEY, n bigint NOT NULL, at timestamptz NOT NULL)")
 PROBE_WRITE = ("INSERT INTO ringkeeper_drill_probe VALUES ($1, 1, now()) "
@@ -257,7 +260,7 @@ async def rows_at(servers: dict[str, str], wanted: list[tuple[str, int]]
             for table, key in wanted:
                 t = TABLES[table]
                 rev = await asyncio.wait_for(conn.fetchval(
-                    f"SELECT rev FROM {quote_ident(SCHEMA)}.{quote_ident(t.name)} "
+                    f"SELECT rev FROM {quote_ident(DRILL_SCHEMA)}.{quote_ident(t.name)} "
                     f"WHERE {quote_ident(t.key)} = $1", key), CONNECT_TIMEOUT)
                 revs[f"{table}/{key}"] = None if rev is None else int(rev)
             out[name] = {**held, "revs": revs}
@@ -301,7 +304,8 @@ async def check_ledger(dsns: dict[str, str], ledger: Ledger
             if standby := sorted(c for c, r in read.items() if r["inRecovery"]):
                 last_error = f"-rw of {', '.join(standby)} reached a server in recovery"
             else:
-                found = await check(conns, ledger, holds={c: [c] for c in conns})
+                found = await check(conns, ledger, holds={c: [c] for c in conns},
+                                    schema=DRILL_SCHEMA)
                 return (sum(found.count(p) for p in LOST),
                         {**found.as_dict(), "readFrom": read})
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:

@@ -91,6 +91,7 @@ class Measured:
     rto_seconds: float | None
     lost: int
     committed: int
+    load_error: str | None = None  # why the load stopped, when it did not run its course
 
 
 @dataclass(frozen=True)
@@ -204,8 +205,9 @@ def judge(s: Snapshot, m: Measured) -> Step:
     """Passed only when the load committed, the service came back within maxRtoSeconds
     and no more than maxLostTransactions acknowledged commits are missing."""
     if m.committed == 0:
+        why = f" (the load failed: {m.load_error})" if m.load_error else ""
         return Step(Action.FINISH, Reason.NO_LOAD,
-                    "no transaction was acknowledged: the drill measured nothing", False)
+                    f"no transaction was acknowledged: the drill measured nothing{why}", False)
     if m.lost > s.max_lost:
         return Step(Action.FINISH, Reason.TRANSACTIONS_LOST,
                     f"{m.lost} acknowledged transaction(s) of {m.committed} lost "

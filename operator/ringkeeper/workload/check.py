@@ -20,7 +20,7 @@ from typing import Any
 
 from ..base.sqlquote import quote_ident
 from .ledger import Expect, Ledger
-from .schema import SCHEMA, TABLES
+from .schema import SCHEMA, TABLES, schema_name
 
 CHUNK = 5000
 
@@ -76,9 +76,11 @@ class CheckReport:
         }
 
 
-async def _revs(conn: Any, table: str, keys: list[int]) -> dict[int, int]:
+async def _revs(conn: Any, table: str, keys: list[int], schema: str = SCHEMA
+                ) -> dict[int, int]:
     t = TABLES[table]
-    sql = (f"SELECT {quote_ident(t.key)}, rev FROM {quote_ident(SCHEMA)}.{quote_ident(t.name)} "
+    sql = (f"SELECT {quote_ident(t.key)}, rev FROM {quote_ident(schema_name(schema))}."
+           f"{quote_ident(t.name)} "
            f"WHERE {quote_ident(t.key)} = ANY($1::bigint[])")
     found: dict[int, int] = {}
     for i in range(0, len(keys), CHUNK):
@@ -89,7 +91,7 @@ async def _revs(conn: Any, table: str, keys: list[int]) -> dict[int, int]:
 
 async def check(conns: Mapping[str, Any], ledger: Ledger,
                 holds: Mapping[str, Collection[str]] | None = None,
-                max_examples: int = 20) -> CheckReport:
+                max_examples: int = 20, schema: str = SCHEMA) -> CheckReport:
     """Compare every member in `conns` (name -> asyncpg connection) with the ledger."""
     by_table: dict[str, list[Expect]] = {t: [] for t in TABLES}
     for e in ledger.expectations():
@@ -110,7 +112,7 @@ async def check(conns: Mapping[str, Any], ledger: Ledger,
             mine = [e for e in expects if held is None or e.writers & held]
             if not mine:
                 continue
-            found = await _revs(conn, table, [e.key for e in mine])
+            found = await _revs(conn, table, [e.key for e in mine], schema)
             counts = members[member]
             for e in mine:
                 got = found.get(e.key)

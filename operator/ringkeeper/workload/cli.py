@@ -30,7 +30,7 @@ from .flow import Mix
 from .generator import DEFAULT_SECONDS, RunResult, SiteTarget, plan, run
 from .keys import valid_site_name
 from .ledger import Ledger, LedgerError
-from .schema import SiteClash
+from .schema import SCHEMA, SiteClash, schema_name
 
 
 class Usage(Exception):
@@ -113,6 +113,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="continue an existing --ledger (only one of the same servers)")
     lis.add_argument("--progress-every", type=float, default=5.0, metavar="S",
                      help="seconds between progress lines on stderr (default 5)")
+    lis.add_argument("--schema", type=_schema, default=SCHEMA,
+                     help=f"schema to create the tables in (default {SCHEMA}; drills use "
+                     "ringkeeper_drill, never the hospital's own)")
     lis.set_defaults(func=run_lis)
 
     chk = sub.add_parser(
@@ -129,7 +132,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     chk.add_argument("--wait", type=float, default=0.0, metavar="S",
                      help="re-check every 2 s for up to S seconds while replication catches up")
     chk.add_argument("--examples", type=int, default=20, help="problems to show (default 20)")
+    chk.add_argument("--schema", type=_schema, default=SCHEMA,
+                     help=f"the schema the workload wrote (default {SCHEMA})")
     chk.set_defaults(func=run_check)
+
+
+def _schema(text: str) -> str:
+    try:
+        return schema_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _progress(r: RunResult) -> None:
@@ -144,7 +156,7 @@ def run_lis(args: argparse.Namespace) -> int:
     try:
         dsns = _dsns(args.dsn)
         numbers = _numbers(args.site_number, list(dsns))
-        sites = [SiteTarget(n, numbers[n], d) for n, d in dsns.items()]
+        sites = [SiteTarget(n, numbers[n], d, args.schema) for n, d in dsns.items()]
         the_plan = plan(args.specimens, args.duration, args.rate, args.workers,
                         Mix(correction=args.corrections, conflict=args.conflicts), args.seed)
     except (Usage, ValueError) as exc:
@@ -175,7 +187,7 @@ def run_lis(args: argparse.Namespace) -> int:
 
 
 async def _check(dsns: dict[str, str], ledger: Ledger, own: bool, wait: float,
-                 examples: int) -> CheckReport:
+                 examples: int, schema: str = SCHEMA) -> CheckReport:
     conns: dict[str, Any] = {}
     try:
         for name, dsn in dsns.items():
@@ -183,7 +195,7 @@ async def _check(dsns: dict[str, str], ledger: Ledger, own: bool, wait: float,
         holds = {m: {m} for m in conns} if own else None
         deadline = time.monotonic() + wait
         while True:
-            report = await check(conns, ledger, holds, examples)
+            report = await check(conns, ledger, holds, examples, schema)
             if report.passed or time.monotonic() >= deadline:
                 return report
             await asyncio.sleep(2)
@@ -196,7 +208,8 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         dsns = _dsns(args.dsn)
         ledger = Ledger.load(args.ledger)
-        report = asyncio.run(_check(dsns, ledger, args.own, args.wait, args.examples))
+        report = asyncio.run(_check(dsns, ledger, args.own, args.wait, args.examples,
+                                    args.schema))
     except (Usage, LedgerError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"ringkeeper workload check: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ import asyncpg
 
 from .keys import KeySource, barcode
 from .ledger import Entry, Kind, Ledger
-from .schema import panels
+from .schema import SCHEMA, in_schema, panels, schema_name
 
 Row = tuple[str, int, int, Kind]  # table, key, rev, kind
 
@@ -87,8 +87,9 @@ class SiteWriter:
     """The transactions of one site; one instance per site, shared by its workers."""
 
     def __init__(self, name: str, keys: KeySource, ledger: Ledger, mix: Mix,
-                 rng: random.Random) -> None:
+                 rng: random.Random, schema: str = SCHEMA) -> None:
         self.name, self.keys, self.ledger, self.mix, self.rng = name, keys, ledger, mix, rng
+        self.schema = schema_name(schema)
         self.site_no = keys.site
         self.stats = SiteStats()
         self.inbox: asyncio.Queue[Peer] = asyncio.Queue()
@@ -96,6 +97,10 @@ class SiteWriter:
         self.peers: Callable[[str], asyncio.Queue[Peer] | None] = lambda me: None
         self._patients: deque[int] = deque(maxlen=500)
         self._panels = panels()
+
+    def _q(self, sql: str) -> str:
+        """The statement for this writer's schema (written for `lis`)."""
+        return in_schema(sql, self.schema)
 
     async def _commit(self, conn: Any, work: Callable[[list[Row]], Awaitable[None]]) -> None:
         """Run `work` in one transaction; record its rows once COMMIT answered, or as in
@@ -135,15 +140,15 @@ class SiteWriter:
             if patient is None:
                 patient = keys.next()
                 await conn.execute(
-                    "INSERT INTO lis.patients (patient_id, site_no, mrn, family_name, "
+                    self._q("INSERT INTO lis.patients (patient_id, site_no, mrn, family_name, "
                     "given_name, birth_date, sex, rev) VALUES ($1, $2, $3, $4, $5, "
-                    "date '1930-01-01' + $6::int, $7, $1)",
+                    "date '1930-01-01' + $6::int, $7, $1)"),
                     patient, site, f"MRN{patient}", rng.choice(FAMILY), rng.choice(GIVEN),
                     rng.randrange(33000), rng.choice("FM"))
                 rows.append(("patients", patient, patient, Kind.INSERT))
             await conn.execute(
-                "INSERT INTO lis.visits (visit_id, patient_id, site_no, kind, ward, rev) "
-                "VALUES ($1, $2, $3, $4, $5, $1)", visit_id, patient, site,
+                self._q("INSERT INTO lis.visits (visit_id, patient_id, site_no, kind, ward, rev) "
+                "VALUES ($1, $2, $3, $4, $5, $1)"), visit_id, patient, site,
                 rng.choice(("inpatient", "outpatient", "emergency")), rng.choice(WARDS))
             rows.append(("visits", visit_id, visit_id, Kind.INSERT))
 
@@ -158,12 +163,13 @@ class SiteWriter:
 
         async def order(rows: list[Row]) -> None:
             await conn.execute(
-                "INSERT INTO lis.orders (order_id, visit_id, site_no, priority, status, rev) "
-                "VALUES ($1, $2, $3, $4, 'ordered', $1)", order_id, visit_id, site,
+                self._q("INSERT INTO lis.orders (order_id, visit_id, site_no, priority, "
+                        "status, rev) VALUES ($1, $2, $3, $4, 'ordered', $1)"),
+                order_id, visit_id, site,
                 "stat" if rng.random() < 0.15 else "routine")
             await conn.executemany(
-                "INSERT INTO lis.order_items (order_item_id, order_id, test_code, site_no, "
-                "status, rev) VALUES ($1, $2, $3, $4, 'ordered', $1)",
+                self._q("INSERT INTO lis.order_items (order_item_id, order_id, test_code, site_no, "
+                "status, rev) VALUES ($1, $2, $3, $4, 'ordered', $1)"),
                 [(i, order_id, t[0], site) for i, t in zip(items, tests, strict=True)])
             rows.append(("orders", order_id, order_id, Kind.INSERT))
             rows.extend(("order_items", i, i, Kind.INSERT) for i in items)
@@ -175,8 +181,8 @@ class SiteWriter:
 
             async def cancel(rows: list[Row]) -> None:
                 n = await conn.fetchval(
-                    "WITH d AS (DELETE FROM lis.order_items WHERE order_item_id = $1 "
-                    "RETURNING 1) SELECT count(*) FROM d", gone)
+                    self._q("WITH d AS (DELETE FROM lis.order_items WHERE order_item_id = $1 "
+                    "RETURNING 1) SELECT count(*) FROM d"), gone)
                 if n != 1:
                     raise RuntimeError(f"order item {gone} was not there to cancel")
                 rows.append(("order_items", gone, keys.next(), Kind.DELETE))
@@ -188,9 +194,9 @@ class SiteWriter:
 
         async def scan(rows: list[Row]) -> None:
             await conn.execute(
-                "INSERT INTO lis.specimens (specimen_id, order_id, site_no, barcode, "
+                self._q("INSERT INTO lis.specimens (specimen_id, order_id, site_no, barcode, "
                 "specimen_type, rev, collected_at) VALUES ($1, $2, $3, $4, $5, $1, "
-                "now() - make_interval(mins => $6))", specimen_id, order_id, site,
+                "now() - make_interval(mins => $6))"), specimen_id, order_id, site,
                 barcode(specimen_id), tests[0][1], rng.randrange(5, 90))
             rows.append(("specimens", specimen_id, specimen_id, Kind.INSERT))
             await self._set_order(conn, rows, order_id, "collected")
@@ -205,9 +211,9 @@ class SiteWriter:
 
             async def upload(rows: list[Row], batch: list[Any] = batch) -> None:
                 await conn.executemany(
-                    "INSERT INTO lis.results (result_id, specimen_id, order_item_id, "
+                    self._q("INSERT INTO lis.results (result_id, specimen_id, order_item_id, "
                     "test_code, site_no, value, flag, status, instrument, updated_by, rev) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, 'preliminary', $8, $5, $1)",
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, 'preliminary', $8, $5, $1)"),
                     [(rid, specimen_id, item, test[0], site, *self._value(test),
                       INSTRUMENTS[panel]) for rid, item, test in batch])
                 rows.extend(("results", rid, rid, Kind.INSERT) for rid, _, _ in batch)
@@ -219,16 +225,16 @@ class SiteWriter:
 
         async def release(rows: list[Row]) -> None:
             await conn.execute(
-                "INSERT INTO lis.reviews (review_id, specimen_id, site_no, reviewer, "
-                "decision, rev) VALUES ($1, $2, $3, $4, 'released', $1)", review_id,
+                self._q("INSERT INTO lis.reviews (review_id, specimen_id, site_no, reviewer, "
+                "decision, rev) VALUES ($1, $2, $3, $4, 'released', $1)"), review_id,
                 specimen_id, site, f"tech-{rng.randrange(40):02d}")
             rows.append(("reviews", review_id, review_id, Kind.INSERT))
             ids = [rid for rid, _, _ in results]
             revs = keys.take(len(ids))
             n = await conn.fetchval(
-                "WITH u AS (UPDATE lis.results r SET status = 'final', rev = v.rev, "
+                self._q("WITH u AS (UPDATE lis.results r SET status = 'final', rev = v.rev, "
                 "updated_by = $3, updated_at = now() FROM unnest($1::bigint[], $2::bigint[]) "
-                "AS v(id, rev) WHERE r.result_id = v.id RETURNING 1) SELECT count(*) FROM u",
+                "AS v(id, rev) WHERE r.result_id = v.id RETURNING 1) SELECT count(*) FROM u"),
                 ids, revs, site)
             if n != len(ids):
                 raise RuntimeError(f"release updated {n} of {len(ids)} results")
@@ -240,8 +246,8 @@ class SiteWriter:
 
         async def report(rows: list[Row]) -> None:
             await conn.execute(
-                "INSERT INTO lis.reports (report_id, order_id, site_no, body, rev) "
-                "VALUES ($1, $2, $3, $4, $1)", report_id, order_id, site,
+                self._q("INSERT INTO lis.reports (report_id, order_id, site_no, body, rev) "
+                "VALUES ($1, $2, $3, $4, $1)"), report_id, order_id, site,
                 f"{panel} report, {len(results)} results, specimen {barcode(specimen_id)}")
             rows.append(("reports", report_id, report_id, Kind.INSERT))
             await self._set_order(conn, rows, order_id, "reported")
@@ -256,8 +262,9 @@ class SiteWriter:
 
     async def _set_order(self, conn: Any, rows: list[Row], order_id: int, status: str) -> None:
         rev = self.keys.next()
-        await conn.execute("UPDATE lis.orders SET status = $2, rev = $3, updated_at = now() "
-                           "WHERE order_id = $1", order_id, status, rev)
+        await conn.execute(self._q("UPDATE lis.orders SET status = $2, rev = $3, "
+                                   "updated_at = now() WHERE order_id = $1"),
+                           order_id, status, rev)
         rows.append(("orders", order_id, rev, Kind.UPDATE))
 
     def _value(self, test: tuple[str, str, float, float]) -> tuple[float, str]:
@@ -275,9 +282,9 @@ class SiteWriter:
             rev = self.keys.next()
             value = round(self.rng.uniform(lo, hi), 3)
             n = await conn.fetchval(
-                "WITH u AS (UPDATE lis.results SET value = $2, status = 'corrected', "
+                self._q("WITH u AS (UPDATE lis.results SET value = $2, status = 'corrected', "
                 "rev = $3, updated_by = $4, updated_at = now() WHERE result_id = $1 "
-                "RETURNING 1) SELECT count(*) FROM u", result_id, value, rev, self.site_no)
+                "RETURNING 1) SELECT count(*) FROM u"), result_id, value, rev, self.site_no)
             if n == 1:
                 rows.append(("results", result_id, rev, Kind.UPDATE))
                 done = True

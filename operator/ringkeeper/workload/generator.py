@@ -77,9 +77,11 @@ class SiteTarget:
     name: str
     number: int
     dsn: str = field(repr=False)
+    schema: str = schema.SCHEMA  # where its tables are: `lis`, or a drill's own schema
 
     def __post_init__(self) -> None:
         valid_site_name(self.name)
+        schema.schema_name(self.schema)
         if not 1 <= self.number <= MAX_SITE:
             raise ValueError(f"site number {self.number} outside 1..{MAX_SITE}")
 
@@ -161,8 +163,8 @@ async def prepare(site: SiteTarget) -> int:
     """Create the schema at the site's server and register the site; its run number."""
     conn = await asyncpg.connect(site.dsn, timeout=CONNECT_TIMEOUT)
     try:
-        await schema.create(conn)
-        return await schema.register_site(conn, site.name, site.number)
+        await schema.create(conn, site.schema)
+        return await schema.register_site(conn, site.name, site.number, site.schema)
     finally:
         await conn.close()
 
@@ -179,7 +181,7 @@ async def run(sites: Sequence[SiteTarget], the_plan: Plan, ledger: Ledger,
         run_no = await prepare(s)
         ledger.add_site(s.name, s.number)
         writers[s.name] = SiteWriter(s.name, KeySource(s.number, run_no), ledger, the_plan.mix,
-                                     random.Random(rng.random()))
+                                     random.Random(rng.random()), s.schema)
     names = [s.name for s in sites]
 
     def peer_of(me: str) -> asyncio.Queue[Peer] | None:

@@ -18,10 +18,27 @@ Every statement is constant text: nothing from a user reaches the DDL.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA = "lis"
+SCHEMA = "lis"  # the CLI's default; drills write into a schema of their own
+_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def schema_name(name: str) -> str:
+    """`name` if it can be a workload schema: a plain lower-case identifier (it is put in
+    SQL as an identifier, and a schema the hospital uses must not be written by mistake:
+    callers pick it, nothing from a spec does)."""
+    if not _NAME.match(name):
+        raise ValueError(f"workload schema {name!r} is not a plain identifier "
+                         "([a-z_][a-z0-9_]*, at most 63 characters)")
+    return name
+
+
+def in_schema(sql: str, schema: str) -> str:
+    """`sql` written for the default schema (`lis.` qualifies every table) for `schema`."""
+    return sql if schema == SCHEMA else re.sub(r"\blis\.", f"{schema_name(schema)}.", sql)
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,9 @@ class Table:
     @property
     def qualified(self) -> str:
         return f"{SCHEMA}.{self.name}"
+
+    def in_schema(self, schema: str) -> str:
+        return f"{schema_name(schema)}.{self.name}"
 
 
 # The tables the ledger follows, in creation (parent-first) order.
@@ -47,7 +67,6 @@ TABLES: dict[str, Table] = {t.name: t for t in (
 )}
 
 DDL: tuple[str, ...] = (
-    "CREATE SCHEMA IF NOT EXISTS lis",
     """CREATE TABLE IF NOT EXISTS lis.sites (
         site_no smallint PRIMARY KEY CHECK (site_no > 0),
         name text NOT NULL UNIQUE,
@@ -180,17 +199,18 @@ def panels() -> dict[str, list[tuple[str, str, float, float]]]:
     return out
 
 
-async def create(conn: Any) -> None:
+async def create(conn: Any, schema: str = SCHEMA) -> None:
     """Create the schema and the catalogue; safe to run again and at every site at once
     (a concurrent CREATE may lose a catalogue race: it is retried once, then it exists)."""
     for attempt in (1, 2):
         try:
             async with conn.transaction():
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema_name(schema)}")
                 for statement in DDL:
-                    await conn.execute(statement)
-                await conn.executemany(
+                    await conn.execute(in_schema(statement, schema))
+                await conn.executemany(in_schema(
                     "INSERT INTO lis.test_items VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                    "ON CONFLICT (test_code) DO NOTHING", CATALOGUE)
+                    "ON CONFLICT (test_code) DO NOTHING", schema), CATALOGUE)
             return
         except Exception as exc:  # a concurrent creator at the same server
             if attempt == 2 or type(exc).__name__ not in (
@@ -202,22 +222,24 @@ class SiteClash(RuntimeError):
     """The site number is registered under another name: keys would collide."""
 
 
-async def register_site(conn: Any, name: str, number: int) -> int:
+async def register_site(conn: Any, name: str, number: int, schema: str = SCHEMA) -> int:
     """Record (number, name) in `lis.sites` at the site's own server and take the next run
     number; refuse a number already held by another name (or a name under another number).
     The site's own row is only ever written at its own server, so the counter never races
     with another campus."""
     async with conn.transaction():
-        await conn.execute(
+        await conn.execute(in_schema(
             "INSERT INTO lis.sites (site_no, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            schema), number, name)
+        rows = await conn.fetch(in_schema(
+            "SELECT site_no, name FROM lis.sites WHERE site_no = $1 OR name = $2", schema),
             number, name)
-        rows = await conn.fetch(
-            "SELECT site_no, name FROM lis.sites WHERE site_no = $1 OR name = $2", number, name)
         clash = [(r["site_no"], r["name"]) for r in rows if (r["site_no"], r["name"]) != (
             number, name)]
         if clash:
             raise SiteClash(f"site {name} as number {number} clashes with registered "
                             + ", ".join(f"{n} as {s}" for s, n in clash))
-        run = await conn.fetchval(
-            "UPDATE lis.sites SET runs = runs + 1 WHERE site_no = $1 RETURNING runs", number)
+        run = await conn.fetchval(in_schema(
+            "UPDATE lis.sites SET runs = runs + 1 WHERE site_no = $1 RETURNING runs", schema),
+            number)
     return int(run)
