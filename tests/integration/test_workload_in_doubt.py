@@ -13,8 +13,9 @@ How the commit is made durable but unanswered, deterministically: the server's
 synchronous_standby_names names a standby that never connects, so COMMIT writes and
 flushes its commit record and then waits for the standby. While it waits:
 
-1. every server process is SIGKILLed (as a pod deletion with grace 0 does); after crash
-   recovery the update is there;
+1. every server process is SIGKILLed (as a pod deletion with grace 0 does), with the
+   writer connected directly or through the drill's -rw relay; after crash recovery the
+   update is there;
 2. or the session is terminated (pg_terminate_backend: FATAL 57P01, "the transaction has
    already committed locally"); the update is there.
 
@@ -38,7 +39,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pgserver import PgServer, unavailable
+from pgserver import PASSWORD, PgServer, unavailable
+from ringkeeper.controller.drill_io import DRILL_SCHEMA
 from ringkeeper.workload import Entry, Kind, Ledger, Mix, Problem, check
 from ringkeeper.workload import schema as lis_schema
 from ringkeeper.workload.flow import SiteWriter
@@ -91,15 +93,16 @@ def _kill_server(s: PgServer) -> None:
     raise AssertionError("the server did not die")
 
 
-async def _setup(s: PgServer, ledger: Ledger) -> tuple[SiteWriter, int, int]:
+async def _setup(s: PgServer, ledger: Ledger, schema: str = lis_schema.SCHEMA
+                 ) -> tuple[SiteWriter, int, int]:
     """One specimen acknowledged; returns the writer, one result key and its rev."""
     conn: Any = await asyncpg.connect(s.dsn())
     try:
-        await lis_schema.create(conn)
-        run_no = await lis_schema.register_site(conn, "north", 1)
+        await lis_schema.create(conn, schema)
+        run_no = await lis_schema.register_site(conn, "north", 1, schema)
         ledger.add_site("north", 1)
         writer = SiteWriter("north", KeySource(1, run_no), ledger, Mix(correction=0.0),
-                            random.Random(5))
+                            random.Random(5), schema)
         await writer.specimen(conn)
     finally:
         await conn.close()
@@ -109,18 +112,19 @@ async def _setup(s: PgServer, ledger: Ledger) -> tuple[SiteWriter, int, int]:
     return writer, rid, rev
 
 
-async def _commit_waiting(s: PgServer, writer: SiteWriter, rid: int
+async def _commit_waiting(s: PgServer, writer: SiteWriter, rid: int, dsn: str
                           ) -> tuple[Any, asyncio.Task[bool], int]:
-    """Start a correction of `rid` whose COMMIT waits for a standby that never comes."""
+    """Start a correction of `rid` (over `dsn`) whose COMMIT waits for a standby that
+    never comes."""
     s.psql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
     s.psql("SELECT pg_reload_conf()")
-    conn: Any = await asyncpg.connect(s.dsn())
+    conn: Any = await asyncpg.connect(dsn)
     for _ in range(50):  # the reload reaches new sessions at once, but check
         if await conn.fetchval("SHOW synchronous_standby_names") == "nobody":
             break
         await conn.close()
         await asyncio.sleep(0.1)
-        conn = await asyncpg.connect(s.dsn())
+        conn = await asyncpg.connect(dsn)
     pid = conn.get_server_pid()
     task = asyncio.create_task(writer.correct(conn, rid, 0, 1))
     watcher: Any = await asyncpg.connect(s.dsn())
@@ -155,11 +159,12 @@ async def _check(s: PgServer, ledger: Ledger) -> Any:
         await conn.close()
 
 
-async def _kill_during_commit(s: PgServer, how: str) -> tuple[Ledger, int, int]:
+async def _kill_during_commit(s: PgServer, how: str, dsn: str | None = None,
+                              schema: str = lis_schema.SCHEMA) -> tuple[Ledger, int, int]:
     ledger = Ledger()
-    writer, rid, acked = await _setup(s, ledger)
+    writer, rid, acked = await _setup(s, ledger, schema)
     commits = sum(ledger.commits.values())
-    conn, task, pid = await _commit_waiting(s, writer, rid)
+    conn, task, pid = await _commit_waiting(s, writer, rid, dsn or s.dsn())
     if how == "sigkill":
         await asyncio.to_thread(_kill_server, s)
     else:
@@ -176,10 +181,32 @@ async def _kill_during_commit(s: PgServer, how: str) -> tuple[Ledger, int, int]:
     return ledger, rid, acked
 
 
-@pytest.mark.parametrize("how", ["sigkill", "terminate"])
-async def test_a_commit_in_doubt_that_happened_is_not_counted_lost(server: PgServer,
-                                                                   how: str) -> None:
-    ledger, rid, acked = await _kill_during_commit(server, how)
+async def _relay(s: PgServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The drill's -rw relay (controller/drill_io.RwProxy), its address lookup replaced
+    by the server's: the drill's writers reach the primary through it."""
+    from ringkeeper.controller import drill_io
+
+    async def addresses(api: Any, namespace: str, campus: str) -> list[str]:
+        return [s.host]
+
+    monkeypatch.setattr(drill_io, "rw_addresses", addresses)
+    px = drill_io.RwProxy(None, "ns", "lab")  # type: ignore[arg-type]
+    px.upstream_port = s.port
+    await px.start()
+    return px
+
+
+@pytest.mark.parametrize("how", ["sigkill", "terminate", "sigkill through the drill's relay"])
+async def test_a_commit_in_doubt_that_happened_is_not_counted_lost(
+        server: PgServer, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    px = await _relay(server, monkeypatch) if "relay" in how else None
+    try:
+        dsn = None if px is None else f"postgresql://{server.user}:{PASSWORD}@{px.host}:" \
+            f"{px.port}/{server.database}"
+        ledger, rid, acked = await _kill_during_commit(server, how.split()[0], dsn)
+    finally:
+        if px is not None:
+            await px.close()
     held = await _held(server, rid)
     assert held != acked  # the unanswered commit is there after the kill
     # What the drill saw: expecting only the acknowledged version calls the key stale.
@@ -213,31 +240,34 @@ async def test_a_real_loss_is_named_with_what_each_server_holds(server: PgServer
     real server: the lost key, its acknowledged and in-doubt versions, what the server
     holds and, for a server that cannot be reached, why."""
     from pgserver import free_port
-    from ringkeeper.controller.drill_io import rows_at
+    from ringkeeper.controller.drill_io import check_ledger, rows_at
     from ringkeeper.controller.drill_report import explain_lost, lost_keys, lost_text
 
-    ledger, rid, acked = await _kill_during_commit(server, "terminate")
+    schema = DRILL_SCHEMA  # where the drill's load writes
+    ledger, rid, acked = await _kill_during_commit(server, "terminate", schema=schema)
     doubt = sorted(r for r in ledger.doubtful("results", rid) if r is not None)
     conn: Any = await asyncpg.connect(server.dsn())
     try:
-        await conn.execute("UPDATE lis.results SET rev = result_id WHERE result_id = $1", rid)
-        checked = (await check({"lab": conn}, ledger)).as_dict()
+        await conn.execute(f"UPDATE {schema}.results SET rev = result_id "
+                           "WHERE result_id = $1", rid)
     finally:
         await conn.close()
+    n_lost, checked = await check_ledger({"north": server.dsn()}, ledger)
+    assert n_lost == 1
     keys = lost_keys(checked)
-    assert keys == [("lab", "results", rid)]
+    assert keys == [("north", "results", rid)]
     gone = f"postgresql://postgres:x@127.0.0.1:{free_port()}/postgres"
-    held = {"lab": await rows_at({"lab-0": server.dsn(), "lab-1": gone},
-                                 [(t, k) for _, t, k in keys])}
-    assert held["lab"]["lab-0"]["revs"] == {f"results/{rid}": rid}
-    assert held["lab"]["lab-0"]["inRecovery"] is False
-    assert "error" in held["lab"]["lab-1"]
+    held = {"north": await rows_at({"lab-0": server.dsn(), "lab-1": gone},
+                                   [(t, k) for _, t, k in keys])}
+    assert held["north"]["lab-0"]["revs"] == {f"results/{rid}": rid}
+    assert held["north"]["lab-0"]["inRecovery"] is False
+    assert "error" in held["north"]["lab-1"]
     (lost,) = explain_lost(checked, held, {f"results/{rid}": list(doubt)})
     assert lost["inDoubt"] == doubt and len(doubt) == 1
     assert sorted(lost["allowed"]) == sorted([acked, *doubt])  # either outcome allowed
     assert lost["hint"].startswith("older than the acknowledged version")
     text = lost_text([lost])
-    assert f"stale results key {rid} at lab" in text
+    assert f"stale results key {rid} at north" in text
     assert f"lab-0 (primary 127.0.0.1) {rid}" in text and "lab-1 " in text
     with pytest.raises(ValueError):  # nothing but a workload table reaches the SQL
         await rows_at({"lab-0": server.dsn()}, [("pg_authid", 1)])
@@ -250,7 +280,8 @@ async def test_the_drill_check_reads_a_primary_and_counts_only_real_losses(
     recovery (a replica behind -rw, which may lag) is not checked at all."""
     from ringkeeper.controller import drill_io
 
-    ledger, rid, _ = await _kill_during_commit(server, "terminate")
+    schema = DRILL_SCHEMA  # where the drill's load writes
+    ledger, rid, _ = await _kill_during_commit(server, "terminate", schema=schema)
     lost, report = await drill_io.check_ledger({"north": server.dsn()}, ledger)
     # (the drill's site is named after its campus: each campus is checked for its own)
     assert lost == 0 and report["passed"], report
@@ -259,7 +290,8 @@ async def test_the_drill_check_reads_a_primary_and_counts_only_real_losses(
     assert report["readFrom"]["north"]["inRecovery"] is False
     conn: Any = await asyncpg.connect(server.dsn())
     try:
-        await conn.execute("UPDATE lis.results SET rev = result_id WHERE result_id = $1", rid)
+        await conn.execute(f"UPDATE {schema}.results SET rev = result_id "
+                           "WHERE result_id = $1", rid)
     finally:
         await conn.close()
     lost, report = await drill_io.check_ledger({"north": server.dsn()}, ledger)
