@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .keys import decompose, valid_site_name
 from .schema import TABLES
@@ -121,31 +121,27 @@ class Ledger:
 
     def record(self, entries: Iterable[Entry]) -> None:
         """One acknowledged commit (all its rows); call only after COMMIT returned."""
-        batch = list(entries)
-        if not batch:
-            return
-        if len({e.site for e in batch}) != 1:
-            raise LedgerError("one commit comes from one site")
-        for e in batch:
-            self._apply(e)
-        self.commits[batch[0].site] += 1
-        self._write({"site": batch[0].site, "t": round(batch[0].t, 6),
-                     "rows": [[e.table, e.key, e.rev, str(e.kind)] for e in batch]})
+        self._record(list(entries), doubt=False)
 
     def record_in_doubt(self, entries: Iterable[Entry]) -> None:
         """One commit whose COMMIT raised without a verdict: each row may or may not be
         there. Not counted as a commit; its versions become allowed for keys the ledger
         checks, until the same site's next acknowledged write of the key."""
-        batch = list(entries)
+        self._record(list(entries), doubt=True)
+
+    def _record(self, batch: list[Entry], doubt: bool) -> None:
         if not batch:
             return
         if len({e.site for e in batch}) != 1:
             raise LedgerError("one commit comes from one site")
         for e in batch:
-            self._apply_doubt(e)
-        self.in_doubt[batch[0].site] += 1
-        self._write({"site": batch[0].site, "t": round(batch[0].t, 6), "doubt": True,
-                     "rows": [[e.table, e.key, e.rev, str(e.kind)] for e in batch]})
+            (self._apply_doubt if doubt else self._apply)(e)
+        (self.in_doubt if doubt else self.commits)[batch[0].site] += 1
+        line: dict[str, Any] = {"site": batch[0].site, "t": round(batch[0].t, 6)}
+        if doubt:
+            line["doubt"] = True
+        line["rows"] = [[e.table, e.key, e.rev, str(e.kind)] for e in batch]
+        self._write(line)
 
     def _valid(self, e: Entry) -> tuple[dict[int, int | dict[int, int]], int]:
         table = self._last.get(e.table)
