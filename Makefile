@@ -42,9 +42,9 @@ test-unit: ## the fast tests only (no servers, no cluster)
 demo: ## the main job on the built-in local cluster (see README)
 	hack/demo.sh
 
-FAILOVER_SCENARIOS ?= kill replicas-cut frozen-primary
+FAILOVER_SCENARIOS ?= kill replicas-cut frozen-primary asymmetric local-kill operator-kill
 .PHONY: bench-failover
-bench-failover: ## outage and lost commits per scenario, one JSON line each: kill (10 primary kills, local cluster), replicas-cut and frozen-primary (local servers); FAILOVER_SCENARIOS=... picks
+bench-failover: ## outage and lost commits per scenario, one JSON line each: kill (10 primary kills, local cluster), replicas-cut, frozen-primary, asymmetric, local-kill and operator-kill (local servers, with rejoins by rewind); FAILOVER_SCENARIOS=... picks
 	@set -e; for s in $(FAILOVER_SCENARIOS); do \
 	  if [ "$$s" = kill ]; then \
 	    hack/setup.sh >/dev/null; \

@@ -1,8 +1,9 @@
 """`make bench-failover`: RTO of a 3-instance campus over repeated failures.
 
 --scenario kill (the default): repeated primary kills on the local cluster, below.
---scenario replicas-cut / frozen-primary: local servers, bench/failover_local.py; their
-JSON line has outage_p50_s, outage_max_s, lost_commits and split_brain_rounds, and the
+--scenario replicas-cut / frozen-primary / asymmetric / local-kill / operator-kill: local
+servers, bench/failover_local.py; their JSON line has outage_p50_s, outage_max_s,
+lost_commits, split_brain_rounds and rejoins_by_rewind / rejoins_by_basebackup, and the
 run fails unless the max outage is within detection delay + 5 s with nothing lost.
 
 RTO is measured from the SIGKILL of the primary's container to the first write
@@ -74,14 +75,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "acknowledged_commits": rounds[-1].acked if rounds else 0}
 
 
-SCENARIOS = ("kill", "replicas-cut", "frozen-primary")
+SCENARIOS = ("kill", "replicas-cut", "frozen-primary", "asymmetric", "local-kill",
+             "operator-kill")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--scenario", choices=SCENARIOS, default="kill",
-                   help="kill: SIGKILL the primary's container on the local cluster; "
-                   "replicas-cut, frozen-primary: local servers (bench/failover_local.py)")
+                   help="kill: SIGKILL the primary's container on the local cluster; the "
+                   "others: local servers (bench/failover_local.py)")
     p.add_argument("--runs", type=int, default=None,
                    help="rounds (default 10 for kill, 3 for the local scenarios)")
     p.add_argument("--version", default="17")
@@ -95,7 +97,10 @@ def main() -> None:
     else:
         from failover_local import run_local
 
-        result = asyncio.run(run_local(args.scenario, args.runs or 3, args.version,
+        # local-kill is the local servers' kill (its rejoin counted); kill above is the
+        # local cluster's
+        result = asyncio.run(run_local(args.scenario.removeprefix("local-"), args.runs or 3,
+                                       args.version,
                                        args.detection_delay))
         ok = (result["lost_commits"] == 0 and result["split_brain_rounds"] == 0
               and float(result["outage_max_s"]) <= float(result["target_max_s"]))

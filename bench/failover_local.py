@@ -11,6 +11,17 @@ functions ha_cycle calls) with the real failover runner, under a steady write lo
   then heals it once a new primary serves.
 - frozen-primary: a round SIGSTOPs the primary's agent, server and backends (a frozen
   cgroup), then thaws them once a new primary serves.
+- asymmetric: the primary is cut from the API server and the operator (it still reaches
+  its replicas and clients), and one replica from the API server; healed once a new
+  primary serves.
+- kill: SIGKILL of the primary's pod (agent and server); the pod starts again 1 s later,
+  as the StatefulSet's would.
+- operator-kill: the same kill, and the operator is lost in the middle of the failover
+  (its loop cancelled once it has written targetPrimary) and a fresh one, with nothing in
+  memory, takes over from the Campus status alone.
+
+Rejoins: how each old primary came back (pg_rewind or a new base backup), from its agent's
+counters.
 
 Outage: from the fault to the first commit acknowledged after it. Lost: acknowledged
 commits missing on the new primary. Split brain: sampling rounds in which two instances
@@ -19,6 +30,8 @@ acknowledged a write, or the old primary did after another.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -80,7 +93,7 @@ async def run_local(scenario: str, runs: int, version: str, detection: int
     cutting = scenario == "replicas-cut"
     outages: list[float] = []
     failover_s: list[float] = []
-    lost = 0
+    lost = rewinds = basebackups = 0
     async with aiohttp.ClientSession() as http:
         op = OperatorLoop(c, http, float(detection))
         writer = Writer(c, pause=0.1, writers=3, timeout=1.0)
@@ -106,15 +119,28 @@ async def run_local(scenario: str, runs: int, version: str, detection: int
             await op.run_for(3.0)
             primary = c.names[0]
             await _settled(c, http, primary, proxies[primary] if cutting else None)
+            agents = agent_client(http)
             for i in range(runs):
                 sampler.old = primary
+                before = await _rejoins(agents, c.ips[primary])
+                lame = next(n for n in c.names if n != primary)
                 t0 = time.monotonic()
                 sampler.mark(f"round {i + 1} fault on {primary}")
                 if scenario == "replicas-cut":
                     proxies[primary].cut()
+                elif scenario == "asymmetric":
+                    _set(c, "apiCut", [primary, lame])
+                    op.ips[primary] = f"127.{SUBNET}.{int(version)}.250"  # nobody there
+                elif scenario in ("kill", "operator-kill"):
+                    c.kill(primary)
+                    restart = asyncio.get_running_loop().call_later(1.0, c.start, primary)
                 else:
                     c.freeze(primary)
-                t_done, outcome = await op.until_failover(timeout=detection + 30)
+                if scenario == "operator-kill":
+                    op, t_done, outcome = await _operator_lost_mid_failover(
+                        c, http, op, primary, detection)
+                else:
+                    t_done, outcome = await op.until_failover(timeout=detection + 30)
                 if outcome.promoted is None:
                     raise SystemExit(f"round {i + 1}: failover refused: {outcome.message}")
                 new = outcome.promoted
@@ -127,6 +153,13 @@ async def run_local(scenario: str, runs: int, version: str, detection: int
                 failover_s.append(t_done - t0)
                 if scenario == "replicas-cut":
                     proxies[primary].heal()
+                elif scenario == "asymmetric":
+                    _set(c, "apiCut", [])
+                    op.ips[primary] = c.ips[primary]
+                elif scenario in ("kill", "operator-kill"):
+                    await asyncio.sleep(max(0.0, 1.2 - (time.monotonic() - t0)))
+                    restart.cancel()  # already run: the pod is back
+                    before = (0, 0)  # a new agent process counts from zero
                 else:
                     sampler.mark(f"round {i + 1} thaw {primary}")
                     c.thaw(primary)
@@ -137,6 +170,9 @@ async def run_local(scenario: str, runs: int, version: str, detection: int
                       f"{len(writer.acked)} acknowledged", flush=True)
                 await op.run_for(1.0)
                 await _settled(c, http, new, proxies[new] if cutting else None)
+                after = await _rejoins(agents, c.ips[primary])
+                rewinds += after[0] - before[0]
+                basebackups += after[1] - before[1]
                 # Each round starts from a steady campus: core.ha.just_promoted holds a
                 # primary promoted less than PROMOTION_GRACE_SECONDS ago, whose followers
                 # may still be connecting, from being failed over (by a cut, too).
@@ -168,7 +204,38 @@ async def run_local(scenario: str, runs: int, version: str, detection: int
             "target_max_s": detection + 5,
             "lost_commits": lost, "acknowledged_commits": len(writer.acked),
             "split_brain_rounds": len(sampler.violations),
-            "split_brain": sampler.violations[:5]}
+            "split_brain": sampler.violations[:5],
+            "rejoins_by_rewind": rewinds, "rejoins_by_basebackup": basebackups}
+
+
+async def _rejoins(agents: Any, ip: str) -> tuple[int, int]:
+    """(rejoins by pg_rewind, by base backup) the instance's agent has counted."""
+    st = await agents.status(ip) or {}
+    return int(st.get("rejoinsByRewind") or 0), int(st.get("rejoinsByBasebackup") or 0)
+
+
+async def _operator_lost_mid_failover(c: LocalCampus, http: aiohttp.ClientSession,
+                                      op: OperatorLoop, primary: str, detection: int
+                                      ) -> tuple[OperatorLoop, float, Any]:
+    """Run the operator until it has started the failover (targetPrimary written), lose
+    it there (its task cancelled mid-step), and let a fresh OperatorLoop, which knows
+    only what the Campus status says, finish the job."""
+    task = asyncio.create_task(op.until_failover(timeout=detection + 30))
+    deadline = time.monotonic() + detection + 30
+    while not task.done() and time.monotonic() < deadline:
+        st = (await c.store.read()).get("status") or {}
+        if st.get("targetPrimary") not in (None, primary):
+            task.cancel()
+            break
+        await asyncio.sleep(0.02)
+    with contextlib.suppress(asyncio.CancelledError):
+        done = await task
+        if done is not None:
+            print("  (the failover finished before the operator could be lost)", flush=True)
+            return op, done[0], done[1]
+    fresh = OperatorLoop(c, http, float(detection))
+    t_done, outcome = await fresh.until_failover(timeout=detection + 30)
+    return fresh, t_done, outcome
 
 
 async def _true(value: object) -> object:

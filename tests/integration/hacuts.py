@@ -327,11 +327,14 @@ class RoleSampler:
             if len(writable) > 1:
                 self.violations.append(f"round {self.rounds}: {writable} all acknowledged"
                                        + self._when(t))
-            if self.old in writable and others_acked:
-                self.violations.append(f"round {self.rounds}: the old primary {self.old} "
+            # Judged against the primary this round watched: `old` may change while the
+            # probes are out, and the next round starts a new watch (a change mid-round
+            # once read the new round's primary against the last round's acks).
+            if watched in writable and others_acked:
+                self.violations.append(f"round {self.rounds}: the old primary {watched} "
                                        "acknowledged after another instance did"
                                        + self._when(t))
-            others_acked = others_acked or any(n != self.old for n in writable)
+            others_acked = others_acked or any(n != watched for n in writable)
             await asyncio.sleep(max(0.0, self.every - (time.monotonic() - t)))
 
     def mark(self, what: str) -> None:
