@@ -234,7 +234,9 @@ async def test_a_drill_schema_leaves_the_hospitals_lis_schema_alone(server: PgSe
         await conn.close()
 
 
-@pytest.mark.parametrize("name", ["lis; DROP TABLE x", "Lis", "", "a" * 64, "lis.x", "1lis"])
+@pytest.mark.parametrize("name", ["lis; DROP TABLE x", "Lis", "", "a" * 64, "lis.x", "1lis",
+                                  "lis\n", "li's", "lis\"", "x" * 1_000_000],
+                         ids=lambda v: repr(v)[:24])
 def test_workload_schema_names_are_plain_identifiers(name: str) -> None:
     with pytest.raises(ValueError):
         SiteTarget("north", 1, "postgresql://x", name)

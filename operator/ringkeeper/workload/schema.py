@@ -30,7 +30,7 @@ def schema_name(name: str) -> str:
     """`name` if it can be a workload schema: a plain lower-case identifier (it is put in
     SQL as an identifier, and a schema the hospital uses must not be written by mistake:
     callers pick it, nothing from a spec does)."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"workload schema {name!r} is not a plain identifier "
                          "([a-z_][a-z0-9_]*, at most 63 characters)")
     return name
