@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO
 from ringkeeper.api.v1alpha1.ring import LinkState
 from ringkeeper.core.liveness import LinkFault, LinkObservation, judge_link
-from ringkeeper.sync.link import LinkStatus
+from ringkeeper.sync.link import LinkReport
 
 SYNC = REPO / "operator" / "ringkeeper" / "sync"
 CRD_FILES = [REPO / "crds" / "ringkeeper.io_replicationrings.yaml",
@@ -55,7 +55,7 @@ def state_literals(source: str) -> set[str]:
                             found |= strings(v)
                 elif is_link_state(target):
                     found |= strings(node.value)
-        elif isinstance(node, ast.ClassDef) and node.name == "LinkStatus":
+        elif isinstance(node, ast.ClassDef) and node.name == "LinkReport":
             for item in node.body:
                 if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
                         and item.target.id == "state" and item.value is not None):
@@ -84,7 +84,7 @@ def test_state_literal_scan_finds_what_it_looks_for() -> None:
     """The scan itself: it sees plain, tuple and conditional assignments and the field
     default, and leaves a seeding progress alone."""
     src = '''
-class LinkStatus:
+class LinkReport:
     state: str = "Pending"
 def f(status, lk, progress, bypassing):
     status.state = "Error"
@@ -97,7 +97,7 @@ def f(status, lk, progress, bypassing):
 
 
 def test_link_status_state_is_typed_with_the_enum() -> None:
-    assert typing.get_type_hints(LinkStatus)["state"] is LinkState
+    assert typing.get_type_hints(LinkReport)["state"] is LinkState
 
 
 def test_every_verdict_is_a_crd_state() -> None:

@@ -53,7 +53,12 @@ LINGER_EVENTS = 64
 
 
 @dataclass
-class LinkStatus:
+class LinkReport:
+    """What this sidecar knows and reports of one inbound link, updated as it runs:
+    state, lag, counters. `as_dict` is one entry of the member's report; the operator
+    turns the reports into the ring's status (api.v1alpha1.ring.LinkStatus, a different
+    thing: the CRD's model, written by the operator)."""
+
     source: str
     target: str
     slot: str
@@ -166,13 +171,14 @@ def only_source_changes(source: str, carries: frozenset[str] | None) -> bool:
     return carries is not None and carries <= {source}
 
 
-class Link:
-    """Pulls `source`'s changes into the local member through one slot on the source."""
+class LinkStream:
+    """Pulls `source`'s changes into the local member through one slot on the source:
+    the running stream of one edge (core.ring.Link is the planned edge itself)."""
 
     def __init__(self, *, ring: str, source: str, local: str, source_dsn: str,
                  slot: str, applier: Applier, profile: EngineProfile,
                  source_profile: EngineProfile, carries: frozenset[str] | None,
-                 status: LinkStatus, bypass_after_seconds: float = 60.0) -> None:
+                 status: LinkReport, bypass_after_seconds: float = 60.0) -> None:
         self.ring = ring
         self.source = source
         self.local = local

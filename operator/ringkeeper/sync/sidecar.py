@@ -32,7 +32,7 @@ from ..core.ring import hops_to
 from ..engines import EngineProfile, profile_for
 from . import catalog
 from .apply import Applier
-from .link import Link, LinkStatus, SlotLost, SourceSilent, close_quietly, connect
+from .link import LinkReport, LinkStream, SlotLost, SourceSilent, close_quietly, connect
 from .seed import SeedProgress, copied_tables, copy_member_rows
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class MemberState:
     error: str | None = None
     refused_tables: list[str] = field(default_factory=list)
     tables: int = 0
-    links: dict[str, LinkStatus] = field(default_factory=dict)
+    links: dict[str, LinkReport] = field(default_factory=dict)
     seeding: SeedProgress | None = None
     gaps: list[str] = field(default_factory=list)
     needs_reseed: set[str] = field(default_factory=set)
@@ -345,7 +345,7 @@ class Sidecar:
                          slot: str, carries: frozenset[str] | None,
                          bypassing: tuple[str, ...], stop: asyncio.Event) -> None:
         key = f"{source}->{self.member}"
-        status = self.state.links.setdefault(key, LinkStatus(source, self.member, slot))
+        status = self.state.links.setdefault(key, LinkReport(source, self.member, slot))
         status.slot, status.bypassing = slot, bypassing
         stmt = statement_seconds(cfg.bypass_after_seconds)
         backoff = 0.2
@@ -362,7 +362,7 @@ class Sidecar:
                 applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
                                   cfg.policy)
                 await applier.start()
-                link = Link(ring=cfg.ring, source=source, local=self.member,
+                link = LinkStream(ring=cfg.ring, source=source, local=self.member,
                             source_dsn=info.dsn, slot=slot, applier=applier,
                             profile=profile, source_profile=src_profile, carries=carries,
                             status=status, bypass_after_seconds=cfg.bypass_after_seconds)
