@@ -92,7 +92,7 @@ async def test_bypassed_delete_turns_diverged_and_back(tmp_path: Path,
 
 async def _run(kube: FakeKube, ring: LocalRing, state: ring_ctl._State,
                previous: dict[str, Any] | None, mode: str = "incremental"
-               ) -> tuple[divergence.Decision, float]:
+               ) -> tuple[divergence.DivergedVerdict, float]:
     """One pass through the operator's executor (incremental: a continuous one; full: a
     scheduled one), then the decision the next ring cycle makes from it."""
     cfg = RingConfig.load(ring.config_path)
@@ -105,7 +105,7 @@ async def _run(kube: FakeKube, ring: LocalRing, state: ring_ctl._State,
     return divergence.decide(state.outcome, previous), took
 
 
-def _cond(d: divergence.Decision) -> dict[str, Any]:
+def _cond(d: divergence.DivergedVerdict) -> dict[str, Any]:
     return {"type": "Diverged", "status": str(d.status), "reason": str(d.reason),
             "message": d.message}
 

@@ -41,7 +41,7 @@ import pytest
 
 from pgserver import PASSWORD, PgServer, unavailable
 from ringkeeper.controller.drill_io import DRILL_SCHEMA
-from ringkeeper.workload import Entry, Kind, Ledger, Mix, Problem, check
+from ringkeeper.workload import ChangeKind, Entry, Ledger, Mix, Problem, check
 from ringkeeper.workload import schema as lis_schema
 from ringkeeper.workload.flow import SiteWriter
 from ringkeeper.workload.keys import KeySource
@@ -212,7 +212,7 @@ async def test_a_commit_in_doubt_that_happened_is_not_counted_lost(
     # What the drill saw: expecting only the acknowledged version calls the key stale.
     acknowledged_only = Ledger()
     acknowledged_only.add_site("north", 1)
-    acknowledged_only.record([Entry("north", "results", rid, acked, Kind.UPDATE, 0.0)])
+    acknowledged_only.record([Entry("north", "results", rid, acked, ChangeKind.UPDATE, 0.0)])
     old_view = await _check(server, acknowledged_only)
     assert [(f.problem, f.key, f.found) for f in old_view.examples] == [
         (Problem.STALE, rid, held)]

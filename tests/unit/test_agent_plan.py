@@ -16,7 +16,7 @@ import pytest
 from ringkeeper.agent.contact import AgentConfig
 from ringkeeper.core.agentplan import (
     CRASHED,
-    Action,
+    AgentAction,
     AgentFacts,
     Reason,
     Role,
@@ -64,94 +64,95 @@ PAUSED = {"paused": True, "paused_under": "c-0", "upstream": None}
 ROWS = [
     # (id, facts, action, reason, fenced, self_fenced, message fragment)
     ("no-campus-yet", facts(campus_read=False, running=False),
-     Action.WAIT, Reason.CAMPUS_UNREAD, False, False, "Campus not readable yet"),
+     AgentAction.WAIT, Reason.CAMPUS_UNREAD, False, False, "Campus not readable yet"),
     ("no-campus-even-as-running-primary", primary(campus_read=False),
-     Action.WAIT, Reason.CAMPUS_UNREAD, False, False, "not readable"),
+     AgentAction.WAIT, Reason.CAMPUS_UNREAD, False, False, "not readable"),
     ("primary-serves", primary(),
-     Action.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
+     AgentAction.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
     ("primary-promoted-current-catching-up", primary(view=CampusView("c-0", ME)),
-     Action.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
+     AgentAction.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
     ("primary-another-is-target", primary(view=CampusView(ME, "c-2")),
-     Action.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, True, False,
+     AgentAction.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, True, False,
      "c-2 is the target primary"),
     ("primary-another-is-current", primary(view=CampusView("c-2", None)),
-     Action.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, True, False,
+     AgentAction.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, True, False,
      "c-2 is the current primary"),
     ("primary-fenced-by-annotation", primary(view=CampusView(ME, ME, frozenset({ME}))),
-     Action.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, True, False, "c-1 fenced by the operator"),
+     AgentAction.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, True, False,
+     "c-1 fenced by the operator"),
     ("primary-cut-from-all-too-long", primary(api_ok=False, silent_seconds=3.2),
-     Action.STEP_DOWN, Reason.SELF_FENCE, True, True,
+     AgentAction.STEP_DOWN, Reason.SELF_FENCE, True, True,
      "no contact with the API server or any peer for 3.2s"),
     ("primary-cut-exactly-at-limit", primary(api_ok=False, silent_seconds=3.0),
-     Action.STEP_DOWN, Reason.SELF_FENCE, True, True, "self-fence"),
+     AgentAction.STEP_DOWN, Reason.SELF_FENCE, True, True, "self-fence"),
     ("primary-cut-not-yet", primary(api_ok=False, silent_seconds=2.9),
-     Action.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
+     AgentAction.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
     ("primary-cut-from-api-a-peer-answers", primary(api_ok=False, peer_ok=True,
                                                    silent_seconds=9.0),
-     Action.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
+     AgentAction.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
     # Cut from the API server, its stale view naming another: no step-down on a stale view
     # (the self-fence rule covers it), exactly as before the split.
     ("primary-cut-stale-view-names-another", primary(api_ok=False,
                                                      view=CampusView("c-2", "c-2")),
-     Action.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
+     AgentAction.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
     ("replica-following", facts(),
-     Action.KEEP_REPLICA, Reason.FOLLOWING, False, False, "following c-0 at 10.0.0.0"),
+     AgentAction.KEEP_REPLICA, Reason.FOLLOWING, False, False, "following c-0 at 10.0.0.0"),
     ("replica-new-primary", facts(view=CampusView("c-2", "c-2"), primary_ip="10.0.0.2"),
-     Action.FOLLOW, Reason.PRIMARY_CHANGED, False, False, "following c-2 (was c-0)"),
+     AgentAction.FOLLOW, Reason.PRIMARY_CHANGED, False, False, "following c-2 (was c-0)"),
     ("replica-primary-moved", facts(primary_ip="10.0.9.9"),
-     Action.FOLLOW, Reason.PRIMARY_MOVED, False, False, "moved from 10.0.0.0 to 10.0.9.9"),
+     AgentAction.FOLLOW, Reason.PRIMARY_MOVED, False, False, "moved from 10.0.0.0 to 10.0.9.9"),
     ("replica-primary-address-unknown", facts(primary_ip=None),
-     Action.KEEP_REPLICA, Reason.FOLLOWING, False, False, "following c-0"),
+     AgentAction.KEEP_REPLICA, Reason.FOLLOWING, False, False, "following c-0"),
     ("replica-failover-in-flight", facts(view=CampusView("c-0", "c-2")),
-     Action.KEEP_REPLICA, Reason.FAILOVER_IN_FLIGHT, False, False, "failover to c-2"),
+     AgentAction.KEEP_REPLICA, Reason.FAILOVER_IN_FLIGHT, False, False, "failover to c-2"),
     ("replica-no-primary", facts(view=CampusView(None, None), upstream=None),
-     Action.KEEP_REPLICA, Reason.NO_PRIMARY, False, False, "names no primary"),
+     AgentAction.KEEP_REPLICA, Reason.NO_PRIMARY, False, False, "names no primary"),
     ("replica-named-primary-awaits-promote", facts(view=CampusView(ME, ME), upstream=None),
-     Action.KEEP_REPLICA, Reason.NAMED_PRIMARY, False, False, "waiting for the promote"),
+     AgentAction.KEEP_REPLICA, Reason.NAMED_PRIMARY, False, False, "waiting for the promote"),
     ("replica-paused", facts(**PAUSED, paused_seconds=5.0),
-     Action.KEEP_REPLICA, Reason.PAUSED, False, False, "paused under c-0"),
+     AgentAction.KEEP_REPLICA, Reason.PAUSED, False, False, "paused under c-0"),
     ("replica-paused-failover-in-flight-past-limit",
      facts(**PAUSED, paused_seconds=60.0, view=CampusView("c-0", "c-2")),
-     Action.KEEP_REPLICA, Reason.PAUSED, False, False, "paused under c-0"),
+     AgentAction.KEEP_REPLICA, Reason.PAUSED, False, False, "paused under c-0"),
     ("replica-running-fenced-by-annotation", facts(view=CampusView("c-0", "c-0",
                                                                   frozenset({ME}))),
-     Action.STOP_FENCED, Reason.FENCED_BY_ANNOTATION, True, False, "fenced by annotation"),
+     AgentAction.STOP_FENCED, Reason.FENCED_BY_ANNOTATION, True, False, "fenced by annotation"),
     ("down-fenced-campus-not-settled", down(fenced=True, data=DataState.PRIMARY,
                                             view=CampusView(ME, "c-2")),
-     Action.STAY_FENCED, Reason.STILL_FENCED, True, False, "waiting for the Campus"),
+     AgentAction.STAY_FENCED, Reason.STILL_FENCED, True, False, "waiting for the Campus"),
     ("down-fenced-by-annotation", down(fenced=True, view=CampusView("c-0", "c-0",
                                                                     frozenset({ME}))),
-     Action.STAY_FENCED, Reason.STILL_FENCED, True, False, "fenced"),
+     AgentAction.STAY_FENCED, Reason.STILL_FENCED, True, False, "fenced"),
     ("down-self-fenced-still-cut", down(fenced=True, self_fenced=True, api_ok=False,
                                         data=DataState.PRIMARY, view=CampusView("c-2", "c-2")),
-     Action.STAY_FENCED, Reason.STILL_FENCED, True, True, "fenced"),
+     AgentAction.STAY_FENCED, Reason.STILL_FENCED, True, True, "fenced"),
     ("down-api-unreachable", down(api_ok=False),
-     Action.WAIT, Reason.API_UNREACHABLE, False, False, "not starting blind"),
+     AgentAction.WAIT, Reason.API_UNREACHABLE, False, False, "not starting blind"),
     ("down-replica-starts", down(),
-     Action.START, Reason.START_PLAN, False, False, "replica of c-0"),
+     AgentAction.START, Reason.START_PLAN, False, False, "replica of c-0"),
     ("down-empty-basebackup", down(data=DataState.EMPTY, upstream=None),
-     Action.START, Reason.START_PLAN, False, False, "new replica of c-0"),
+     AgentAction.START, Reason.START_PLAN, False, False, "new replica of c-0"),
     ("down-former-primary-rewinds", down(data=DataState.PRIMARY),
-     Action.START, Reason.START_PLAN, False, False, "former primary rejoining c-0"),
+     AgentAction.START, Reason.START_PLAN, False, False, "former primary rejoining c-0"),
     ("down-primary-clean-restarts", down_primary(),
-     Action.START, Reason.START_PLAN, False, False, "current primary"),
+     AgentAction.START, Reason.START_PLAN, False, False, "current primary"),
     ("down-primary-crash-reported", down_primary(crashed=True),
-     Action.HOLD_CRASHED, Reason.CRASH_REPORTED, False, False, "stopped uncleanly"),
+     AgentAction.HOLD_CRASHED, Reason.CRASH_REPORTED, False, False, "stopped uncleanly"),
     ("down-primary-exited-with-error", down_primary(exit_code=1),
-     Action.HOLD_CRASHED, Reason.EXITED_WITH_ERROR, False, False, "stopped uncleanly"),
+     AgentAction.HOLD_CRASHED, Reason.EXITED_WITH_ERROR, False, False, "stopped uncleanly"),
     ("down-primary-exited-cleanly-probes", down_primary(exit_code=0, clean_shutdown=None),
-     Action.PROBE_SHUTDOWN, Reason.SHUTDOWN_UNKNOWN, False, False, "control file"),
+     AgentAction.PROBE_SHUTDOWN, Reason.SHUTDOWN_UNKNOWN, False, False, "control file"),
     ("down-primary-unclean-shutdown", down_primary(clean_shutdown=False),
-     Action.HOLD_CRASHED, Reason.UNCLEAN_SHUTDOWN, False, False, "stopped uncleanly"),
+     AgentAction.HOLD_CRASHED, Reason.UNCLEAN_SHUTDOWN, False, False, "stopped uncleanly"),
     ("down-primary-killed-on-thaw", down_primary(killed_by_agent=True, exit_code=-9,
                                                  clean_shutdown=None, crashed=True),
-     Action.START, Reason.KILLED_ON_THAW, False, False, "restarting in place"),
+     AgentAction.START, Reason.KILLED_ON_THAW, False, False, "restarting in place"),
 ]
 
 
 @pytest.mark.parametrize(("f", "action", "reason", "fenced", "self_fenced", "fragment"),
                          [pytest.param(*row[1:], id=row[0]) for row in ROWS])
-def test_plan_tick(f: AgentFacts, action: Action, reason: Reason, fenced: bool,
+def test_plan_tick(f: AgentFacts, action: AgentAction, reason: Reason, fenced: bool,
                    self_fenced: bool, fragment: str) -> None:
     step = plan_tick(f)
     assert (step.action, step.reason) == (action, reason), step.message
@@ -162,7 +163,7 @@ def test_plan_tick(f: AgentFacts, action: Action, reason: Reason, fenced: bool,
 def test_every_action_and_reason_has_a_row() -> None:
     """A new branch without a row fails here (lift and resume reasons have their own)."""
     steps = [plan_tick(row[1]) for row in ROWS]
-    assert {s.action for s in steps} == set(Action)
+    assert {s.action for s in steps} == set(AgentAction)
     side = {Reason.CONTACT_BACK, Reason.SETTLED_ON_ME, Reason.MOVED_ON,
             Reason.PAUSE_OUTLIVED, Reason.PAUSE_TIMED_OUT}
     assert {s.reason for s in steps} == set(Reason) - side
@@ -174,7 +175,7 @@ def test_crashed_primary_never_starts_as_primary() -> None:
     for crash in ({"crashed": True}, {"exit_code": 137}, {"clean_shutdown": False}):
         for api in (True, False):
             step = plan_tick(down_primary(api_ok=api, **crash))
-            assert step.action in (Action.HOLD_CRASHED, Action.WAIT), (crash, api)
+            assert step.action in (AgentAction.HOLD_CRASHED, AgentAction.WAIT), (crash, api)
             assert step.start is None
             if api:
                 assert step.message == CRASHED
@@ -193,30 +194,30 @@ def test_start_carries_the_start_plan() -> None:
 LIFTS = [
     # (id, facts, lifted, fenced, self_fenced, action)
     ("step-down-settled-on-me", down_primary(fenced=True), Reason.SETTLED_ON_ME, False,
-     False, Action.START),
+     False, AgentAction.START),
     ("step-down-settled-no-target", down_primary(fenced=True, view=CampusView(ME, None)),
-     Reason.SETTLED_ON_ME, False, False, Action.START),
+     Reason.SETTLED_ON_ME, False, False, AgentAction.START),
     ("step-down-moved-on", down(fenced=True, data=DataState.PRIMARY),
-     Reason.MOVED_ON, False, False, Action.START),
+     Reason.MOVED_ON, False, False, AgentAction.START),
     ("contact-back-not-fenced", down(fenced=True, self_fenced=True, data=DataState.PRIMARY),
-     Reason.CONTACT_BACK, False, False, Action.START),
+     Reason.CONTACT_BACK, False, False, AgentAction.START),
     ("contact-back-fenced-by-annotation",
      down(fenced=True, self_fenced=True, view=CampusView("c-0", "c-0", frozenset({ME}))),
-     Reason.CONTACT_BACK, True, False, Action.STAY_FENCED),
+     Reason.CONTACT_BACK, True, False, AgentAction.STAY_FENCED),
     ("contact-back-while-running-fenced",
      facts(fenced=True, self_fenced=True, view=CampusView("c-0", "c-0", frozenset({ME}))),
-     Reason.CONTACT_BACK, True, False, Action.STOP_FENCED),
+     Reason.CONTACT_BACK, True, False, AgentAction.STOP_FENCED),
     ("step-down-no-primary-yet", down(fenced=True, view=CampusView(None, None)),
-     None, True, False, Action.STAY_FENCED),
+     None, True, False, AgentAction.STAY_FENCED),
     ("step-down-other-in-flight", down(fenced=True, view=CampusView("c-0", "c-2")),
-     Reason.MOVED_ON, False, False, Action.START),
+     Reason.MOVED_ON, False, False, AgentAction.START),
 ]
 
 
 @pytest.mark.parametrize(("f", "lifted", "fenced", "self_fenced", "action"),
                          [pytest.param(*row[1:], id=row[0]) for row in LIFTS])
 def test_fence_lifts(f: AgentFacts, lifted: Reason | None, fenced: bool, self_fenced: bool,
-                     action: Action) -> None:
+                     action: AgentAction) -> None:
     step = plan_tick(f)
     assert (step.lifted, step.fenced, step.self_fenced, step.action) == (
         lifted, fenced, self_fenced, action), step
@@ -231,33 +232,33 @@ def test_the_operators_fence_is_never_lifted_by_the_agent() -> None:
                     continue
                 step = plan_tick(facts(fenced=True, running=running, data=data, view=view))
                 assert step.fenced, (view, running, data)
-                assert step.action not in (Action.START, Action.SERVE_PRIMARY,
-                                           Action.FOLLOW), (view, running, data)
+                assert step.action not in (AgentAction.START, AgentAction.SERVE_PRIMARY,
+                                           AgentAction.FOLLOW), (view, running, data)
 
 
 RESUMES = [
     # (id, facts, resumed, action, upstream)
     ("pause-outlived-by-new-primary",
      facts(**PAUSED, view=CampusView("c-2", "c-2"), primary_ip="10.0.0.2"),
-     Reason.PAUSE_OUTLIVED, Action.FOLLOW, "c-2"),
+     Reason.PAUSE_OUTLIVED, AgentAction.FOLLOW, "c-2"),
     ("pause-timed-out-same-primary", facts(**PAUSED, paused_seconds=20.5),
-     Reason.PAUSE_TIMED_OUT, Action.FOLLOW, "c-0"),
+     Reason.PAUSE_TIMED_OUT, AgentAction.FOLLOW, "c-0"),
     ("pause-timed-out-no-primary",
      facts(**PAUSED, paused_seconds=21.0, view=CampusView(None, None)),
-     Reason.PAUSE_TIMED_OUT, Action.KEEP_REPLICA, None),
+     Reason.PAUSE_TIMED_OUT, AgentAction.KEEP_REPLICA, None),
     ("pause-timed-out-named-me",
      facts(**PAUSED, paused_seconds=21.0, view=CampusView(ME, None)),
-     Reason.PAUSE_OUTLIVED, Action.KEEP_REPLICA, None),
-    ("pause-within-limit", facts(**PAUSED, paused_seconds=19.9), None, Action.KEEP_REPLICA,
+     Reason.PAUSE_OUTLIVED, AgentAction.KEEP_REPLICA, None),
+    ("pause-within-limit", facts(**PAUSED, paused_seconds=19.9), None, AgentAction.KEEP_REPLICA,
      None),
     ("pause-custom-limit", facts(**PAUSED, paused_seconds=6.0, pause_limit=5.0),
-     Reason.PAUSE_TIMED_OUT, Action.FOLLOW, "c-0"),
+     Reason.PAUSE_TIMED_OUT, AgentAction.FOLLOW, "c-0"),
 ]
 
 
 @pytest.mark.parametrize(("f", "resumed", "action", "upstream"),
                          [pytest.param(*row[1:], id=row[0]) for row in RESUMES])
-def test_pause_ends(f: AgentFacts, resumed: Reason | None, action: Action,
+def test_pause_ends(f: AgentFacts, resumed: Reason | None, action: AgentAction,
                     upstream: str | None) -> None:
     step = plan_tick(f)
     assert (step.resumed, step.action, step.upstream) == (resumed, action, upstream), step

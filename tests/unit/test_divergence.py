@@ -13,8 +13,8 @@ import pytest
 from ringkeeper.api.v1alpha1.common import ConditionStatus
 from ringkeeper.api.v1alpha1.ring import VerificationResult
 from ringkeeper.core.divergence import (
-    Decision,
     DivergedReason,
+    DivergedVerdict,
     DivergenceEvent,
     Outcome,
     apply,
@@ -136,22 +136,22 @@ def _ready(status: ConditionStatus, reason: str) -> dict[str, Any]:
 @pytest.mark.parametrize("ready_now,ready_stored,decision,want", [
     # Links all stream, members disagree: Ready must not say all is well.
     (_ready(T, "AllLinksStreaming"), _ready(T, "AllLinksStreaming"),
-     Decision(T, DivergedReason.KEYS_DIFFER, "2 key(s) differ"),
+     DivergedVerdict(T, DivergedReason.KEYS_DIFFER, "2 key(s) differ"),
      (F, "Diverged")),
     # A link down is the more urgent reason: kept.
     (_ready(F, "NotAllLinksStreaming"), _ready(F, "NotAllLinksStreaming"),
-     Decision(T, DivergedReason.KEYS_DIFFER, "2 key(s) differ"),
+     DivergedVerdict(T, DivergedReason.KEYS_DIFFER, "2 key(s) differ"),
      (F, "NotAllLinksStreaming")),
     # Converged or unknown: Ready is the links' word.
     (_ready(T, "AllLinksStreaming"), _ready(F, "Diverged"),
-     Decision(F, DivergedReason.CONVERGED, "equal"),
+     DivergedVerdict(F, DivergedReason.CONVERGED, "equal"),
      (T, "AllLinksStreaming")),
     (_ready(T, "AllLinksStreaming"), _ready(T, "AllLinksStreaming"),
-     Decision(U, DivergedReason.NOT_VERIFIED_YET, "none yet"),
+     DivergedVerdict(U, DivergedReason.NOT_VERIFIED_YET, "none yet"),
      (T, "AllLinksStreaming")),
 ])
 def test_apply_ready(ready_now: dict[str, Any], ready_stored: dict[str, Any],
-                     decision: Decision, want: tuple[ConditionStatus, str]) -> None:
+                     decision: DivergedVerdict, want: tuple[ConditionStatus, str]) -> None:
     out = apply([ready_now], decision, NOW, 4, previous=[ready_stored])
     ready = next(c for c in out if c["type"] == "Ready")
     diverged = next(c for c in out if c["type"] == "Diverged")
@@ -164,7 +164,7 @@ def test_apply_ready(ready_now: dict[str, Any], ready_stored: dict[str, Any],
 def test_ready_transition_time_does_not_move_every_cycle() -> None:
     """ring_status sets Ready=True from the links each cycle; the Ready=False it is turned
     into is stamped against the stored Ready, so it keeps its transition time."""
-    d = Decision(T, DivergedReason.KEYS_DIFFER, "1 key(s) differ")
+    d = DivergedVerdict(T, DivergedReason.KEYS_DIFFER, "1 key(s) differ")
     first = apply([_ready(T, "AllLinksStreaming")], d, NOW, 1,
                   previous=[_ready(T, "AllLinksStreaming")])
     stored = next(c for c in first if c["type"] == "Ready")

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringkeeper.workload import HOSPITAL_DAY_SPECIMENS, Entry, Kind, Ledger, plan
+from ringkeeper.workload import HOSPITAL_DAY_SPECIMENS, ChangeKind, Entry, Ledger, plan
 from ringkeeper.workload.cli import Usage, parse_dsn
 from ringkeeper.workload.keys import (
     MAX_COUNTER,
@@ -96,13 +96,13 @@ def test_single_writer_keys_expect_the_last_write_and_deletes_no_row(tmp_path: P
     n, s = KeySource(1, 1), KeySource(2, 1)
     led = _ledger(tmp_path / "l.jsonl")
     order, item = n.next(), n.next()
-    led.record([Entry("north", "orders", order, order, Kind.INSERT, 1.0),
-                Entry("north", "order_items", item, item, Kind.INSERT, 1.0)])
+    led.record([Entry("north", "orders", order, order, ChangeKind.INSERT, 1.0),
+                Entry("north", "order_items", item, item, ChangeKind.INSERT, 1.0)])
     newer = n.next()
-    led.record([Entry("north", "orders", order, newer, Kind.UPDATE, 2.0)])
-    led.record([Entry("north", "order_items", item, n.next(), Kind.DELETE, 3.0)])
+    led.record([Entry("north", "orders", order, newer, ChangeKind.UPDATE, 2.0)])
+    led.record([Entry("north", "order_items", item, n.next(), ChangeKind.DELETE, 3.0)])
     result = s.next()
-    led.record([Entry("south", "results", result, result, Kind.INSERT, 4.0)])
+    led.record([Entry("south", "results", result, result, ChangeKind.INSERT, 4.0)])
     led.close()
     got = {(e.table, e.key): (e.allowed, e.contested) for e in led.expectations()}
     assert got == {("orders", order): ({newer}, False), ("order_items", item): ({None}, False),
@@ -124,23 +124,23 @@ def test_a_commit_in_doubt_allows_its_versions_until_the_next_acknowledged_write
     n, s = KeySource(1, 1), KeySource(2, 1)
     led = _ledger(tmp_path / "l.jsonl")
     order, item, fresh = n.next(), n.next(), n.next()
-    led.record([Entry("north", "orders", order, order, Kind.INSERT, 1.0),
-                Entry("north", "order_items", item, item, Kind.INSERT, 1.0)])
+    led.record([Entry("north", "orders", order, order, ChangeKind.INSERT, 1.0),
+                Entry("north", "order_items", item, item, ChangeKind.INSERT, 1.0)])
     upd, gone = n.next(), n.next()
-    led.record_in_doubt([Entry("north", "orders", order, upd, Kind.UPDATE, 2.0),
-                         Entry("north", "order_items", item, gone, Kind.DELETE, 2.0),
-                         Entry("north", "specimens", fresh, fresh, Kind.INSERT, 2.0)])
+    led.record_in_doubt([Entry("north", "orders", order, upd, ChangeKind.UPDATE, 2.0),
+                         Entry("north", "order_items", item, gone, ChangeKind.DELETE, 2.0),
+                         Entry("north", "specimens", fresh, fresh, ChangeKind.INSERT, 2.0)])
     got = {(e.table, e.key): e.allowed for e in led.expectations()}
     assert got == {("orders", order): {order, upd}, ("order_items", item): {item, None}}
     assert led.commits["north"] == 1 and led.summary()["north"]["in_doubt"] == 1
     assert led.doubtful("orders", order) == {upd}
     # another site's acknowledged write does not end north's doubt; north's own does
     fix = s.next()
-    led.record([Entry("south", "orders", order, fix, Kind.UPDATE, 3.0)])
+    led.record([Entry("south", "orders", order, fix, ChangeKind.UPDATE, 3.0)])
     (e,) = [e for e in led.expectations() if e.table == "orders"]
     assert e.contested and e.allowed == {order, upd, fix}
     final = n.next()
-    led.record([Entry("north", "orders", order, final, Kind.UPDATE, 4.0)])
+    led.record([Entry("north", "orders", order, final, ChangeKind.UPDATE, 4.0)])
     (e,) = [e for e in led.expectations() if e.table == "orders"]
     assert e.allowed == {final, fix} and led.doubtful("orders", order) == frozenset()
     led.close()
@@ -148,7 +148,7 @@ def test_a_commit_in_doubt_allows_its_versions_until_the_next_acknowledged_write
     assert set(again.expectations()) == set(led.expectations())
     assert again.summary() == led.summary()
     with pytest.raises(LedgerError):  # a doubt still names its site's own revs
-        led.record_in_doubt([Entry("north", "orders", order, s.next(), Kind.UPDATE, 5.0)])
+        led.record_in_doubt([Entry("north", "orders", order, s.next(), ChangeKind.UPDATE, 5.0)])
 
 
 def test_only_an_error_answer_to_commit_is_a_verdict() -> None:
@@ -174,11 +174,11 @@ def test_a_key_written_by_two_sites_accepts_either_sites_last_write() -> None:
     n, s = KeySource(1, 1), KeySource(2, 1)
     led = _ledger()
     rid = n.next()
-    led.record([Entry("north", "results", rid, rid, Kind.INSERT, 1.0)])
+    led.record([Entry("north", "results", rid, rid, ChangeKind.INSERT, 1.0)])
     fix_n1, fix_s, fix_n2 = n.next(), s.next(), n.next()
-    led.record([Entry("north", "results", rid, fix_n1, Kind.UPDATE, 2.0)])
-    led.record([Entry("south", "results", rid, fix_s, Kind.UPDATE, 2.1)])
-    led.record([Entry("north", "results", rid, fix_n2, Kind.UPDATE, 2.2)])
+    led.record([Entry("north", "results", rid, fix_n1, ChangeKind.UPDATE, 2.0)])
+    led.record([Entry("south", "results", rid, fix_s, ChangeKind.UPDATE, 2.1)])
+    led.record([Entry("north", "results", rid, fix_n2, ChangeKind.UPDATE, 2.2)])
     (e,) = led.expectations()
     # north's own earlier versions are superseded by its later one; south's may win
     assert e.contested and e.writers == {"north", "south"} and e.allowed == {fix_n2, fix_s}
@@ -190,11 +190,11 @@ def test_the_ledger_refuses_what_it_cannot_trust(tmp_path: Path) -> None:
     led = _ledger()
     s = KeySource(2, 1)
     with pytest.raises(LedgerError):  # a rev north could not have issued
-        led.record([Entry("north", "results", 5, s.next(), Kind.INSERT, 1.0)])
+        led.record([Entry("north", "results", 5, s.next(), ChangeKind.INSERT, 1.0)])
     with pytest.raises(LedgerError):
-        led.record([Entry("east", "results", 5, 5, Kind.INSERT, 1.0)])
+        led.record([Entry("east", "results", 5, 5, ChangeKind.INSERT, 1.0)])
     with pytest.raises(LedgerError):
-        led.record([Entry("south", "nope", 5, s.next(), Kind.INSERT, 1.0)])
+        led.record([Entry("south", "nope", 5, s.next(), ChangeKind.INSERT, 1.0)])
     with pytest.raises(LedgerError):
         led.add_site("east", 1)  # number 1 is north's
     bad = tmp_path / "bad.jsonl"
@@ -230,12 +230,12 @@ def test_a_ledger_file_is_new_unless_continued(tmp_path: Path) -> None:
     path = tmp_path / "l.jsonl"
     led = _ledger(path)
     k = KeySource(1, 1).next()
-    led.record([Entry("north", "patients", k, k, Kind.INSERT, 1.0)])
+    led.record([Entry("north", "patients", k, k, ChangeKind.INSERT, 1.0)])
     led.close()
     with pytest.raises(FileExistsError):
         Ledger(path)
     more = Ledger(path, append=True)
     k2 = KeySource(1, 2).next()
-    more.record([Entry("north", "patients", k2, k2, Kind.INSERT, 2.0)])
+    more.record([Entry("north", "patients", k2, k2, ChangeKind.INSERT, 2.0)])
     more.close()
     assert {e.key for e in Ledger.load(path).expectations()} == {k, k2}

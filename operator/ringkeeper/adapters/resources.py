@@ -19,7 +19,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..api.v1alpha1 import GROUP, VERSION
-from ..core.ownership import Decision, Owner, decide, refusal_message
+from ..core.ownership import Owner, OwnershipDecision, decide, refusal_message
 
 FIELD_MANAGER = "ringkeeper"
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
@@ -67,7 +67,7 @@ class KubeApiError(ApiException):
 class ForeignObjectError(RuntimeError):
     """An object the operator would write exists and belongs to someone else."""
 
-    def __init__(self, kind: str, name: str, decision: Decision) -> None:
+    def __init__(self, kind: str, name: str, decision: OwnershipDecision) -> None:
         super().__init__(refusal_message(kind, name, decision))
         self.kind, self.name, self.decision = kind, name, decision
 
@@ -124,13 +124,14 @@ async def get_metadata(api: client.ApiClient, obj: Mapping[str, Any]
 
 
 async def ownership(api: client.ApiClient, obj: Mapping[str, Any], owner: Owner
-                    ) -> tuple[Decision, dict[str, Any] | None]:
+                    ) -> tuple[OwnershipDecision, dict[str, Any] | None]:
     """Read `obj`'s metadata and decide whether `owner` may write it (core.ownership)."""
     meta = await get_metadata(api, obj)
     return decide(meta, owner), meta
 
 
-async def apply_owned(api: client.ApiClient, obj: dict[str, Any], owner: Owner) -> Decision:
+async def apply_owned(api: client.ApiClient, obj: dict[str, Any], owner: Owner
+                      ) -> OwnershipDecision:
     """Server-side apply, unless the object exists and is not ours (ForeignObjectError)."""
     decision, _ = await ownership(api, obj, owner)
     if not decision.writable:

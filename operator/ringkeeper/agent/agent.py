@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from ..core.agentplan import Action, Reason, Step, plan_tick
+from ..core.agentplan import AgentAction, Reason, Step, plan_tick
 from ..core.instance import (
     DataState,
     Plan,
@@ -109,7 +109,7 @@ class Agent(AgentReport):
             self.state.promoted_on_word = False  # a fresh read replaces the word
         facts = self.facts(api_ok, peer_ok)
         step = plan_tick(facts)
-        if step.action is Action.PROBE_SHUTDOWN:  # the one fact read only on demand
+        if step.action is AgentAction.PROBE_SHUTDOWN:  # the one fact read only on demand
             try:
                 clean = await self.server.shut_down_cleanly()
             except ServerError:
@@ -129,11 +129,11 @@ class Agent(AgentReport):
             st.paused, st.upstream = False, None
         if step.clear_killed:
             st.killed_by_agent = False
-        if act is Action.WAIT:
+        if act is AgentAction.WAIT:
             st.plan, st.reason = Plan.WAIT.value, step.message
-        elif act in (Action.STEP_DOWN, Action.STOP_FENCED):
+        elif act in (AgentAction.STEP_DOWN, AgentAction.STOP_FENCED):
             st.plan, st.reason = Plan.FENCE.value, step.message
-            if act is Action.STEP_DOWN:
+            if act is AgentAction.STEP_DOWN:
                 log.warning("stepping down: %s", step.message)
                 # SIGKILL to the whole group: a frozen server ignores an immediate stop,
                 # and a crash is what pg_rewind's crash-recovery step expects anyway.
@@ -141,18 +141,18 @@ class Agent(AgentReport):
             else:
                 log.warning("fenced by the operator: stopping the server")
                 await self.server.stop("fast")
-        elif act is Action.SERVE_PRIMARY:
+        elif act is AgentAction.SERVE_PRIMARY:
             await self.maintain_primary()
-        elif act in (Action.KEEP_REPLICA, Action.FOLLOW):
+        elif act in (AgentAction.KEEP_REPLICA, AgentAction.FOLLOW):
             st.plan = "replica"
-            if act is Action.FOLLOW and step.upstream:
+            if act is AgentAction.FOLLOW and step.upstream:
                 await self.follow(step.upstream)
-        elif act is Action.STAY_FENCED:
+        elif act is AgentAction.STAY_FENCED:
             st.plan = Plan.FENCE.value
-        elif act is Action.HOLD_CRASHED:
+        elif act is AgentAction.HOLD_CRASHED:
             st.crashed = True
             st.plan, st.reason = "crashed", step.message
-        elif act is Action.START and step.start is not None:
+        elif act is AgentAction.START and step.start is not None:
             await self.execute(step.start)
 
     async def execute(self, decision: Any) -> None:

@@ -201,7 +201,7 @@ def _links_ready(conditions: list[dict[str, Any]]) -> bool:
     return ready.get("status") == "True" and seeding.get("status") != "True"
 
 
-def _divergence_told(ring: dict[str, Any], decision: divergence.Decision) -> None:
+def _divergence_told(ring: dict[str, Any], decision: divergence.DivergedVerdict) -> None:
     """The Diverged gauge, and the Event of a transition (after the status holds it)."""
     meta = ring["metadata"]
     RING_DIVERGED.labels(meta["namespace"], meta["name"]).set(

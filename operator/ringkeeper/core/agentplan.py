@@ -22,8 +22,8 @@ from enum import StrEnum
 from .instance import (
     CampusView,
     DataState,
-    Decision,
     Plan,
+    StartDecision,
     running_primary_must_step_down,
     self_fence_due,
     start_plan,
@@ -34,7 +34,7 @@ CRASHED = ("primary server stopped uncleanly: waiting for the operator to fail o
            "recover it")
 
 
-class Action(StrEnum):
+class AgentAction(StrEnum):
     WAIT = "wait"  # nothing safe to do yet: say why
     STEP_DOWN = "step-down"  # SIGKILL the running primary's group and stay fenced
     SERVE_PRIMARY = "serve-primary"  # keep serving writes (settings, slots)
@@ -119,7 +119,7 @@ class Step:
     upstream. `clear_killed`: the kill on thaw is settled. `upstream`: the primary to
     FOLLOW; `start`: the start plan's decision to carry out."""
 
-    action: Action
+    action: AgentAction
     reason: Reason
     message: str
     fenced: bool
@@ -129,7 +129,7 @@ class Step:
     notes: tuple[str, ...] = ()
     clear_killed: bool = False
     upstream: str | None = None
-    start: Decision | None = None
+    start: StartDecision | None = None
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,8 @@ class _Before:
     resumed: Reason | None = None
     notes: tuple[str, ...] = ()
 
-    def step(self, action: Action, reason: Reason, message: str, *,
-             upstream: str | None = None, start: Decision | None = None,
+    def step(self, action: AgentAction, reason: Reason, message: str, *,
+             upstream: str | None = None, start: StartDecision | None = None,
              clear_killed: bool = False) -> Step:
         return Step(action, reason, message, self.fenced, self.self_fenced, self.lifted,
                     self.resumed, self.notes, clear_killed, upstream, start)
@@ -157,42 +157,42 @@ def plan_tick(f: AgentFacts) -> Step:
     wait for the API server, hold a crashed primary, or start by core.instance)."""
     if not f.campus_read:
         return _Before(f.fenced, f.self_fenced).step(
-            Action.WAIT, Reason.CAMPUS_UNREAD, "Campus not readable yet")
+            AgentAction.WAIT, Reason.CAMPUS_UNREAD, "Campus not readable yet")
     if f.running and f.data == DataState.PRIMARY:
         return _running_primary(f)
     b = _lift_fence(f)
     if f.running and f.me in f.view.fenced:
-        return replace(b, fenced=True).step(Action.STOP_FENCED, Reason.FENCED_BY_ANNOTATION,
+        return replace(b, fenced=True).step(AgentAction.STOP_FENCED, Reason.FENCED_BY_ANNOTATION,
                                             "fenced by annotation")
     if f.running:
         return _running_replica(f, b)
     if b.fenced:
-        return b.step(Action.STAY_FENCED, Reason.STILL_FENCED,
+        return b.step(AgentAction.STAY_FENCED, Reason.STILL_FENCED,
                       "fenced: waiting for the Campus to settle")
     if not f.api_ok:
-        return b.step(Action.WAIT, Reason.API_UNREACHABLE,
+        return b.step(AgentAction.WAIT, Reason.API_UNREACHABLE,
                       "API server unreachable; not starting blind")
     decision = start_plan(f.me, f.data, f.view)
     if decision.plan != Plan.START_PRIMARY:
-        return b.step(Action.START, Reason.START_PLAN, decision.reason, start=decision)
+        return b.step(AgentAction.START, Reason.START_PLAN, decision.reason, start=decision)
     # A primary that crashed is not restarted behind the operator's back: a synchronous
     # replica may be promoted instead; the operator says which.
     if f.killed_by_agent:
         # Killed on thaw by this agent, and the Campus still names it primary with no
         # failover in flight: recovering in place is what the operator would ask.
-        return b.step(Action.START, Reason.KILLED_ON_THAW, "killed on thaw by this agent "
+        return b.step(AgentAction.START, Reason.KILLED_ON_THAW, "killed on thaw by this agent "
                       "and still named primary: restarting in place", start=decision,
                       clear_killed=True)
     if f.crashed:
-        return b.step(Action.HOLD_CRASHED, Reason.CRASH_REPORTED, CRASHED)
+        return b.step(AgentAction.HOLD_CRASHED, Reason.CRASH_REPORTED, CRASHED)
     if f.exit_code not in (None, 0):
-        return b.step(Action.HOLD_CRASHED, Reason.EXITED_WITH_ERROR, CRASHED)
+        return b.step(AgentAction.HOLD_CRASHED, Reason.EXITED_WITH_ERROR, CRASHED)
     if f.clean_shutdown is None:
-        return b.step(Action.PROBE_SHUTDOWN, Reason.SHUTDOWN_UNKNOWN, "how the primary "
+        return b.step(AgentAction.PROBE_SHUTDOWN, Reason.SHUTDOWN_UNKNOWN, "how the primary "
                       "last stopped is not known yet: read the control file")
     if not f.clean_shutdown:
-        return b.step(Action.HOLD_CRASHED, Reason.UNCLEAN_SHUTDOWN, CRASHED)
-    return b.step(Action.START, Reason.START_PLAN, decision.reason, start=decision)
+        return b.step(AgentAction.HOLD_CRASHED, Reason.UNCLEAN_SHUTDOWN, CRASHED)
+    return b.step(AgentAction.START, Reason.START_PLAN, decision.reason, start=decision)
 
 
 def _running_primary(f: AgentFacts) -> Step:
@@ -202,12 +202,12 @@ def _running_primary(f: AgentFacts) -> Step:
         why = running_primary_must_step_down(f.me, f.view)
         if why:
             return _Before(True, f.self_fenced).step(
-                Action.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, why)
+                AgentAction.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, why)
     elif not f.peer_ok and self_fence_due(f.silent_seconds, f.self_fence_after):
         return _Before(True, True).step(
-            Action.STEP_DOWN, Reason.SELF_FENCE, "self-fence: no contact with the API "
+            AgentAction.STEP_DOWN, Reason.SELF_FENCE, "self-fence: no contact with the API "
             f"server or any peer for {f.silent_seconds:.1f}s")
-    return _Before(f.fenced, f.self_fenced).step(Action.SERVE_PRIMARY,
+    return _Before(f.fenced, f.self_fenced).step(AgentAction.SERVE_PRIMARY,
                                                  Reason.PRIMARY_SERVING, "serving writes")
 
 
@@ -253,7 +253,7 @@ def _running_replica(f: AgentFacts, b: _Before) -> Step:
             "resuming"))
     if b.resumed:
         paused, upstream = False, None
-    keep = Action.KEEP_REPLICA
+    keep = AgentAction.KEEP_REPLICA
     if paused:
         return b.step(keep, Reason.PAUSED, f"paused under {f.paused_under}: waiting for "
                       "the operator's follow call")
@@ -266,12 +266,12 @@ def _running_replica(f: AgentFacts, b: _Before) -> Step:
         return b.step(keep, Reason.NAMED_PRIMARY, "the Campus names this replica "
                       "primary: waiting for the promote call")
     if upstream != target:
-        return b.step(Action.FOLLOW, Reason.PRIMARY_CHANGED, f"following {target} "
+        return b.step(AgentAction.FOLLOW, Reason.PRIMARY_CHANGED, f"following {target} "
                       f"(was {upstream})", upstream=target)
     # Follow again when the primary's pod came back with a new address under the same
     # name (a deleted pod recreated before any failover): the old address is dead.
     if f.primary_ip not in (None, f.upstream_ip):
-        return b.step(Action.FOLLOW, Reason.PRIMARY_MOVED, f"{target} moved from "
+        return b.step(AgentAction.FOLLOW, Reason.PRIMARY_MOVED, f"{target} moved from "
                       f"{f.upstream_ip} to {f.primary_ip}: following it there",
                       upstream=target)
     return b.step(keep, Reason.FOLLOWING, f"following {target} at {f.upstream_ip}")

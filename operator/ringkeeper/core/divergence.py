@@ -97,7 +97,7 @@ def error_outcome(error: str, mode: str = "incremental") -> Outcome:
 
 
 @dataclass(frozen=True)
-class Decision:
+class DivergedVerdict:
     """The Diverged condition to write, and the Event to post (None: no Event)."""
 
     status: ConditionStatus
@@ -123,7 +123,7 @@ def _event(before: str | None, now: ConditionStatus) -> DivergenceEvent | None:
 
 
 def decide(outcome: Outcome | None, previous: Mapping[str, Any] | None, *,
-           enabled: bool = True) -> Decision:
+           enabled: bool = True) -> DivergedVerdict:
     """The Diverged condition after `outcome` (None: no run finished in this process).
 
     - No new outcome: the previous condition stands (it survives operator restarts in
@@ -137,12 +137,12 @@ def decide(outcome: Outcome | None, previous: Mapping[str, Any] | None, *,
     before = str(previous.get("status")) if previous else None
     was_true = before == ConditionStatus.TRUE
 
-    def keep_or(reason: DivergedReason, message: str) -> Decision:
+    def keep_or(reason: DivergedReason, message: str) -> DivergedVerdict:
         if was_true and previous is not None:
-            return Decision(ConditionStatus.TRUE, DivergedReason(
+            return DivergedVerdict(ConditionStatus.TRUE, DivergedReason(
                 str(previous.get("reason") or DivergedReason.KEYS_DIFFER)),
                 str(previous.get("message") or ""))
-        return Decision(ConditionStatus.UNKNOWN, reason, message)
+        return DivergedVerdict(ConditionStatus.UNKNOWN, reason, message)
 
     if outcome is None:
         if previous is not None and before in set(ConditionStatus):
@@ -153,12 +153,12 @@ def decide(outcome: Outcome | None, previous: Mapping[str, Any] | None, *,
                 reason = {ConditionStatus.TRUE: DivergedReason.KEYS_DIFFER,
                           ConditionStatus.FALSE: DivergedReason.CONVERGED}.get(
                               status, DivergedReason.NOT_VERIFIED_YET)
-            return Decision(status, reason, str(previous.get("message") or ""))
+            return DivergedVerdict(status, reason, str(previous.get("message") or ""))
         if not enabled:
-            return Decision(ConditionStatus.UNKNOWN, DivergedReason.VERIFICATION_DISABLED,
+            return DivergedVerdict(ConditionStatus.UNKNOWN, DivergedReason.VERIFICATION_DISABLED,
                             "continuous verification is off (spec.verification.continuous: "
                             "false) and no schedule is set: divergence would not be seen")
-        return Decision(ConditionStatus.UNKNOWN, DivergedReason.NOT_VERIFIED_YET,
+        return DivergedVerdict(ConditionStatus.UNKNOWN, DivergedReason.NOT_VERIFIED_YET,
                         "no verification has finished yet")
     if outcome.result == VerificationResult.ERROR:
         return keep_or(DivergedReason.VERIFICATION_ERROR,
@@ -171,18 +171,18 @@ def decide(outcome: Outcome | None, previous: Mapping[str, Any] | None, *,
         if outcome.report:
             message += f"; report {outcome.report}"
         status = ConditionStatus.TRUE
-        return Decision(status, DivergedReason.KEYS_DIFFER, message, _event(before, status))
+        return DivergedVerdict(status, DivergedReason.KEYS_DIFFER, message, _event(before, status))
     if outcome.unsettled_keys > 0:
         return keep_or(DivergedReason.KEYS_UNSETTLED,
                        f"{outcome.unsettled_keys} key(s) kept changing during the recheck "
                        f"window and were not verified: {_tables(outcome.unsettled)}")
     status = ConditionStatus.FALSE
-    return Decision(status, DivergedReason.CONVERGED,
+    return DivergedVerdict(status, DivergedReason.CONVERGED,
                     f"the last {outcome.mode} verification found every member equal",
                     _event(before, status))
 
 
-def apply(conditions: Sequence[Mapping[str, Any]], decision: Decision, now: datetime,
+def apply(conditions: Sequence[Mapping[str, Any]], decision: DivergedVerdict, now: datetime,
           generation: int | None,
           previous: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Conditions with Diverged set, and Ready=False (reason Diverged) while it is True.

@@ -39,50 +39,50 @@ class CampusView:
 
 
 @dataclass(frozen=True)
-class Decision:
+class StartDecision:
     plan: Plan
     upstream: str | None
     reason: str
 
 
-def start_plan(me: str, data: DataState, campus: CampusView) -> Decision:
+def start_plan(me: str, data: DataState, campus: CampusView) -> StartDecision:
     """What to do when the agent starts (or its server is down)."""
     if me in campus.fenced:
-        return Decision(Plan.FENCE, None, f"{me} is fenced by the operator")
+        return StartDecision(Plan.FENCE, None, f"{me} is fenced by the operator")
     current, target = campus.current_primary, campus.target_primary
     if target and current and target != current:
         # A failover or switchover is in flight: only its target may act as primary, and
         # it promotes on the operator's call, not on its own.
         if me == target:
             if data == DataState.EMPTY:
-                return Decision(Plan.WAIT, None, "named target primary but has no data")
-            return Decision(Plan.START_REPLICA if data == DataState.REPLICA else Plan.FENCE,
+                return StartDecision(Plan.WAIT, None, "named target primary but has no data")
+            return StartDecision(Plan.START_REPLICA if data == DataState.REPLICA else Plan.FENCE,
                             current, "target of a failover in progress: waiting for the promote "
                             "call")
         if data == DataState.PRIMARY:
-            return Decision(Plan.FENCE, None, f"failover to {target} in progress")
-        return Decision(Plan.WAIT, None, f"failover to {target} in progress")
+            return StartDecision(Plan.FENCE, None, f"failover to {target} in progress")
+        return StartDecision(Plan.WAIT, None, f"failover to {target} in progress")
     if current is None:
         if target == me and data != DataState.REPLICA:
             if data == DataState.EMPTY:
-                return Decision(Plan.INITDB, None, "named first primary of a new campus")
-            return Decision(Plan.START_PRIMARY, None, "named first primary; data present")
-        return Decision(Plan.WAIT, None, "campus has no primary yet")
+                return StartDecision(Plan.INITDB, None, "named first primary of a new campus")
+            return StartDecision(Plan.START_PRIMARY, None, "named first primary; data present")
+        return StartDecision(Plan.WAIT, None, "campus has no primary yet")
     if current == me:
         if data == DataState.EMPTY:
-            return Decision(Plan.WAIT, None, "named primary but the data folder is empty: a "
+            return StartDecision(Plan.WAIT, None, "named primary but the data folder is empty: a "
                             "human must choose to re-initialise (data would be lost)")
         if data == DataState.REPLICA:
             # The operator named us after promoting us; a promote that did not reach the
             # disk (crash right after) is finished by starting as replica then promoting.
-            return Decision(Plan.START_REPLICA, None, "primary by status, replica on disk: "
+            return StartDecision(Plan.START_REPLICA, None, "primary by status, replica on disk: "
                             "waiting for the operator to finish the promotion")
-        return Decision(Plan.START_PRIMARY, None, "current primary")
+        return StartDecision(Plan.START_PRIMARY, None, "current primary")
     if data == DataState.EMPTY:
-        return Decision(Plan.BASEBACKUP, current, f"new replica of {current}")
+        return StartDecision(Plan.BASEBACKUP, current, f"new replica of {current}")
     if data == DataState.PRIMARY:
-        return Decision(Plan.REWIND, current, f"former primary rejoining {current}")
-    return Decision(Plan.START_REPLICA, current, f"replica of {current}")
+        return StartDecision(Plan.REWIND, current, f"former primary rejoining {current}")
+    return StartDecision(Plan.START_REPLICA, current, f"replica of {current}")
 
 
 def running_primary_must_step_down(me: str, campus: CampusView) -> str | None:

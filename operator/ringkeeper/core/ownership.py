@@ -61,7 +61,7 @@ class Owner:
 
 
 @dataclass(frozen=True)
-class Decision:
+class OwnershipDecision:
     verdict: Verdict
     reason: str
     holder_kind: str | None = None  # the controller that holds a Foreign object, if any
@@ -77,37 +77,37 @@ def _controller(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return next((r for r in refs if isinstance(r, Mapping) and r.get("controller")), None)
 
 
-def decide(existing: Mapping[str, Any] | None, owner: Owner) -> Decision:
+def decide(existing: Mapping[str, Any] | None, owner: Owner) -> OwnershipDecision:
     """Own, Adopt or Foreign for `existing` (the object's metadata, or None when absent)."""
     if existing is None:
-        return Decision(Verdict.OWN, "absent: created with our owner reference")
+        return OwnershipDecision(Verdict.OWN, "absent: created with our owner reference")
     ctl = _controller(existing)
     if ctl is not None:
         if ctl.get("uid") == owner.uid:
-            return Decision(Verdict.OWN, f"controlled by this {owner.kind}")
+            return OwnershipDecision(Verdict.OWN, f"controlled by this {owner.kind}")
         kind, name = str(ctl.get("kind", "?")), str(ctl.get("name", "?"))
         same = kind == owner.kind and name == owner.name
         why = (f"controlled by an earlier {kind} {name} (uid {ctl.get('uid')}) that is "
                "being deleted" if same else f"controlled by {kind} {name}")
-        return Decision(Verdict.FOREIGN, why, kind, name)
+        return OwnershipDecision(Verdict.FOREIGN, why, kind, name)
     labels = existing.get("labels") or {}
     missing = sorted(k for k, v in owner.labels.items() if labels.get(k) != v)
     if owner.labels and not missing:
-        return Decision(Verdict.ADOPT, f"labelled for this {owner.kind} and controlled by "
+        return OwnershipDecision(Verdict.ADOPT, f"labelled for this {owner.kind} and controlled by "
                         "nobody: adopted")
-    return Decision(Verdict.FOREIGN, "not made by Ringkeeper for this "
+    return OwnershipDecision(Verdict.FOREIGN, "not made by Ringkeeper for this "
                     f"{owner.kind} (labels {', '.join(missing) or 'absent'} do not match, "
                     "no owner reference)")
 
 
-def refusal_message(kind: str, name: str, decision: Decision) -> str:
+def refusal_message(kind: str, name: str, decision: OwnershipDecision) -> str:
     """What a condition and an Event say about an object the operator will not write."""
     return (f"{kind} {name} exists and is {decision.reason}; Ringkeeper will not overwrite "
             "it. Rename this resource or remove that object.")
 
 
 def ring_claim(existing: Mapping[str, Any] | None, ring: Owner, campus: str
-               ) -> tuple[Decision, Refusal | None, str]:
+               ) -> tuple[OwnershipDecision, Refusal | None, str]:
     """May `ring` write the `<campus>-ring` Secret? (decision, refusal reason, message).
 
     The Secret records which ring holds the Campus (its controller owner

@@ -29,7 +29,7 @@ Key = tuple[str, ...]
 """A primary key as the canonical text of each key column, in key-column order."""
 
 Mode = Literal["full", "incremental"]
-Kind = Literal["missing_on", "extra_on", "differs"]
+DiffKind = Literal["missing_on", "extra_on", "differs"]
 SettleVerdict = Literal["converged", "persistent", "wait"]
 
 HASH_MODULUS = 1 << 64
@@ -237,8 +237,8 @@ class KeyDifference(BaseModel):
     versions: dict[str, RowVersion] = Field(default_factory=dict)
 
     @property
-    def kinds(self) -> list[Kind]:
-        out: list[Kind] = []
+    def kinds(self) -> list[DiffKind]:
+        out: list[DiffKind] = []
         if self.missing_on:
             out.append("missing_on")
         if self.extra_on:
@@ -247,9 +247,9 @@ class KeyDifference(BaseModel):
             out.append("differs")
         return out
 
-    def member_kinds(self) -> list[tuple[str, Kind]]:
+    def member_kinds(self) -> list[tuple[str, DiffKind]]:
         """(member, kind) pairs, one per member that disagrees with the reference."""
-        pairs: list[tuple[str, Kind]] = [(m, "missing_on") for m in self.missing_on]
+        pairs: list[tuple[str, DiffKind]] = [(m, "missing_on") for m in self.missing_on]
         pairs += [(m, "extra_on") for m in self.extra_on]
         pairs += [(m, "differs") for m in self.differs_on]
         return pairs

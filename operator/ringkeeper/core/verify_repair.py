@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from .conflicts import Policy, Version, winner
 from .verify import KeyDifference, MemberConn, RowVersion
 
-Action = Literal["upsert", "delete"]
+RepairOp = Literal["upsert", "delete"]
 
 
 class Fix(BaseModel):
@@ -29,7 +29,7 @@ class Fix(BaseModel):
     table: str
     key: list[str]
     member: str
-    action: Action
+    action: RepairOp
     source: str
     origin: str
     committed_at: datetime | None = None

@@ -10,8 +10,23 @@ from .check import CheckReport, Problem, check
 from .flow import Mix
 from .generator import HOSPITAL_DAY_RESULTS, HOSPITAL_DAY_SPECIMENS, Plan, SiteTarget, plan, run
 from .keys import barcode, compose, decompose
-from .ledger import Entry, Kind, Ledger
+from .ledger import ChangeKind, Entry, Ledger
 
-__all__ = ["HOSPITAL_DAY_RESULTS", "HOSPITAL_DAY_SPECIMENS", "CheckReport", "Entry", "Kind",
-           "Ledger", "Mix", "Plan", "Problem", "SiteTarget", "barcode", "check", "compose",
-           "decompose", "plan", "run"]
+__all__ = [
+           "HOSPITAL_DAY_RESULTS",
+           "HOSPITAL_DAY_SPECIMENS",
+           "ChangeKind",
+           "CheckReport",
+           "Entry",
+           "Ledger",
+           "Mix",
+           "Plan",
+           "Problem",
+           "SiteTarget",
+           "barcode",
+           "check",
+           "compose",
+           "decompose",
+           "plan",
+           "run",
+]

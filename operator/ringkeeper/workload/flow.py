@@ -28,10 +28,10 @@ from typing import Any
 import asyncpg
 
 from .keys import KeySource, barcode
-from .ledger import Entry, Kind, Ledger
+from .ledger import ChangeKind, Entry, Ledger
 from .schema import SCHEMA, in_schema, panels, schema_name
 
-Row = tuple[str, int, int, Kind]  # table, key, rev, kind
+Row = tuple[str, int, int, ChangeKind]  # table, key, rev, kind
 
 # Panel weights chosen so an order averages 15 results (CBC 18, CHEM 14, COAG 4, UA 4):
 # 20,000 specimens make about 300,000 results, a large hospital's day.
@@ -145,12 +145,12 @@ class SiteWriter:
                     "date '1930-01-01' + $6::int, $7, $1)"),
                     patient, site, f"MRN{patient}", rng.choice(FAMILY), rng.choice(GIVEN),
                     rng.randrange(33000), rng.choice("FM"))
-                rows.append(("patients", patient, patient, Kind.INSERT))
+                rows.append(("patients", patient, patient, ChangeKind.INSERT))
             await conn.execute(
                 self._q("INSERT INTO lis.visits (visit_id, patient_id, site_no, kind, ward, rev) "
                 "VALUES ($1, $2, $3, $4, $5, $1)"), visit_id, patient, site,
                 rng.choice(("inpatient", "outpatient", "emergency")), rng.choice(WARDS))
-            rows.append(("visits", visit_id, visit_id, Kind.INSERT))
+            rows.append(("visits", visit_id, visit_id, ChangeKind.INSERT))
 
         await self._commit(conn, register)
         assert patient is not None
@@ -171,8 +171,8 @@ class SiteWriter:
                 self._q("INSERT INTO lis.order_items (order_item_id, order_id, test_code, site_no, "
                 "status, rev) VALUES ($1, $2, $3, $4, 'ordered', $1)"),
                 [(i, order_id, t[0], site) for i, t in zip(items, tests, strict=True)])
-            rows.append(("orders", order_id, order_id, Kind.INSERT))
-            rows.extend(("order_items", i, i, Kind.INSERT) for i in items)
+            rows.append(("orders", order_id, order_id, ChangeKind.INSERT))
+            rows.extend(("order_items", i, i, ChangeKind.INSERT) for i in items)
 
         await self._commit(conn, order)
         ordered = list(zip(items, tests, strict=True))
@@ -185,7 +185,7 @@ class SiteWriter:
                     "RETURNING 1) SELECT count(*) FROM d"), gone)
                 if n != 1:
                     raise RuntimeError(f"order item {gone} was not there to cancel")
-                rows.append(("order_items", gone, keys.next(), Kind.DELETE))
+                rows.append(("order_items", gone, keys.next(), ChangeKind.DELETE))
 
             await self._commit(conn, cancel)
             self.stats.counts["cancelled"] += 1
@@ -198,7 +198,7 @@ class SiteWriter:
                 "specimen_type, rev, collected_at) VALUES ($1, $2, $3, $4, $5, $1, "
                 "now() - make_interval(mins => $6))"), specimen_id, order_id, site,
                 barcode(specimen_id), tests[0][1], rng.randrange(5, 90))
-            rows.append(("specimens", specimen_id, specimen_id, Kind.INSERT))
+            rows.append(("specimens", specimen_id, specimen_id, ChangeKind.INSERT))
             await self._set_order(conn, rows, order_id, "collected")
 
         await self._commit(conn, scan)
@@ -216,7 +216,7 @@ class SiteWriter:
                     "VALUES ($1, $2, $3, $4, $5, $6, $7, 'preliminary', $8, $5, $1)"),
                     [(rid, specimen_id, item, test[0], site, *self._value(test),
                       INSTRUMENTS[panel]) for rid, item, test in batch])
-                rows.extend(("results", rid, rid, Kind.INSERT) for rid, _, _ in batch)
+                rows.extend(("results", rid, rid, ChangeKind.INSERT) for rid, _, _ in batch)
 
             await self._commit(conn, upload)
             self.stats.counts["results"] += len(batch)
@@ -228,7 +228,7 @@ class SiteWriter:
                 self._q("INSERT INTO lis.reviews (review_id, specimen_id, site_no, reviewer, "
                 "decision, rev) VALUES ($1, $2, $3, $4, 'released', $1)"), review_id,
                 specimen_id, site, f"tech-{rng.randrange(40):02d}")
-            rows.append(("reviews", review_id, review_id, Kind.INSERT))
+            rows.append(("reviews", review_id, review_id, ChangeKind.INSERT))
             ids = [rid for rid, _, _ in results]
             revs = keys.take(len(ids))
             n = await conn.fetchval(
@@ -238,7 +238,8 @@ class SiteWriter:
                 ids, revs, site)
             if n != len(ids):
                 raise RuntimeError(f"release updated {n} of {len(ids)} results")
-            rows.extend(("results", i, r, Kind.UPDATE) for i, r in zip(ids, revs, strict=True))
+            rows.extend(("results", i, r, ChangeKind.UPDATE)
+                        for i, r in zip(ids, revs, strict=True))
             await self._set_order(conn, rows, order_id, "released")
 
         await self._commit(conn, release)
@@ -249,7 +250,7 @@ class SiteWriter:
                 self._q("INSERT INTO lis.reports (report_id, order_id, site_no, body, rev) "
                 "VALUES ($1, $2, $3, $4, $1)"), report_id, order_id, site,
                 f"{panel} report, {len(results)} results, specimen {barcode(specimen_id)}")
-            rows.append(("reports", report_id, report_id, Kind.INSERT))
+            rows.append(("reports", report_id, report_id, ChangeKind.INSERT))
             await self._set_order(conn, rows, order_id, "reported")
 
         await self._commit(conn, report)
@@ -265,7 +266,7 @@ class SiteWriter:
         await conn.execute(self._q("UPDATE lis.orders SET status = $2, rev = $3, "
                                    "updated_at = now() WHERE order_id = $1"),
                            order_id, status, rev)
-        rows.append(("orders", order_id, rev, Kind.UPDATE))
+        rows.append(("orders", order_id, rev, ChangeKind.UPDATE))
 
     def _value(self, test: tuple[str, str, float, float]) -> tuple[float, str]:
         lo, hi = test[2], test[3]
@@ -286,7 +287,7 @@ class SiteWriter:
                 "rev = $3, updated_by = $4, updated_at = now() WHERE result_id = $1 "
                 "RETURNING 1) SELECT count(*) FROM u"), result_id, value, rev, self.site_no)
             if n == 1:
-                rows.append(("results", result_id, rev, Kind.UPDATE))
+                rows.append(("results", result_id, rev, ChangeKind.UPDATE))
                 done = True
 
         await self._commit(conn, fix)

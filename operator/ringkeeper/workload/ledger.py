@@ -45,7 +45,7 @@ from .schema import TABLES
 FORMAT = "ringkeeper-lis-ledger/1"
 
 
-class Kind(StrEnum):
+class ChangeKind(StrEnum):
     INSERT = "insert"
     UPDATE = "update"
     DELETE = "delete"
@@ -59,7 +59,7 @@ class Entry:
     table: str
     key: int
     rev: int
-    kind: Kind
+    kind: ChangeKind
     t: float  # client time the commit was acknowledged (epoch seconds)
 
 
@@ -88,7 +88,7 @@ class Ledger:
         self.site_numbers: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._last: dict[str, dict[int, int | dict[int, int]]] = {t: {} for t in TABLES}
-        self.counts: Counter[tuple[str, Kind]] = Counter()
+        self.counts: Counter[tuple[str, ChangeKind]] = Counter()
         self.commits: Counter[str] = Counter()
         self.in_doubt: Counter[str] = Counter()  # commits whose COMMIT never answered
         # table -> key -> site number -> values (rev, -rev for a delete) of writes in
@@ -156,7 +156,7 @@ class Ledger:
 
     def _apply_doubt(self, e: Entry) -> None:
         _, number = self._valid(e)
-        value = -e.rev if e.kind is Kind.DELETE else e.rev
+        value = -e.rev if e.kind is ChangeKind.DELETE else e.rev
         self._doubt[e.table].setdefault(e.key, {}).setdefault(number, set()).add(value)
 
     def _apply(self, e: Entry) -> None:
@@ -166,7 +166,7 @@ class Ledger:
             doubt.pop(number, None)
             if not doubt:
                 del self._doubt[e.table][e.key]
-        value = -e.rev if e.kind is Kind.DELETE else e.rev
+        value = -e.rev if e.kind is ChangeKind.DELETE else e.rev
         old = table.get(e.key)
         if old is None:
             table[e.key] = value
@@ -220,7 +220,7 @@ class Ledger:
         out: dict[str, dict[str, int]] = {}
         for site in self.site_numbers:
             row = {"commits": self.commits[site], "in_doubt": self.in_doubt[site]}
-            row.update({str(k): self.counts[(site, k)] for k in Kind})
+            row.update({str(k): self.counts[(site, k)] for k in ChangeKind})
             out[site] = row
         return out
 
@@ -243,7 +243,7 @@ class Ledger:
                         site, t = str(obj["site"]), float(obj["t"])
                         doubt = obj.get("doubt") is True
                         for table, key, rev, kind in obj["rows"]:
-                            e = Entry(site, str(table), int(key), int(rev), Kind(kind), t)
+                            e = Entry(site, str(table), int(key), int(rev), ChangeKind(kind), t)
                             if doubt:
                                 ledger._apply_doubt(e)
                             else:
