@@ -139,11 +139,11 @@ def drill(name: str, **spec: Any) -> dict[str, Any]:
                      **spec}}
 
 
-def satellite(name: str, row_filter: str) -> dict[str, Any]:
+def satellite(name: str, table: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Satellite",
             "metadata": {"name": name},
             "spec": {"parentRef": {"name": LIVE}, "version": "17",
-                     "tables": [{"name": "lis.samples", "rowFilter": row_filter}]}}
+                     "tables": [{"name": "lis.samples", **table}]}}
 
 
 @dataclass
@@ -310,11 +310,17 @@ CASES: list[Case] = [
          expect=("admission",)),
     Case("ring-member-named-like-a-secret", "ReplicationRing", "secretname",
          ring("secretname", ref(f"{LIVE}-superuser"), ref("nowhere-a"))),
-    # Drills and satellites start nothing; hostile strings in them reach no shell or SQL.
+    # Drills start nothing; a satellite whose parent is in no ring starts nothing either.
+    # Raw SQL filters are refused at admission; a structured filter's values are quoted.
     Case("drill-on-live-every-minute", "Drill", "kill-live",
          drill("kill-live", schedule="* * * * *"), expect=("ScheduleTooFrequent",)),
     Case("satellite-row-filter-shell", "Satellite", "sat-shell",
-         satellite("sat-shell", f"true; {sh('rowfilter')}; --")),
+         satellite("sat-shell", {"rowFilter": f"true; {sh('rowfilter')}; --"}),
+         expect=("admission",)),
+    Case("satellite-filter-value-shell", "Satellite", "sat-value",
+         satellite("sat-value", {"filter": {"all": [
+             {"column": "site", "op": "Equals", "values": [f"x'; {sh('filter')}; --"]}]}}),
+         expect=("ParentNotInRing",)),
 ]
 
 PATCHES: list[Patch] = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
@@ -21,6 +21,7 @@ from .common import (
     Resources,
     Rule,
     Storage,
+    _field_rule,
     conditions_field,
     name_length_rule,
 )
@@ -29,17 +30,103 @@ from .defaults import nested
 QUALIFIED_TABLE_PATTERN = r"^[^.\s*]+\.[^.\s*]+$"
 
 
+# A plain lower-case SQL identifier: it means the same quoted or not, so the quoted name
+# the renderer writes (core.satellite.filter_sql) is the column a user sees in psql.
+SQL_IDENTIFIER_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+FILTER_VALUE_MAX = 256
+FILTER_VALUES_MAX = 32
+FILTER_TERMS_MAX = 16
+NUL_MESSAGE = "must not contain a NUL character: PostgreSQL text cannot hold one"
+# A value travels as a quoted SQL literal; NUL is the one character no literal can carry.
+FilterValue = Annotated[
+    str, Field(max_length=FILTER_VALUE_MAX),
+    *_field_rule("!self.contains('\\u0000')", NUL_MESSAGE, lambda s: "\x00" not in s),
+]
+
+
+# SQL semantics: a NULL column matches none of Equals, NotEquals, In, NotIn; IsNull
+# selects those rows.
+class FilterOp(StrEnum):
+    """How a term compares its column with its values."""
+
+    EQUALS = "Equals"
+    NOT_EQUALS = "NotEquals"
+    IN = "In"
+    NOT_IN = "NotIn"
+    IS_NULL = "IsNull"
+    IS_NOT_NULL = "IsNotNull"
+
+
+ONE_VALUE_OPS = (FilterOp.EQUALS, FilterOp.NOT_EQUALS)
+LIST_OPS = (FilterOp.IN, FilterOp.NOT_IN)
+NO_VALUE_OPS = (FilterOp.IS_NULL, FilterOp.IS_NOT_NULL)
+
+
+def _cel_ops(ops: tuple[FilterOp, ...]) -> str:
+    return "[" + ", ".join(f"'{o.value}'" for o in ops) + "]"
+
+
+_VALUES = "(has(self.values) ? size(self.values) : 0)"
+
+
+# Values are text literals compared with the column: PostgreSQL casts them to the
+# column's type, so '42' compares with an integer column.
+class FilterTerm(ApiModel):
+    """One comparison of a column with literal values."""
+
+    column: str = Field(pattern=SQL_IDENTIFIER_PATTERN, max_length=63,
+                        description="Column name: a plain lower-case SQL identifier.")
+    op: FilterOp = Field(description="Equals, NotEquals, In, NotIn, IsNull or IsNotNull.")
+    values: list[FilterValue] = Field(
+        default_factory=list, max_length=FILTER_VALUES_MAX,
+        description="One value for Equals and NotEquals, at least one for In and NotIn, "
+        "none for IsNull and IsNotNull.")
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"!(self.op in {_cel_ops(ONE_VALUE_OPS)}) || {_VALUES} == 1",
+            message="Equals and NotEquals take exactly one value",
+            field_path=".values",
+            check=lambda t: t.op not in ONE_VALUE_OPS or len(t.values) == 1,
+            reason="FieldValueInvalid",
+        ),
+        Rule(
+            cel=f"!(self.op in {_cel_ops(LIST_OPS)}) || {_VALUES} >= 1",
+            message="In and NotIn take at least one value",
+            field_path=".values",
+            check=lambda t: t.op not in LIST_OPS or len(t.values) >= 1,
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            cel=f"!(self.op in {_cel_ops(NO_VALUE_OPS)}) || {_VALUES} == 0",
+            message="IsNull and IsNotNull take no values",
+            field_path=".values",
+            check=lambda t: t.op not in NO_VALUE_OPS or len(t.values) == 0,
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
+# Structured, never raw SQL: core.satellite.filter_sql renders it with quoted identifiers
+# and literals, so nothing a user writes reaches a statement as SQL text.
+class RowFilter(ApiModel):
+    """Which rows of a table a satellite keeps: every term must hold."""
+
+    all_of: list[FilterTerm] = Field(
+        alias="all", min_length=1, max_length=FILTER_TERMS_MAX,
+        description="Terms that must all hold, e.g. {column: home_campus, op: In, "
+        "values: [FY, XD]}.")
+
+
 class CoreTable(ApiModel):
     name: str = Field(
         pattern=QUALIFIED_TABLE_PATTERN,
         max_length=200,
         description="schema.table of a core table the satellite keeps.",
     )
-    row_filter: str | None = Field(
+    filter: RowFilter | None = Field(
         default=None,
-        max_length=4096,
-        description="SQL condition on the table's columns; only matching rows are kept, e.g. "
-        "campus_code = 'FY'.",
+        description="Only rows matching every term are kept; all rows when unset.",
     )
 
 

@@ -1,0 +1,140 @@
+"""Satellite decisions, pure: its row filters as SQL, its campus-shaped view, and its status.
+
+A Satellite is deployed as a Campus of one instance: `campus_view` turns its spec into the
+campus-shaped body core.manifests builds objects from and the instance agent reads, so the
+StatefulSet, Services, Secrets and agent are the campus's own code, not a copy. Row filters
+are structured (api.v1alpha1.satellite.RowFilter) and become SQL here only, with every name
+and value quoted by base.sqlquote: nothing a user writes reaches a statement as SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from ..api.v1alpha1.satellite import FilterOp, FilterTerm, RowFilter, SatellitePhase
+from ..base.sqlquote import quote_ident, quote_literal
+
+SATELLITE_LABEL = "ringkeeper.io/satellite"
+# Small by default: a branch clinic's box, and the issue's 300 MB resident budget.
+DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                     "limits": {"memory": "512Mi"}}
+
+
+def term_sql(term: FilterTerm) -> str:
+    """One term as a boolean SQL expression over a quoted column and quoted literals."""
+    col = quote_ident(term.column)
+    op = FilterOp(term.op)
+    lits = [quote_literal(v) for v in term.values]
+    if op is FilterOp.EQUALS:
+        return f"{col} = {lits[0]}"
+    if op is FilterOp.NOT_EQUALS:
+        return f"{col} <> {lits[0]}"
+    if op is FilterOp.IN:
+        return f"{col} IN ({', '.join(lits)})"
+    if op is FilterOp.NOT_IN:
+        return f"{col} NOT IN ({', '.join(lits)})"
+    if op is FilterOp.IS_NULL:
+        return f"{col} IS NULL"
+    return f"{col} IS NOT NULL"
+
+
+def filter_sql(row_filter: RowFilter | None) -> str:
+    """The WHERE condition of a table's filter; TRUE without one. Each term in its own
+    parentheses, joined by AND, so no term's text can change how another is read."""
+    if row_filter is None:
+        return "TRUE"
+    return " AND ".join(f"({term_sql(t)})" for t in row_filter.all_of)
+
+
+def campus_view(satellite: Mapping[str, Any]) -> dict[str, Any]:
+    """The Satellite as a one-instance Campus body: what core.manifests builds from and what
+    the agent in the satellite's pod reads (its instance is always the primary, named in
+    status as a Campus's HA loop would after bootstrap; there is no failover to wait for)."""
+    meta = satellite["metadata"]
+    spec = satellite.get("spec") or {}
+    name = meta["name"]
+    first = f"{name}-0"
+    campus_spec: dict[str, Any] = {
+        "engine": spec.get("engine", "postgresql"),
+        "version": str(spec.get("version", "")),
+        "instances": 1,
+        "storage": spec.get("storage") or {},
+        "resources": spec.get("resources") or DEFAULT_RESOURCES,
+        # One instance: no standby can confirm a commit.
+        "synchronous": {"number": 0},
+    }
+    if spec.get("image"):
+        campus_spec["image"] = spec["image"]
+    view_meta = {k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta}
+    return {"apiVersion": satellite.get("apiVersion", "ringkeeper.io/v1alpha1"),
+            "kind": "Satellite", "metadata": view_meta, "spec": campus_spec,
+            "status": {"currentPrimary": first, "targetPrimary": first}}
+
+
+class ReadyReason(StrEnum):
+    """Why a Satellite's Ready condition says what it says."""
+
+    PARENT_MISSING = "ParentMissing"
+    PARENT_NOT_IN_RING = "ParentNotInRing"
+    INSTANCE_NOT_READY = "InstanceNotReady"
+    INSTANCE_READY = "InstanceReady"
+
+
+@dataclass(frozen=True)
+class SatelliteFacts:
+    """What the controller read: the parent Campus, the rings naming it, the pod."""
+
+    name: str
+    parent: str
+    parent_exists: bool
+    parent_rings: tuple[str, ...]
+    pod_ready: bool
+
+
+@dataclass(frozen=True)
+class SatellitePlan:
+    """What to do and say: deploy or not, the Ready condition, the phase."""
+
+    deploy: bool
+    ready: bool
+    reason: ReadyReason
+    message: str
+    phase: SatellitePhase
+
+
+def plan_satellite(f: SatelliteFacts) -> SatellitePlan:
+    """Deploy only for a parent Campus that exists and is in a ReplicationRing: a satellite
+    syncs through its parent's ring, and a mistyped parent must not claim a volume. Ready
+    once its one instance serves."""
+    if not f.parent_exists:
+        return SatellitePlan(False, False, ReadyReason.PARENT_MISSING,
+                             f"parent Campus {f.parent!r} does not exist in this namespace: "
+                             "create it or fix spec.parentRef.name; nothing is deployed",
+                             SatellitePhase.INITIALIZING)
+    if not f.parent_rings:
+        return SatellitePlan(False, False, ReadyReason.PARENT_NOT_IN_RING,
+                             f"parent Campus {f.parent!r} is in no ReplicationRing: a "
+                             "satellite syncs through its parent's ring; add the campus to a "
+                             "ring's members; nothing is deployed",
+                             SatellitePhase.INITIALIZING)
+    if not f.pod_ready:
+        return SatellitePlan(True, False, ReadyReason.INSTANCE_NOT_READY,
+                             f"{f.name}-0 is not ready yet", SatellitePhase.INITIALIZING)
+    # Online and Offline say whether the link to the parent is up: that is the sync step's
+    # to tell, so the phase stays Initializing and Ready says the database serves.
+    return SatellitePlan(True, True, ReadyReason.INSTANCE_READY,
+                         f"{f.name}-0 serves writes through {f.name}-rw; sync with "
+                         f"{f.parent!r} is not implemented yet", SatellitePhase.INITIALIZING)
+
+
+def rings_naming(rings: list[Mapping[str, Any]], campus: str) -> tuple[str, ...]:
+    """Names of the rings whose members include the Campus by campusRef."""
+    out = []
+    for ring in rings:
+        members = (ring.get("spec") or {}).get("members") or []
+        if any(((m or {}).get("campusRef") or {}).get("name") == campus for m in members):
+            out.append(str(ring["metadata"]["name"]))
+    return tuple(sorted(out))
