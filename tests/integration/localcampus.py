@@ -1,6 +1,6 @@
 """A campus of real PostgreSQL servers run by real agents, without Kubernetes.
 
-The Campus lives in a JSON file the agents read (agent --campus-file); the test
+The Campus lives in a JSON file the agents read (file_agent.py --campus-file); the test
 plays the operator through the same failover runner the operator uses.
 """
 
@@ -25,6 +25,8 @@ from ringkeeper.controller.failover import AgentClient
 from ringkeeper_devcluster import faults
 from ringkeeper_devcluster.runtime import process
 from waiting import await_until as wait_until  # noqa: F401  (the tests import it from here)
+
+FILE_AGENT = Path(__file__).with_name("file_agent.py")  # the agent, its Campus from a file
 
 TOKEN = secrets.token_hex(16)
 
@@ -161,7 +163,7 @@ class LocalCampus:
             **procguard.marker_env(),
         }
         argv = process.launch_argv(
-            argv=[sys.executable, "-m", "ringkeeper", "agent", "--campus-file", str(self.file),
+            argv=[sys.executable, str(FILE_AGENT), "--campus-file", str(self.file),
                   "--data-dir", str(home / "data" / "pgdata"), "--socket-dir",
                   str(home / "run"), *(["--verbose"] if os.environ.get("RK_AGENT_DEBUG") else [])],
             mounts=[], workdir=str(home), user=self.user, groups=[])

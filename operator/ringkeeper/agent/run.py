@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -19,7 +20,9 @@ from .contact import AgentConfig, CampusSource
 from .http import build_app
 from .server import Server
 from .server_sql import Credentials
-from .sources import ApiCampusSource, FileCampusSource
+from .sources import ApiCampusSource
+
+SourceFor = Callable[[AgentConfig], CampusSource]
 
 
 def _env(name: str, default: str | None = None) -> str:
@@ -30,8 +33,6 @@ def _env(name: str, default: str | None = None) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--campus-file", help="read the Campus from this JSON file instead of the "
-                   "Kubernetes API (local tests)")
     p.add_argument("--data-dir", default=os.environ.get("PGDATA", "/var/lib/ringkeeper/data"))
     p.add_argument("--socket-dir", default=os.environ.get("RINGKEEPER_SOCKET_DIR",
                                                           "/run/ringkeeper"))
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true")
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, source_for: SourceFor | None) -> None:
     engine, version = _env("RINGKEEPER_ENGINE", "postgresql"), _env("RINGKEEPER_VERSION")
     profile = profile_for(engine, version)
     cfg = AgentConfig(
@@ -59,9 +60,10 @@ async def _main(args: argparse.Namespace) -> None:
     socket_dir = Path(args.socket_dir)
     server = Server(profile, Path(args.data_dir), socket_dir, cfg.port, creds,
                     pod_cidr=_env("RINGKEEPER_POD_CIDR", "0.0.0.0/0"))
-    source: CampusSource = (FileCampusSource(Path(args.campus_file), cfg.name)
-                            if args.campus_file
-                            else ApiCampusSource(cfg.namespace, cfg.campus))
+    # The product reads its Campus from the API server; local tests hand in their own
+    # source through run(), so the command line carries no test switch.
+    source = (source_for(cfg) if source_for is not None
+              else ApiCampusSource(cfg.namespace, cfg.campus))
     agent = Agent(cfg, source, server)
     runner = web.AppRunner(build_app(agent), access_log=None)
     await runner.setup()
@@ -86,11 +88,11 @@ def _dump_tasks() -> None:
         task.print_stack(file=sys.stdout)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, source_for: SourceFor | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack
     Path(args.socket_dir).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
-    asyncio.run(_main(args))
+    asyncio.run(_main(args, source_for))
     return 0
