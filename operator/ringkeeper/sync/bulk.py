@@ -27,7 +27,7 @@ from .catalog import quote_ident
 from .pgoutput import UNCHANGED, Delete, Insert, Update, Value, new_values
 
 RELAY_RELATION = "ringkeeper.relay"  # catalog.RELAY: deletes passed on, never bulk
-FAST_PATH_SQLSTATE = "RK001"  # raised by ringkeeper.fast_path_check (catalog.py)
+FAST_PATH_SQLSTATE = "RK001"  # raised by ringkeeper.fast_path_check (ringschema.py)
 
 
 class Table(Protocol):

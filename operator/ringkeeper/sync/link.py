@@ -37,7 +37,9 @@ from ..engines import EngineProfile
 from . import catalog
 from .apply import Applier, Txn
 from .assembly import Assembler, Event, Part, Skip
+from .origins import origin_progress
 from .pgoutput import Begin, Origin, Relation
+from .slots import ensure_slot
 from .walstream import WalStream, ensure_scram
 
 log = logging.getLogger(__name__)
@@ -212,7 +214,7 @@ class LinkStream:
         # that existed and vanished is a failover gap; the source's sidecar reports it.)
         # Never without the publication: a link without it would say Streaming while
         # PostgreSQL 18 sends nothing (15 and 17 fail).
-        await catalog.ensure_slot(self._src, self.source_profile, self.slot, self.ring)
+        await ensure_slot(self._src, self.source_profile, self.slot, self.ring)
         s = self.source_profile.sql
         row = await self._src.fetchrow(
             f"SELECT wal_status, active_pid FROM {s.replication_slots} WHERE slot_name = $1",
@@ -376,7 +378,7 @@ class LinkStream:
         progress for what it applied is on disk (skipped transactions need no flush)."""
         if self._applied:
             await self.applier.settle()
-            await catalog.origin_progress(self.applier.conn, self.profile, self.ring)
+            await origin_progress(self.applier.conn, self.profile, self.ring)
             self._applied = False
         ws.feedback(end)
 

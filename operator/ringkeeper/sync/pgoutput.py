@@ -326,7 +326,7 @@ def new_values(m: Update) -> tuple[Value, ...]:
     (old_kind 'O') the old row is logged whole, out-of-line values included, and a
     value the update left alone is the old row's: so the update is complete again.
     The ring sets REPLICA IDENTITY FULL on every table with a column that can be
-    stored out of line (catalog.ensure_tombstone_triggers).
+    stored out of line (capture.ensure_tombstone_triggers).
     """
     new = m.new
     if m.old_kind != "O" or m.old is None or UNCHANGED not in new:

@@ -32,8 +32,11 @@ from ..core.ring import hops_to
 from ..engines import EngineProfile, profile_for
 from . import catalog
 from .apply import Applier
+from .capture import prepare_capture, publication_exists
 from .link import LinkReport, LinkStream, SlotLost, SourceSilent, close_quietly, connect
+from .origins import ensure_origins, origin_progress
 from .seed import SeedProgress, copied_tables, copy_member_rows
+from .slots import copy_slot, drop_slot, ensure_slot, slot_exists, wait_consistent
 
 log = logging.getLogger(__name__)
 
@@ -198,19 +201,18 @@ class Sidecar:
                     profile: EngineProfile) -> list[catalog.TableInfo]:
         await catalog.check_server(local)
         # The publication (and the event trigger that adds tables created later) before
-        # any slot: see catalog.prepare_capture.
-        tables, refused = await catalog.prepare_capture(local, cfg.ring, cfg.include,
-                                                        cfg.exclude)
+        # any slot: see capture.prepare_capture.
+        tables, refused = await prepare_capture(local, cfg.ring, cfg.include, cfg.exclude)
         self.state.refused_tables = refused
         self.state.tables = len(tables)
         if refused:
             log.warning("tables without a primary key are not replicated: %s",
                         ", ".join(refused))
-        await catalog.ensure_origins(local, profile, cfg.ring, cfg.names)
+        await ensure_origins(local, profile, cfg.ring, cfg.names)
         for slot in ringmember.own_slots(cfg.ring, self.member, cfg.names, cfg.topology):
             had_before = await local.fetchval(
                 "SELECT count(*) FROM ringkeeper.slot_history WHERE slot = $1", slot)
-            created = await catalog.ensure_slot(local, profile, slot, cfg.ring)
+            created = await ensure_slot(local, profile, slot, cfg.ring)
             gap = ringmember.recreated_slot_gap(slot, created=created,
                                                 had_before=bool(had_before))
             if gap is not None and gap not in self.state.gaps:
@@ -220,8 +222,8 @@ class Sidecar:
     async def refresh_tables(self, local: asyncpg.Connection, cfg: RingConfig) -> None:
         """A backstop to the event trigger (which adds a new table in the transaction
         that creates it): drops tables dropped or excluded, follows spec changes."""
-        tables, refused = await catalog.prepare_capture(local, cfg.ring, cfg.include,
-                                                        cfg.exclude, schema=False)
+        tables, refused = await prepare_capture(local, cfg.ring, cfg.include,
+                                                cfg.exclude, schema=False)
         self.state.refused_tables = refused
         self.state.tables = len(tables)
 
@@ -412,23 +414,23 @@ class Sidecar:
         src = await connect(dsn, command_timeout=SLOW_STATEMENT_SECONDS,
                             timeout=statement_seconds(cfg.bypass_after_seconds))
         try:
-            if await catalog.slot_exists(src, src_profile, slot):
-                await catalog.wait_consistent(src, src_profile, slot)
-                if not await catalog.publication_exists(src, cfg.ring):
-                    await catalog.prepare_capture(src, cfg.ring, cfg.include, cfg.exclude)
+            if await slot_exists(src, src_profile, slot):
+                await wait_consistent(src, src_profile, slot)
+                if not await publication_exists(src, cfg.ring):
+                    await prepare_capture(src, cfg.ring, cfg.include, cfg.exclude)
                 elif publish:
-                    await catalog.prepare_capture(src, cfg.ring, cfg.include, cfg.exclude,
-                                                  schema=False)
+                    await prepare_capture(src, cfg.ring, cfg.include, cfg.exclude,
+                                          schema=False)
                 return
             # The source's own sidecar may not have run yet: its publication (and event
             # trigger) first, or the slot could not decode with it.
-            await catalog.prepare_capture(src, cfg.ring, cfg.include, cfg.exclude)
+            await prepare_capture(src, cfg.ring, cfg.include, cfg.exclude)
             hold = names.hold_slot_name(cfg.ring, source)
-            if cfg.topology != "mesh" and await catalog.slot_exists(src, src_profile, hold):
-                await catalog.wait_consistent(src, src_profile, hold)
-                if await catalog.copy_slot(src, src_profile, hold, slot):
+            if cfg.topology != "mesh" and await slot_exists(src, src_profile, hold):
+                await wait_consistent(src, src_profile, hold)
+                if await copy_slot(src, src_profile, hold, slot):
                     log.info("slot %s on %s starts from the hold slot", slot, source)
-            await catalog.ensure_slot(src, src_profile, slot, cfg.ring)
+            await ensure_slot(src, src_profile, slot, cfg.ring)
         finally:
             await close_quietly(src)
 
@@ -445,7 +447,7 @@ class Sidecar:
                 stmt = statement_seconds(cfg.bypass_after_seconds)
                 src = await connect(info.dsn, command_timeout=stmt, timeout=stmt)
                 try:
-                    await catalog.drop_slot(src, profile_for(info.engine, info.version), slot)
+                    await drop_slot(src, profile_for(info.engine, info.version), slot)
                 finally:
                     await close_quietly(src)
 
@@ -459,7 +461,7 @@ class Sidecar:
                 conn = await connect(m.dsn, timeout=2,
                                      command_timeout=statement_seconds(cfg.bypass_after_seconds))
                 try:
-                    self._progress_cache[m.name] = await catalog.origin_progress(
+                    self._progress_cache[m.name] = await origin_progress(
                         conn, profile_for(m.engine, m.version), cfg.ring)
                 finally:
                     await close_quietly(conn)
@@ -481,10 +483,10 @@ class Sidecar:
         if not needs_hold(cfg):
             # Two members: no one to bypass to, and the link slot keeps what the other
             # lacks. A hold slot left from a larger ring would only pin WAL.
-            if await catalog.slot_exists(local, profile, hold):
-                await catalog.drop_slot(local, profile, hold)
+            if await slot_exists(local, profile, hold):
+                await drop_slot(local, profile, hold)
             return
-        if await catalog.ensure_slot(local, profile, hold, cfg.ring):
+        if await ensure_slot(local, profile, hold, cfg.ring):
             return  # the ring grew past two members: the hold slot starts here
         prefix = names.origin_prefix(cfg.ring)
         now_lsn = str_to_lsn(await local.fetchval(f"SELECT {s.current_wal_lsn}()::text"))
