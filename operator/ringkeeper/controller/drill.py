@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,12 +32,11 @@ from ..api.v1alpha1.drill import (
     Scenario,
     TargetKind,
 )
-from ..base.timefmt import parse_rfc3339, rfc3339
+from ..base.timefmt import rfc3339
 from ..core.conditions import condition, set_condition
 from ..core.drill import (
     DRILL_LABEL,
     Action,
-    CampusView,
     Measured,
     Snapshot,
     Stage,
@@ -49,11 +47,13 @@ from ..core.drill import (
 from ..core.failures import backoff_delay, should_emit, signature
 from ..core.manifests import CAMPUS_LABEL
 from ..observability.metrics import DRILL_LOST, DRILL_RTO, DRILL_RUNS
-from ..workload import Ledger, SiteTarget
+from ..workload import SiteTarget
 from ..workload import plan as load_plan
 from ..workload import run as run_load
 from . import drill_io as io
+from .drill_live import LiveRun, snapshot_of
 from .drill_report import lost_text, report
+from .drill_ring import RingDrill, unfence_all
 
 log = logging.getLogger("ringkeeper.drill")
 # (namespace, target kind, target name) -> the Drill running on it, in this process
@@ -62,67 +62,9 @@ _BUSY: dict[tuple[str, str, str], str] = {}
 API_BACKOFF = 10.0
 
 
-@dataclass
-class LiveRun:
-    campuses: list[str]
-    started: datetime
-    stage: Stage = Stage.STARTED
-    fault_at: datetime | None = None
-    healed: bool = False
-    measured: Measured | None = None
-    ledger: Ledger = field(default_factory=Ledger)
-    proxies: dict[str, io.RwProxy] = field(default_factory=dict)
-    probes: dict[str, io.Probe] = field(default_factory=dict)
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    load: asyncio.Task[Any] | None = None
-    timeline: list[dict[str, str]] = field(default_factory=list)
-    load_result: dict[str, Any] = field(default_factory=dict)
-    check_result: dict[str, Any] = field(default_factory=dict)
-
-    def rto(self) -> float | None:
-        rtos = [p.rto for p in self.probes.values()]
-        return None if not rtos or any(r is None for r in rtos) else max(
-            r for r in rtos if r is not None)
-
-    async def close(self) -> None:
-        for p in self.probes.values():
-            p.stop.set()
-        for t in [*self.tasks, *([self.load] if self.load else [])]:
-            t.cancel()
-        for t in [*self.tasks, *([self.load] if self.load else [])]:
-            with contextlib.suppress(BaseException):
-                await t
-        for px in self.proxies.values():
-            await px.close()
-
-
 def _ns_name(body: kopf.Body) -> tuple[str, str, str]:
     meta = body["metadata"]
     return str(meta["namespace"]), str(meta["name"]), str(meta.get("uid", ""))
-
-
-def _snapshot(body: dict[str, Any], exists: bool, campuses: tuple[CampusView, ...],
-              other: str | None, live: LiveRun | None) -> Snapshot:
-    spec, st = body.get("spec") or {}, body.get("status") or {}
-    exp, load = spec.get("expectations") or {}, spec.get("workload") or {}
-    last = st.get("lastRun") or {}
-    return Snapshot(
-        scenario=Scenario(spec["scenario"]), target_kind=TargetKind(spec["target"]["kind"]),
-        target_exists=exists, campuses=campuses, other_running=other, now=datetime.now(UTC),
-        max_rto_seconds=int(exp.get("maxRtoSeconds", 600)),
-        max_lost=int(exp.get("maxLostTransactions", 0)),
-        load_seconds=int(load.get("durationSeconds", 120)), schedule=spec.get("schedule"),
-        time_zone=spec.get("timeZone"), suspend=bool(spec.get("suspend")),
-        runs=int(st.get("runs") or 0), last_started=parse_rfc3339(last.get("startedAt")),
-        created=parse_rfc3339(body["metadata"].get("creationTimestamp")),
-        phase_running=st.get("phase") == DrillPhase.RUNNING,
-        stage=live.stage if live else None, started_at=live.started if live else None,
-        fault_at=live.fault_at if live else None,
-        probes_writing=bool(live and all(p.writes for p in live.probes.values())),
-        recovered=bool(live and live.rto() is not None),
-        healed=bool(live and live.healed), load_done=bool(live and live.load and
-                                                          live.load.done()),
-        measured=live.measured if live else None)
 
 
 class Executor:
@@ -208,6 +150,14 @@ class Executor:
                 p.fault(killed=True)
             await io.kill_pod(self.api, self.ns, str(campus.primary))
             what = f"deleted primary pod {campus.primary} of {campus.name} (grace 0)"
+        elif snap.scenario in (Scenario.CAMPUS_LOSS, Scenario.SYNC_CRASH):
+            ring = RingDrill(snap.scenario, str(self.fresh["spec"]["target"]["name"]),
+                             live.campuses[0])
+            live.ring = ring
+            for c, p in live.probes.items():  # the others' writes must not stop
+                if c != ring.campus or snap.scenario == Scenario.SYNC_CRASH:
+                    p.fault(killed=False)
+            what = await ring.inject(self.api, self.ns, self.name, live.campuses)
         else:
             a, b = live.campuses[0], live.campuses[1]
             ips = await io.campus_pod_ips(self.api, self.ns, b, CAMPUS_LABEL)
@@ -220,9 +170,16 @@ class Executor:
         self._event("FaultInjected", what, warning=True)
 
     async def _heal(self) -> None:
-        assert self.live is not None
+        live = self.live
+        assert live is not None
+        if live.ring is not None:  # campusLoss: the campus returns
+            what = await live.ring.heal(self.api, self.ns, self.name)
+            live.probes[live.ring.campus].fault(killed=True)  # its return: a new server
+            live.healed, live.healed_at = True, datetime.now(UTC)
+            self._event("FenceLifted", what)
+            return
         gone = await io.remove_policies(self.api, self.ns, self.name, DRILL_LABEL)
-        self.live.healed = True
+        live.healed = True
         self._event("PartitionHealed", f"removed NetworkPolicy {', '.join(gone) or '(none)'}")
 
     async def _verify(self) -> None:
@@ -251,7 +208,10 @@ class Executor:
         committed = sum(live.ledger.commits.values())
         if lost is None:
             lost = committed  # nothing could be checked: nothing is proven kept
-        live.measured = Measured(rto, lost, committed, live.load_result.get("error"))
+        ring = live.ring
+        live.measured = Measured(rto, lost, committed, live.load_result.get("error"),
+                                 ring.converged_s if ring else None,
+                                 ring.fault_error if ring else None)
         live.stage = Stage.VERIFIED
 
     async def _finish(self, step: Step, snap: Snapshot) -> None:
@@ -270,7 +230,7 @@ class Executor:
         if live is not None:
             run["timeline"] = live.timeline[-TIMELINE:]
             data = report(self.name, snap, run, live.timeline, live.load_result,
-                          live.check_result)
+                          live.check_result, live.ring.figures() if live.ring else None)
             run["report"] = data["report.md"][:REPORT_CHARS]
             log.info("drill %s/%s report: %s", self.ns, self.name, data["report.json"])
         # History keeps the figures; the timeline and report stay on lastRun only.
@@ -296,6 +256,7 @@ class Executor:
         if live is not None:
             await live.close()
         await io.remove_policies(self.api, self.ns, self.name, DRILL_LABEL)
+        await unfence_all(self.api, self.ns, self.name)
 
     async def tick(self) -> None:
         self.fresh = await resources.read_custom(self.api, self.ns, "drills", self.name)
@@ -305,10 +266,13 @@ class Executor:
             return  # not (yet) accepted: the accept handler says why; nothing runs
         spec = self.fresh.get("spec") or {}
         kind, target = TargetKind(spec["target"]["kind"]), str(spec["target"]["name"])
+        if self.live is not None and self.live.ring is not None:
+            for reason, message in await self.live.ring.observe(self.api, self.ns):
+                self._event(reason, message)
         exists, campuses = await io.target(self.api, self.ns, kind, target)
         key = (self.ns, kind.value, target)
         other = _BUSY.get(key)
-        snap = _snapshot(self.fresh, exists, campuses,
+        snap = snapshot_of(self.fresh, exists, campuses,
                          other if other not in (None, self.name) else None, self.live)
         step = plan(snap)
         if step.action == Action.START:
@@ -366,10 +330,11 @@ async def drill_loop(body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
 
 
 async def cleanup(body: kopf.Body) -> None:
-    """The finalizer's work: no partition outlives its Drill."""
+    """The finalizer's work: no partition or campus fence outlives its Drill."""
     ns, name, _ = _ns_name(body)
     async with await api_client() as api:
         await io.remove_policies(api, ns, name, DRILL_LABEL)
+        await unfence_all(api, ns, name)
 
 
 def register() -> None:

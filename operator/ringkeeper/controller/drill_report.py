@@ -105,8 +105,10 @@ def lost_text(lost: list[dict[str, Any]], limit: int = EVENT_CHARS) -> str:
 
 
 def report(drill: str, snap: Snapshot, run: dict[str, Any], timeline: list[dict[str, str]],
-           load: dict[str, Any], checked: dict[str, Any]) -> dict[str, str]:
-    """{"report.json": ..., "report.md": ...} for one finished run."""
+           load: dict[str, Any], checked: dict[str, Any],
+           ring: dict[str, Any] | None = None) -> dict[str, str]:
+    """{"report.json": ..., "report.md": ...} for one finished run; `ring`: a ring
+    drill's figures (campusLoss, syncCrash: bypass, link back, convergence)."""
     body = {
         "drill": drill, "scenario": snap.scenario.value,
         "target": {"kind": snap.target_kind.value,
@@ -117,6 +119,8 @@ def report(drill: str, snap: Snapshot, run: dict[str, Any], timeline: list[dict[
         "ledgerCheck": {k: v for k, v in checked.items() if k != "examples"},
         "examples": checked.get("examples", [])[:20],
     }
+    if ring is not None:
+        body["ring"] = ring
     rto = run.get("rtoSeconds")
     lines = [
         f"# Drill {drill}: {run.get('result')}",
@@ -143,6 +147,9 @@ def report(drill: str, snap: Snapshot, run: dict[str, Any], timeline: list[dict[
         # before the timeline: the report is cut to the status's limit from the end
         lines[lines.index("## Timeline"):lines.index("## Timeline")] = [
             "## Lost", "", *(f"- {lost_text([x], 2000)}" for x in lost), ""]
+    if ring is not None:
+        lines[lines.index("## Timeline"):lines.index("## Timeline")] = [
+            "## Ring", "", *ring_lines(snap.scenario.value, ring), ""]
     read = checked.get("readFrom") or {}
     if read:
         lines[lines.index("## Timeline"):lines.index("## Timeline")] = [
@@ -153,3 +160,26 @@ def report(drill: str, snap: Snapshot, run: dict[str, Any], timeline: list[dict[
                   "```"]
     return {"report.json": json.dumps(body, indent=1, sort_keys=True, default=str),
             "report.md": "\n".join(lines) + "\n"}
+
+
+def _s(x: Any) -> str:
+    return "none within the limit" if x is None else f"{x} s"
+
+
+def ring_lines(scenario: str, ring: dict[str, Any]) -> list[str]:
+    """What a ring drill measured, one line each (docs/drills.md)."""
+    out = [f"- campus: {ring.get('campus')} of ring {ring.get('ring')}"]
+    if scenario == "campusLoss":
+        links = ring.get("bypassLinks") or []
+        out.append("- bypass: " + (f"{', '.join(links)} streaming after "
+                                   f"{_s(ring.get('bypassSeconds'))}" if links else
+                                   "not needed (the others feed each other directly)"))
+        out.append(f"- ring whole again after the fence lifted: "
+                   f"{_s(ring.get('convergedSeconds'))}")
+    else:
+        out.append(f"- sessions ended: {ring.get('streamsEnded')}")
+        out.append(f"- streams again after {_s(ring.get('linkBackSeconds'))}; every link "
+                   f"streams after {_s(ring.get('convergedSeconds'))}")
+    if ring.get("faultError"):
+        out.append(f"- fault not injected: {ring['faultError']}")
+    return out

@@ -18,7 +18,11 @@ from ..api.v1alpha1.drill import Scenario, TargetKind
 from ..base.cron import next_fire
 
 # Scenarios this operator version executes; the others are refused, honestly.
-SUPPORTED = frozenset({Scenario.PRIMARY_KILL, Scenario.NETWORK_PARTITION})
+SUPPORTED = frozenset(Scenario)
+# Faults held for a while and then undone (a partition, a campus loss).
+HELD = frozenset({Scenario.NETWORK_PARTITION, Scenario.CAMPUS_LOSS})
+# Ring drills that end only once the ring converged again (all its links stream).
+CONVERGING = frozenset({Scenario.CAMPUS_LOSS, Scenario.SYNC_CRASH})
 # Load runs this long before the fault, so the ledger holds commits the fault can lose.
 WARMUP = timedelta(seconds=5)
 WARMUP_LIMIT = timedelta(seconds=60)  # then the fault comes even if a probe never wrote
@@ -45,7 +49,7 @@ class Action(StrEnum):
     WAIT = "Wait"
     START = "Start"
     INJECT_FAULT = "InjectFault"
-    HEAL = "Heal"  # networkPartition: remove the policy, the campuses meet again
+    HEAL = "Heal"  # undo a held fault: remove the policy, lift the campus's fence
     AWAIT_RECOVERY = "AwaitRecovery"
     VERIFY = "Verify"
     FINISH = "Finish"
@@ -70,6 +74,9 @@ class Reason(StrEnum):
     LOAD_RUNNING = "LoadRunning"
     LOAD_DONE = "LoadDone"
     PARTITION_OVER = "PartitionOver"
+    CONVERGING = "Converging"
+    NOT_CONVERGED = "NotConverged"
+    FAULT_NOT_INJECTED = "FaultNotInjected"
     PASSED = "Passed"
     RTO_EXCEEDED = "RtoExceeded"
     TRANSACTIONS_LOST = "TransactionsLost"
@@ -92,6 +99,10 @@ class Measured:
     lost: int
     committed: int
     load_error: str | None = None  # why the load stopped, when it did not run its course
+    # Ring drills: seconds from the fault's end (campusLoss: the fence lifted; syncCrash:
+    # the crash) until every ring link streamed again; None = not within the limit.
+    converge_seconds: float | None = None
+    fault_error: str | None = None  # the fault did not happen (e.g. no session to kill)
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,10 @@ class Snapshot:
     probes_writing: bool = True  # every campus's probe has written once (the fault's "before")
     fault_at: datetime | None = None
     recovered: bool = False
-    healed: bool = False  # networkPartition: the policy is gone
+    healed: bool = False  # a held fault (partition, campus loss) is undone
+    healed_at: datetime | None = None
+    returned: bool = False  # campusLoss: the lost campus wrote again after the fence lifted
+    converged: bool = False  # ring drills: every ring link streams (after the fault ended)
     load_done: bool = False
     measured: Measured | None = None
 
@@ -138,7 +152,7 @@ def _refusal(s: Snapshot) -> Step | None:
     if s.scenario not in SUPPORTED:
         return Step(Action.REFUSE, Reason.NOT_YET_SUPPORTED,
                     f"scenario {s.scenario.value} is not run by this Ringkeeper version "
-                    "(docs/drills.md); primaryKill and networkPartition are")
+                    "(docs/drills.md)")
     if not s.campuses:
         return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
                     f"{kind} target has no Campus in this namespace to run a drill against")
@@ -149,6 +163,10 @@ def _refusal(s: Snapshot) -> Step | None:
     if s.scenario == Scenario.CAMPUS_LOSS and len(s.campuses) < 2:
         return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
                     "campusLoss of the only campus leaves nothing to recover on")
+    if s.scenario == Scenario.SYNC_CRASH and len(s.campuses) < 2:
+        return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
+                    "syncCrash needs a ring link between two Campuses of this namespace: "
+                    f"the target has {len(s.campuses)}")
     return _too_frequent(s)
 
 
@@ -202,8 +220,12 @@ def _due(s: Snapshot) -> Step | None:
 
 
 def judge(s: Snapshot, m: Measured) -> Step:
-    """Passed only when the load committed, the service came back within maxRtoSeconds
-    and no more than maxLostTransactions acknowledged commits are missing."""
+    """Passed only when the fault happened, the load committed, the service came back
+    within maxRtoSeconds, no more than maxLostTransactions acknowledged commits are
+    missing and (ring drills) the ring converged again."""
+    if m.fault_error:
+        return Step(Action.FINISH, Reason.FAULT_NOT_INJECTED,
+                    f"the fault did not happen: {m.fault_error}", False)
     if m.committed == 0:
         why = f" (the load failed: {m.load_error})" if m.load_error else ""
         return Step(Action.FINISH, Reason.NO_LOAD,
@@ -219,26 +241,57 @@ def judge(s: Snapshot, m: Measured) -> Step:
         return Step(Action.FINISH, Reason.RTO_EXCEEDED,
                     f"recovery took {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s)",
                     False)
+    if s.scenario in CONVERGING and m.converge_seconds is None:
+        return Step(Action.FINISH, Reason.NOT_CONVERGED,
+                    f"the ring's links did not all stream again within "
+                    f"{s.max_rto_seconds} s of the fault's end", False)
     return Step(Action.FINISH, Reason.PASSED,
                 f"writes back after {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s), "
                 f"{m.committed} transactions committed, {m.lost} lost", True)
 
 
 def partition_hold(s: Snapshot) -> timedelta:
-    """How long a networkPartition lasts: half the load, so the other half shows the
-    campuses converge under load after it."""
+    """How long a held fault (networkPartition, campusLoss) lasts: half the load, so the
+    other half shows the campuses converge under load after it."""
     return timedelta(seconds=max(s.load_seconds // 2, 1))
 
 
 def _heal_due(s: Snapshot) -> bool:
-    return (s.scenario == Scenario.NETWORK_PARTITION and not s.healed
+    return (s.scenario in HELD and not s.healed
             and s.fault_at is not None
             and (s.now - s.fault_at >= partition_hold(s) or s.load_done))
 
 
+def _settled(s: Snapshot) -> bool:
+    """A ring drill's ring is whole again: the lost campus writes (campusLoss) and every
+    link streams."""
+    return s.converged and (s.scenario != Scenario.CAMPUS_LOSS or s.returned)
+
+
+def convergence_timed_out(s: Snapshot) -> bool:
+    """No convergence within maxRtoSeconds (+ grace) of the fault's end: the run is
+    judged (NotConverged) rather than waiting for ever."""
+    since = s.healed_at if s.scenario in HELD else s.fault_at
+    return since is not None and s.now - since > timedelta(
+        seconds=s.max_rto_seconds) + RECOVERY_GRACE
+
+
+def _awaiting_ring(s: Snapshot) -> bool:
+    return s.scenario in CONVERGING and not _settled(s) and not convergence_timed_out(s)
+
+
 def _load_over(s: Snapshot) -> bool:
-    """The ledger is checked once the load stopped (and a partition is over)."""
-    return s.load_done and (s.scenario != Scenario.NETWORK_PARTITION or s.healed)
+    """The ledger is checked once the load stopped, a held fault is undone and a ring
+    drill's ring converged (or ran out of time to)."""
+    return (s.load_done and (s.scenario not in HELD or s.healed)
+            and not _awaiting_ring(s))
+
+
+def _not_over(s: Snapshot, prefix: str = "") -> Step:
+    if s.load_done and (s.scenario not in HELD or s.healed):
+        return Step(Action.WAIT, Reason.CONVERGING,
+                    prefix + "waiting for the ring's links to stream again")
+    return Step(Action.WAIT, Reason.LOAD_RUNNING, prefix + "load still running")
 
 
 def partition_policy(drill: str, drill_uid: str, namespace: str, campus: str, other: str,
@@ -302,21 +355,24 @@ def plan(s: Snapshot) -> Step:
         return Step(Action.INJECT_FAULT, Reason.FAULT_DUE, f"injecting {s.scenario.value}")
     if s.stage in (Stage.FAULTED, Stage.RECOVERED) and _heal_due(s):
         return Step(Action.HEAL, Reason.PARTITION_OVER,
-                    f"partition held {partition_hold(s).total_seconds():.0f} s; removing it")
+                    f"{s.scenario.value} held {partition_hold(s).total_seconds():.0f} s; "
+                    "undoing it")
     if s.stage == Stage.FAULTED:
         limit = timedelta(seconds=s.max_rto_seconds) + RECOVERY_GRACE
         if s.recovered:
-            return Step(Action.VERIFY if _load_over(s) else Action.WAIT,
-                        Reason.LOAD_DONE if _load_over(s) else Reason.LOAD_RUNNING,
-                        "recovered" + ("; checking the ledger" if _load_over(s)
-                                       else "; load still running"))
+            if not _load_over(s):
+                return _not_over(s, "recovered; ")
+            return Step(Action.VERIFY, Reason.LOAD_DONE, "recovered; checking the ledger")
         if s.fault_at is not None and s.now - s.fault_at > limit:
+            if s.scenario in HELD and not s.healed:  # the check needs the fault undone
+                return Step(Action.HEAL, Reason.RECOVERY_TIMED_OUT,
+                            f"no write within {s.max_rto_seconds} s of the fault; undoing it")
             return Step(Action.VERIFY, Reason.RECOVERY_TIMED_OUT,
                         f"no write within {s.max_rto_seconds} s of the fault")
         return Step(Action.AWAIT_RECOVERY, Reason.RECOVERING, "waiting for a write through -rw")
     if s.stage == Stage.RECOVERED:
         if not _load_over(s):
-            return Step(Action.WAIT, Reason.LOAD_RUNNING, "load still running")
+            return _not_over(s)
         return Step(Action.VERIFY, Reason.LOAD_DONE, "checking the ledger")
     if s.measured is None:
         return Step(Action.VERIFY, Reason.LOAD_DONE, "checking the ledger")
