@@ -31,9 +31,9 @@ import aiohttp
 import asyncpg
 
 from integration.localcampus import LocalCampus, agent_client
-from ringkeeper.controller.failover import Outcome, run_failover
+from ringkeeper.controller.failover import FailoverOutcome, run_failover
 from ringkeeper.core.ha import instances_status, snapshot_to_status
-from ringkeeper.core.haplan import CampusSnapshot, StepKind, plan_cycle
+from ringkeeper.core.haplan import CampusSnapshot, HaStepKind, plan_cycle
 
 
 class TcpProxy:
@@ -133,7 +133,7 @@ class OperatorLoop:
     detection: float
     ips: dict[str, str] = field(default_factory=dict)
     period: float = 0.5
-    outcomes: list[tuple[float, Outcome]] = field(default_factory=list)
+    outcomes: list[tuple[float, FailoverOutcome]] = field(default_factory=list)
     failing_since: datetime | None = None
     first_suspect: float | None = None
     last_reason: str = ""
@@ -144,7 +144,7 @@ class OperatorLoop:
             self.ips = dict(self.c.ips)
         self.agents = agent_client(self.http)
 
-    async def cycle(self) -> Outcome | None:
+    async def cycle(self) -> FailoverOutcome | None:
         campus = await self.c.store.read()
         status = campus.get("status") or {}
         current = status.get("currentPrimary")
@@ -162,7 +162,7 @@ class OperatorLoop:
             addressed=frozenset(self.ips), switchover=None, now=datetime.now(UTC),
             since_write=float("inf")))
         self.last_reason = step.reason
-        if step.kind is StepKind.PUBLISH:
+        if step.kind is HaStepKind.PUBLISH:
             self.failing_since, self.first_suspect = None, None
             patch: dict[str, Any] = {"failingSince": None, "instances": instances_status(
                 # The pod addresses the agents resolve (the proxy's, where one is used).
@@ -173,15 +173,15 @@ class OperatorLoop:
                 patch["syncSnapshot"] = snapshot_to_status(step.sync)
             await self.c.store.patch_status(patch, None)
             return None
-        if step.kind is StepKind.MARK_SUSPECT:
+        if step.kind is HaStepKind.MARK_SUSPECT:
             self.failing_since, self.first_suspect = step.failing_since, time.monotonic()
             stamp = (step.failing_since or datetime.now(UTC)).replace(microsecond=0)
             await self.c.store.patch_status(
                 {"failingSince": stamp.isoformat().replace("+00:00", "Z")}, None)
             return None
-        if step.kind is StepKind.AWAIT_SUSPECT:
+        if step.kind is HaStepKind.AWAIT_SUSPECT:
             return None
-        assert step.kind in (StepKind.FAILOVER, StepKind.RESUME_FAILOVER), step
+        assert step.kind in (HaStepKind.FAILOVER, HaStepKind.RESUME_FAILOVER), step
         outcome = await run_failover(store=self.c.store, agents=self.agents,
                                      roles=self.c.recorder, events=self.c.recorder,
                                      ips=self.ips, reason=step.reason)
@@ -189,7 +189,7 @@ class OperatorLoop:
         self.failing_since, self.first_suspect = None, None
         return outcome
 
-    async def until_failover(self, timeout: float) -> tuple[float, Outcome]:
+    async def until_failover(self, timeout: float) -> tuple[float, FailoverOutcome]:
         """Cycles until a failover ran; (when it returned, its outcome)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:

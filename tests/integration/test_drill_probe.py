@@ -23,7 +23,7 @@ import pytest
 
 from pgserver import PgServer, unavailable
 from ringkeeper.controller import drill_io
-from ringkeeper.workload import Ledger, Problem, SiteTarget, check, plan, run
+from ringkeeper.workload import Ledger, LedgerProblem, SiteTarget, check, plan, run
 
 pytestmark = pytest.mark.postgres
 PASSWORD = "drill-secret"
@@ -108,7 +108,7 @@ async def test_load_through_the_relay_and_its_ledger(server: PgServer,
             key = await conn.fetchval("SELECT min(result_id) FROM lis.results")
             await conn.execute("DELETE FROM lis.results WHERE result_id = $1", key)
             report = await check({"lab": conn}, ledger, holds={"lab": ["lab"]})
-            assert report.count(Problem.MISSING) == 1
+            assert report.count(LedgerProblem.MISSING) == 1
         finally:
             await conn.close()
     finally:

@@ -29,7 +29,7 @@ import asyncpg
 import pytest
 
 from pgserver import PgServer, unavailable
-from ringkeeper.workload import Ledger, Mix, Problem, SiteTarget, check, plan, run
+from ringkeeper.workload import Ledger, LedgerProblem, Mix, SiteTarget, check, plan, run
 from ringkeeper.workload import schema as lis_schema
 from ringkeeper.workload.keys import decompose
 
@@ -104,10 +104,10 @@ async def test_ledger_check_passes_then_names_the_dropped_commit(server: PgServe
         await conn.execute("DELETE FROM lis.results WHERE result_id = $1", dropped)
         report = await check({"m1": conn}, ledger)
         assert not report.passed
-        assert report.count(Problem.MISSING) == 1
+        assert report.count(LedgerProblem.MISSING) == 1
         assert sum(report.members["m1"].problems.values()) == 1
         assert [(f.problem, f.table, f.key) for f in report.examples] == [
-            (Problem.MISSING, "results", dropped)]
+            (LedgerProblem.MISSING, "results", dropped)]
 
         # an older version where the ledger acknowledged a newer one: stale
         order_key, last = single_writer_key(ledger, "orders")
@@ -115,9 +115,9 @@ async def test_ledger_check_passes_then_names_the_dropped_commit(server: PgServe
         await conn.execute("UPDATE lis.orders SET rev = order_id WHERE order_id = $1",
                            order_key)
         report = await check({"m1": conn}, ledger)
-        assert report.count(Problem.STALE) == 1
+        assert report.count(LedgerProblem.STALE) == 1
         assert {(f.problem, f.key) for f in report.examples} == {
-            (Problem.MISSING, dropped), (Problem.STALE, order_key)}
+            (LedgerProblem.MISSING, dropped), (LedgerProblem.STALE, order_key)}
 
         # a second member holding the other site's (allowed) winner of a contested row
         other_dsn = await fresh_db(server)
@@ -134,9 +134,9 @@ async def test_ledger_check_passes_then_names_the_dropped_commit(server: PgServe
         await other.execute("UPDATE lis.results SET rev = $2 WHERE result_id = $1", e.key,
                             there)
         report = await check({"m1": conn, "m2": other}, ledger)
-        assert report.count(Problem.DISAGREE) == 1
-        assert report.count(Problem.MISSING) == 2  # the dropped row, at both members
-        assert [f.key for f in report.examples if f.problem is Problem.DISAGREE] == [e.key]
+        assert report.count(LedgerProblem.DISAGREE) == 1
+        assert report.count(LedgerProblem.MISSING) == 2  # the dropped row, at both members
+        assert [f.key for f in report.examples if f.problem is LedgerProblem.DISAGREE] == [e.key]
     finally:
         await conn.close()
         if other is not None:

@@ -41,7 +41,7 @@ import pytest
 
 from pgserver import PASSWORD, PgServer, unavailable
 from ringkeeper.controller.drill_io import DRILL_SCHEMA
-from ringkeeper.workload import ChangeKind, Entry, Ledger, Mix, Problem, check
+from ringkeeper.workload import ChangeKind, Entry, Ledger, LedgerProblem, Mix, check
 from ringkeeper.workload import schema as lis_schema
 from ringkeeper.workload.flow import SiteWriter
 from ringkeeper.workload.keys import KeySource
@@ -215,13 +215,13 @@ async def test_a_commit_in_doubt_that_happened_is_not_counted_lost(
     acknowledged_only.record([Entry("north", "results", rid, acked, ChangeKind.UPDATE, 0.0)])
     old_view = await _check(server, acknowledged_only)
     assert [(f.problem, f.key, f.found) for f in old_view.examples] == [
-        (Problem.STALE, rid, held)]
+        (LedgerProblem.STALE, rid, held)]
     (e,) = [e for e in ledger.expectations() if e.table == "results" and e.key == rid]
     assert e.allowed == {acked, held}  # either outcome of the doubtful commit is fine
     assert ledger.summary()["north"]["in_doubt"] == 1
     report = await _check(server, ledger)
     assert report.passed, report.as_dict()
-    assert report.count(Problem.STALE) == 0
+    assert report.count(LedgerProblem.STALE) == 0
 
     # The check still fails for a real loss: the acknowledged version and the doubtful
     # one both gone (an older version in place) is stale, and names the key.
@@ -232,7 +232,7 @@ async def test_a_commit_in_doubt_that_happened_is_not_counted_lost(
         await conn.close()
     report = await _check(server, ledger)
     assert [(f.problem, f.key, f.found) for f in report.examples] == [
-        (Problem.STALE, rid, rid)]
+        (LedgerProblem.STALE, rid, rid)]
 
 
 async def test_a_real_loss_is_named_with_what_each_server_holds(server: PgServer) -> None:

@@ -16,7 +16,7 @@ from ringkeeper.core.divergence import (
     DivergedReason,
     DivergedVerdict,
     DivergenceEvent,
-    Outcome,
+    VerifyOutcome,
     apply,
     decide,
     error_outcome,
@@ -31,10 +31,10 @@ from ringkeeper.verify.schedule import prune_reports, report_name
 NOW = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
 T, F, U = ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN
 
-PASSED = Outcome(VerificationResult.PASSED)
-TWO_TABLES = Outcome(VerificationResult.FAILED,
+PASSED = VerifyOutcome(VerificationResult.PASSED)
+TWO_TABLES = VerifyOutcome(VerificationResult.FAILED,
                      differing={"lis.samples": 2, "lis.results": 1}, report="/r.json")
-UNSETTLED = Outcome(VerificationResult.FAILED, unsettled={"lis.samples": 4})
+UNSETTLED = VerifyOutcome(VerificationResult.FAILED, unsettled={"lis.samples": 4})
 ERROR = error_outcome("member b has no primary to connect to right now")
 
 
@@ -70,7 +70,7 @@ def cond(status: ConditionStatus, reason: str = "X", message: str = "m") -> dict
     (UNSETTLED, cond(T, "KeysDiffer"), True, T, DivergedReason.KEYS_DIFFER, None),
     (UNSETTLED, cond(F, "Converged"), True, U, DivergedReason.KEYS_UNSETTLED, None),
 ])
-def test_decide(outcome: Outcome | None, previous: dict[str, Any] | None, enabled: bool,
+def test_decide(outcome: VerifyOutcome | None, previous: dict[str, Any] | None, enabled: bool,
                 status: ConditionStatus, reason: DivergedReason,
                 event: DivergenceEvent | None) -> None:
     d = decide(outcome, previous, enabled=enabled)
@@ -81,7 +81,7 @@ def test_message_names_tables_and_counts() -> None:
     d = decide(TWO_TABLES, None)
     assert d.message == ("3 key(s) differ between members in lis.samples (2), "
                          "lis.results (1); report /r.json")
-    many = Outcome(VerificationResult.FAILED, differing={f"s.t{i:02}": 1 for i in range(13)})
+    many = VerifyOutcome(VerificationResult.FAILED, differing={f"s.t{i:02}": 1 for i in range(13)})
     assert decide(many, None).message.endswith("s.t09 (1) and 3 more table(s)")
     assert decide(ERROR, None).message == ("the last verification could not run: member b "
                                            "has no primary to connect to right now")

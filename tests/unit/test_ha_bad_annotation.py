@@ -18,7 +18,7 @@ import pytest
 from fakekube import FakeKube, serve
 from ringkeeper.adapters.kube import api_client
 from ringkeeper.controller import campus as campus_ctl
-from ringkeeper.controller.failover import Outcome
+from ringkeeper.controller.failover import FailoverOutcome
 
 NS = "ns"
 CAMPUS = f"/apis/ringkeeper.io/v1alpha1/namespaces/{NS}/campuses/zhaohui"
@@ -48,9 +48,9 @@ def _campus(kube: FakeKube, fenced: str | None, fenced_status: list[str]) -> dic
 async def _cycle(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     reasons: list[str] = []
 
-    async def failover(**kw: Any) -> Outcome:
+    async def failover(**kw: Any) -> FailoverOutcome:
         reasons.append(kw["reason"])
-        return Outcome(promoted="zhaohui-1", election=None, message="promoted")
+        return FailoverOutcome(promoted="zhaohui-1", election=None, message="promoted")
 
     monkeypatch.setattr(campus_ctl, "run_failover", failover)
     async with await api_client() as api:

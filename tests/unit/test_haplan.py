@@ -16,7 +16,7 @@ from ringkeeper.core.election import ElectionReason, InstanceReport, choose_swit
 from ringkeeper.core.haplan import (
     AfterRefusal,
     CampusSnapshot,
-    StepKind,
+    HaStepKind,
     after_refused_failover,
     plan_cycle,
     role_after_refusal,
@@ -54,45 +54,45 @@ ROWS = [
     # (id, snapshot, kind, target, reason fragment, clear_switchover)
     ("bootstrap-confirmed", snap(current=None, raws={"c-0": primary(), "c-1": None,
                                                      "c-2": None}),
-     StepKind.BOOTSTRAP, "c-0", "c-0 answers as primary", False),
+     HaStepKind.BOOTSTRAP, "c-0", "c-0 answers as primary", False),
     ("bootstrap-waiting", snap(current=None, raws={"c-0": replica(), "c-1": None,
                                                    "c-2": None}),
-     StepKind.AWAIT_BOOTSTRAP, "c-0", "waiting for c-0", False),
+     HaStepKind.AWAIT_BOOTSTRAP, "c-0", "waiting for c-0", False),
     ("bootstrap-no-target", snap(current=None, target=None),
-     StepKind.AWAIT_BOOTSTRAP, None, "waiting for a targetPrimary", False),
+     HaStepKind.AWAIT_BOOTSTRAP, None, "waiting for a targetPrimary", False),
     ("resume-interrupted", snap(target="c-1", raws=DOWN),
-     StepKind.RESUME_FAILOVER, "c-1", "resuming after an interruption", False),
+     HaStepKind.RESUME_FAILOVER, "c-1", "resuming after an interruption", False),
     ("resume-before-switchover", snap(target="c-1", switchover="c-2"),
-     StepKind.RESUME_FAILOVER, "c-1", "resuming", False),
+     HaStepKind.RESUME_FAILOVER, "c-1", "resuming", False),
     ("switchover", snap(switchover="c-2"),
-     StepKind.SWITCHOVER, "c-2", "switchover requested to c-2", False),
+     HaStepKind.SWITCHOVER, "c-2", "switchover requested to c-2", False),
     ("switchover-bad-name", snap(switchover="c-7"),
-     StepKind.REFUSE_SWITCHOVER, None, "is not an instance of this campus", False),
+     HaStepKind.REFUSE_SWITCHOVER, None, "is not an instance of this campus", False),
     ("switchover-to-current-cleared", snap(switchover="c-0"),
-     StepKind.PUBLISH, "c-0", "primary healthy", True),
+     HaStepKind.PUBLISH, "c-0", "primary healthy", True),
     ("failed-after-delay", snap(raws=DOWN, failing_since=LONG_AGO),
-     StepKind.FAILOVER, "c-0", "primary failed: agent of c-0 unreachable", False),
+     HaStepKind.FAILOVER, "c-0", "primary failed: agent of c-0 unreachable", False),
     ("failed-server-down", snap(raws={**DOWN, "c-0": {"server": {"running": False}}},
                                 failing_since=LONG_AGO),
-     StepKind.FAILOVER, "c-0", "primary failed: server of c-0 down", False),
+     HaStepKind.FAILOVER, "c-0", "primary failed: server of c-0 down", False),
     ("failed-and-switchover-to-current", snap(raws=DOWN, failing_since=LONG_AGO,
                                               switchover="c-0"),
-     StepKind.FAILOVER, "c-0", "primary failed", True),
+     HaStepKind.FAILOVER, "c-0", "primary failed", True),
     ("suspect-first-time", snap(raws=DOWN),
-     StepKind.MARK_SUSPECT, "c-0", "agent of c-0 unreachable", False),
+     HaStepKind.MARK_SUSPECT, "c-0", "agent of c-0 unreachable", False),
     ("suspect-pod-not-ready", snap(ready={"c-0": False, "c-1": True, "c-2": True}),
-     StepKind.MARK_SUSPECT, "c-0", "pod c-0 not ready", False),
+     HaStepKind.MARK_SUSPECT, "c-0", "pod c-0 not ready", False),
     ("suspect-within-delay", snap(raws=DOWN, failing_since=RECENT),
-     StepKind.AWAIT_SUSPECT, "c-0", "suspect since", False),
-    ("healthy", snap(), StepKind.PUBLISH, "c-0", "primary healthy", False),
-    ("healthy-forced-write", snap(since_write=6.0), StepKind.PUBLISH, "c-0",
+     HaStepKind.AWAIT_SUSPECT, "c-0", "suspect since", False),
+    ("healthy", snap(), HaStepKind.PUBLISH, "c-0", "primary healthy", False),
+    ("healthy-forced-write", snap(since_write=6.0), HaStepKind.PUBLISH, "c-0",
      "older than 5 s is rewritten", False),
 ]
 
 
 @pytest.mark.parametrize(("s", "kind", "target", "why", "clear"),
                          [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
-def test_plan_cycle(s: CampusSnapshot, kind: StepKind, target: str | None, why: str,
+def test_plan_cycle(s: CampusSnapshot, kind: HaStepKind, target: str | None, why: str,
                     clear: bool) -> None:
     step = plan_cycle(s)
     assert (step.kind, step.target, step.clear_switchover) == (kind, target, clear)
@@ -122,7 +122,7 @@ def test_publish_carries_the_sync_snapshot_of_a_synchronous_primary() -> None:
                         "standbys": [{"name": "c-1", "sync_state": "quorum"}]})
     step = plan_cycle(snap(spec=spec, raws={"c-0": raw, "c-1": replica(),
                                            "c-2": replica()}))
-    assert step.kind is StepKind.PUBLISH
+    assert step.kind is HaStepKind.PUBLISH
     # sync_snapshot decides the content (tested in test_ha_core); the planner passes it on.
     from ringkeeper.core.ha import sync_snapshot
     assert step.sync == sync_snapshot(spec, "c", "c-0", raw)

@@ -13,7 +13,7 @@ from ringkeeper.core.failures import (
     should_emit,
     signature,
 )
-from ringkeeper.core.ownership import Owner, Refusal, Verdict, decide, ring_claim
+from ringkeeper.core.ownership import Owner, OwnershipRefusal, Verdict, decide, ring_claim
 
 CAMPUS = Owner("Campus", "victim", "uid-1",
                {"app.kubernetes.io/managed-by": "ringkeeper", "ringkeeper.io/campus": "victim"})
@@ -71,18 +71,18 @@ RING_B = Owner("ReplicationRing", "ring-b", "uid-b", {"ringkeeper.io/ring": "rin
       "ownerReferences": [_ref("ReplicationRing", "ring-a", "uid-a")]}, RING_A, None, []),
     ({"labels": {"ringkeeper.io/ring": "ring-a"},
       "ownerReferences": [_ref("ReplicationRing", "ring-a", "uid-a")]}, RING_B,
-     Refusal.CAMPUS_IN_ANOTHER_RING, ["ring ring-a", "campus east"]),
+     OwnershipRefusal.CAMPUS_IN_ANOTHER_RING, ["ring ring-a", "campus east"]),
     # A hand-made Secret east-ring: not another ring, a foreign object.
-    ({"labels": {}}, RING_B, Refusal.FOREIGN_OBJECT, ["Secret east-ring"]),
+    ({"labels": {}}, RING_B, OwnershipRefusal.FOREIGN_OBJECT, ["Secret east-ring"]),
     # The ring's own earlier incarnation (deleted, re-created, GC pending).
     ({"labels": {"ringkeeper.io/ring": "ring-b"},
       "ownerReferences": [_ref("ReplicationRing", "ring-b", "uid-old")]}, RING_B,
-     Refusal.FOREIGN_OBJECT, ["earlier"]),
+     OwnershipRefusal.FOREIGN_OBJECT, ["earlier"]),
     # Left by ring-a with its labels after an orphaning delete: ring-b does not take it.
-    ({"labels": {"ringkeeper.io/ring": "ring-a"}}, RING_B, Refusal.FOREIGN_OBJECT,
+    ({"labels": {"ringkeeper.io/ring": "ring-a"}}, RING_B, OwnershipRefusal.FOREIGN_OBJECT,
      ["Secret east-ring"]),
 ])
-def test_ring_claim(meta: dict[str, Any] | None, ring: Owner, refusal: Refusal | None,
+def test_ring_claim(meta: dict[str, Any] | None, ring: Owner, refusal: OwnershipRefusal | None,
                     words: list[str]) -> None:
     decision, why, message = ring_claim(meta, ring, "east")
     assert why is refusal

@@ -28,7 +28,7 @@ from fakekube import FakeKube, serve
 from ringkeeper.adapters.kube import api_client
 from ringkeeper.api.v1alpha1.ring import VerificationResult
 from ringkeeper.controller import ring as ring_ctl
-from ringkeeper.core.divergence import Outcome
+from ringkeeper.core.divergence import VerifyOutcome
 
 NS = "ns"
 RING = f"/apis/ringkeeper.io/v1alpha1/namespaces/{NS}/replicationrings/lis"
@@ -102,7 +102,7 @@ def _gauge() -> float | None:
                                      {"namespace": NS, "ring": "lis"})
 
 
-DIFFER = Outcome(VerificationResult.FAILED, differing={"lis.samples": 2, "lis.results": 1})
+DIFFER = VerifyOutcome(VerificationResult.FAILED, differing={"lis.samples": 2, "lis.results": 1})
 
 
 async def test_diverged_condition_ready_events_and_gauge(
@@ -142,7 +142,7 @@ async def test_diverged_condition_ready_events_and_gauge(
     assert conds["Diverged"]["status"] == "True" and conds["Ready"]["reason"] == "Diverged"
     assert len(events.kinds()) == 1
 
-    restarted.outcome = Outcome(VerificationResult.PASSED)
+    restarted.outcome = VerifyOutcome(VerificationResult.PASSED)
     conds = await _cycle(kube, restarted)
     assert (conds["Diverged"]["status"], conds["Diverged"]["reason"]) == ("False",
                                                                           "Converged")

@@ -11,7 +11,7 @@ from ringkeeper.core import names
 from ringkeeper.core.liveness import LinkFault
 from ringkeeper.core.ringmember import (
     MemberFacts,
-    StepKind,
+    MemberStepKind,
     TableCopy,
     bypassed,
     confirmable,
@@ -30,22 +30,22 @@ from ringkeeper.core.ringmember import (
 
 
 @pytest.mark.parametrize(("facts", "kind", "bypass"), [
-    (MemberFacts("b", "a", 100.0, 60.0), StepKind.MOVE, False),
-    (MemberFacts("b", "a", 100.0, 60.0, down_since=50.0), StepKind.DOWN, False),
-    (MemberFacts("b", "a", 100.0, 60.0, down_since=40.0), StepKind.BYPASS, True),
-    (MemberFacts("b", "a", 100.0, 60.0, down_since=10.0), StepKind.BYPASS, True),
-    (MemberFacts("b", "a", 100.0, 60.0, needs_reseed=True), StepKind.RESEED, False),
-    (MemberFacts("b", "a", 100.0, 60.0, behind_budget=True), StepKind.RESEED, False),
+    (MemberFacts("b", "a", 100.0, 60.0), MemberStepKind.MOVE, False),
+    (MemberFacts("b", "a", 100.0, 60.0, down_since=50.0), MemberStepKind.DOWN, False),
+    (MemberFacts("b", "a", 100.0, 60.0, down_since=40.0), MemberStepKind.BYPASS, True),
+    (MemberFacts("b", "a", 100.0, 60.0, down_since=10.0), MemberStepKind.BYPASS, True),
+    (MemberFacts("b", "a", 100.0, 60.0, needs_reseed=True), MemberStepKind.RESEED, False),
+    (MemberFacts("b", "a", 100.0, 60.0, behind_budget=True), MemberStepKind.RESEED, False),
     # A member to re-seed that is also down too long is still routed around.
     (MemberFacts("b", "a", 100.0, 60.0, down_since=0.0, needs_reseed=True),
-     StepKind.RESEED, True),
+     MemberStepKind.RESEED, True),
     # The sidecar never bypasses its own member.
-    (MemberFacts("a", "a", 100.0, 60.0, down_since=0.0), StepKind.MOVE, False),
+    (MemberFacts("a", "a", 100.0, 60.0, down_since=0.0), MemberStepKind.MOVE, False),
 ])
-def test_plan_member(facts: MemberFacts, kind: StepKind, bypass: bool) -> None:
+def test_plan_member(facts: MemberFacts, kind: MemberStepKind, bypass: bool) -> None:
     step = plan_member(facts)
     assert (step.kind, step.bypass) == (kind, bypass)
-    assert step.holds == (kind != StepKind.RESEED)
+    assert step.holds == (kind != MemberStepKind.RESEED)
     assert step.reason
 
 

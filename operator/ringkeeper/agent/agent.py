@@ -342,4 +342,4 @@ class Agent(AgentReport):
             return await self.server.status()
 
 
-Handler = Callable[[], Awaitable[Status]]
+StatusCall = Callable[[], Awaitable[Status]]

@@ -29,7 +29,7 @@ from .v1alpha1 import API_VERSION, BY_KIND, Resource, SpecError
 
 
 @dataclass(frozen=True)
-class Problem:
+class FieldProblem:
     path: str
     message: str
 
@@ -78,13 +78,13 @@ _TYPE_ERRORS = {
 }
 
 
-def _type_problem(path: str, expected: str, value: Any) -> Problem:
+def _type_problem(path: str, expected: str, value: Any) -> FieldProblem:
     got = json_type(value)
-    return Problem(path, f'Invalid value: "{got}": {path} in body must be of type {expected}: '
+    return FieldProblem(path, f'Invalid value: "{got}": {path} in body must be of type {expected}: '
                          f'"{got}"')
 
 
-def _problem(err: dict[str, Any]) -> Problem:
+def _problem(err: dict[str, Any]) -> FieldProblem:
     loc = tuple(err["loc"])
     path = _path(loc)
     kind = err["type"]
@@ -94,51 +94,51 @@ def _problem(err: dict[str, Any]) -> Problem:
         spec_error: SpecError = ctx["error"]
         sub = spec_error.path.lstrip(".")
         if sub == "metadata.name":
-            return Problem(sub, spec_error.message)
+            return FieldProblem(sub, spec_error.message)
         full = ".".join(p for p in (path, sub) if p)
         if not sub and isinstance(value, str):
             # A rule on a string field: the API server names the field's type.
-            return Problem(full, f'Invalid value: "string": {spec_error.message}')
-        return Problem(full, spec_error.message)
+            return FieldProblem(full, f'Invalid value: "string": {spec_error.message}')
+        return FieldProblem(full, spec_error.message)
     if kind in _TYPE_ERRORS or (kind == "enum" and not isinstance(value, str)):
         expected = _TYPE_ERRORS.get(kind, "string")
         return _type_problem(path, expected, value)
     if kind in ("enum", "literal_error"):
         allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         values = ", ".join(f'"{a}"' for a in allowed)
-        return Problem(path, f"Unsupported value: {_quote(value)}: supported values: {values}")
+        return FieldProblem(path, f"Unsupported value: {_quote(value)}: supported values: {values}")
     if kind == "extra_forbidden":
         parent = path.rpartition(".")[0]
-        return Problem(parent, f'unknown field "{path}"')
+        return FieldProblem(parent, f'unknown field "{path}"')
     if kind == "missing":
-        return Problem(path, "Required value")
+        return FieldProblem(path, "Required value")
     if kind == "less_than_equal":
-        return Problem(
+        return FieldProblem(
             path,
             f"Invalid value: {value}: {path} in body should be less than or equal to {ctx['le']}",
         )
     if kind == "greater_than_equal":
-        return Problem(
+        return FieldProblem(
             path,
             f"Invalid value: {value}: {path} in body should be greater than or equal to "
             f"{ctx['ge']}",
         )
     if kind == "string_pattern_mismatch":
-        return Problem(
+        return FieldProblem(
             path, f"Invalid value: {_quote(value)}: {path} in body should match '{ctx['pattern']}'"
         )
     if kind in ("string_too_long", "too_long"):
         limit = int(ctx.get("max_length", -1))
         if isinstance(value, str):
-            return Problem(path, f"Too long: may not be more than {limit} "
+            return FieldProblem(path, f"Too long: may not be more than {limit} "
                                  f"{'byte' if limit == 1 else 'bytes'}")
         actual = ctx.get("actual_length", len(value) if isinstance(value, dict | list) else -1)
-        return Problem(path, f"Too many: {actual}: must have at most {limit} "
+        return FieldProblem(path, f"Too many: {actual}: must have at most {limit} "
                              f"{'item' if limit == 1 else 'items'}")
-    return Problem(path, err["msg"])
+    return FieldProblem(path, err["msg"])
 
 
-def problems_of(error: ValidationError) -> list[Problem]:
+def problems_of(error: ValidationError) -> list[FieldProblem]:
     return [_problem(dict(e)) for e in error.errors()]
 
 
@@ -152,19 +152,19 @@ _SUBDOMAIN_MESSAGE = (
 )
 
 
-def name_problems(name: Any) -> list[Problem]:
+def name_problems(name: Any) -> list[FieldProblem]:
     """metadata.name as the API server checks it for every custom object."""
     if name is None or name == "":
-        return [Problem("metadata.name", "Required value: name or generateName is required")]
+        return [FieldProblem("metadata.name", "Required value: name or generateName is required")]
     if not isinstance(name, str):
         return [_type_problem("metadata.name", "string", name)]
     out = []
     if len(name) > 253:
-        out.append(Problem("metadata.name", f"Invalid value: {_quote(name)}: must be no more "
+        out.append(FieldProblem("metadata.name", f"Invalid value: {_quote(name)}: must be no more "
                                             "than 253 characters"))
     # fullmatch: Python's `$` would also match before a trailing newline.
     if re.fullmatch(DNS1123_SUBDOMAIN, name, flags=re.ASCII) is None:
-        out.append(Problem("metadata.name", f"Invalid value: {_quote(name)}: "
+        out.append(FieldProblem("metadata.name", f"Invalid value: {_quote(name)}: "
                                             f"{_SUBDOMAIN_MESSAGE}"))
     return out
 
@@ -184,49 +184,49 @@ _LABEL_VALUE_MESSAGE = (
 _ANNOTATIONS_LIMIT = 256 * 1024
 
 
-def _key_problems(path: str, key: str) -> list[Problem]:
+def _key_problems(path: str, key: str) -> list[FieldProblem]:
     """A label or annotation key as apimachinery's IsQualifiedName checks it."""
     parts = key.split("/")
     if len(parts) > 2:
-        return [Problem(path, f"Invalid value: {_quote(key)}: a valid label key "
+        return [FieldProblem(path, f"Invalid value: {_quote(key)}: a valid label key "
                               f"{_LABEL_KEY_MESSAGE} with an optional DNS subdomain prefix "
                               "and '/' (e.g. 'example.com/MyName')")]
     out = []
     if len(parts) == 2:
         prefix = parts[0]
         if not prefix:
-            out.append(Problem(path, f"Invalid value: {_quote(key)}: prefix part must be "
+            out.append(FieldProblem(path, f"Invalid value: {_quote(key)}: prefix part must be "
                                      "non-empty"))
         elif len(prefix) > 253 or not re.fullmatch(DNS1123_SUBDOMAIN, prefix, flags=re.ASCII):
-            out.append(Problem(path, f"Invalid value: {_quote(key)}: prefix part "
+            out.append(FieldProblem(path, f"Invalid value: {_quote(key)}: prefix part "
                                      f"{_SUBDOMAIN_MESSAGE}"))
     name = parts[-1]
     if not name:
-        out.append(Problem(path, f"Invalid value: {_quote(key)}: name part must be non-empty"))
+        out.append(FieldProblem(path, f"Invalid value: {_quote(key)}: name part must be non-empty"))
     elif len(name) > 63:
-        out.append(Problem(path, f"Invalid value: {_quote(key)}: name part must be no more "
+        out.append(FieldProblem(path, f"Invalid value: {_quote(key)}: name part must be no more "
                                  "than 63 bytes"))
     if not re.fullmatch(_LABEL_KEY, name, flags=re.ASCII):
-        out.append(Problem(path, f"Invalid value: {_quote(key)}: name part "
+        out.append(FieldProblem(path, f"Invalid value: {_quote(key)}: name part "
                                  f"{_LABEL_KEY_MESSAGE}"))
     return out
 
 
-def label_problems(meta: Any) -> list[Problem]:
+def label_problems(meta: Any) -> list[FieldProblem]:
     """Labels and annotations as the API server checks them on every object (types are
     metadata_problems' business)."""
     if not isinstance(meta, dict):
         return []
-    out: list[Problem] = []
+    out: list[FieldProblem] = []
     labels = meta.get("labels")
     for key, value in (labels if isinstance(labels, dict) else {}).items():
         out += _key_problems("metadata.labels", str(key))
         text = "" if value is None else str(value)
         if len(text.encode()) > 63:
-            out.append(Problem("metadata.labels",
+            out.append(FieldProblem("metadata.labels",
                                f"Invalid value: {_quote(text)}: must be no more than 63 bytes"))
         if not re.fullmatch(_LABEL_VALUE, text, flags=re.ASCII):
-            out.append(Problem("metadata.labels",
+            out.append(FieldProblem("metadata.labels",
                                f"Invalid value: {_quote(text)}: {_LABEL_VALUE_MESSAGE}"))
     annotations = meta.get("annotations")
     size = 0
@@ -234,7 +234,7 @@ def label_problems(meta: Any) -> list[Problem]:
         out += _key_problems("metadata.annotations", str(key).lower())
         size += len(str(key).encode()) + len(("" if value is None else str(value)).encode())
     if size > _ANNOTATIONS_LIMIT:
-        out.append(Problem("metadata.annotations",
+        out.append(FieldProblem("metadata.annotations",
                            f"Too long: may not be more than {_ANNOTATIONS_LIMIT} bytes"))
     return out
 
@@ -298,12 +298,12 @@ _GO_JSON = {"integer": "number", "number": "number", "boolean": "bool", "string"
             "array": "array", "object": "object", "null": "null"}
 
 
-def _go_type_error(value: Any, field: str, want: str) -> Problem:
-    return Problem("", f"json: cannot unmarshal {_GO_JSON[json_type(value)]} into Go struct "
+def _go_type_error(value: Any, field: str, want: str) -> FieldProblem:
+    return FieldProblem("", f"json: cannot unmarshal {_GO_JSON[json_type(value)]} into Go struct "
                        f"field ObjectMeta.metadata.{field} of type {want}")
 
 
-def metadata_problems(meta: Any) -> list[Problem]:
+def metadata_problems(meta: Any) -> list[FieldProblem]:
     """kubectl decodes metadata into its typed ObjectMeta before it sends anything: a value
     of the wrong type stops it there, with Go's JSON error and nothing else."""
     if not isinstance(meta, dict):
@@ -323,7 +323,8 @@ def metadata_problems(meta: Any) -> list[Problem]:
     return []
 
 
-def _unknown_fields(problems: list[Problem], errors: list[dict[str, Any]]) -> list[Problem]:
+def _unknown_fields(problems: list[FieldProblem], errors: list[dict[str, Any]]
+                    ) -> list[FieldProblem]:
     """The API server's strict decoding: a field the schema does not declare, and every key
     of a mapping where the schema wants no object (pruning sees only unknown keys there).
     These abort the request before validation, so when there are any, they are all."""
@@ -334,17 +335,17 @@ def _unknown_fields(problems: list[Problem], errors: list[dict[str, Any]]) -> li
         wanted = _TYPE_ERRORS.get(kind) or ("string" if kind == "enum" else None)
         if isinstance(value, dict) and wanted not in (None, "object"):
             path = _path(tuple(err["loc"]))
-            out += [Problem(path, f'unknown field "{path}.{key}"') for key in value]
+            out += [FieldProblem(path, f'unknown field "{path}.{key}"') for key in value]
     return out
 
 
-def validate(doc: dict[str, Any]) -> list[Problem]:
+def validate(doc: dict[str, Any]) -> list[FieldProblem]:
     """Every problem in one manifest as kubectl and the API server would report it, or an
     empty list when they would admit it."""
     try:
         _model_for(doc)
     except ValueError as exc:
-        return [Problem("", str(exc))]
+        return [FieldProblem("", str(exc))]
     meta = doc.get("metadata")
     client_side = metadata_problems(meta)
     if client_side:
@@ -360,5 +361,5 @@ def validate(doc: dict[str, Any]) -> list[Problem]:
             return unknown
         found += [p for p in problems if p not in found]
     except ValueError as exc:
-        found.append(Problem("", str(exc)))
+        found.append(FieldProblem("", str(exc)))
     return found

@@ -37,7 +37,7 @@ from ..core.haplan import (
     AfterRefusal,
     CampusSnapshot,
     HaStep,
-    StepKind,
+    HaStepKind,
     after_refused_failover,
     plan_cycle,
 )
@@ -226,25 +226,25 @@ async def _execute(step: HaStep, s: CampusSnapshot, api: client.ApiClient,
     ns, name = campus["metadata"]["namespace"], s.name
     names = list(s.names)
     status = campus.get("status") or {}
-    if step.kind in (StepKind.BOOTSTRAP, StepKind.AWAIT_BOOTSTRAP):
-        if step.kind is StepKind.BOOTSTRAP and step.target:
+    if step.kind in (HaStepKind.BOOTSTRAP, HaStepKind.AWAIT_BOOTSTRAP):
+        if step.kind is HaStepKind.BOOTSTRAP and step.target:
             await roles.set_role(step.target, "primary")
             await store.patch_status({"currentPrimary": step.target, "phase": "Ready"}, None)
             await events.emit("PrimaryReady", f"{step.target} is the first primary")
         await _publish(store, campus, names, dict(s.raws), ips, dict(s.ready), None, s.now,
                        force=True)
         return time.monotonic()
-    if step.kind is StepKind.RESUME_FAILOVER:
+    if step.kind is HaStepKind.RESUME_FAILOVER:
         FAILOVERS.labels(ns, name, "resumed").inc()
         await run_failover(store=store, agents=agents, roles=roles, events=events, ips=ips,
                            reason=step.reason)
         return time.monotonic()
-    if step.kind is StepKind.REFUSE_SWITCHOVER:
+    if step.kind is HaStepKind.REFUSE_SWITCHOVER:
         # The parser's sentence quotes the value: no raw newline or ESC in the Event.
         await events.emit("SwitchoverRefused", step.reason, warning=True)
         await _clear_switchover(api, ns, name)
         return time.monotonic()
-    if step.kind is StepKind.SWITCHOVER:
+    if step.kind is HaStepKind.SWITCHOVER:
         outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,
                                      ips=ips, reason=step.reason, planned_target=step.target)
         FAILOVERS.labels(ns, name, "switchover" if outcome.promoted else "refused").inc()
@@ -256,7 +256,7 @@ async def _execute(step: HaStep, s: CampusSnapshot, api: client.ApiClient,
         await _clear_switchover(api, ns, name)
     if step.primary_up is not None:
         PRIMARY_UP.labels(ns, name).set(1 if step.primary_up else 0)
-    if step.kind is StepKind.FAILOVER:
+    if step.kind is HaStepKind.FAILOVER:
         outcome = await run_failover(store=store, agents=agents, roles=roles, events=events,
                                      ips=ips, reason=step.reason)
         FAILOVERS.labels(ns, name, "promoted" if outcome.promoted else "refused").inc()
@@ -276,11 +276,11 @@ async def _execute(step: HaStep, s: CampusSnapshot, api: client.ApiClient,
                               message=outcome.message, now=s.now)
         await store.patch_status({"conditions": conds, "phase": "Failed"}, None)
         return time.monotonic()
-    if step.kind is StepKind.MARK_SUSPECT:
+    if step.kind is HaStepKind.MARK_SUSPECT:
         await store.patch_status({"failingSince": _iso(step.failing_since or s.now)}, None)
         await events.emit("PrimarySuspect", step.reason, warning=True)
         return last_write
-    if step.kind is StepKind.AWAIT_SUSPECT:
+    if step.kind is HaStepKind.AWAIT_SUSPECT:
         return last_write
     # Publish (healthy): keep Services' role labels and the synchronous snapshot current.
     for inst in names:

@@ -33,14 +33,14 @@ from ..core.failures import (
     should_emit,
     signature,
 )
-from ..core.ownership import Owner, Refusal, Verdict
+from ..core.ownership import Owner, OwnershipRefusal, Verdict
 from ..engines import profile_for
 
 log = logging.getLogger("ringkeeper.campus")
 POD_CIDR = "0.0.0.0/0"
 
 
-class SpecError(ValueError):
+class UnbuildableSpec(ValueError):
     """The operator cannot build the Campus's objects from its spec."""
 
 
@@ -86,9 +86,9 @@ async def reconcile(body: dict[str, Any], logger: Any, timer: bool = False) -> N
         try:
             await _write_campus(api, body)
         except ForeignObjectError as exc:
-            await _failed(api, body, Refusal.FOREIGN_OBJECT, str(exc))
+            await _failed(api, body, OwnershipRefusal.FOREIGN_OBJECT, str(exc))
             return
-        except SpecError as exc:
+        except UnbuildableSpec as exc:
             await _failed(api, body, FailureReason.INVALID_SPEC, str(exc))
             return
         except KubeApiError as exc:
@@ -106,19 +106,41 @@ async def reconcile(body: dict[str, Any], logger: Any, timer: bool = False) -> N
         await _set_reconciled(api, body, None, "all objects applied")
 
 
-async def _write_campus(api: client.ApiClient, body: dict[str, Any]) -> None:
-    """Check every object before writing any: one Foreign object stops them all."""
-    spec, meta = body["spec"], body["metadata"]
+def unit_objects(unit: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(generated Secrets, other objects) of a Campus or of a Satellite's campus-shaped view
+    (core.satellite.campus_view): one builder for both kinds."""
+    spec = unit["spec"]
     try:
         profile = profile_for(spec["engine"], str(spec["version"]))
-        generated = [manifests.secret(body, kind, user, secrets.token_urlsafe(24))
+        generated = [manifests.secret(unit, kind, user, secrets.token_urlsafe(24))
                      for kind, user in (("superuser", profile.superuser),
                                         ("replication", "ringkeeper_repl"),
                                         ("app", "app"), ("agent", ""))]
-        objs = manifests.desired(body, profile, POD_CIDR)
+        objs = manifests.desired(unit, profile, POD_CIDR)
     except (KeyError, ValueError, TypeError) as exc:
-        raise SpecError(f"cannot build the campus's objects: {exc}") from exc
-    owner = campus_owner(body)
+        raise UnbuildableSpec(f"cannot build the {manifests.unit_kind(unit).lower()}'s objects: "
+                        f"{exc}") from exc
+    return generated, objs
+
+
+async def _write_campus(api: client.ApiClient, body: dict[str, Any]) -> None:
+    meta = body["metadata"]
+    generated, objs = unit_objects(body)
+    await write_objects(api, body, campus_owner(body), generated, objs)
+    status = body.get("status") or {}
+    if not status.get("currentPrimary") and not status.get("targetPrimary"):
+        first = f"{meta['name']}-0"
+        await resources.patch_campus_status(api, meta["namespace"], meta["name"], {
+            "targetPrimary": first, "phase": "Initializing"}, None)
+        kopf.info(cast(Any, body), reason="Bootstrapping",
+                  message=f"{first} will be the first primary")
+
+
+async def write_objects(api: client.ApiClient, body: dict[str, Any], owner: Owner,
+                        generated: list[dict[str, Any]], objs: list[dict[str, Any]]) -> None:
+    """Check every object before writing any: one Foreign object stops them all. Secrets
+    are created once and never rewritten; the rest is server-side applied. Events go to
+    `body` (the Campus or Satellite)."""
     decided = [(obj, *await resources.ownership(api, obj, owner)) for obj in generated + objs]
     foreign = [(obj, d) for obj, d, _ in decided if not d.writable]
     if foreign:
@@ -139,13 +161,6 @@ async def _write_campus(api: client.ApiClient, body: dict[str, Any]) -> None:
             await resources.apply(api, {k: obj[k] for k in ("apiVersion", "kind", "metadata")})
     for obj in objs:
         await resources.apply(api, obj)
-    status = body.get("status") or {}
-    if not status.get("currentPrimary") and not status.get("targetPrimary"):
-        first = f"{meta['name']}-0"
-        await resources.patch_campus_status(api, meta["namespace"], meta["name"], {
-            "targetPrimary": first, "phase": "Initializing"}, None)
-        kopf.info(cast(Any, body), reason="Bootstrapping",
-                  message=f"{first} will be the first primary")
 
 
 def _told(body: dict[str, Any]) -> str | None:

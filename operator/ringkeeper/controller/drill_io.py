@@ -26,7 +26,7 @@ from ..api.v1alpha1.drill import TargetKind
 from ..base.sqlquote import quote_ident
 from ..contracts.conninfo import SslMode, Target, build_dsn
 from ..core.drill import CampusView
-from ..workload.check import Problem, check
+from ..workload.check import LedgerProblem, check
 from ..workload.ledger import Ledger
 from ..workload.schema import TABLES
 from .drill_report import explain_lost, lost_keys
@@ -284,7 +284,8 @@ async def campus_pod_dsns(api: client.ApiClient, namespace: str, campus: str, la
             if p.status and p.status.pod_ip}
 
 
-LOST = (Problem.MISSING, Problem.STALE, Problem.UNEXPECTED)  # what a drill counts lost
+# what a drill counts lost
+LOST = (LedgerProblem.MISSING, LedgerProblem.STALE, LedgerProblem.UNEXPECTED)
 CHECK_TRIES = 5
 
 

@@ -146,7 +146,7 @@ class AgentCallError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class FailoverOutcome:
     promoted: str | None
     election: Election | None
     message: str
@@ -200,7 +200,7 @@ async def run_failover(
     ips: Mapping[str, str],
     reason: str,
     planned_target: str | None = None,
-) -> Outcome:
+) -> FailoverOutcome:
     campus = await store.read()
     spec, status = campus["spec"], campus.get("status") or {}
     old = status.get("currentPrimary")
@@ -235,7 +235,7 @@ async def run_failover(
         if hold or early is not None:
             message = hold or (early.message if early else "")
             await events.emit("FailoverRefused", message, warning=True)
-            return Outcome(None, early, message)
+            return FailoverOutcome(None, early, message)
     # 2. Out of the read-write Service, and fenced without waiting: it may be hung.
     # A switchover's old primary is healthy and must stop before positions are compared.
     if old:
@@ -263,7 +263,7 @@ async def run_failover(
             role, why = role_after_refusal(old, planned=bool(planned_target))
             log.info("%s relabelled %s: %s", old, role, why)
             await roles.set_role(old, role)
-        return Outcome(None, election, election.message)
+        return FailoverOutcome(None, election, election.message)
     # 5. Record the decision before acting on it.
     record = {"from": old, "to": election.candidate, "reason": f"{reason}; {election.message}",
               "startedAt": started}
@@ -283,11 +283,11 @@ def _promoted_last(status: Mapping[str, Any], name: str | None) -> bool:
 
 async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events: Events,
                   ips: Mapping[str, str], campus: dict[str, Any], target: str,
-                  started: str | None) -> Outcome:
+                  started: str | None) -> FailoverOutcome:
     status = campus.get("status") or {}
     old = status.get("currentPrimary")
     if target not in ips:
-        return Outcome(None, None, f"no address for {target} yet")
+        return FailoverOutcome(None, None, f"no address for {target} yet")
     # 5. Promote (idempotent: an instance that is primary already reports so).
     current = await agents.status(ips[target])
     if not current or (current.get("server") or {}).get("in_recovery") is not False:
@@ -325,4 +325,4 @@ async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events:
             fire_and_forget(f"fencing the former primary {x}",
                             agents.fence(ips[x], timeout=FENCE_TIMEOUT), FENCE_TIMEOUT + 1)
     log.info("failover finished: %s -> %s", old, target)
-    return Outcome(target, None, f"{target} promoted")
+    return FailoverOutcome(target, None, f"{target} promoted")

@@ -30,9 +30,9 @@ from ..contracts.ringconfig import RingConfig
 from ..core import divergence, manifests
 from ..core.conditions import condition, set_condition
 from ..core.cron import schedule_condition
-from ..core.divergence import Outcome, error_outcome, outcome_of
+from ..core.divergence import VerifyOutcome, error_outcome, outcome_of
 from ..core.failures import backoff_delay, reason_for_status, should_emit, signature
-from ..core.ownership import Refusal
+from ..core.ownership import OwnershipRefusal
 from ..core.ringplan import ring_status, sync_config
 from ..core.secretrefs import SecretUse, generated_names, refusal_conditions
 from ..core.verify_report import Report, verification_status
@@ -74,7 +74,7 @@ class _State:
         # process: the Diverged condition in the ring's status then stands), and the
         # last verification error told in an Event, with the failures in a row.
         self.next_continuous: datetime | None = None
-        self.outcome: Outcome | None = None
+        self.outcome: VerifyOutcome | None = None
         self.verify_told: str | None = None
         self.verify_failures = 0
         self.secret_refusals: set[str] = set()  # Secret refusals already told in an Event
@@ -110,7 +110,8 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
     endpoints: dict[str, dict[str, Any]] = {}
     hosts: dict[str, str | None] = {}
     campuses: dict[str, bool] = {}  # campus -> its <campus>-ring Secret exists (and is ours)
-    refused: dict[str, tuple[str, Refusal, str]] = {}  # campus -> (member, reason, message)
+    # campus -> (member, reason, message)
+    refused: dict[str, tuple[str, OwnershipRefusal, str]] = {}
     secret_refusals: list[SecretUse] = []  # Secrets named by external members, not usable
     generated = generated_names(name, [m["campusRef"]["name"] for m in spec.get("members") or []
                                        if m.get("campusRef")])
@@ -152,7 +153,7 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
     try:
         await _write_secret(api, ring, f"{name}-sync", payload, state)
     except ForeignObjectError as exc:
-        refused[f"{name}-sync"] = ("", Refusal.FOREIGN_OBJECT, str(exc))
+        refused[f"{name}-sync"] = ("", OwnershipRefusal.FOREIGN_OBJECT, str(exc))
     named = {(m.get("campusRef") or {}).get("name") for m in spec.get("members") or []}
     await _release(api, ring, {manifests.ring_secret_name(c) for c in named
                                if c and c not in refused}, state)

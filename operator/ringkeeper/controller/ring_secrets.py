@@ -21,7 +21,7 @@ from ..contracts.conninfo import SslMode, Target, build_dsn
 from ..core import manifests
 from ..core.conditions import condition, set_condition
 from ..core.failures import signature
-from ..core.ownership import Owner, Refusal, ring_claim
+from ..core.ownership import Owner, OwnershipRefusal, ring_claim
 from ..core.ringplan import primary_address
 from ..core.secretrefs import SecretUse, may_use
 from ..engines import profile_for
@@ -118,7 +118,7 @@ async def _write_secret(api: client.ApiClient, ring: dict[str, Any], name: str,
 
 
 async def _claim(api: client.ApiClient, ring: dict[str, Any], campus: str
-                 ) -> tuple[Refusal | None, str, bool]:
+                 ) -> tuple[OwnershipRefusal | None, str, bool]:
     """Whether this ring holds `campus` (core.ownership.ring_claim), and if its Secret exists."""
     probe = _secret(ring, manifests.ring_secret_name(campus), "")
     existing = await resources.get_metadata(api, probe)
@@ -128,7 +128,7 @@ async def _claim(api: client.ApiClient, ring: dict[str, Any], campus: str
 
 async def _write_ring_secret(api: client.ApiClient, ring: dict[str, Any], campus: str,
                              payload: str, exists: bool, state: _State
-                             ) -> tuple[Refusal | None, str]:
+                             ) -> tuple[OwnershipRefusal | None, str]:
     """Write `<campus>-ring`; an absent one is created, so of two rings exactly one wins."""
     name = manifests.ring_secret_name(campus)
     digest = hashlib.sha256(payload.encode()).hexdigest()
@@ -171,7 +171,7 @@ async def _release(api: client.ApiClient, ring: dict[str, Any], keep: set[str],
 
 
 def _refusals(ring: dict[str, Any], status: dict[str, Any],
-              refused: dict[str, tuple[str, Refusal, str]], state: _State) -> None:
+              refused: dict[str, tuple[str, OwnershipRefusal, str]], state: _State) -> None:
     """Ready=False naming what this ring will not write, and one Event per new refusal."""
     if not refused:
         state.refusals = set()
@@ -185,7 +185,7 @@ def _refusals(ring: dict[str, Any], status: dict[str, Any],
     now_refused = {signature(str(why), m) for _, (_, why, m) in ordered}
     if state.refusals is None:
         prev = condition((ring.get("status") or {}).get("conditions") or [], "Ready") or {}
-        said = str(prev.get("message", "")) if prev.get("reason") in set(Refusal) else ""
+        said = str(prev.get("message", "")) if prev.get("reason") in set(OwnershipRefusal) else ""
         state.refusals = {signature(str(why), m) for _, (_, why, m) in ordered if m in said}
     for _, (_, why, m) in ordered:
         if signature(str(why), m) not in state.refusals:

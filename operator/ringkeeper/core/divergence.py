@@ -57,7 +57,7 @@ READY_REASON = "Diverged"
 
 
 @dataclass(frozen=True)
-class Outcome:
+class VerifyOutcome:
     """What one verification run concluded, reduced to what the status needs.
 
     `differing` maps each table to its count of persistently differing keys;
@@ -81,19 +81,19 @@ class Outcome:
         return sum(self.unsettled.values())
 
 
-def outcome_of(report: Report, *, report_path: str | None = None) -> Outcome:
+def outcome_of(report: Report, *, report_path: str | None = None) -> VerifyOutcome:
     """The outcome of a finished run (tables with no difference are left out)."""
     differing = {t.table: len(t.differences) for t in report.tables if t.differences}
     unsettled = {t.table: len(t.unsettled) for t in report.tables if t.unsettled}
-    return Outcome(result=VerificationResult.PASSED if report.passed
+    return VerifyOutcome(result=VerificationResult.PASSED if report.passed
                    else VerificationResult.FAILED,
                    mode=report.mode, differing=differing, unsettled=unsettled,
                    report=report_path)
 
 
-def error_outcome(error: str, mode: str = "incremental") -> Outcome:
+def error_outcome(error: str, mode: str = "incremental") -> VerifyOutcome:
     """A run that could not finish (a member unreachable, a table that cannot be read)."""
-    return Outcome(result=VerificationResult.ERROR, mode=mode, error=error[:500])
+    return VerifyOutcome(result=VerificationResult.ERROR, mode=mode, error=error[:500])
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _event(before: str | None, now: ConditionStatus) -> DivergenceEvent | None:
     return None
 
 
-def decide(outcome: Outcome | None, previous: Mapping[str, Any] | None, *,
+def decide(outcome: VerifyOutcome | None, previous: Mapping[str, Any] | None, *,
            enabled: bool = True) -> DivergedVerdict:
     """The Diverged condition after `outcome` (None: no run finished in this process).
 

@@ -33,7 +33,7 @@ from .ha import (
 FORCED_WRITE_SECONDS = 5.0
 
 
-class StepKind(StrEnum):
+class HaStepKind(StrEnum):
     BOOTSTRAP = "Bootstrap"  # the first primary answers as primary: record it
     AWAIT_BOOTSTRAP = "AwaitBootstrap"  # no primary yet: publish what is there
     RESUME_FAILOVER = "ResumeFailover"  # targetPrimary != currentPrimary
@@ -81,7 +81,7 @@ class HaStep:
     PRIMARY_UP gauge (None: no verdict was taken this cycle).
     """
 
-    kind: StepKind
+    kind: HaStepKind
     reason: str
     target: str | None = None
     clear_switchover: bool = False
@@ -97,23 +97,23 @@ def plan_cycle(s: CampusSnapshot) -> HaStep:
     a switchover request, then the primary's verdict (failed, suspect, healthy)."""
     if s.current is None:
         if s.target and (s.raws.get(s.target) or {}).get("role") == "primary":
-            return HaStep(StepKind.BOOTSTRAP, f"{s.target} answers as primary: it is the "
+            return HaStep(HaStepKind.BOOTSTRAP, f"{s.target} answers as primary: it is the "
                           "first primary", target=s.target, force=True)
-        return HaStep(StepKind.AWAIT_BOOTSTRAP,
+        return HaStep(HaStepKind.AWAIT_BOOTSTRAP,
                       f"no primary yet; waiting for {s.target or 'a targetPrimary'} to "
                       "answer as primary", target=s.target, force=True)
     if s.target and s.target != s.current:
         # A failover recorded its decision (targetPrimary) and was interrupted before
         # currentPrimary: finish it, never elect again (the election already ran on
         # frozen positions; a second one on moving ones could pick differently).
-        return HaStep(StepKind.RESUME_FAILOVER, "resuming after an interruption",
+        return HaStep(HaStepKind.RESUME_FAILOVER, "resuming after an interruption",
                       target=s.target)
     wanted = s.switchover
     if wanted and wanted != s.current:
         asked = parse_switchover(wanted, list(s.names))
         if not asked.ok:
-            return HaStep(StepKind.REFUSE_SWITCHOVER, str(asked.error))
-        return HaStep(StepKind.SWITCHOVER, f"switchover requested to {wanted}", target=wanted)
+            return HaStep(HaStepKind.REFUSE_SWITCHOVER, str(asked.error))
+        return HaStep(HaStepKind.SWITCHOVER, f"switchover requested to {wanted}", target=wanted)
     clear = bool(wanted) and wanted == s.current
     current = s.current
     # A primary that answers but is cut off from its synchronous standbys commits
@@ -125,21 +125,21 @@ def plan_cycle(s: CampusSnapshot) -> HaStep:
                               s.detection_delay, s.last_failover, cut=cut)
     up = verdict.state == PrimaryState.HEALTHY
     if verdict.state == PrimaryState.FAILED:
-        return HaStep(StepKind.FAILOVER, f"primary failed: {verdict.reason}", target=current,
+        return HaStep(HaStepKind.FAILOVER, f"primary failed: {verdict.reason}", target=current,
                       clear_switchover=clear, primary_up=up)
     if verdict.state == PrimaryState.SUSPECT:
         if s.failing_since is None:
-            return HaStep(StepKind.MARK_SUSPECT, verdict.reason, target=current,
+            return HaStep(HaStepKind.MARK_SUSPECT, verdict.reason, target=current,
                           clear_switchover=clear, primary_up=up,
                           failing_since=verdict.failing_since or s.now)
-        return HaStep(StepKind.AWAIT_SUSPECT, f"suspect since {s.failing_since.isoformat()}: "
+        return HaStep(HaStepKind.AWAIT_SUSPECT, f"suspect since {s.failing_since.isoformat()}: "
                       f"{verdict.reason}", target=current, clear_switchover=clear,
                       primary_up=up)
     roles = {inst: "primary" if inst == current else (
         "replica" if (s.raws.get(inst) or {}).get("role") == "replica" else "unavailable")
         for inst in s.names}
     force = s.since_write > FORCED_WRITE_SECONDS
-    return HaStep(StepKind.PUBLISH,
+    return HaStep(HaStepKind.PUBLISH,
                   "primary healthy" + ("; status older than "
                                        f"{FORCED_WRITE_SECONDS:.0f} s is rewritten"
                                        if force else ""),

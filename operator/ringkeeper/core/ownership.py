@@ -43,7 +43,7 @@ class Verdict(StrEnum):
     FOREIGN = "Foreign"
 
 
-class Refusal(StrEnum):
+class OwnershipRefusal(StrEnum):
     """Condition reasons for an object the operator will not write."""
 
     FOREIGN_OBJECT = "ForeignObject"
@@ -107,7 +107,7 @@ def refusal_message(kind: str, name: str, decision: OwnershipDecision) -> str:
 
 
 def ring_claim(existing: Mapping[str, Any] | None, ring: Owner, campus: str
-               ) -> tuple[OwnershipDecision, Refusal | None, str]:
+               ) -> tuple[OwnershipDecision, OwnershipRefusal | None, str]:
     """May `ring` write the `<campus>-ring` Secret? (decision, refusal reason, message).
 
     The Secret records which ring holds the Campus (its controller owner
@@ -119,8 +119,8 @@ def ring_claim(existing: Mapping[str, Any] | None, ring: Owner, campus: str
     if decision.writable:
         return decision, None, decision.reason
     if decision.holder_kind == ring.kind and decision.holder_name != ring.name:
-        return (decision, Refusal.CAMPUS_IN_ANOTHER_RING,
+        return (decision, OwnershipRefusal.CAMPUS_IN_ANOTHER_RING,
                 f"campus {campus} is in ring {decision.holder_name}, which claimed it first "
                 f"(it holds Secret {campus}-ring); this ring writes nothing for {campus}")
-    return (decision, Refusal.FOREIGN_OBJECT,
+    return (decision, OwnershipRefusal.FOREIGN_OBJECT,
             refusal_message("Secret", f"{campus}-ring", decision))

@@ -32,7 +32,7 @@ from .ring import links
 RESEED_SHARE = 0.8
 
 
-class StepKind(StrEnum):
+class MemberStepKind(StrEnum):
     MOVE = "Move"  # in the ring: read from it, keep WAL for it
     DOWN = "Down"  # does not answer; still in the ring until bypassAfterSeconds
     BYPASS = "Bypass"  # down too long: its upstream feeds its downstream
@@ -54,14 +54,14 @@ class MemberFacts:
 
 @dataclass(frozen=True)
 class MemberStep:
-    kind: StepKind
+    kind: MemberStepKind
     reason: str
     bypass: bool = False  # the links route around it (Bypass, or Reseed while bypassed)
 
     @property
     def holds(self) -> bool:
         """Whether the hold slot keeps WAL for this member."""
-        return self.kind != StepKind.RESEED
+        return self.kind != MemberStepKind.RESEED
 
 
 def plan_member(f: MemberFacts) -> MemberStep:
@@ -72,17 +72,17 @@ def plan_member(f: MemberFacts) -> MemberStep:
     down_for = None if f.down_since is None or f.member == f.local else f.now - f.down_since
     bypass = down_for is not None and down_for >= f.bypass_after
     if f.needs_reseed or f.behind_budget:
-        return MemberStep(StepKind.RESEED, f"{f.member} fell behind the WAL budget and "
+        return MemberStep(MemberStepKind.RESEED, f"{f.member} fell behind the WAL budget and "
                           "needs a re-seed", bypass=bypass)
     if bypass:
         assert down_for is not None
-        return MemberStep(StepKind.BYPASS, f"{f.member} down for {down_for:.1f}s "
+        return MemberStep(MemberStepKind.BYPASS, f"{f.member} down for {down_for:.1f}s "
                           f"(bypassAfterSeconds {f.bypass_after:g}): the ring closes "
                           "around it", bypass=True)
     if down_for is not None:
-        return MemberStep(StepKind.DOWN, f"{f.member} down for {down_for:.1f}s, bypassed "
+        return MemberStep(MemberStepKind.DOWN, f"{f.member} down for {down_for:.1f}s, bypassed "
                           f"after {f.bypass_after:g}s")
-    return MemberStep(StepKind.MOVE, f"{f.member} answers")
+    return MemberStep(MemberStepKind.MOVE, f"{f.member} answers")
 
 
 def over_budget(hold_lag_bytes: int | None, budget_bytes: int) -> bool:

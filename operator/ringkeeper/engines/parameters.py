@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
 
-from .refused_parameters import REFUSED_PARAMETERS, Refusal, refusal_message
+from .refused_parameters import REFUSED_PARAMETERS, ParameterRefusal, refusal_message
 
 # A parameter name after ASCII lower-casing; at most 63 characters (NAMEDATALEN - 1).
 NAME_PATTERN = r"[a-z][a-z0-9_.]{0,62}"
@@ -268,7 +268,8 @@ class ParameterCatalog:
 
     engine: str
     params: tuple[Param, ...]
-    refused: Mapping[str, Refusal] = field(default_factory=lambda: dict(REFUSED_PARAMETERS))
+    refused: Mapping[str, ParameterRefusal] = field(
+        default_factory=lambda: dict(REFUSED_PARAMETERS))
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class Refusal(StrEnum):
+class ParameterRefusal(StrEnum):
     """Why a name can never be set; the text follows "parameters may not set NAME: "."""
 
     COMMAND = "it runs a shell command as the database user"
@@ -52,21 +52,21 @@ MANAGED_PARAMETERS: tuple[str, ...] = (
     "wal_log_hints",
 )
 
-REFUSED_PARAMETERS: dict[str, Refusal] = {
-    **{n: Refusal.COMMAND for n in (
+REFUSED_PARAMETERS: dict[str, ParameterRefusal] = {
+    **{n: ParameterRefusal.COMMAND for n in (
         "archive_command", "archive_cleanup_command", "restore_command",
         "recovery_end_command", "ssl_passphrase_command")},
-    **{n: Refusal.CODE for n in (
+    **{n: ParameterRefusal.CODE for n in (
         "shared_preload_libraries", "local_preload_libraries", "session_preload_libraries",
         "dynamic_library_path", "jit_provider", "archive_library",
         "oauth_validator_libraries", "extension_control_path")},
-    **{n: Refusal.FILES for n in (
+    **{n: ParameterRefusal.FILES for n in (
         "include", "include_dir", "include_if_exists", "config_file", "hba_file",
         "ident_file", "data_directory", "external_pid_file", "log_directory",
         "log_filename", "krb_server_keyfile", "ssl_ca_file", "ssl_cert_file",
         "ssl_key_file", "ssl_crl_file", "ssl_crl_dir", "ssl_dh_params_file")},
-    **{n: Refusal.UNSAFE for n in ("fsync", "full_page_writes")},
-    **{n: Refusal.MANAGED for n in MANAGED_PARAMETERS},
+    **{n: ParameterRefusal.UNSAFE for n in ("fsync", "full_page_writes")},
+    **{n: ParameterRefusal.MANAGED for n in MANAGED_PARAMETERS},
 }
 
 

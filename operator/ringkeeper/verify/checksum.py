@@ -150,7 +150,7 @@ def qualified(table: str) -> str:
 
 
 @dataclass(frozen=True)
-class Column:
+class ChecksumColumn:
     name: str
     sql_type: str  # the declared type, for casts back from text
     base: str  # typname of the (domain's) base type
@@ -175,12 +175,12 @@ class TableShape:
     does not produce false differences."""
 
     table: str
-    columns: tuple[Column, ...]
+    columns: tuple[ChecksumColumn, ...]
     key: tuple[str, ...]
     order: tuple[str, ...] = field(default=())
 
     @property
-    def by_name(self) -> dict[str, Column]:
+    def by_name(self) -> dict[str, ChecksumColumn]:
         return {c.name: c for c in self.columns}
 
     @property
@@ -188,12 +188,12 @@ class TableShape:
         return qualified(self.table)
 
     @property
-    def key_columns(self) -> list[Column]:
+    def key_columns(self) -> list[ChecksumColumn]:
         b = self.by_name
         return [b[k] for k in self.key]
 
     @property
-    def compared(self) -> list[Column]:
+    def compared(self) -> list[ChecksumColumn]:
         b = self.by_name
         return [b[n] for n in (self.order or tuple(c.name for c in self.columns))]
 
@@ -202,12 +202,12 @@ class TableShape:
         return len(self.key) == 1 and self.key_columns[0].base in INTEGER_KEYS
 
 
-def _as_base(c: Column, alias: str) -> str:
+def _as_base(c: ChecksumColumn, alias: str) -> str:
     ref = f"{alias}.{c.ident}"
     return f"{ref}::{c.base_sql_type}" if c.sql_type != c.base_sql_type else ref
 
 
-def text_expr(c: Column, alias: str = "t") -> str:
+def text_expr(c: ChecksumColumn, alias: str = "t") -> str:
     """The canonical text of one value (also the canonical form of key columns)."""
     v = _as_base(c, alias)
     if c.base == "numeric":
@@ -234,7 +234,7 @@ def null_marker(position: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def typed_hash(c: Column, position: int, alias: str = "t", not_null: bool = False) -> str:
+def typed_hash(c: ChecksumColumn, position: int, alias: str = "t", not_null: bool = False) -> str:
     """One column's 64-bit hash, seeded by its position in the compared column list."""
     v = _as_base(c, alias)
     seed = position + 1

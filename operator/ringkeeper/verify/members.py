@@ -84,7 +84,7 @@ async def table_shape(member: Member, table: str) -> TableShape:
     if not key:
         raise VerifyError(f"table {table} has no primary key on member {member.name}: "
                           "verification needs one to name rows and to split ranges")
-    cols = tuple(cs.Column(name=r["name"], sql_type=r["sql_type"], base=r["base"],
+    cols = tuple(cs.ChecksumColumn(name=r["name"], sql_type=r["sql_type"], base=r["base"],
                            base_sql_type=r["base_sql_type"], base_kind=r["base_kind"],
                            element=r["element"], generated=r["generated"],
                            identity=r["identity"], not_null=r["not_null"]) for r in rows)

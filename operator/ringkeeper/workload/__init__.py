@@ -6,9 +6,9 @@
 against the members (check.py). See docs/workload.md.
 """
 
-from .check import CheckReport, Problem, check
+from .check import CheckReport, LedgerProblem, check
 from .flow import Mix
-from .generator import HOSPITAL_DAY_RESULTS, HOSPITAL_DAY_SPECIMENS, Plan, SiteTarget, plan, run
+from .generator import HOSPITAL_DAY_RESULTS, HOSPITAL_DAY_SPECIMENS, LoadPlan, SiteTarget, plan, run
 from .keys import barcode, compose, decompose
 from .ledger import ChangeKind, Entry, Ledger
 
@@ -19,9 +19,9 @@ __all__ = [
            "CheckReport",
            "Entry",
            "Ledger",
+           "LedgerProblem",
+           "LoadPlan",
            "Mix",
-           "Plan",
-           "Problem",
            "SiteTarget",
            "barcode",
            "check",

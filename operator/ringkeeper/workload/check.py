@@ -25,7 +25,7 @@ from .schema import SCHEMA, TABLES, schema_name
 CHUNK = 5000
 
 
-class Problem(StrEnum):
+class LedgerProblem(StrEnum):
     MISSING = "missing"  # an acknowledged row is not there
     STALE = "stale"  # the row is there with another version than any allowed
     UNEXPECTED = "unexpected"  # an acknowledged delete, but the row is there
@@ -35,7 +35,7 @@ class Problem(StrEnum):
 @dataclass(frozen=True)
 class Finding:
     member: str
-    problem: Problem
+    problem: LedgerProblem
     table: str
     key: int
     found: int | None
@@ -46,7 +46,7 @@ class Finding:
 class MemberCounts:
     checked: int = 0
     ok: int = 0
-    problems: Counter[Problem] = field(default_factory=Counter)
+    problems: Counter[LedgerProblem] = field(default_factory=Counter)
 
 
 @dataclass
@@ -56,7 +56,7 @@ class CheckReport:
     examples: list[Finding]
     max_examples: int
 
-    def count(self, problem: Problem) -> int:
+    def count(self, problem: LedgerProblem) -> int:
         return sum(m.problems[problem] for m in self.members.values())
 
     @property
@@ -68,7 +68,7 @@ class CheckReport:
             "passed": self.passed,
             "acknowledged": self.acknowledged,
             "members": {name: {"checked": m.checked, "ok": m.ok,
-                               **{str(p): m.problems[p] for p in Problem}}
+                               **{str(p): m.problems[p] for p in LedgerProblem}}
                         for name, m in self.members.items()},
             "examples": [{"member": f.member, "problem": str(f.problem), "table": f.table,
                           "key": f.key, "found": f.found, "allowed": list(f.allowed)}
@@ -99,7 +99,7 @@ async def check(conns: Mapping[str, Any], ledger: Ledger,
     members = {m: MemberCounts() for m in conns}
     examples: list[Finding] = []
 
-    def note(member: str, problem: Problem, e: Expect, found: int | None) -> None:
+    def note(member: str, problem: LedgerProblem, e: Expect, found: int | None) -> None:
         members[member].problems[problem] += 1
         if len(examples) < max_examples:
             examples.append(Finding(member, problem, e.table, e.key, found,
@@ -122,15 +122,15 @@ async def check(conns: Mapping[str, Any], ledger: Ledger,
                 if got in e.allowed:
                     counts.ok += 1
                 elif got is None:
-                    note(member, Problem.MISSING, e, got)
+                    note(member, LedgerProblem.MISSING, e, got)
                 elif e.allowed == {None}:
-                    note(member, Problem.UNEXPECTED, e, got)
+                    note(member, LedgerProblem.UNEXPECTED, e, got)
                 else:
-                    note(member, Problem.STALE, e, got)
+                    note(member, LedgerProblem.STALE, e, got)
         contested = {e.key: e for e in expects if e.contested}
         for key, at in seen.items():
             if len(set(at.values())) > 1:
                 for member in sorted(at)[1:]:
                     if at[member] != at[sorted(at)[0]]:
-                        note(member, Problem.DISAGREE, contested[key], at[member])
+                        note(member, LedgerProblem.DISAGREE, contested[key], at[member])
     return CheckReport(ledger.summary(), members, examples, max_examples)

@@ -38,7 +38,7 @@ CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
-class Plan:
+class LoadPlan:
     specimens: int  # over all sites; 0: no budget, the duration alone ends the run
     duration: float  # seconds
     rate: float  # specimens per second over all sites; 0: unpaced
@@ -49,7 +49,7 @@ class Plan:
 
 def plan(specimens: int | None = None, duration: float | None = None,
          rate: float | None = None, workers: int = 4, mix: Mix | None = None,
-         seed: int | None = None) -> Plan:
+         seed: int | None = None) -> LoadPlan:
     """Fill in what was not given: a hospital day in ten minutes by default; a given rate
     and duration set the specimen budget; a given budget and rate set the duration."""
     for name, v in (("specimens", specimens), ("duration", duration), ("rate", rate)):
@@ -66,7 +66,7 @@ def plan(specimens: int | None = None, duration: float | None = None,
         duration = specimens / rate if rate and specimens else DEFAULT_SECONDS
     if rate is None:
         rate = specimens / duration if specimens else 0.0
-    return Plan(specimens, duration, rate, workers, mix or Mix(), seed)
+    return LoadPlan(specimens, duration, rate, workers, mix or Mix(), seed)
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ async def prepare(site: SiteTarget) -> int:
         await conn.close()
 
 
-async def run(sites: Sequence[SiteTarget], the_plan: Plan, ledger: Ledger,
+async def run(sites: Sequence[SiteTarget], the_plan: LoadPlan, ledger: Ledger,
               progress: Callable[[RunResult], None] | None = None,
               progress_every: float = 5.0) -> RunResult:
     """Write at every site until the plan ends; every acknowledged commit is in `ledger`."""

@@ -42,7 +42,7 @@ def in_schema(sql: str, schema: str) -> str:
 
 
 @dataclass(frozen=True)
-class Table:
+class LisTable:
     name: str
     key: str  # the bigint primary key column
 
@@ -55,15 +55,15 @@ class Table:
 
 
 # The tables the ledger follows, in creation (parent-first) order.
-TABLES: dict[str, Table] = {t.name: t for t in (
-    Table("patients", "patient_id"),
-    Table("visits", "visit_id"),
-    Table("orders", "order_id"),
-    Table("order_items", "order_item_id"),
-    Table("specimens", "specimen_id"),
-    Table("results", "result_id"),
-    Table("reviews", "review_id"),
-    Table("reports", "report_id"),
+TABLES: dict[str, LisTable] = {t.name: t for t in (
+    LisTable("patients", "patient_id"),
+    LisTable("visits", "visit_id"),
+    LisTable("orders", "order_id"),
+    LisTable("order_items", "order_item_id"),
+    LisTable("specimens", "specimen_id"),
+    LisTable("results", "result_id"),
+    LisTable("reviews", "review_id"),
+    LisTable("reports", "report_id"),
 )}
 
 DDL: tuple[str, ...] = (
