@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pgserver import PASSWORD, POD_USER, PgServer, unavailable
 from ringkeeper.contracts.conninfo import SslMode, Target, build_dsn, root_cert_file
-from ringkeeper.sync.link import connect
+from ringkeeper.sync.connections import connect
 from ringkeeper.sync.walstream import AuthRefused, WalStream
 
 pytestmark = pytest.mark.postgres

@@ -11,7 +11,7 @@ import pytest
 from ringkeeper.core import names
 from ringkeeper.sync import bulk
 from ringkeeper.sync.apply import TableMap
-from ringkeeper.sync.link import only_source_changes, route
+from ringkeeper.sync.linkopen import only_source_changes, route
 from ringkeeper.sync.pgoutput import UNCHANGED, Begin, Delete, Insert, Origin, Truncate, Update
 from ringkeeper.sync.walstream import ConnParams, scram_client_proof
 

@@ -57,7 +57,6 @@ ALLOWED: dict[str, set[str]] = {
 OVERSIZE: dict[str, int] = {
     "sync/apply.py": 960,
     "sync/sidecar.py": 640,
-    "sync/link.py": 560,
 }
 LIMIT = 400
 

@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO
 from ringkeeper.api.v1alpha1.ring import LinkState
 from ringkeeper.core.liveness import LinkFault, LinkObservation, judge_link
-from ringkeeper.sync.link import LinkReport
+from ringkeeper.sync.linkreport import LinkReport
 
 SYNC = REPO / "operator" / "ringkeeper" / "sync"
 CRD_FILES = [REPO / "crds" / "ringkeeper.io_replicationrings.yaml",
@@ -69,7 +69,7 @@ def test_crd_enum_is_the_link_state_enum(path: Path) -> None:
     assert crd_link_states(path) == {s.value for s in LinkState}
 
 
-@pytest.mark.parametrize("module", ["sidecar.py", "link.py"])
+@pytest.mark.parametrize("module", sorted(p.name for p in SYNC.glob("*.py")))
 def test_sync_code_sets_link_states_from_the_enum(module: str) -> None:
     """No state is spelled as a string in the sync code: each comes from LinkState, so
     a state the CRD does not know cannot be reported. (On the code before this test,

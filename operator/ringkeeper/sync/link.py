@@ -9,40 +9,36 @@ the flush position reported to the source only moves to the end of transactions
 whose origin progress here has been flushed. A crash anywhere re-reads from the slot,
 and the per-origin progress skips what is already in; nothing is applied twice,
 nothing is skipped.
+
+This module is the stream's run loop and liveness; opening the link (its slot and
+start options) is linkopen.py, the applying and how far it got is linkapply.py, and
+what the link reports is linkreport.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 
-from ..api.v1alpha1.ring import LinkState
-from ..core import names, ringmember
 from ..core.liveness import (
-    LinkFault,
     LinkObservation,
     judge_link,
     liveness_seconds,
     ping_seconds,
     statement_seconds,
 )
-from ..core.ringmember import confirmable
 from ..engines import EngineProfile
 from . import catalog
-from .apply import Applier, Txn
-from .assembly import Assembler, Event, Part, Skip
-from .origins import origin_progress
-from .pgoutput import Begin, Origin, Relation
-from .slots import ensure_slot
-from .walstream import WalStream, ensure_scram
-
-log = logging.getLogger(__name__)
+from .apply import Applier
+from .assembly import Assembler, Event
+from .connections import close_quietly, connect
+from .linkapply import ApplyCursor
+from .linkopen import claim_slot, only_source_changes, start_options
+from .linkreport import LinkReport
+from .walstream import WalStream
 
 QUEUE_BUNDLES = 8  # queue items between reader and applier: with the above, the memory bound
 FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
@@ -54,79 +50,6 @@ LINGER = 0.005
 LINGER_EVENTS = 64
 
 
-@dataclass
-class LinkReport:
-    """What this sidecar knows and reports of one inbound link, updated as it runs:
-    state, lag, counters. `as_dict` is one entry of the member's report; the operator
-    turns the reports into the ring's status (api.v1alpha1.ring.LinkStatus, a different
-    thing: the CRD's model, written by the operator)."""
-
-    source: str
-    target: str
-    slot: str
-    state: LinkState = LinkState.PENDING
-    lag_bytes: int | None = None
-    lag_seconds: float | None = None
-    rows_per_second: float = 0.0
-    last_applied_at: datetime | None = None
-    conflicts: int = 0
-    message: str | None = None
-    applied_txns: int = 0
-    skipped_txns: int = 0
-    bypassing: tuple[str, ...] = ()
-    bulk_scripts: int = 0  # scripts of many transactions applied in one round trip
-    bulk_misses: int = 0  # scripts that met a conflict and went row by row
-    # Liveness (core.liveness): whether the stream runs, why the last attempt ended,
-    # when (monotonic) the link last heard from its source, and whether this member
-    # still copies other members' rows (links then report CatchingUp).
-    running: bool = False
-    fault: LinkFault | None = None
-    heard_at: float | None = None
-    copies_pending: bool = False
-    _rate: list[tuple[float, int]] = field(default_factory=list)
-
-    def stopped(self, fault: LinkFault | None, message: str | None) -> None:
-        """The link does not run (any more): its state and lag follow from `fault`."""
-        self.running, self.fault, self.message = False, fault, message
-        self._judge_stopped()
-
-    def _judge_stopped(self) -> None:
-        now = time.monotonic()
-        v = judge_link(LinkObservation(
-            running=False, silence=0.0, idle=True, commit_lag=None, catching_up=False,
-            fault=self.fault,
-            since_alive=None if self.heard_at is None else now - self.heard_at), 1.0)
-        self.state = v.state
-        if v.lag_seconds is not None:
-            self.lag_seconds = round(max(self.lag_seconds or 0.0, v.lag_seconds), 3)
-
-    def as_dict(self) -> dict[str, object]:
-        if not self.running and self.fault is not None:
-            self._judge_stopped()  # the lag of a stopped link grows with the outage
-        return {
-            "from": self.source, "to": self.target, "slot": self.slot,
-            "state": str(self.state),
-            "lagBytes": self.lag_bytes, "lagSeconds": self.lag_seconds,
-            "rowsPerSecond": round(self.rows_per_second, 1),
-            "lastAppliedAt": self.last_applied_at.isoformat() if self.last_applied_at else None,
-            "conflicts": self.conflicts, "message": self.message,
-            "appliedTxns": self.applied_txns, "skippedTxns": self.skipped_txns,
-            "bypassing": list(self.bypassing),
-            "bulkScripts": self.bulk_scripts, "bulkMisses": self.bulk_misses,
-        }
-
-    def note_rows(self, total_rows: int) -> None:
-        now = time.monotonic()
-        self._rate.append((now, total_rows))
-        self._rate = [(t, n) for t, n in self._rate if now - t <= 10]
-        t0, n0 = self._rate[0]
-        self.rows_per_second = (total_rows - n0) / (now - t0) if now > t0 else 0.0
-
-
-class SlotLost(RuntimeError):
-    """The source's slot is gone or invalidated: this member needs a re-seed."""
-
-
 class SourceSilent(TimeoutError):
     """The replication stream said nothing (no change, no keepalive answering our
     pings) for the liveness window: the source is hung or cut off."""
@@ -135,42 +58,6 @@ class SourceSilent(TimeoutError):
         super().__init__(message)
         self.silence = silence
         self.since = time.monotonic() - silence  # when the source fell silent
-
-
-async def connect(dsn: str, *, command_timeout: float,
-                  timeout: float = 5.0) -> asyncpg.Connection:
-    """A connection whose statements time out after `command_timeout` seconds: each
-    caller says how long its statements may take (core.liveness), so a frozen server
-    costs a bounded wait, never the 300 s that once hid a hung member."""
-    await ensure_scram(dsn, timeout=timeout)  # external members: SCRAM or nothing
-    conn: asyncpg.Connection = await asyncpg.connect(
-        dsn, timeout=timeout, command_timeout=command_timeout,
-        server_settings={"application_name": "ringkeeper-sync"})
-    return conn
-
-
-async def close_quietly(conn: asyncpg.Connection | None, timeout: float = 2.0) -> None:
-    """Close a connection without waiting on a server that may be frozen."""
-    if conn is None or conn.is_closed():
-        return
-    with contextlib.suppress(Exception):
-        await conn.close(timeout=timeout)
-    if not conn.is_closed():
-        conn.terminate()
-
-
-def route(ring: str, source: str, begin: Begin, origin: Origin | None,
-          carries: frozenset[str] | None, local: str | None = None) -> tuple[str, int] | None:
-    """core.ringmember.route for a transaction's Begin and Origin messages."""
-    return ringmember.route(ring, source, begin.final_lsn,
-                            None if origin is None else (origin.name, origin.origin_lsn),
-                            carries, local)
-
-
-def only_source_changes(source: str, carries: frozenset[str] | None) -> bool:
-    """Whether a link brings nothing but what was written at its source (a mesh link,
-    or a two-member ring), so the source may filter out every forwarded change."""
-    return carries is not None and carries <= {source}
 
 
 class LinkStream:
@@ -201,47 +88,15 @@ class LinkStream:
         self._silent: SourceSilent | None = None  # set by the watchdog that ends the link
         self._src: asyncpg.Connection | None = None
         self._ws: WalStream | None = None
-        self._end = 0  # end LSN of the last transaction applied or skipped here
+        self.cursor = ApplyCursor(applier, profile, ring)
         self._seen_end = 0  # source WAL end from a keepalive, all before it queued
-        self._part_applying = False
-        self._skipped = 0  # transactions not taken (besides the applier's own count)
-        self._applied = False  # applied something since progress was last flushed
 
     async def open(self) -> None:
         self._src = await connect(self.source_dsn, command_timeout=self.statement)
         await catalog.apply_canonical_settings(self._src)
-        # A ring's first link, or a member that joined: the slot starts here. (A slot
-        # that existed and vanished is a failover gap; the source's sidecar reports it.)
-        # Never without the publication: a link without it would say Streaming while
-        # PostgreSQL 18 sends nothing (15 and 17 fail).
-        await ensure_slot(self._src, self.source_profile, self.slot, self.ring)
-        s = self.source_profile.sql
-        row = await self._src.fetchrow(
-            f"SELECT wal_status, active_pid FROM {s.replication_slots} WHERE slot_name = $1",
-            self.slot)
-        if row is not None and row["wal_status"] == "lost":
-            raise SlotLost(f"slot {self.slot} on {self.source} lost WAL this member still "
-                           "needed (max_slot_wal_keep_size): the member needs a re-seed")
-        if row is not None and row["active_pid"] is not None:
-            # This link is the slot's only reader: a session still holding it is ours
-            # from before a restart or a cut connection, waiting for its timeout.
-            log.info("slot %s on %s still held by pid %s: ending that session", self.slot,
-                     self.source, row["active_pid"])
-            await self._src.execute(f"SELECT {s.terminate_backend}($1)", row["active_pid"])
-            for _ in range(50):
-                if not await self._src.fetchval(
-                        f"SELECT active_pid IS NOT NULL FROM {s.replication_slots} "
-                        "WHERE slot_name = $1", self.slot):
-                    break
-                await asyncio.sleep(0.1)
+        await claim_slot(self._src, self.source_profile, self.slot, self.ring, self.source)
         self._ws = await WalStream.open(self.source_dsn, timeout=self.statement)
-        pub = names.publication_name(self.ring)
-        options = [("proto_version", "1"),
-                   ("publication_names", '"' + pub.replace('"', '""') + '"')]
-        if self.source_profile.origin_filter and only_source_changes(self.source,
-                                                                      self.carries):
-            # Forwarded changes would only be skipped here: the source never queues them.
-            options.append(("origin", "none"))
+        options = start_options(self.ring, self.source, self.carries, self.source_profile)
         await asyncio.wait_for(self._ws.start_logical(self.slot, 0, options), self.statement)
 
     async def close(self) -> None:
@@ -298,7 +153,7 @@ class LinkStream:
                         await asyncio.sleep(LINGER)
                         while not queue.empty():
                             events += queue.get_nowait()
-                    await self._apply(events)
+                    await self.cursor.apply(events)
                     last_apply = time.monotonic()
                 now = time.monotonic()
                 idle = queue.empty()
@@ -376,16 +231,12 @@ class LinkStream:
     async def _report(self, ws: WalStream, end: int) -> None:
         """Tell the source it may forget everything before `end`, after this member's
         progress for what it applied is on disk (skipped transactions need no flush)."""
-        if self._applied:
-            await self.applier.settle()
-            await origin_progress(self.applier.conn, self.profile, self.ring)
-            self._applied = False
+        await self.cursor.flush_progress()
         ws.feedback(end)
 
     def _confirmable(self, drained: bool) -> int:
-        """How far the source may be told this member is (core.ringmember.confirmable)."""
-        return confirmable(applied_end=self._end, seen_end=self._seen_end, drained=drained,
-                           part_open=self._part_applying)
+        """How far the source may be told this member is (ApplyCursor.confirmable)."""
+        return self.cursor.confirmable(self._seen_end, drained)
 
     async def _read(self, ws: WalStream, queue: asyncio.Queue[list[Event]]) -> None:
         """Assemble the stream into events (sync.assembly), in order, bounded by the
@@ -405,49 +256,6 @@ class LinkStream:
                 # Every transaction the stream held before this keepalive position is
                 # in the queue by now.
                 self._seen_end = max(self._seen_end, seen)
-
-    async def _apply(self, events: list[Event]) -> None:
-        applier = self.applier
-        run: list[Txn] = []
-        for ev in events:
-            if isinstance(ev, Txn):
-                run.append(ev)
-                continue
-            if run:
-                await self._apply_run(run)
-                run = []
-            if isinstance(ev, Relation):
-                await applier.relation(ev)
-            elif isinstance(ev, Skip):
-                self._skipped += 1
-                self._end = max(self._end, ev.end_lsn)
-            else:
-                await self._apply_part(ev)
-        if run:
-            await self._apply_run(run)
-
-    async def _apply_run(self, run: list[Txn]) -> None:
-        self._applied = True
-        await self.applier.apply_txns(run)
-        self._end = max(self._end, run[-1].end_lsn)
-
-    async def _apply_part(self, part: Part) -> None:
-        applier = self.applier
-        self._applied = True
-        if part.first:
-            self._part_applying = applier.wanted(part.origin, part.origin_lsn)
-            if self._part_applying:
-                await applier.begin(part.origin, part.origin_lsn, part.commit_ts)
-        if self._part_applying:
-            for m in part.changes:
-                await applier.change(m.relid, m)
-        if part.end_lsn is not None:
-            if self._part_applying:
-                await applier.commit()
-            else:
-                self._skipped += 1
-            self._part_applying = False
-            self._end = max(self._end, part.end_lsn)
 
     async def _measure(self, idle: bool, *, ask_source: bool = True) -> None:
         st = self.status
@@ -474,7 +282,7 @@ class LinkStream:
         st.last_applied_at = stats.last_applied_at
         st.applied_txns = stats.txns
         st.bulk_scripts, st.bulk_misses = self.applier.bulk_scripts, self.applier.bulk_misses
-        st.skipped_txns = stats.skipped_txns + self._skipped
+        st.skipped_txns = stats.skipped_txns + self.cursor.skipped
         if idle:
             self._commit_lag = 0.0
         elif stats.last_commit_ts is not None:

@@ -48,7 +48,7 @@ from ..engines import EngineProfile
 from . import catalog
 from .apply import EPOCH, Applier, Txn
 from .catalog import TableInfo, quote_ident
-from .link import connect
+from .connections import connect
 from .pgoutput import Column, Insert, Relation
 
 log = logging.getLogger(__name__)

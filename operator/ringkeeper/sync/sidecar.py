@@ -33,7 +33,10 @@ from ..engines import EngineProfile, profile_for
 from . import catalog
 from .apply import Applier
 from .capture import prepare_capture, publication_exists
-from .link import LinkReport, LinkStream, SlotLost, SourceSilent, close_quietly, connect
+from .connections import close_quietly, connect
+from .link import LinkStream, SourceSilent
+from .linkopen import SlotLost
+from .linkreport import LinkReport
 from .origins import ensure_origins, origin_progress
 from .seed import SeedProgress, copied_tables, copy_member_rows
 from .slots import copy_slot, drop_slot, ensure_slot, slot_exists, wait_consistent
