@@ -25,7 +25,7 @@ Triple = tuple[str, str, str]
 # is one the operator's code uses: test_every_grant_is_used_by_the_code checks that.
 WORKLOAD_RULES: list[tuple[list[str], list[str], list[str]]] = [
     (["ringkeeper.io"], ["campuses", "replicationrings"], ["get", "list", "watch", "patch"]),
-    (["ringkeeper.io"], ["satellites"], ["list", "watch", "patch"]),
+    (["ringkeeper.io"], ["satellites"], ["get", "list", "watch", "patch"]),
     (["ringkeeper.io"], ["drills"], ["get", "list", "watch", "patch"]),
     (["ringkeeper.io"],
      ["campuses/status", "replicationrings/status", "satellites/status", "drills/status"],
@@ -430,7 +430,13 @@ def _onward_grants() -> set[Triple]:
     campus = {"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Campus",
               "metadata": {"name": "c", "namespace": "n", "uid": "u"},
               "spec": {"engine": "postgresql", "version": "17", "instances": 3}}
-    roles = [o for o in manifests.desired(campus, profile_for("postgresql", "17"))
+    from ringkeeper.core.satellite import campus_view
+
+    satellite = campus_view({"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Satellite",
+                             "metadata": {"name": "s", "namespace": "n", "uid": "v"},
+                             "spec": {"parentRef": {"name": "c"}, "version": "17"}})
+    roles = [o for unit in (campus, satellite)
+             for o in manifests.desired(unit, profile_for("postgresql", "17"))
              if o["kind"] == "Role"]
     return set().union(*(expand(r["rules"]) for r in roles))
 

@@ -20,7 +20,7 @@ from .contact import AgentConfig, CampusSource
 from .http import build_app
 from .server import Server
 from .server_sql import Credentials
-from .sources import ApiCampusSource
+from .sources import api_source
 
 SourceFor = Callable[[AgentConfig], CampusSource]
 
@@ -63,7 +63,8 @@ async def _main(args: argparse.Namespace, source_for: SourceFor | None) -> None:
     # The product reads its Campus from the API server; local tests hand in their own
     # source through run(), so the command line carries no test switch.
     source = (source_for(cfg) if source_for is not None
-              else ApiCampusSource(cfg.namespace, cfg.campus))
+              else api_source(os.environ.get("RINGKEEPER_KIND") or "Campus", cfg.namespace,
+                              cfg.campus))
     agent = Agent(cfg, source, server)
     runner = web.AppRunner(build_app(agent), access_log=None)
     await runner.setup()

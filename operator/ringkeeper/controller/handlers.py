@@ -22,10 +22,8 @@ from ..observability.metrics import RECONCILES, RESOURCES_ACCEPTED
 
 # Kinds this operator version validates but does not act on yet. Saying so in Ready keeps
 # such an object from sitting there with only Accepted=True, as if something ran for it.
-NOT_ACTED_ON: dict[str, str] = {
-    "Satellite": "this Ringkeeper version validates Satellites but does not deploy them yet: "
-    "no database, Service or sync runs for this object (docs/roadmap.md)",
-}
+# Every kind is acted on now (Satellites by controller/satellite.py); kept for the next.
+NOT_ACTED_ON: dict[str, str] = {}
 
 
 def conds_message(conds: list[dict[str, Any]]) -> str:

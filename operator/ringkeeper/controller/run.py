@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from . import campus, drill, handlers, ring
+from . import campus, drill, handlers, ring, satellite
 
 
 @kopf.on.startup()
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     campus.register()
     ring.register()
     drill.register()
+    satellite.register()
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.health_host)
     namespaces = args.namespaces or []

@@ -1,5 +1,9 @@
 """The Kubernetes objects a Campus is made of, built from its spec alone.
 
+A Satellite is built by the same functions from its campus-shaped view
+(core.satellite.campus_view, kind "Satellite"): one instance, its own label, its own
+owner reference, its agent allowed to read that Satellite, and no sync sidecar yet.
+
 Pure: the same Campus always yields the same objects, so reconcile is a
 server-side apply of this list, and drift (a hand-edited Service, a deleted
 PDB) converges on the next pass. Secrets are the exception the controller
@@ -15,6 +19,11 @@ from ..engines import EngineProfile
 from .names import instance_count
 
 CAMPUS_LABEL = "ringkeeper.io/campus"
+SATELLITE_LABEL = "ringkeeper.io/satellite"
+# Each kind selects its pods by its own label: a Campus's HA loop and every tool that lists
+# a campus's pods by CAMPUS_LABEL never sees a satellite's pod.
+UNIT_LABELS = {"Campus": CAMPUS_LABEL, "Satellite": SATELLITE_LABEL}
+UNIT_PLURALS = {"Campus": "campuses", "Satellite": "satellites"}
 ROLE_LABEL = "ringkeeper.io/role"
 INSTANCE_LABEL = "ringkeeper.io/instance"
 AGENT_PORT = 8000
@@ -29,9 +38,22 @@ def secret_name(campus: str, kind: str) -> str:
     return f"{campus}-{kind}"
 
 
+def unit_kind(campus: Mapping[str, Any]) -> str:
+    """Campus, or Satellite for a satellite's campus-shaped view."""
+    kind = str(campus.get("kind") or "Campus")
+    if kind not in UNIT_LABELS:
+        raise ValueError(f"no database objects are built for kind {kind!r}")
+    return kind
+
+
+def unit_label(campus: Mapping[str, Any]) -> str:
+    return UNIT_LABELS[unit_kind(campus)]
+
+
 def owner_ref(campus: Mapping[str, Any]) -> dict[str, Any]:
     meta = campus["metadata"]
-    return {"apiVersion": campus.get("apiVersion", "ringkeeper.io/v1alpha1"), "kind": "Campus",
+    return {"apiVersion": campus.get("apiVersion", "ringkeeper.io/v1alpha1"),
+            "kind": unit_kind(campus),
             "name": meta["name"], "uid": meta["uid"], "controller": True,
             "blockOwnerDeletion": True}
 
@@ -40,7 +62,8 @@ def _meta(campus: Mapping[str, Any], name: str, extra: Mapping[str, str] | None 
           ) -> dict[str, Any]:
     c = campus["metadata"]["name"]
     labels = {"app.kubernetes.io/name": "ringkeeper", "app.kubernetes.io/instance": c,
-              "app.kubernetes.io/managed-by": "ringkeeper", CAMPUS_LABEL: c, **(extra or {})}
+              "app.kubernetes.io/managed-by": "ringkeeper", unit_label(campus): c,
+              **(extra or {})}
     return {"name": name, "namespace": campus["metadata"]["namespace"], "labels": labels,
             "ownerReferences": [owner_ref(campus)]}
 
@@ -57,20 +80,21 @@ def secret(campus: Mapping[str, Any], kind: str, username: str, value: str) -> d
 
 def services(campus: Mapping[str, Any], profile: EngineProfile) -> list[dict[str, Any]]:
     c = campus["metadata"]["name"]
+    label = unit_label(campus)
     port = {"name": "postgresql", "port": profile.default_port,
             "targetPort": "postgresql", "protocol": "TCP"}
     out = [{
         "apiVersion": "v1", "kind": "Service",
         "metadata": _meta(campus, c),
         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                 "selector": {CAMPUS_LABEL: c},
+                 "selector": {label: c},
                  "ports": [port, {"name": "agent", "port": AGENT_PORT,
                                   "targetPort": "agent", "protocol": "TCP"}]},
     }]
     for suffix, role, what in (("rw", "primary", "the current primary only"),
                                ("ro", "replica", "ready replicas, load-balanced"),
                                ("r", None, "any ready instance")):
-        selector = {CAMPUS_LABEL: c}
+        selector = {label: c}
         if role:
             selector[ROLE_LABEL] = role
         svc: dict[str, Any] = {"apiVersion": "v1", "kind": "Service",
@@ -87,23 +111,26 @@ def pod_disruption_budget(campus: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _meta(campus, c),
             "spec": {"maxUnavailable": 1 if instances > 1 else 0,
-                     "selector": {"matchLabels": {CAMPUS_LABEL: c}}}}
+                     "selector": {"matchLabels": {unit_label(campus): c}}}}
 
 
 def instance_rbac(campus: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The agents read their own Campus and their peers' pods, nothing more."""
+    """The agents read their own Campus (or Satellite) and their peers' pods, nothing more."""
     c = campus["metadata"]["name"]
     name = f"{c}-instance"
+    kind = unit_kind(campus)
+    rules: list[dict[str, Any]] = [
+        {"apiGroups": ["ringkeeper.io"], "resources": [UNIT_PLURALS[kind]],
+         "resourceNames": [c], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    if kind == "Campus":
+        # The sync sidecar reads where the ring's members are, nothing else.
+        rules.append({"apiGroups": [""], "resources": ["secrets"],
+                      "resourceNames": [ring_secret_name(c)], "verbs": ["get"]})
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(campus, name)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": _meta(campus, name),
-         "rules": [{"apiGroups": ["ringkeeper.io"], "resources": ["campuses"],
-                    "resourceNames": [c], "verbs": ["get"]},
-                   {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
-                   # The sync sidecar reads where the ring's members are, nothing else.
-                   {"apiGroups": [""], "resources": ["secrets"],
-                    "resourceNames": [ring_secret_name(c)], "verbs": ["get"]}]},
+         "metadata": _meta(campus, name), "rules": rules},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": _meta(campus, name),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
@@ -124,6 +151,8 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 def statefulset(campus: Mapping[str, Any], profile: EngineProfile,
                 pod_cidr: str = "0.0.0.0/0") -> dict[str, Any]:
     c = campus["metadata"]["name"]
+    kind = unit_kind(campus)
+    label = unit_label(campus)
     spec = campus["spec"]
     storage = spec.get("storage") or {}
     claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
@@ -151,6 +180,10 @@ def statefulset(campus: Mapping[str, Any], profile: EngineProfile,
         {"name": "RINGKEEPER_APP_DATABASE", "value": "app"},
         _secret_env("RINGKEEPER_AGENT_TOKEN", secret_name(c, "agent"), "token"),
     ]
+    if kind != "Campus":
+        # Which object the agent reads (agent.run); absent means Campus, so existing
+        # campuses' pod templates, and so their pods, stay as they were.
+        env.append({"name": "RINGKEEPER_KIND", "value": kind})
     container: dict[str, Any] = {
         "name": "database",
         "image": spec.get("image") or profile.image,
@@ -194,6 +227,8 @@ def statefulset(campus: Mapping[str, Any], profile: EngineProfile,
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
+    # A satellite's sync is not built yet: no sidecar idles in its pod meanwhile.
+    containers = [container, sync] if kind == "Campus" else [container]
     return {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": _meta(campus, c),
@@ -201,9 +236,9 @@ def statefulset(campus: Mapping[str, Any], profile: EngineProfile,
             "replicas": instance_count(spec),
             "serviceName": c,
             "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": {CAMPUS_LABEL: c}},
+            "selector": {"matchLabels": {label: c}},
             "template": {
-                "metadata": {"labels": {CAMPUS_LABEL: c, "app.kubernetes.io/name": "ringkeeper",
+                "metadata": {"labels": {label: c, "app.kubernetes.io/name": "ringkeeper",
                                         "app.kubernetes.io/component": "database"}},
                 "spec": {
                     "serviceAccountName": f"{c}-instance",
@@ -211,7 +246,7 @@ def statefulset(campus: Mapping[str, Any], profile: EngineProfile,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 26, "runAsGroup": 26,
                                         "fsGroup": 26,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [container, sync],
+                    "containers": containers,
                     "volumes": [{"name": "sockets", "emptyDir": {}},
                                 {"name": "tmp", "emptyDir": {}}],
                 },

@@ -9,15 +9,16 @@ and value quoted by base.sqlquote: nothing a user writes reaches a statement as 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from ..api.v1alpha1.satellite import FilterOp, FilterTerm, RowFilter, SatellitePhase
 from ..base.sqlquote import quote_ident, quote_literal
+from .conditions import set_condition
 
-SATELLITE_LABEL = "ringkeeper.io/satellite"
 # Small by default: a branch clinic's box, and the issue's 300 MB resident budget.
 DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256Mi"},
                                      "limits": {"memory": "512Mi"}}
@@ -51,12 +52,15 @@ def filter_sql(row_filter: RowFilter | None) -> str:
 
 def campus_view(satellite: Mapping[str, Any]) -> dict[str, Any]:
     """The Satellite as a one-instance Campus body: what core.manifests builds from and what
-    the agent in the satellite's pod reads (its instance is always the primary, named in
-    status as a Campus's HA loop would after bootstrap; there is no failover to wait for)."""
+    the agent in the satellite's pod reads. Its one instance is always the target primary;
+    currentPrimary is what the controller recorded once the instance first answered as
+    primary, as a Campus's HA loop does at bootstrap, so an agent that later finds its data
+    folder empty waits for a human instead of initialising it again."""
     meta = satellite["metadata"]
     spec = satellite.get("spec") or {}
     name = meta["name"]
     first = f"{name}-0"
+    recorded = (satellite.get("status") or {}).get("currentPrimary")
     campus_spec: dict[str, Any] = {
         "engine": spec.get("engine", "postgresql"),
         "version": str(spec.get("version", "")),
@@ -71,7 +75,8 @@ def campus_view(satellite: Mapping[str, Any]) -> dict[str, Any]:
     view_meta = {k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta}
     return {"apiVersion": satellite.get("apiVersion", "ringkeeper.io/v1alpha1"),
             "kind": "Satellite", "metadata": view_meta, "spec": campus_spec,
-            "status": {"currentPrimary": first, "targetPrimary": first}}
+            "status": {"currentPrimary": first if recorded == first else None,
+                       "targetPrimary": first}}
 
 
 class ReadyReason(StrEnum):
@@ -92,6 +97,8 @@ class SatelliteFacts:
     parent_exists: bool
     parent_rings: tuple[str, ...]
     pod_ready: bool
+    current_primary: str | None = None  # status.currentPrimary as read
+    answers_as_primary: bool = False  # the instance's agent reports role primary
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class SatellitePlan:
     reason: ReadyReason
     message: str
     phase: SatellitePhase
+    record_primary: str | None = None  # write status.currentPrimary (first bootstrap)
 
 
 def plan_satellite(f: SatelliteFacts) -> SatellitePlan:
@@ -112,25 +120,31 @@ def plan_satellite(f: SatelliteFacts) -> SatellitePlan:
     if not f.parent_exists:
         return SatellitePlan(False, False, ReadyReason.PARENT_MISSING,
                              f"parent Campus {f.parent!r} does not exist in this namespace: "
-                             "create it or fix spec.parentRef.name; nothing is deployed",
+                             "create it or fix spec.parentRef.name; until then the "
+                             "satellite's objects are neither created nor updated",
                              SatellitePhase.INITIALIZING)
     if not f.parent_rings:
         return SatellitePlan(False, False, ReadyReason.PARENT_NOT_IN_RING,
                              f"parent Campus {f.parent!r} is in no ReplicationRing: a "
                              "satellite syncs through its parent's ring; add the campus to a "
-                             "ring's members; nothing is deployed",
+                             "ring's members; until then the satellite's objects are "
+                             "neither created nor updated",
                              SatellitePhase.INITIALIZING)
+    first = f"{f.name}-0"
+    record = first if f.current_primary != first and f.answers_as_primary else None
     if not f.pod_ready:
         return SatellitePlan(True, False, ReadyReason.INSTANCE_NOT_READY,
-                             f"{f.name}-0 is not ready yet", SatellitePhase.INITIALIZING)
+                             f"{first} is not ready yet", SatellitePhase.INITIALIZING,
+                             record_primary=record)
     # Online and Offline say whether the link to the parent is up: that is the sync step's
     # to tell, so the phase stays Initializing and Ready says the database serves.
     return SatellitePlan(True, True, ReadyReason.INSTANCE_READY,
                          f"{f.name}-0 serves writes through {f.name}-rw; sync with "
-                         f"{f.parent!r} is not implemented yet", SatellitePhase.INITIALIZING)
+                         f"{f.parent!r} is not implemented yet", SatellitePhase.INITIALIZING,
+                         record_primary=record)
 
 
-def rings_naming(rings: list[Mapping[str, Any]], campus: str) -> tuple[str, ...]:
+def rings_naming(rings: Sequence[Mapping[str, Any]], campus: str) -> tuple[str, ...]:
     """Names of the rings whose members include the Campus by campusRef."""
     out = []
     for ring in rings:
@@ -138,3 +152,36 @@ def rings_naming(rings: list[Mapping[str, Any]], campus: str) -> tuple[str, ...]
         if any(((m or {}).get("campusRef") or {}).get("name") == campus for m in members):
             out.append(str(ring["metadata"]["name"]))
     return tuple(sorted(out))
+
+
+def status_patch(plan: SatellitePlan, conditions: list[dict[str, Any]], now: datetime,
+                 generation: int | None) -> dict[str, Any]:
+    """The Satellite's status for a plan: phase, observedGeneration and Ready (other
+    conditions, such as Accepted, are kept)."""
+    conds = set_condition(conditions, type="Ready", status="True" if plan.ready else "False",
+                          reason=plan.reason.value, message=plan.message, now=now,
+                          generation=generation)
+    out: dict[str, Any] = {"phase": plan.phase.value, "observedGeneration": generation,
+                           "conditions": conds}
+    if plan.record_primary:
+        out["currentPrimary"] = plan.record_primary
+    return out
+
+
+def failed_patch(reason: str, message: str, conditions: list[dict[str, Any]], now: datetime,
+                 generation: int | None) -> dict[str, Any]:
+    """Ready=False with the reason of an API or spec failure; the phase is left alone."""
+    return {"conditions": set_condition(conditions, type="Ready", status="False",
+                                        reason=reason, message=message, now=now,
+                                        generation=generation)}
+
+
+def ready_event(before: Mapping[str, Any] | None, plan: SatellitePlan) -> tuple[str, bool] | None:
+    """The Event to post when Ready changes (reason, warning?); None when it said so
+    already: a satellite waiting on its parent posts one Event, not one per pass."""
+    if before is not None and before.get("reason") == plan.reason.value and \
+            before.get("status") == ("True" if plan.ready else "False"):
+        return None
+    if plan.reason is ReadyReason.INSTANCE_NOT_READY:
+        return None  # the normal wait after a deployment: no Event for it
+    return plan.reason.value, not plan.ready

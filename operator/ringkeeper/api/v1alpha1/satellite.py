@@ -180,6 +180,10 @@ class SatellitePhase(StrEnum):
 class SatelliteStatus(ApiModel):
     observed_generation: int | None = None
     phase: SatellitePhase | None = None
+    current_primary: str | None = Field(
+        default=None, max_length=63,
+        description="The satellite's instance once it first answered as primary; until then "
+        "its agent may initialise an empty data folder, afterwards never silently.")
     connected: bool | None = None
     backlog_rows: int | None = None
     backlog_bytes: int | None = None
