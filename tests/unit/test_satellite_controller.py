@@ -31,6 +31,7 @@ async def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
     async with serve() as fake:
         monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path)))
         sat_ctl._FAILURES.clear()
+        sat_ctl._TOLD.clear()
         yield fake
 
 
@@ -91,6 +92,10 @@ async def test_parent_missing_then_not_in_ring_then_deployed(kube: FakeKube) -> 
     _satellite(kube)
     _ring(kube, "zhaohui", "yuecheng")
     await _pass(kube)
+    await _pass(kube, timer=True)
+    # kopf's accept handler writes its older conditions list over Ready (same event).
+    kube.objects[f"{SATS}/xindeng"]["status"]["conditions"] = [
+        {"type": "Accepted", "status": "True", "reason": "SpecValid", "message": ""}]
     await _pass(kube, timer=True)
     ready = _ready(kube)
     assert (ready["status"], ready["reason"]) == ("False", "ParentMissing")

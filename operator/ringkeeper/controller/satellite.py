@@ -61,6 +61,7 @@ class _Failure:
 
 
 _FAILURES: dict[str, _Failure] = {}  # by Satellite uid
+_TOLD: dict[str, str] = {}  # by Satellite uid: the Ready reason and message last told
 
 
 def satellite_owner(body: dict[str, Any]) -> Owner:
@@ -202,10 +203,14 @@ async def _record(api: client.ApiClient, body: dict[str, Any], plan: SatellitePl
             gen = sat["metadata"].get("generation")
             patch = status_patch(plan, conds, datetime.now(UTC), gen)
             event = ready_event(condition(conds, "Ready"), plan)
-            if event is not None:
+            uid = str(body["metadata"].get("uid", ""))
+            # Also by memory: kopf's accept handler may have replaced the conditions list
+            # with its older copy after this wrote Ready, which would repeat the Event.
+            if event is not None and _TOLD.get(uid) != signature(event[0], plan.message):
                 (kopf.warn if event[1] else kopf.info)(cast(Any, body), reason=event[0],
                                                        message=plan.message)
                 log.info("satellite %s/%s: %s: %s", ns, name, event[0], plan.message)
+            _TOLD[uid] = signature(plan.reason.value, plan.message)
             if plan.record_primary:
                 kopf.info(cast(Any, body), reason="PrimaryReady",
                           message=f"{plan.record_primary} answers as primary")
