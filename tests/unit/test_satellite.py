@@ -204,3 +204,17 @@ def test_status_and_events() -> None:
     assert status_patch(up, [], NOW, 3)["currentPrimary"] == "xindeng-0"
     assert ready_event(ready, up) == ("InstanceReady", False)
     assert ready_event(ready, plan_satellite(facts(pod_ready=False))) is None
+
+
+def test_status_row_shows_readys_reason() -> None:
+    """The phase stays Initializing until sync exists; the row says why it is (not) Ready."""
+    from ringkeeper.cli.status_view import satellites
+
+    row = satellites([{"metadata": {"namespace": "lis", "name": "xindeng"},
+                       "spec": {"parentRef": {"name": "fuyang"}},
+                       "status": {"phase": "Initializing", "conditions": [
+                           {"type": "Accepted", "reason": "SpecValid"},
+                           {"type": "Ready", "reason": "ParentNotInRing"}]}}])
+    header, line = row.splitlines()
+    assert header.split()[-1] == "READY" and line.split()[-1] == "ParentNotInRing"
+    assert satellites([{"metadata": {"name": "s"}, "status": {"conditions": "x"}}])

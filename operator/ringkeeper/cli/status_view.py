@@ -152,6 +152,13 @@ def _percent(value: Any) -> str:
         return str(value)  # the caller escapes the whole line
 
 
+def _ready_reason(obj: dict[str, Any]) -> Any:
+    conds = _get(obj, "status.conditions")
+    found = [c for c in conds if isinstance(c, dict) and c.get("type") == "Ready"] \
+        if isinstance(conds, list) else []
+    return found[0].get("reason") if found else None
+
+
 def satellites(items: Sequence[dict[str, Any]]) -> str:
     rows = [
         (
@@ -161,10 +168,13 @@ def satellites(items: Sequence[dict[str, Any]]) -> str:
             _get(o, "status.connected"),
             _get(o, "status.backlogRows"),
             _get(o, "status.phase"),
+            # The phase stays Initializing until sync exists: Ready's reason says more.
+            _ready_reason(o),
         )
         for o in items
     ]
-    return table(("NAMESPACE", "SATELLITE", "PARENT", "CONNECTED", "BACKLOG", "PHASE"), rows)
+    return table(("NAMESPACE", "SATELLITE", "PARENT", "CONNECTED", "BACKLOG", "PHASE",
+                  "READY"), rows)
 
 
 def drills(items: Sequence[dict[str, Any]]) -> str:

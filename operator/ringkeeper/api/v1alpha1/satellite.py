@@ -203,6 +203,8 @@ SATELLITE = KindInfo(
         PrinterColumn("Connected", "boolean", ".status.connected"),
         PrinterColumn("Backlog", "integer", ".status.backlogRows"),
         PrinterColumn("Phase", "string", ".status.phase"),
+        # The phase stays Initializing until sync exists: Ready's reason says where it is.
+        PrinterColumn("Ready", "string", '.status.conditions[?(@.type=="Ready")].reason'),
         AGE_COLUMN,
     ),
     root_rules=(name_length_rule("Satellite", 40, "pod and Service names are built from it"),),
