@@ -218,3 +218,20 @@ def test_status_row_shows_readys_reason() -> None:
     header, line = row.splitlines()
     assert header.split()[-1] == "READY" and line.split()[-1] == "ParentNotInRing"
     assert satellites([{"metadata": {"name": "s"}, "status": {"conditions": "x"}}])
+
+
+@pytest.mark.parametrize("spec", [example()["spec"], {"parentRef": {"name": "p"},
+                                                      "version": "V9", "engine": "kingbase",
+                                                      "tables": [{"name": "a.b"}]}])
+def test_view_is_a_valid_campus(spec: dict[str, Any]) -> None:
+    """The campus-shaped view passes the Campus model's own rules (one instance, no
+    synchronous standby, preferred durability), so the builders see nothing a Campus
+    could not be."""
+    from ringkeeper.api.v1alpha1 import BY_KIND
+
+    view = campus_view({"metadata": {"name": "s", "namespace": "x", "uid": "u"},
+                        "spec": spec})
+    BY_KIND["Campus"].model_validate({"apiVersion": "ringkeeper.io/v1alpha1",
+                                      "kind": "Campus",
+                                      "metadata": {"name": "s", "namespace": "x"},
+                                      "spec": view["spec"]})

@@ -68,7 +68,7 @@ def campus_view(satellite: Mapping[str, Any]) -> dict[str, Any]:
         "storage": spec.get("storage") or {},
         "resources": spec.get("resources") or DEFAULT_RESOURCES,
         # One instance: no standby can confirm a commit.
-        "synchronous": {"number": 0},
+        "synchronous": {"number": 0, "dataDurability": "preferred"},
     }
     if spec.get("image"):
         campus_spec["image"] = spec["image"]
