@@ -19,7 +19,8 @@ from pathlib import Path
 import asyncpg
 
 from pgserver import PgServer
-from ringkeeper.sync.sidecar import Sidecar, file_config
+from ringkeeper.sync.configsource import file_config
+from ringkeeper.sync.sidecar import Sidecar
 from waiting import await_until as wait_until
 
 SCHEMA = """

@@ -27,7 +27,8 @@ from ..contracts.ringconfig import RingConfig
 from ..core.failures import backoff_delay
 from ..core.liveness import FLOWING
 from ..observability import metrics as m
-from .sidecar import ConfigSource, Sidecar, file_config
+from .configsource import ConfigSource, file_config
+from .sidecar import Sidecar
 
 log = logging.getLogger("ringkeeper.sync")
 

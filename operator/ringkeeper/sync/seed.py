@@ -5,7 +5,7 @@ A ring is created over campuses that already hold data and keep writing, and a
 member may join later. For each other member S, this member copies the rows S
 itself last wrote (their commit origin is S, or none of the ring's members), from
 one REPEATABLE READ snapshot of S taken *after* every slot on the path from S to
-this member exists and has reached its consistent point (sidecar._ensure_path).
+this member exists and has reached its consistent point (inbound.ensure_path).
 So every write of S is either in the snapshot or committed after those slots
 existed, and travels the ring: nothing is lost. A row both copied and streamed
 arrives twice with the same origin and commit time, which the conflict rules treat
@@ -22,7 +22,7 @@ publication (core.ringmember.table_copy_step): every later row of it is then dec
 by the slot, so copy and stream leave no gap. One absent at S is done with nothing to
 copy (S's event trigger publishes it from the transaction that creates it); one at S
 but not yet published waits and is copied again later (the caller first adds it to
-S's publication, sidecar._ensure_path).
+S's publication, inbound.ensure_path).
 
 Copied rows are applied by the Applier with the conflict rules (a row that differs
 here is decided by commit time and priority, and logged) in transactions that
