@@ -110,4 +110,7 @@ def test_bypass_links_exist_only_where_a_member_is_skipped() -> None:
     down = links(("a", "b", "Down"), ("b", "c", "Down"), ("c", "a", "Streaming"))
     assert not bypass_streaming(down, RING3, "ring", "b")
     assert bypass_streaming([*down, *links(("a", "c", "Streaming"))], RING3, "ring", "b")
+    # as the sidecar reports a bypass link (seen on the local cluster), it flows
+    assert bypass_streaming([*down, *links(("a", "c", "CatchingUp"))], RING3, "ring", "b")
+    assert not bypass_streaming([*down, *links(("a", "c", "Down"))], RING3, "ring", "b")
     assert bypass_streaming(down, ["a", "b"], "ring", "b")  # nothing to bypass

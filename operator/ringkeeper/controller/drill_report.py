@@ -171,7 +171,7 @@ def ring_lines(scenario: str, ring: dict[str, Any]) -> list[str]:
     out = [f"- campus: {ring.get('campus')} of ring {ring.get('ring')}"]
     if scenario == "campusLoss":
         links = ring.get("bypassLinks") or []
-        out.append("- bypass: " + (f"{', '.join(links)} streaming after "
+        out.append("- bypass: " + (f"{', '.join(links)} carries changes after "
                                    f"{_s(ring.get('bypassSeconds'))}" if links else
                                    "not needed (the others feed each other directly)"))
         out.append(f"- ring whole again after the fence lifted: "

@@ -43,6 +43,9 @@ log = logging.getLogger("ringkeeper.drill")
 GROUP, VERSION = "ringkeeper.io", "v1alpha1"
 TIMEOUT = 3.0
 SYNC_APP = "ringkeeper-sync"  # the application_name of every sidecar session
+# The ring daemon rewrites the ring's status every 2 s: a status read sooner after a
+# stream came back may predate the crash, so it proves nothing about convergence.
+STATUS_PERIOD = 2.5
 # The sidecar's own sessions reach its primary over the pod's Unix socket (no address);
 # its streams from other members come from its pod's address.
 KILL_LOCAL = ("SELECT pid, backend_type, pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -256,7 +259,7 @@ class RingDrill:
                 and self.bypass_needed and self.healed_mono is None
                 and bypass_streaming(facts.links, facts.members, facts.topology, lost)):
             self.bypass_s = now - self.fault_mono
-            said.append(("RingBypassed", f"{', '.join(self.bypass_needed)} streams "
+            said.append(("RingBypassed", f"{', '.join(self.bypass_needed)} carries changes "
                          f"{self.bypass_s:.1f} s after the loss"))
         if (self.scenario == Scenario.SYNC_CRASH and self.link_back_s is None
                 and not self.fault_error and await self._streaming_again(api, ns)):
@@ -269,8 +272,11 @@ class RingDrill:
         # again: a status written before the loss would otherwise pass for convergence.
         if self.scenario == Scenario.CAMPUS_LOSS:
             start = self.healed_mono if self.seen_broken else None
+        elif self.link_back_s is not None and (
+                self.seen_broken or now - self.fault_mono >= self.link_back_s + STATUS_PERIOD):
+            start = self.fault_mono
         else:
-            start = self.fault_mono if self.link_back_s is not None else None
+            start = None
         if start is not None and self.converged_s is None and whole:
             self.converged_s = now - start
             said.append(("RingConverged", f"every link of ring {self.ring} streams, "

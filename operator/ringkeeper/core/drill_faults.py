@@ -21,6 +21,8 @@ from .ring import links
 
 DRILL_FENCED = "ringkeeper.io/drill-fenced"
 STREAMING = "Streaming"
+# A bypass link carries changes as CatchingUp (core.liveness: it says it is bypassing).
+FLOWING = frozenset({STREAMING, "CatchingUp"})
 
 
 def _marker(annotations: Mapping[str, str]) -> dict[str, Any] | None:
@@ -98,6 +100,7 @@ def bypass_links(members: Sequence[str], topology: str, lost: str) -> list[tuple
 def bypass_streaming(status_links: Sequence[Mapping[str, Any]], members: Sequence[str],
                      topology: str, lost: str) -> bool:
     """The ring carries the other campuses' changes around `lost`: every bypass link
-    streams (vacuously true when no bypass is needed)."""
+    flows (Streaming, or CatchingUp as a bypass link reports itself; vacuously true when
+    no bypass is needed)."""
     states = _states(status_links)
-    return all(states.get(lk) == STREAMING for lk in bypass_links(members, topology, lost))
+    return all(states.get(lk) in FLOWING for lk in bypass_links(members, topology, lost))
