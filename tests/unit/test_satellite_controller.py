@@ -168,6 +168,20 @@ async def test_refused_statefulset_one_event_condition_and_backoff(kube: FakeKub
     del kube.refuse[("PATCH", f"{STS}/xindeng")]
     await _pass(kube)
     assert _ready(kube)["reason"] == "InstanceNotReady"
+    _drain(events)
+    # Ready, then refused, then mended: the return to Ready is told again.
+    kube.put(f"{PODS}/xindeng-0", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "xindeng-0", "namespace": NS,
+                     "labels": {"ringkeeper.io/satellite": "xindeng"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    await _pass(kube)
+    kube.refuse[("PATCH", f"{STS}/xindeng")] = (422, "Invalid", msg)
+    await _pass(kube)
+    del kube.refuse[("PATCH", f"{STS}/xindeng")]
+    await _pass(kube)
+    assert _drain(events) == [("Normal", "InstanceReady"), ("Warning", "Invalid"),
+                              ("Normal", "InstanceReady")]
 
 
 async def test_forbidden_ring_list_is_a_condition(kube: FakeKube) -> None:

@@ -240,6 +240,7 @@ async def _failed(api: client.ApiClient, body: dict[str, Any], reason: str,
     count = (previous.count if previous else 0) + 1
     delay = backoff_delay(count, first=POLL_SECONDS, ceiling=RETRY_CEILING)
     _FAILURES[uid] = _Failure(sig, count, time.monotonic() + delay)
+    _TOLD[uid] = sig  # Ready now says this failure: the recovery is news again
     told = condition((body.get("status") or {}).get("conditions") or [], "Ready")
     told_sig = (signature(str(told.get("reason")), str(told.get("message")))
                 if told and told.get("status") == "False" else None)
