@@ -209,6 +209,8 @@ class Executor:
         if lost is None:
             lost = committed  # nothing could be checked: nothing is proven kept
         ring = live.ring
+        if ring is not None and ring.scenario == Scenario.CAMPUS_LOSS:
+            ring.returned_s = live.probes[ring.campus].rto  # from the fence's lift
         live.measured = Measured(rto, lost, committed, live.load_result.get("error"),
                                  ring.converged_s if ring else None,
                                  ring.fault_error if ring else None)

@@ -174,6 +174,8 @@ def ring_lines(scenario: str, ring: dict[str, Any]) -> list[str]:
         out.append("- bypass: " + (f"{', '.join(links)} carries changes after "
                                    f"{_s(ring.get('bypassSeconds'))}" if links else
                                    "not needed (the others feed each other directly)"))
+        out.append(f"- {ring.get('campus')} writes through -rw again after the fence "
+                   f"lifted: {_s(ring.get('returnedSeconds'))}")
         out.append(f"- ring whole again after the fence lifted: "
                    f"{_s(ring.get('convergedSeconds'))}")
     else:

@@ -216,6 +216,7 @@ class RingDrill:
     converged_s: float | None = None
     bypass_needed: list[str] = field(default_factory=list)
     seen_broken: bool = False  # the ring's status showed the fault (campusLoss)
+    returned_s: float | None = None  # campusLoss: its first write after the lift
 
     async def inject(self, api: client.ApiClient, ns: str, drill: str,
                      campuses: list[str]) -> str:
@@ -299,7 +300,8 @@ class RingDrill:
         return {"campus": self.campus, "ring": self.ring,
                 "bypassLinks": self.bypass_needed, "bypassSeconds": _r(self.bypass_s),
                 "linkBackSeconds": _r(self.link_back_s),
-                "convergedSeconds": _r(self.converged_s), "faultError": self.fault_error,
+                "convergedSeconds": _r(self.converged_s),
+                "returnedSeconds": _r(self.returned_s), "faultError": self.fault_error,
                 "streamsEnded": {c: len(p) for c, p in self.killed.items()}}
 
 
