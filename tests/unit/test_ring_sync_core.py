@@ -134,7 +134,7 @@ def test_ring_status_all_streaming_is_ready() -> None:
     st = ring_status(SPEC, reports, 3, T0)
     conds = {c["type"]: c["status"] for c in st["conditions"]}
     assert conds == {"Ready": "True", "Degraded": "False", "Healing": "False",
-                     "Seeding": "False"}
+                     "TablesParked": "False", "Seeding": "False"}
     assert st["healthyLinks"] == "3/3" and st["maxLagSeconds"] == 0.4
     assert st["conflictsTotal"] == 3 and [lk["to"] for lk in st["links"]] == ["a", "b", "c"]
 
@@ -149,6 +149,24 @@ def test_ring_status_member_down_heals_and_degrades() -> None:
     assert "sidecar of b unreachable" in conds["Degraded"]["message"]
     assert "above lagAlertSeconds" in conds["Degraded"]["message"]
     assert conds["Ready"]["status"] == "False"
+
+
+def test_ring_status_names_a_table_parked_by_drift_and_stays_ready() -> None:
+    why = "table lis.results at member b lacks column(s) lab that upstream sends"
+    reports = {"a": {"links": [_link("c", "a")]},
+               "b": {"links": [_link("a", "b", parked=[{"table": "lis.results",
+                                                         "reason": why}])]},
+               "c": {"links": [_link("b", "c")]}}
+    st = ring_status(SPEC, reports, 3, T0)
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["TablesParked"]["status"] == "True"
+    assert conds["TablesParked"]["reason"] == "DdlDrift"
+    assert conds["TablesParked"]["message"].startswith(f"lis.results at b: {why}")
+    assert "run the same DDL there" in conds["TablesParked"]["message"]
+    assert conds["Degraded"]["status"] == "True"
+    assert "1 table(s) parked by DDL drift" in conds["Degraded"]["message"]
+    assert conds["Ready"]["status"] == "True"  # every link still carries changes
+    assert "parked" not in st["links"][1]  # status.links keeps the CRD's shape
 
 
 def test_ring_status_reports_seeding_progress() -> None:

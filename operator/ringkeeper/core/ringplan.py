@@ -58,6 +58,7 @@ def ring_status(spec: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]
     problems: list[str] = []
     needs_reseed: set[str] = set()
     gaps: list[str] = []
+    parked: list[str] = []
     for member in names:
         rep = reports.get(member)
         if rep is None:
@@ -70,6 +71,8 @@ def ring_status(spec: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]
         gaps += [f"{member}: {g}" for g in rep.get("gaps") or []]
         needs_reseed |= set(rep.get("needsReseed") or [])
         for lk in rep.get("links") or []:
+            parked += [f"{p.get('table')} at {lk.get('to')}: {p.get('reason')}"
+                       for p in lk.get("parked") or []]
             links[_link_key(lk)] = {
                 "from": lk.get("from"), "to": lk.get("to"), "state": lk.get("state", "Pending"),
                 "lagSeconds": lk.get("lagSeconds"), "lagBytes": lk.get("lagBytes"),
@@ -100,6 +103,8 @@ def ring_status(spec: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]
              and len(healthy) > 0)
     degraded_why = problems + [f"link {lk['from']}->{lk['to']} is {lk['state']}"
                                for lk in ordered if lk["state"] not in _FLOWING]
+    if parked:
+        degraded_why.append(f"{len(parked)} table(s) parked by DDL drift")
     if max_lag is not None and max_lag > lag_alert:
         degraded_why.append(f"lag {max_lag:.1f}s is above lagAlertSeconds {lag_alert:g}")
     conds: list[dict[str, Any]] = [dict(c) for c in previous]
@@ -113,6 +118,10 @@ def ring_status(spec: Mapping[str, Any], reports: Mapping[str, Mapping[str, Any]
         ("Healing", bool(bypassing), "BypassingMember" if bypassing else "RingClosed",
          "; ".join(f"{lk['from']}->{lk['to']} {lk['message']}" for lk in bypassing)
          or "every member is in the ring"),
+        ("TablesParked", bool(parked), "DdlDrift" if parked else "NoDrift",
+         "; ".join(parked[:5]) + (" (run the same DDL there: its changes wait and are "
+                                  "applied in order once the table matches)" if parked else "")
+         or "every table matches at every member"),
         ("Seeding", bool(seeding), "StockSync" if seeding else "NoSeeding",
          "; ".join(f"{s['member']} {s['percent']}%" for s in seeding)
          or "no member is being seeded"),

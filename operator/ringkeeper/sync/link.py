@@ -47,6 +47,7 @@ FLUSH_EVERY = 0.2  # seconds between progress flushes (and feedback) while busy
 # second, applying each alone costs the sidecar and the target more than the rows. A
 # trickle (nothing applied in the last LINGER) and a backlog (more queued) never wait.
 LINGER = 0.005
+PARK_RETRY_EVERY = 5.0  # seconds between tries to apply a parked table's changes
 LINGER_EVENTS = 64
 
 
@@ -131,7 +132,7 @@ class LinkStream:
         self._silent = None
         watch = asyncio.create_task(self._watch(ws, queue, this))
         getter: asyncio.Task[list[Event]] | None = None
-        last_flush = last_measure = time.monotonic()
+        last_flush = last_measure = last_park = time.monotonic()
         last_apply = 0.0
         try:
             while not stop.is_set():
@@ -167,6 +168,11 @@ class LinkStream:
                 if reported:
                     await self._report(ws, end)
                     last_flush = now
+                if now - last_park >= PARK_RETRY_EVERY:
+                    # DDL drift stops one table (sync/parking.py): once it matches, what
+                    # waits for it is applied, between transactions.
+                    st.parked = await self.cursor.retry_parked()
+                    last_park = now
                 if applied or reported or now - last_measure >= 1.0:
                     # The source is asked for the slot's lag once a second at most.
                     await self._measure(idle, ask_source=now - last_measure >= 1.0)

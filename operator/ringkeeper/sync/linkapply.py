@@ -42,6 +42,17 @@ class ApplyCursor:
             await origin_progress(self.applier.conn, self.profile, self.ring)
             self.applied = False
 
+    async def retry_parked(self) -> dict[str, str]:
+        """Apply what waits for tables that match again (sync/parking.py), never inside
+        a transaction applied in parts; the tables still parked, with why."""
+        applier = self.applier
+        if self.part_applying:
+            return applier.parked_tables()
+        if applier.parked_waiting:
+            self.applied = True  # a replay moves progress: flushed with the rest
+        still = await applier.retry_parked()
+        return {**applier.parked_tables(), **still}
+
     async def apply(self, events: list[Event]) -> None:
         applier = self.applier
         run: list[Txn] = []

@@ -45,6 +45,8 @@ class LinkReport:
     fault: LinkFault | None = None
     heard_at: float | None = None
     copies_pending: bool = False
+    # Tables whose changes wait at the target (DDL drift, sync/parking.py), with why.
+    parked: dict[str, str] = field(default_factory=dict)
     _rate: list[tuple[float, int]] = field(default_factory=list)
 
     def stopped(self, fault: LinkFault | None, message: str | None) -> None:
@@ -75,6 +77,7 @@ class LinkReport:
             "appliedTxns": self.applied_txns, "skippedTxns": self.skipped_txns,
             "bypassing": list(self.bypassing),
             "bulkScripts": self.bulk_scripts, "bulkMisses": self.bulk_misses,
+            "parked": [{"table": t, "reason": r} for t, r in sorted(self.parked.items())],
         }
 
     def note_rows(self, total_rows: int) -> None:

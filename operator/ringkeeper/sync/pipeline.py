@@ -24,9 +24,9 @@ from ..core import names
 from ..core.conflicts import Policy
 from ..engines import EngineProfile
 from . import bulk
+from .parking import Parking
 from .pgoutput import Delete, Insert, Update, lsn_to_str
 from .records import Txn
-from .rowpath import RowPath
 from .tablemap import TableMap
 
 # One logger for the whole applier, as before it was split into parts.
@@ -70,7 +70,7 @@ class _Script:
         return ";\n".join(sql)
 
 
-class Pipeline(RowPath):
+class Pipeline(Parking):
     """The bulk pipeline part of the Applier (see the module docstring)."""
 
     def __init__(self, conn: asyncpg.Connection, profile: EngineProfile, ring: str, local: str,
@@ -137,6 +137,8 @@ class Pipeline(RowPath):
             tm = tables.get(m.relid)
             if tm is None:
                 tm = tables[m.relid] = self.table(m.relid)
+                if tm.parked is not None:
+                    raise bulk.NotBulk(f"{tm.relation} is parked here")  # row path parks
             pairs.append((tm, m))
         groups = bulk.groups(pairs)
         shape = bulk.plan(groups)

@@ -160,11 +160,47 @@ BEGIN
     END LOOP;
 END
 $fn$;
+-- Changes of a table whose shape differs here (a column, the table or its key missing:
+-- DDL drift) wait here, in arrival order, until the table matches again; only that
+-- table stops (sync/parking.py). Values are the upstream tuple's text forms, with
+-- {"u": true} for an unchanged out-of-line value.
+CREATE TABLE IF NOT EXISTS ringkeeper.parked (
+    id bigserial PRIMARY KEY,
+    relation text NOT NULL,
+    nsp text NOT NULL,
+    name text NOT NULL,
+    upstream_columns text[] NOT NULL,
+    origin text NOT NULL,
+    origin_lsn bigint NOT NULL,
+    commit_ts timestamptz NOT NULL,
+    op text NOT NULL,
+    old_kind text,
+    new_values jsonb,
+    old_values jsonb,
+    reason text NOT NULL,
+    parked_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS parked_relation ON ringkeeper.parked (relation, id);
 -- A delete that wins at a member where the row is not (only a tombstone is written)
 -- is passed on as a row here, inserted and deleted in the transaction that applies it,
 -- under the delete's true origin: the next member's link reads the insert and applies
 -- it as that delete (sync/apply.py). The table is in the ring's publication and stays
 -- empty.
+-- A parent's store-and-forward spool for its satellites (sync/satellite.py): each row
+-- one transaction (or one part of a large one) bound for `satellite`, already filtered,
+-- written before the parent's slot for the satellite is confirmed and deleted only
+-- after the satellite committed it. Not in any publication (schema ringkeeper).
+CREATE TABLE IF NOT EXISTS ringkeeper.satellite_spool (
+    satellite text NOT NULL,
+    seq bigserial,
+    origin text NOT NULL,
+    origin_lsn bigint NOT NULL,
+    commit_ts timestamptz NOT NULL,
+    part integer NOT NULL DEFAULT 0,
+    last boolean NOT NULL DEFAULT true,
+    changes bytea NOT NULL,
+    PRIMARY KEY (satellite, seq)
+);
 CREATE TABLE IF NOT EXISTS ringkeeper.relay (
     nsp text NOT NULL,
     name text NOT NULL,

@@ -40,7 +40,10 @@ class RowPath(ConflictPath):
 
     # -- rows ------------------------------------------------------------------------
     async def change(self, relid: int, msg: Insert | Update | Delete) -> None:
-        table = self.table(relid)
+        await self.change_in(self.table(relid), msg)
+
+    async def change_in(self, table: TableMap, msg: Insert | Update | Delete) -> None:
+        """One change of `table` in the open transaction (batched; see _flush)."""
         if table.relay:
             # A delete another member passed on (its row was not there): apply it as
             # that delete, under this transaction's true origin. The relay row's own

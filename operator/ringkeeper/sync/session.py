@@ -6,7 +6,7 @@ exactly once: the session origin, BEGIN and COMMIT with the origin's LSN and tim
 per-origin progress, whether a transaction is new here (`wanted`), a local row's version
 (`version_of`), and the conflict log and changed keys written inside the transaction.
 It is the base of the applier's parts: rows (sync/rowpath.py, sync/conflictpath.py) and
-the bulk pipeline (sync/pipeline.py) build on it; the three methods it declares
+the bulk pipeline (sync/pipeline.py) build on it; the methods it declares
 abstract are theirs.
 """
 
@@ -188,6 +188,10 @@ class ApplySession(ABC):
     @abstractmethod
     async def _flush(self) -> None:
         """Apply the rows batched so far in the open transaction (sync/rowpath.py)."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Roll back the open transaction and the script in flight (sync/pipeline.py)."""
 
     @abstractmethod
     def _flush_after(self, origin: str) -> str:

@@ -33,6 +33,9 @@ class TableMap:
     namespace: str = ""
     name: str = ""
     relay: bool = False  # ringkeeper.relay: its rows are deletes passed on (RowPath.change)
+    # Why this table's changes are parked here (sync/parking.py), or None: it applies.
+    parked: str | None = None
+    upstream: tuple[str, ...] = ()  # upstream's column names, in tuple order
 
     def __post_init__(self) -> None:
         self.positions = tuple(i for i, c in enumerate(self.columns) if c)
@@ -48,9 +51,39 @@ class Tables:
         self._by_name: dict[tuple[str, str], TableMap] = {}
 
     async def relation(self, rel: Relation) -> None:
-        tm = await self.describe(rel.namespace, rel.name, [c.name for c in rel.columns])
+        """Match an upstream relation. A table that does not match (DDL drift) is not an
+        error of the link: its changes are parked until it matches (sync/parking.py),
+        and so are they while earlier ones still wait, to keep their order."""
+        upstream = [c.name for c in rel.columns]
+        try:
+            tm = await self.describe(rel.namespace, rel.name, upstream)
+        except ApplyError as e:
+            tm = parked_map(rel.namespace, rel.name, upstream, str(e))
+        else:
+            waiting = await self.conn.fetchval(
+                "SELECT count(*) FROM ringkeeper.parked WHERE relation = $1", tm.relation)
+            if waiting:
+                tm.parked = (f"{waiting} earlier change(s) of {tm.relation} are parked here "
+                             "and go first")
         self._by_relid[rel.oid] = tm
         self._by_name[(rel.namespace, rel.name)] = tm
+
+    async def rematch(self, relation: str) -> None:
+        """Match a parked table again (its parked changes are all applied): its
+        relations apply from now on. Raises ApplyError if it still does not match."""
+        fresh: dict[tuple[str, ...], TableMap] = {}
+        for by in (self._by_relid, self._by_name):
+            for k, tm in list(by.items()):
+                if tm.relation != relation or tm.parked is None:
+                    continue
+                if tm.upstream not in fresh:
+                    fresh[tm.upstream] = await self.describe(tm.namespace, tm.name,
+                                                             list(tm.upstream))
+                by[k] = fresh[tm.upstream]  # type: ignore[index]
+
+    def parked(self) -> dict[str, str]:
+        """Tables whose changes are parked now, with why."""
+        return {tm.relation: tm.parked for tm in self._by_relid.values() if tm.parked}
 
     def table(self, relid: int) -> TableMap:
         table = self._by_relid.get(relid)
@@ -105,9 +138,18 @@ class Tables:
             "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) "
             "AND condeferrable AND contype IN ('p', 'u', 'x'))",
             f"{quote_ident(namespace)}.{quote_ident(name)}"))
-        return TableMap(deferrable=deferred, relation=qualified,
+        return TableMap(deferrable=deferred, relation=qualified, upstream=tuple(upstream),
                         quoted=f"{quote_ident(namespace)}.{quote_ident(name)}",
                         columns=[c if c in types else "" for c in upstream], types=types,
                         key=list(key), key_pos=[upstream.index(k) for k in key],
                         namespace=namespace, name=name,
                         relay=(namespace, name) == (RELAY.schema, RELAY.name))
+
+
+def parked_map(namespace: str, name: str, upstream: list[str], reason: str) -> TableMap:
+    """The map of a table whose changes are parked: nothing of it is applied, so only
+    its names and upstream's columns are known."""
+    return TableMap(relation=f"{namespace}.{name}",
+                    quoted=f"{quote_ident(namespace)}.{quote_ident(name)}",
+                    columns=[], types={}, key=[], key_pos=[], namespace=namespace, name=name,
+                    parked=reason, upstream=tuple(upstream))
