@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from ..api.v1alpha1.common import parse_quantity
 from ..api.v1alpha1.ring import ConflictPolicy, ReplicationRingSpec, Topology
+from ..api.v1alpha1.satellite import CoreTable, RowFilter
 from .conninfo import root_cert_file, with_root_cert
 
 
@@ -43,6 +44,69 @@ def _member_dsn(name: str, where: dict[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
+class SatelliteInfo:
+    """A satellite of one ring member (its parent): where it is and what it keeps.
+
+    Its parent's sidecar syncs it (sync/satellite.py); every member needs its name, as
+    its changes travel the ring under its own origin (core.ring.links)."""
+
+    name: str
+    parent: str
+    dsn: str | None  # None while its instance has no address yet
+    tables: tuple[tuple[str, RowFilter | None], ...]  # (schema.table, filter), spec order
+    engine: str = "postgresql"
+    version: str = "17"
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        return tuple(t for t, _ in self.tables)
+
+    def filters(self) -> dict[str, RowFilter | None]:
+        return dict(self.tables)
+
+
+def _satellites(raw: Any, members: tuple[MemberInfo, ...]) -> tuple[SatelliteInfo, ...]:
+    """{"name": {"parent", "dsn", "engine", "version", "tables": [CoreTable]}} parsed and
+    checked: a parent that is no member, a name that is a member's, or a table or filter
+    the Satellite model refuses is an error naming the satellite (nothing reaches SQL
+    unchecked: filters are validated RowFilter models)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ValueError("ring config: 'satellites' must be an object of name -> satellite")
+    member_names = {m.name for m in members}
+    out = []
+    for name, body in raw.items():
+        if not isinstance(body, dict):
+            raise ValueError(f"ring config: satellite {name}: must be an object")
+        if name in member_names or name == "_seed" or not name:
+            raise ValueError(f"ring config: satellite {name!r}: the name is taken by a "
+                             "ring member (satellite and member origins must differ)")
+        parent = str(body.get("parent", ""))
+        if parent not in member_names:
+            raise ValueError(f"ring config: satellite {name}: parent {parent!r} is not a "
+                             f"member of the ring ({', '.join(sorted(member_names))})")
+        try:
+            tables = [CoreTable.model_validate(t) for t in body.get("tables") or []]
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            at = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"ring config: satellite {name}: invalid table at {at}: "
+                             f"{first['msg']}") from None
+        if not tables:
+            raise ValueError(f"ring config: satellite {name}: no tables")
+        if len({t.name for t in tables}) != len(tables):
+            raise ValueError(f"ring config: satellite {name}: a table is listed twice")
+        dsn = body.get("dsn")
+        out.append(SatelliteInfo(
+            name=str(name), parent=parent, dsn=None if dsn is None else str(dsn),
+            tables=tuple((t.name, t.filter) for t in tables),
+            engine=str(body.get("engine", "postgresql")),
+            version=str(body.get("version", "17"))))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class RingConfig:
     ring: str
     members: tuple[MemberInfo, ...]
@@ -53,6 +117,7 @@ class RingConfig:
     bypass_after_seconds: float = 60.0
     max_slot_wal_keep_bytes: int = 50 * 1024**3
     seed: tuple[str, ...] = field(default_factory=tuple)  # members to stock-sync on join
+    satellites: tuple[SatelliteInfo, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -66,12 +131,30 @@ class RingConfig:
                        f"{', '.join(self.names)}")
 
     def priorities(self) -> dict[str, int]:
-        return {m.name: m.priority for m in self.members}
+        """Priority by origin; a satellite's changes weigh as much as its parent's."""
+        out = {m.name: m.priority for m in self.members}
+        for sat in self.satellites:
+            out[sat.name] = out.get(sat.parent, 0)
+        return out
+
+    def satellite_parents(self) -> dict[str, str]:
+        """Satellite name -> its parent member (core.ring.links routes with it)."""
+        return {s.name: s.parent for s in self.satellites}
+
+    def satellites_of(self, member: str) -> tuple[SatelliteInfo, ...]:
+        return tuple(s for s in self.satellites if s.parent == member)
+
+    @property
+    def origins(self) -> list[str]:
+        """Every origin of the ring: its members' and its satellites'."""
+        return [*self.names, *(s.name for s in self.satellites)]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RingConfig:
         """{"ring": name, "spec": <ReplicationRing spec>, "members": {name: {dsn, engine,
-        version}}, "seed": [names]}: the spec as users write it, plus where each member is."""
+        version}}, "seed": [names], "satellites": {name: {parent, dsn, engine, version,
+        tables: [{name, filter}]}}}: the spec as users write it, plus where each member
+        (and satellite) is."""
         try:
             spec = ReplicationRingSpec.model_validate(data["spec"])
             ring = str(data["ring"])
@@ -94,7 +177,8 @@ class RingConfig:
             exclude=tuple(spec.tables.exclude),
             bypass_after_seconds=float(spec.healing.bypass_after_seconds),
             max_slot_wal_keep_bytes=int(parse_quantity(spec.healing.max_slot_wal_keep_size)),
-            seed=tuple(str(s) for s in data.get("seed", [])))
+            seed=tuple(str(s) for s in data.get("seed", [])),
+            satellites=_satellites(data.get("satellites"), members))
 
     @classmethod
     def load(cls, path: Path) -> RingConfig:

@@ -127,12 +127,15 @@ class Inbound:
 
 
 def inbound(ring: str, target: str, members: Sequence[str], topology: Topology | str,
-            down: frozenset[str]) -> dict[str, Inbound]:
-    """link key ("source->target") -> the link that feeds `target`, around `down`."""
+            down: frozenset[str],
+            satellites: Mapping[str, str] | None = None) -> dict[str, Inbound]:
+    """link key ("source->target") -> the link that feeds `target`, around `down`; with
+    `satellites` (name -> parent) the links carry their origins too (core.ring)."""
     return {f"{lk.source}->{target}": Inbound(
                 lk.source, names.link_slot_name(ring, lk.source, target),
                 lk.forwards_origins, lk.bypassing)
-            for lk in links(members, topology, down - {target}) if lk.target == target}
+            for lk in links(members, topology, down - {target}, satellites)
+            if lk.target == target}
 
 
 def link_fault(*, slot_lost: bool, silent: bool, unreachable: bool,

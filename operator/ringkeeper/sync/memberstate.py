@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .linkreport import LinkReport
+from .satellite import SatelliteReport
 from .seed import SeedProgress
 
 
@@ -26,6 +27,7 @@ class MemberState:
     gaps: list[str] = field(default_factory=list)
     needs_reseed: set[str] = field(default_factory=set)
     hold_lag_bytes: int | None = None
+    satellites: dict[str, SatelliteReport] = field(default_factory=dict)  # this member's
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -35,4 +37,5 @@ class MemberState:
             "seeding": self.seeding.as_dict() if self.seeding else None,
             "gaps": self.gaps, "needsReseed": sorted(self.needs_reseed),
             "holdLagBytes": self.hold_lag_bytes,
+            "satellites": [s.as_dict() for s in self.satellites.values()],
         }

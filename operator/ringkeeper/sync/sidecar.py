@@ -44,6 +44,7 @@ from .linkopen import SlotLost
 from .linkreport import LinkReport
 from .memberstate import MemberState
 from .origins import ensure_origins
+from .satellite import SatelliteKeeper
 from .slots import ensure_slot
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Sidecar:
         self._probed: dict[str, float] = {}
         self.hold = HoldKeeper(member, self.state, self._down_since)
         self.copies = InitialCopies(member, local_dsn, self.state)
+        self.satellites = SatelliteKeeper(member, local_dsn, config)
+        self.state.satellites = self.satellites.reports
 
     # -- main loop ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -182,7 +185,7 @@ class Sidecar:
         if refused:
             log.warning("tables without a primary key are not replicated: %s",
                         ", ".join(refused))
-        await ensure_origins(local, profile, cfg.ring, cfg.names)
+        await ensure_origins(local, profile, cfg.ring, cfg.origins)
         for slot in ringmember.own_slots(cfg.ring, self.member, cfg.names, cfg.topology):
             had_before = await local.fetchval(
                 "SELECT count(*) FROM ringkeeper.slot_history WHERE slot = $1", slot)
@@ -208,6 +211,9 @@ class Sidecar:
         last_hold = 0.0
         last_tables = time.monotonic()
         stmt = statement_seconds(cfg.bypass_after_seconds)
+        # This member's satellites (sync/satellite.py) run beside its inbound links.
+        sat_stop = asyncio.Event()
+        sat_task = asyncio.create_task(self.satellites.run(profile, sat_stop))
 
         async def end(ending: list[tuple[asyncio.Task[None], asyncio.Event]],
                       grace: float = stmt) -> None:
@@ -285,7 +291,14 @@ class Sidecar:
                     self.state.role = "Standby"
                     return
         finally:
+            sat_stop.set()
             await stop_links()
+            try:
+                await asyncio.wait_for(sat_task, 4 * stmt)
+            except TimeoutError:
+                log.warning("satellites of %s did not stop in time", self.member)
+            except LINK_ERRORS as exc:
+                log.warning("satellites of %s: %s", self.member, exc)
 
     async def _probe_down(self, cfg: RingConfig, stmt: float) -> None:
         """A bypassed member is not read from, so ask it directly whether it is back."""
@@ -315,7 +328,8 @@ class Sidecar:
         down past bypassAfterSeconds."""
         down = ringmember.bypassed(self._down_since, local=self.member, now=time.monotonic(),
                                    bypass_after=cfg.bypass_after_seconds)
-        return ringmember.inbound(cfg.ring, self.member, cfg.names, cfg.topology, down)
+        return ringmember.inbound(cfg.ring, self.member, cfg.names, cfg.topology, down,
+                                  cfg.satellite_parents())
 
     async def _link_loop(self, cfg: RingConfig, profile: EngineProfile, source: str,
                          slot: str, carries: frozenset[str] | None,

@@ -1,0 +1,127 @@
+"""What of the ring's changes a satellite receives, decided on the decoded row values.
+
+The parent's sidecar reads every change the parent commits or applies and keeps, for a
+satellite, only its tables and the rows its structured filter selects (a
+api.v1alpha1.satellite.RowFilter, the same one core.satellite.filter_sql renders as SQL
+for copies and checks). The filter is evaluated here in Python on the text values
+pgoutput decoded, so no SQL is built from it on this path at all, and the decision for a
+change that moves a row across the filter's boundary is explicit:
+
+  new row in the filter, old in (or an insert) -> the change as it is (Send)
+  new row in, old out                          -> an insert of the new row (AsInsert)
+  new row out of the filter (insert or update) -> a delete of the key (AsDelete)
+  delete                                       -> the delete (Send)
+
+A change whose row is out of the filter is never simply dropped: the satellite may hold
+a version of that key the parent has not seen yet (written there while it was away), and
+only the newer version must stay there. A delete with the change's version settles it
+by the ring's conflict rules: it removes an older satellite row and loses to a newer one
+(which then goes up and wins in the ring). The price is a tombstone at the satellite
+per key changed outside its filter (see docs/satellites.md, limits).
+
+A value the stream did not carry (an unchanged out-of-line value, or an old row the
+source did not log) is Unknown; an Unknown side counts as inside the filter, so a row
+is never held back from a satellite on a guess (a surplus delete of a row the
+satellite lacks is harmless; a missing update is not). Pure, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from enum import Enum, StrEnum
+
+from ..api.v1alpha1.satellite import FilterOp, FilterTerm, RowFilter
+
+
+class Unknown(Enum):
+    """A column value the stream did not carry."""
+
+    VALUE = "unknown"
+
+
+UNKNOWN = Unknown.VALUE
+RowValue = str | None | Unknown
+
+# Types whose text forms may differ for one value ('1.50' and '1.5', '007' and '7'):
+# compared as numbers. Booleans are compared by meaning ('t', 'true', 'on', ...).
+NUMERIC_TYPE_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
+BOOL_TYPE_OID = 16
+_TRUE = frozenset({"t", "true", "y", "yes", "on", "1"})
+_FALSE = frozenset({"f", "false", "n", "no", "off", "0"})
+
+
+class DownAction(StrEnum):
+    SEND = "Send"
+    AS_DELETE = "AsDelete"
+    AS_INSERT = "AsInsert"
+    DROP = "Drop"
+
+
+def _same(value: str, literal: str, type_oid: int) -> bool:
+    """Whether a column's text value equals a filter literal as PostgreSQL would compare
+    them after casting the literal to the column's type (the cases where text forms
+    differ; other types compare as text)."""
+    if type_oid in NUMERIC_TYPE_OIDS:
+        try:
+            return Decimal(value) == Decimal(literal.strip())
+        except InvalidOperation:
+            return False  # PostgreSQL would refuse the literal: it selects nothing
+    if type_oid == BOOL_TYPE_OID:
+        v, lit = value.strip().lower(), literal.strip().lower()
+        return (v in _TRUE and lit in _TRUE) or (v in _FALSE and lit in _FALSE)
+    return value == literal
+
+
+def term_holds(term: FilterTerm, value: RowValue, type_oid: int = 25) -> bool | None:
+    """One term on one value with SQL's meaning (NULL matches no comparison, only
+    IsNull); None when the value is Unknown."""
+    if value is UNKNOWN:
+        return None
+    op = FilterOp(term.op)
+    if op is FilterOp.IS_NULL:
+        return value is None
+    if op is FilterOp.IS_NOT_NULL:
+        return value is not None
+    if value is None:
+        return False
+    assert isinstance(value, str)
+    hit = any(_same(value, lit, type_oid) for lit in term.values)
+    if op in (FilterOp.EQUALS, FilterOp.IN):
+        return hit
+    return not hit  # NotEquals, NotIn
+
+
+def row_matches(row_filter: RowFilter | None, row: Mapping[str, RowValue],
+                types: Mapping[str, int] | None = None) -> bool | None:
+    """Whether a row (column -> text value) is in the filter: every term holds. None
+    when it depends on an Unknown value (and no known term already excludes the row).
+    A column the row lacks is Unknown. Without a filter every row is in."""
+    if row_filter is None:
+        return True
+    unknown = False
+    for term in row_filter.all_of:
+        held = term_holds(term, row.get(term.column, UNKNOWN),
+                          (types or {}).get(term.column, 25))
+        if held is False:
+            return False
+        if held is None:
+            unknown = True
+    return None if unknown else True
+
+
+def down_action(op: str, old_in: bool | None, new_in: bool | None) -> DownAction:
+    """What the satellite receives for one change (`op` "insert", "update" or "delete")
+    given whether its old and new rows are in the filter (None: Unknown, counted in).
+    Never Drop for a table the satellite keeps (module docstring)."""
+    old = old_in is not False
+    new = new_in is not False
+    if op == "delete":
+        return DownAction.SEND
+    if op not in ("insert", "update"):
+        raise ValueError(f"unknown change kind {op!r}")
+    if not new:
+        return DownAction.AS_DELETE
+    if op == "insert" or old:
+        return DownAction.SEND
+    return DownAction.AS_INSERT

@@ -1,0 +1,287 @@
+"""A parent member's sidecar keeps its satellites in sync: up, down through a spool, and
+what it reports of them.
+
+Per satellite three loops, each reconnecting with backoff on its own:
+
+- up: a LinkStream reads the satellite's slot (its publication of the satellite's
+  tables, `origin none`: only the satellite's own writes) and applies at the parent
+  under the satellite's origin with the ring's conflict policy; the ring's links
+  carry that origin on (core.ring). While the satellite is away its own WAL, held by
+  that slot, is its backlog; on reconnect the link drains it in commit order.
+- spool: a LinkStream reads the parent's slot for the satellite (every origin but the
+  satellite's) into the parent's spool (sync/satspool.SpoolWriter), so the slot is
+  confirmed as it goes and never pins the parent's WAL.
+- drain: the spool applied at the satellite in order (sync/satspool.SpoolDrain).
+
+Decisions (routing, the row filter) are core's; this module connects and acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..contracts.ringconfig import RingConfig, SatelliteInfo
+from ..core import names, ringmember
+from ..core.liveness import APPLY_STATEMENT_SECONDS, SLOW_STATEMENT_SECONDS, statement_seconds
+from ..engines import EngineProfile, profile_for
+from . import catalog
+from .apply import Applier
+from .capture import prepare_capture
+from .configsource import ConfigSource
+from .connections import close_quietly, connect
+from .errors import LINK_ERRORS, TRANSIENT, UNREACHABLE
+from .link import LinkStream, SourceSilent
+from .linkreport import LinkReport
+from .origins import ensure_origins
+from .satspool import SpoolDrain, SpoolWriter, spool_backlog
+
+log = logging.getLogger(__name__)
+
+DRAIN_IDLE = 0.2  # seconds between looks at an empty spool
+CONTACT_WINDOW = 5.0  # a satellite counts as connected within this of its last answer
+
+
+@dataclass
+class SatelliteReport:
+    """What the parent's sidecar knows of one satellite (part of the member's report)."""
+
+    name: str
+    parent: str
+    up: LinkReport
+    down: LinkReport
+    last_contact: datetime | None = None  # the satellite last answered (wall clock)
+    contact_at: float | None = None  # the same, monotonic
+    spool_rows: int | None = None  # backlog on the parent: spooled, not yet at the satellite
+    spool_bytes: int | None = None
+    drained_rows: int = 0
+    drain_error: str | None = None
+    tables: tuple[str, ...] = ()
+
+    def touch(self) -> None:
+        self.last_contact = datetime.now(UTC)
+        self.contact_at = time.monotonic()
+
+    @property
+    def connected(self) -> bool:
+        return self.up.running and self.contact_at is not None and \
+            time.monotonic() - self.contact_at <= CONTACT_WINDOW
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name, "parent": self.parent, "connected": self.connected,
+            "lastContact": self.last_contact.isoformat() if self.last_contact else None,
+            # Backlog on each side: spool rows at the parent, slot lag at the satellite.
+            "parentBacklogRows": self.spool_rows, "parentBacklogBytes": self.spool_bytes,
+            "satelliteBacklogBytes": self.up.lag_bytes,
+            "drainedRows": self.drained_rows, "drainError": self.drain_error,
+            "tables": list(self.tables),
+            "up": self.up.as_dict(), "down": self.down.as_dict(),
+        }
+
+
+@dataclass
+class _Running:
+    info: SatelliteInfo
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def prepare_satellite(cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile,
+                            stmt: float) -> None:
+    """The satellite's side, idempotently: the ringkeeper schema, the publication of its
+    tables (before its slot), tombstone triggers, and every ring origin its applier
+    uses."""
+    if sat.dsn is None:
+        raise OSError(f"satellite {sat.name} has no address yet")
+    conn = await connect(sat.dsn, command_timeout=SLOW_STATEMENT_SECONDS, timeout=stmt)
+    try:
+        await catalog.check_server(conn)
+        await prepare_capture(conn, cfg.ring, sat.table_names, ())
+        await ensure_origins(conn, profile, cfg.ring, cfg.origins)
+    finally:
+        await close_quietly(conn)
+
+
+class SatelliteKeeper:
+    """The satellites of one member, run from its sidecar while it is primary."""
+
+    def __init__(self, member: str, local_dsn: str, config: ConfigSource) -> None:
+        self.member = member
+        self.local_dsn = local_dsn
+        self.config = config
+        self.reports: dict[str, SatelliteReport] = {}
+        self._running: dict[str, _Running] = {}
+
+    async def run(self, profile: EngineProfile, stop: asyncio.Event) -> None:
+        last_measure = 0.0
+        try:
+            while not stop.is_set():
+                cfg = await self.config()
+                wanted = {s.name: s for s in cfg.satellites_of(self.member)}
+                for name in list(self._running):
+                    if wanted.get(name) != self._running[name].info:
+                        await self._end(name)
+                        if name not in wanted:
+                            self.reports.pop(name, None)
+                for name, sat in wanted.items():
+                    if name not in self._running:
+                        self._start(cfg, sat, profile)
+                if time.monotonic() - last_measure >= 1.0 and wanted:
+                    last_measure = time.monotonic()
+                    await self._measure(cfg)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        finally:
+            for name in list(self._running):
+                await self._end(name)
+
+    def _start(self, cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile) -> None:
+        up_slot = names.link_slot_name(cfg.ring, sat.name, self.member)
+        down_slot = names.link_slot_name(cfg.ring, self.member, sat.name)
+        rep = self.reports.get(sat.name)
+        if rep is None:
+            rep = SatelliteReport(sat.name, self.member,
+                                  LinkReport(sat.name, self.member, up_slot),
+                                  LinkReport(self.member, sat.name, down_slot))
+            self.reports[sat.name] = rep
+        rep.tables = sat.table_names
+        run = _Running(sat, asyncio.Event())
+        for loop in (self._up, self._spool, self._drain):
+            run.tasks.append(asyncio.create_task(
+                self._retry(loop, cfg, sat, profile, rep, run.stop)))
+        self._running[sat.name] = run
+
+    async def _end(self, name: str) -> None:
+        run = self._running.pop(name)
+        run.stop.set()
+        _, late = await asyncio.wait(run.tasks, timeout=10)
+        for t in late:
+            t.cancel()
+        if late:
+            await asyncio.wait(late, timeout=10)
+
+    async def _measure(self, cfg: RingConfig) -> None:
+        stmt = statement_seconds(cfg.bypass_after_seconds)
+        try:
+            conn = await connect(self.local_dsn, command_timeout=stmt, timeout=stmt)
+        except TRANSIENT as exc:
+            log.warning("satellite backlog: %s", exc)
+            return
+        try:
+            for name, rep in self.reports.items():
+                rep.spool_rows, rep.spool_bytes = await spool_backlog(conn, name)
+        except TRANSIENT as exc:
+            log.warning("satellite backlog: %s", exc)
+        finally:
+            await close_quietly(conn)
+
+    async def _retry(self, loop: Callable[..., Coroutine[Any, Any, None]], cfg: RingConfig,
+                     sat: SatelliteInfo, profile: EngineProfile, rep: SatelliteReport,
+                     stop: asyncio.Event) -> None:
+        """One loop, again after each failure with backoff; the failure in the report."""
+        backoff = 0.2
+        report = {self._up: rep.up, self._spool: rep.down}.get(loop)
+        while not stop.is_set():
+            try:
+                await loop(cfg, sat, profile, rep, stop)
+                backoff = 0.2
+                if report is not None and report.running:
+                    report.stopped(None, None)
+            except LINK_ERRORS as exc:
+                message = str(exc) or type(exc).__name__
+                fault = ringmember.link_fault(
+                    slot_lost=False, silent=isinstance(exc, SourceSilent),
+                    unreachable=isinstance(exc, UNREACHABLE), own_answers=True)
+                if report is not None:
+                    report.stopped(fault, message)
+                else:
+                    rep.drain_error = message
+                log.warning("satellite %s (%s): %s", sat.name, loop.__name__.strip("_"),
+                            message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 3.0)
+
+    async def _up(self, cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile,
+                  rep: SatelliteReport, stop: asyncio.Event) -> None:
+        """The satellite's own writes, applied here under its origin."""
+        stmt = statement_seconds(cfg.bypass_after_seconds)
+        sat_profile = profile_for(sat.engine, sat.version)
+        await prepare_satellite(cfg, sat, sat_profile, stmt)
+        assert sat.dsn is not None
+        local = await connect(self.local_dsn, command_timeout=APPLY_STATEMENT_SECONDS,
+                              timeout=stmt)
+        try:
+            applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
+                              cfg.policy)
+            await applier.start()
+            link = LinkStream(ring=cfg.ring, source=sat.name, local=self.member,
+                              source_dsn=sat.dsn, slot=rep.up.slot, applier=applier,
+                              profile=profile, source_profile=sat_profile,
+                              carries=frozenset({sat.name}), status=rep.up,
+                              bypass_after_seconds=cfg.bypass_after_seconds)
+            await link.open()
+            rep.touch()
+            await link.run(stop)
+        finally:
+            await close_quietly(local)
+
+    async def _spool(self, cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile,
+                     rep: SatelliteReport, stop: asyncio.Event) -> None:
+        """The parent's slot for the satellite, into the parent's spool."""
+        stmt = statement_seconds(cfg.bypass_after_seconds)
+        local = await connect(self.local_dsn, command_timeout=SLOW_STATEMENT_SECONDS,
+                              timeout=stmt)
+        try:
+            writer = SpoolWriter(local, profile, cfg.ring, sat)
+            await writer.start()
+            link = LinkStream(ring=cfg.ring, source=self.member, local=sat.name,
+                              source_dsn=self.local_dsn, slot=rep.down.slot, applier=writer,
+                              profile=profile, source_profile=profile,
+                              carries=frozenset(cfg.origins) - {sat.name}, status=rep.down,
+                              bypass_after_seconds=cfg.bypass_after_seconds)
+            await link.open()
+            await link.run(stop)
+        finally:
+            await close_quietly(local)
+
+    async def _drain(self, cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile,
+                     rep: SatelliteReport, stop: asyncio.Event) -> None:
+        """The spool, applied at the satellite in order."""
+        stmt = statement_seconds(cfg.bypass_after_seconds)
+        sat_profile = profile_for(sat.engine, sat.version)
+        await prepare_satellite(cfg, sat, sat_profile, stmt)
+        assert sat.dsn is not None
+        parent = await connect(self.local_dsn, command_timeout=stmt, timeout=stmt)
+        target = None
+        try:
+            target = await connect(sat.dsn, command_timeout=APPLY_STATEMENT_SECONDS,
+                                   timeout=stmt)
+            applier = Applier(target, sat_profile, cfg.ring, sat.name, cfg.priorities(),
+                              cfg.policy)
+            await applier.start()
+            drain = SpoolDrain(parent, applier, sat_profile, cfg.ring, sat.name)
+            rep.drain_error = None
+            base = rep.drained_rows
+            while not stop.is_set():
+                try:
+                    n = await asyncio.wait_for(drain.once(), APPLY_STATEMENT_SECONDS)
+                except BaseException:
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(applier.abort(), stmt)
+                    raise
+                rep.touch()
+                rep.drained_rows = base + drain.stats.applied_rows
+                if n == 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), DRAIN_IDLE)
+        finally:
+            await close_quietly(target)
+            await close_quietly(parent)
