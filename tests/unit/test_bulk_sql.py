@@ -59,7 +59,7 @@ def test_non_text_values_go_row_by_row() -> None:
         gs = bulk.groups([(T, Insert(1, (str(i), b"\x00", "x", "n"))) for i in range(rows)])
         bulk.plan(gs)
         with pytest.raises(bulk.NotBulk, match="not text"):
-            bulk.execute_sql("s", gs, bulk.Origin(1, datetime.now(UTC)))
+            bulk.execute_sql("s", gs, bulk.BulkOrigin(1, datetime.now(UTC)))
 
 
 def test_small_groups_pass_typed_values_and_large_ones_arrays() -> None:
@@ -103,7 +103,7 @@ def test_one_statement_checks_every_premise() -> None:
     assert 'DELETE FROM "lis"."samples" AS t WHERE t."id" = $12 AND' in p
     assert "2 - (SELECT count(*) FROM g1) + 1 - (SELECT count(*) FROM g2)" in p
     assert "ringkeeper.fast_path_check(s.m)" in p and "OFFSET 0" in p
-    e = bulk.execute_sql("rk_bulk_2", gs, bulk.Origin(7, datetime(2026, 1, 2, tzinfo=UTC)))
+    e = bulk.execute_sql("rk_bulk_2", gs, bulk.BulkOrigin(7, datetime(2026, 1, 2, tzinfo=UTC)))
     assert e == ("EXECUTE rk_bulk_2(7, '2026-01-02T00:00:00+00:00', '1', 'a', 'n', "
                  "'2', 'b', 'm', '3', 'c', 'o', '4')")
 
@@ -111,7 +111,7 @@ def test_one_statement_checks_every_premise() -> None:
 def test_scalar_values_are_quoted_literals() -> None:
     gs = bulk.groups([(T, Insert(1, ("1", "it's", "x", None)))])
     bulk.plan(gs)
-    e = bulk.execute_sql("s", gs, bulk.Origin(1, datetime(2026, 1, 2, tzinfo=UTC)))
+    e = bulk.execute_sql("s", gs, bulk.BulkOrigin(1, datetime(2026, 1, 2, tzinfo=UTC)))
     assert e.endswith("'1', 'it''s', NULL)")
 
 

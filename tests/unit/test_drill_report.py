@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from ringkeeper.api.v1alpha1.drill import Scenario, TargetKind
 from ringkeeper.controller.drill_report import report
-from ringkeeper.core.drill import CampusView, Snapshot
+from ringkeeper.core.drill import DrillCampus, Snapshot
 
 SNAP = Snapshot(scenario=Scenario.PRIMARY_KILL, target_kind=TargetKind.CAMPUS,
-                target_exists=True, campuses=(CampusView("lab", True, "lab-0"),),
+                target_exists=True, campuses=(DrillCampus("lab", True, "lab-0"),),
                 other_running=None, now=datetime(2026, 12, 1, tzinfo=UTC), max_rto_seconds=30,
                 max_lost=0, load_seconds=25)
 TIMELINE = [{"at": "2026-12-01T03:21:20.1Z", "event": "DrillStarted", "message": "load"},

@@ -20,6 +20,7 @@ from ..api.v1alpha1 import GROUP, VERSION
 from ..api.v1alpha1.resources import Drill
 from ..api.validation import problems_of
 from ..base.timefmt import parse_rfc3339
+from ..core.drill import DrillReason
 from .status_view import safe
 
 FINISHED = ("Passed", "Failed")
@@ -74,7 +75,7 @@ def outcome(obj: dict[str, Any]) -> tuple[str, str] | None:
     if accepted.get("status") == "False":
         return "Refused", f"{accepted.get('reason')}: {accepted.get('message')}"
     if ready.get("status") == "False" and st.get("phase") != "Running" and not st.get("runs"):
-        waiting = ("TargetBusy", "TargetNotReady")
+        waiting = (DrillReason.TARGET_BUSY, DrillReason.TARGET_NOT_READY)  # its turn comes
         if ready.get("reason") not in waiting:
             return "Refused", f"{ready.get('reason')}: {ready.get('message')}"
     return None

@@ -36,11 +36,11 @@ from ..base.timefmt import rfc3339
 from ..core.conditions import condition, set_condition
 from ..core.drill import (
     DRILL_LABEL,
-    Action,
+    DrillAction,
+    DrillStep,
     Measured,
     Snapshot,
     Stage,
-    Step,
     partition_policy,
     plan,
 )
@@ -87,7 +87,7 @@ class Executor:
                                                          self.name, patch)
         return self.fresh
 
-    async def _condition(self, step: Step, status: str) -> None:
+    async def _condition(self, step: DrillStep, status: str) -> None:
         # The accept handler writes Accepted into the same list: write against the version
         # read, and read again on a conflict (a re-read alone still lost Accepted).
         for _ in range(5):
@@ -108,7 +108,7 @@ class Executor:
                 if exc.status == 409:
                     continue
                 raise
-            if step.action == Action.REFUSE:
+            if step.action == DrillAction.REFUSE:
                 kopf.warn(self.body, reason=str(step.reason), message=step.message)
             return
 
@@ -216,7 +216,7 @@ class Executor:
                                  ring.fault_error if ring else None)
         live.stage = Stage.VERIFIED
 
-    async def _finish(self, step: Step, snap: Snapshot) -> None:
+    async def _finish(self, step: DrillStep, snap: Snapshot) -> None:
         live, st = self.live, self.fresh.get("status") or {}
         m = live.measured if live else None
         result = DrillPhase.PASSED if step.passed else DrillPhase.FAILED
@@ -277,19 +277,19 @@ class Executor:
         snap = snapshot_of(self.fresh, exists, campuses,
                          other if other not in (None, self.name) else None, self.live)
         step = plan(snap)
-        if step.action == Action.START:
+        if step.action == DrillAction.START:
             _BUSY[key] = self.name
             await self._start(snap)
-        elif step.action == Action.INJECT_FAULT:
+        elif step.action == DrillAction.INJECT_FAULT:
             await self._inject(snap)
-        elif step.action == Action.HEAL:
+        elif step.action == DrillAction.HEAL:
             await self._heal()
-        elif step.action == Action.VERIFY:
+        elif step.action == DrillAction.VERIFY:
             await self._verify()
-        elif step.action == Action.FINISH:
+        elif step.action == DrillAction.FINISH:
             await self._finish(step, snap)
-        elif step.action in (Action.REFUSE, Action.WAIT) and self.live is None:
-            ok = step.action == Action.WAIT and str(step.reason) in (
+        elif step.action in (DrillAction.REFUSE, DrillAction.WAIT) and self.live is None:
+            ok = step.action == DrillAction.WAIT and str(step.reason) in (
                 "NotDue", "Completed", "Suspended")
             await self._condition(step, "True" if ok else "False")
 

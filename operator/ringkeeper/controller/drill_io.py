@@ -25,7 +25,7 @@ from ..adapters.resources import KubeApiError
 from ..api.v1alpha1.drill import TargetKind
 from ..base.sqlquote import quote_ident
 from ..contracts.conninfo import SslMode, Target, build_dsn
-from ..core.drill import CampusView
+from ..core.drill import DrillCampus
 from ..workload.check import LedgerProblem, check
 from ..workload.ledger import Ledger
 from ..workload.schema import TABLES
@@ -163,7 +163,7 @@ class Probe:
 
 
 async def target(api: client.ApiClient, ns: str, kind: TargetKind, name: str
-                  ) -> tuple[bool, tuple[CampusView, ...]]:
+                  ) -> tuple[bool, tuple[DrillCampus, ...]]:
     """Whether the target exists, and its campuses (a ring's campusRef members)."""
     try:
         if kind == TargetKind.CAMPUS:
@@ -187,7 +187,7 @@ async def target(api: client.ApiClient, ns: str, kind: TargetKind, name: str
                 raise
             st = {}
         primary = st.get("currentPrimary")
-        views.append(CampusView(n, st.get("phase") == "Ready" and bool(primary), primary))
+        views.append(DrillCampus(n, st.get("phase") == "Ready" and bool(primary), primary))
     return True, tuple(views)
 
 

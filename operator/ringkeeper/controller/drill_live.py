@@ -14,7 +14,7 @@ from typing import Any
 
 from ..api.v1alpha1.drill import DrillPhase, Scenario, TargetKind
 from ..base.timefmt import parse_rfc3339
-from ..core.drill import CampusView, Measured, Snapshot, Stage
+from ..core.drill import DrillCampus, Measured, Snapshot, Stage
 from ..workload import Ledger
 from . import drill_io as io
 from .drill_ring import RingDrill
@@ -61,7 +61,7 @@ class LiveRun:
             await px.close()
 
 
-def snapshot_of(body: dict[str, Any], exists: bool, campuses: tuple[CampusView, ...],
+def snapshot_of(body: dict[str, Any], exists: bool, campuses: tuple[DrillCampus, ...],
               other: str | None, live: LiveRun | None) -> Snapshot:
     spec, st = body.get("spec") or {}, body.get("status") or {}
     exp, load = spec.get("expectations") or {}, spec.get("workload") or {}

@@ -44,7 +44,7 @@ class Stage(StrEnum):
     VERIFIED = "Verified"  # ledger checked against the surviving members
 
 
-class Action(StrEnum):
+class DrillAction(StrEnum):
     REFUSE = "Refuse"
     WAIT = "Wait"
     START = "Start"
@@ -55,7 +55,7 @@ class Action(StrEnum):
     FINISH = "Finish"
 
 
-class Reason(StrEnum):
+class DrillReason(StrEnum):
     TARGET_MISSING = "TargetMissing"
     SCENARIO_IMPOSSIBLE = "ScenarioImpossible"
     NOT_YET_SUPPORTED = "NotYetSupported"
@@ -85,7 +85,7 @@ class Reason(StrEnum):
 
 
 @dataclass(frozen=True)
-class CampusView:
+class DrillCampus:
     name: str
     ready: bool  # phase Ready with a current primary
     primary: str | None
@@ -110,7 +110,7 @@ class Snapshot:
     scenario: Scenario
     target_kind: TargetKind
     target_exists: bool
-    campuses: tuple[CampusView, ...]  # the target's campuses (a ring's campusRef members)
+    campuses: tuple[DrillCampus, ...]  # the target's campuses (a ring's campusRef members)
     other_running: str | None  # the name of another Drill running on the same target
     now: datetime
     max_rto_seconds: int
@@ -137,34 +137,34 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class Step:
-    action: Action
-    reason: Reason
+class DrillStep:
+    action: DrillAction
+    reason: DrillReason
     message: str
     passed: bool | None = None  # Finish only
 
 
-def _refusal(s: Snapshot) -> Step | None:
+def _refusal(s: Snapshot) -> DrillStep | None:
     kind = s.target_kind.value
     if not s.target_exists:
-        return Step(Action.REFUSE, Reason.TARGET_MISSING,
+        return DrillStep(DrillAction.REFUSE, DrillReason.TARGET_MISSING,
                     f"{kind} target does not exist in this namespace")
     if s.scenario not in SUPPORTED:
-        return Step(Action.REFUSE, Reason.NOT_YET_SUPPORTED,
+        return DrillStep(DrillAction.REFUSE, DrillReason.NOT_YET_SUPPORTED,
                     f"scenario {s.scenario.value} is not run by this Ringkeeper version "
                     "(docs/drills.md)")
     if not s.campuses:
-        return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
+        return DrillStep(DrillAction.REFUSE, DrillReason.SCENARIO_IMPOSSIBLE,
                     f"{kind} target has no Campus in this namespace to run a drill against")
     if s.scenario == Scenario.NETWORK_PARTITION and len(s.campuses) < 2:
-        return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
+        return DrillStep(DrillAction.REFUSE, DrillReason.SCENARIO_IMPOSSIBLE,
                     "networkPartition cuts two campuses apart: the target has "
                     f"{len(s.campuses)} Campus; use a ReplicationRing of two or more")
     if s.scenario == Scenario.CAMPUS_LOSS and len(s.campuses) < 2:
-        return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
+        return DrillStep(DrillAction.REFUSE, DrillReason.SCENARIO_IMPOSSIBLE,
                     "campusLoss of the only campus leaves nothing to recover on")
     if s.scenario == Scenario.SYNC_CRASH and len(s.campuses) < 2:
-        return Step(Action.REFUSE, Reason.SCENARIO_IMPOSSIBLE,
+        return DrillStep(DrillAction.REFUSE, DrillReason.SCENARIO_IMPOSSIBLE,
                     "syncCrash needs a ring link between two Campuses of this namespace: "
                     f"the target has {len(s.campuses)}")
     return _too_frequent(s)
@@ -184,7 +184,7 @@ def shortest_gap(schedule: str, time_zone: str | None) -> timedelta:
     return gap
 
 
-def _too_frequent(s: Snapshot) -> Step | None:
+def _too_frequent(s: Snapshot) -> DrillStep | None:
     if s.schedule is None:
         return None
     try:
@@ -194,58 +194,59 @@ def _too_frequent(s: Snapshot) -> Step | None:
     if gap >= MIN_SCHEDULE_GAP:
         return None
     minutes = int(gap.total_seconds() // 60)
-    return Step(Action.REFUSE, Reason.SCHEDULE_TOO_FREQUENT,
+    return DrillStep(DrillAction.REFUSE, DrillReason.SCHEDULE_TOO_FREQUENT,
                 f"spec.schedule {s.schedule!r} fires {minutes} minute(s) apart; a drill "
                 f"kills or cuts a serving campus, so runs must be at least "
                 f"{int(MIN_SCHEDULE_GAP.total_seconds() // 60)} minutes apart")
 
 
-def _due(s: Snapshot) -> Step | None:
+def _due(s: Snapshot) -> DrillStep | None:
     """None when a run is due now, else the wait that says why not."""
     if s.suspend:
-        return Step(Action.WAIT, Reason.SUSPENDED, "spec.suspend is true: no run starts")
+        return DrillStep(DrillAction.WAIT, DrillReason.SUSPENDED,
+                         "spec.suspend is true: no run starts")
     if s.schedule is None:
         if s.runs > 0:
-            return Step(Action.WAIT, Reason.COMPLETED,
+            return DrillStep(DrillAction.WAIT, DrillReason.COMPLETED,
                         "the drill ran once (no schedule); recreate it to run again")
         return None
     since = s.last_started or s.created or s.now
     try:
         at = next_fire(s.schedule, since, s.time_zone)
     except ValueError as exc:
-        return Step(Action.REFUSE, Reason.INVALID_SCHEDULE, str(exc))
+        return DrillStep(DrillAction.REFUSE, DrillReason.INVALID_SCHEDULE, str(exc))
     if at > s.now:
-        return Step(Action.WAIT, Reason.NOT_DUE, f"next run at {at.isoformat()}")
+        return DrillStep(DrillAction.WAIT, DrillReason.NOT_DUE, f"next run at {at.isoformat()}")
     return None
 
 
-def judge(s: Snapshot, m: Measured) -> Step:
+def judge(s: Snapshot, m: Measured) -> DrillStep:
     """Passed only when the fault happened, the load committed, the service came back
     within maxRtoSeconds, no more than maxLostTransactions acknowledged commits are
     missing and (ring drills) the ring converged again."""
     if m.fault_error:
-        return Step(Action.FINISH, Reason.FAULT_NOT_INJECTED,
+        return DrillStep(DrillAction.FINISH, DrillReason.FAULT_NOT_INJECTED,
                     f"the fault did not happen: {m.fault_error}", False)
     if m.committed == 0:
         why = f" (the load failed: {m.load_error})" if m.load_error else ""
-        return Step(Action.FINISH, Reason.NO_LOAD,
+        return DrillStep(DrillAction.FINISH, DrillReason.NO_LOAD,
                     f"no transaction was acknowledged: the drill measured nothing{why}", False)
     if m.lost > s.max_lost:
-        return Step(Action.FINISH, Reason.TRANSACTIONS_LOST,
+        return DrillStep(DrillAction.FINISH, DrillReason.TRANSACTIONS_LOST,
                     f"{m.lost} acknowledged transaction(s) of {m.committed} lost "
                     f"(allowed {s.max_lost})", False)
     if m.rto_seconds is None:
-        return Step(Action.FINISH, Reason.RTO_EXCEEDED,
+        return DrillStep(DrillAction.FINISH, DrillReason.RTO_EXCEEDED,
                     f"no write succeeded within {s.max_rto_seconds} s of the fault", False)
     if m.rto_seconds > s.max_rto_seconds:
-        return Step(Action.FINISH, Reason.RTO_EXCEEDED,
+        return DrillStep(DrillAction.FINISH, DrillReason.RTO_EXCEEDED,
                     f"recovery took {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s)",
                     False)
     if s.scenario in CONVERGING and m.converge_seconds is None:
-        return Step(Action.FINISH, Reason.NOT_CONVERGED,
+        return DrillStep(DrillAction.FINISH, DrillReason.NOT_CONVERGED,
                     f"the ring's links did not all stream again within "
                     f"{s.max_rto_seconds} s of the fault's end", False)
-    return Step(Action.FINISH, Reason.PASSED,
+    return DrillStep(DrillAction.FINISH, DrillReason.PASSED,
                 f"writes back after {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s), "
                 f"{m.committed} transactions committed, {m.lost} lost", True)
 
@@ -287,11 +288,11 @@ def _load_over(s: Snapshot) -> bool:
             and not _awaiting_ring(s))
 
 
-def _not_over(s: Snapshot, prefix: str = "") -> Step:
+def _not_over(s: Snapshot, prefix: str = "") -> DrillStep:
     if s.load_done and (s.scenario not in HELD or s.healed):
-        return Step(Action.WAIT, Reason.CONVERGING,
+        return DrillStep(DrillAction.WAIT, DrillReason.CONVERGING,
                     prefix + "waiting for the ring's links to stream again")
-    return Step(Action.WAIT, Reason.LOAD_RUNNING, prefix + "load still running")
+    return DrillStep(DrillAction.WAIT, DrillReason.LOAD_RUNNING, prefix + "load still running")
 
 
 def partition_policy(drill: str, drill_uid: str, namespace: str, campus: str, other: str,
@@ -323,13 +324,13 @@ def partition_policy(drill: str, drill_uid: str, namespace: str, campus: str, ot
 DRILL_LABEL = "ringkeeper.io/drill"
 
 
-def plan(s: Snapshot) -> Step:
+def plan(s: Snapshot) -> DrillStep:
     """The next step of the drill in `s`."""
     if s.stage is None:
         if s.phase_running:
             # status says Running but this process has no live run: the operator restarted
             # mid-run; the fault may have been injected and the ledger is gone.
-            return Step(Action.FINISH, Reason.INTERRUPTED,
+            return DrillStep(DrillAction.FINISH, DrillReason.INTERRUPTED,
                         "the operator restarted during the run; its measurements are lost",
                         False)
         refusal = _refusal(s)
@@ -339,22 +340,24 @@ def plan(s: Snapshot) -> Step:
         if wait is not None:
             return wait
         if s.other_running:
-            return Step(Action.WAIT, Reason.TARGET_BUSY,
+            return DrillStep(DrillAction.WAIT, DrillReason.TARGET_BUSY,
                         f"Drill {s.other_running} is running on the same target")
         not_ready = [c.name for c in s.campuses if not c.ready]
         if not_ready:
-            return Step(Action.WAIT, Reason.TARGET_NOT_READY,
+            return DrillStep(DrillAction.WAIT, DrillReason.TARGET_NOT_READY,
                         f"Campus {', '.join(not_ready)} is not Ready with a primary")
-        return Step(Action.START, Reason.DUE, "starting the load")
+        return DrillStep(DrillAction.START, DrillReason.DUE, "starting the load")
     if s.stage == Stage.STARTED:
         if s.started_at is not None and (s.now - s.started_at < WARMUP or (
                 not s.probes_writing and s.now - s.started_at < WARMUP_LIMIT)):
             # The probe must have seen the writable server before the fault, or a write
             # that slips in before the kill takes effect would pass for a recovery.
-            return Step(Action.WAIT, Reason.WARMING_UP, "load warming up before the fault")
-        return Step(Action.INJECT_FAULT, Reason.FAULT_DUE, f"injecting {s.scenario.value}")
+            return DrillStep(DrillAction.WAIT, DrillReason.WARMING_UP,
+                             "load warming up before the fault")
+        return DrillStep(DrillAction.INJECT_FAULT, DrillReason.FAULT_DUE,
+                         f"injecting {s.scenario.value}")
     if s.stage in (Stage.FAULTED, Stage.RECOVERED) and _heal_due(s):
-        return Step(Action.HEAL, Reason.PARTITION_OVER,
+        return DrillStep(DrillAction.HEAL, DrillReason.PARTITION_OVER,
                     f"{s.scenario.value} held {partition_hold(s).total_seconds():.0f} s; "
                     "undoing it")
     if s.stage == Stage.FAULTED:
@@ -362,18 +365,20 @@ def plan(s: Snapshot) -> Step:
         if s.recovered:
             if not _load_over(s):
                 return _not_over(s, "recovered; ")
-            return Step(Action.VERIFY, Reason.LOAD_DONE, "recovered; checking the ledger")
+            return DrillStep(DrillAction.VERIFY, DrillReason.LOAD_DONE,
+                             "recovered; checking the ledger")
         if s.fault_at is not None and s.now - s.fault_at > limit:
             if s.scenario in HELD and not s.healed:  # the check needs the fault undone
-                return Step(Action.HEAL, Reason.RECOVERY_TIMED_OUT,
+                return DrillStep(DrillAction.HEAL, DrillReason.RECOVERY_TIMED_OUT,
                             f"no write within {s.max_rto_seconds} s of the fault; undoing it")
-            return Step(Action.VERIFY, Reason.RECOVERY_TIMED_OUT,
+            return DrillStep(DrillAction.VERIFY, DrillReason.RECOVERY_TIMED_OUT,
                         f"no write within {s.max_rto_seconds} s of the fault")
-        return Step(Action.AWAIT_RECOVERY, Reason.RECOVERING, "waiting for a write through -rw")
+        return DrillStep(DrillAction.AWAIT_RECOVERY, DrillReason.RECOVERING,
+                         "waiting for a write through -rw")
     if s.stage == Stage.RECOVERED:
         if not _load_over(s):
             return _not_over(s)
-        return Step(Action.VERIFY, Reason.LOAD_DONE, "checking the ledger")
+        return DrillStep(DrillAction.VERIFY, DrillReason.LOAD_DONE, "checking the ledger")
     if s.measured is None:
-        return Step(Action.VERIFY, Reason.LOAD_DONE, "checking the ledger")
+        return DrillStep(DrillAction.VERIFY, DrillReason.LOAD_DONE, "checking the ledger")
     return judge(s, s.measured)

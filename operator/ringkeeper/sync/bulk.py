@@ -66,7 +66,7 @@ def array_literal(values: Sequence[str | None]) -> str:
 
 
 @dataclass(frozen=True)
-class Origin:
+class BulkOrigin:
     roident: int  # the true origin's replication origin id at this member
     commit_ts: datetime
 
@@ -236,7 +236,7 @@ def _value(v: Value) -> str:
     return literal(v)
 
 
-def execute_sql(name: str, gs: Sequence[Group], origin: Origin) -> str:
+def execute_sql(name: str, gs: Sequence[Group], origin: BulkOrigin) -> str:
     """EXECUTE of a prepared transaction with its values: literals for scalar groups,
     array literals for the others."""
     args = [str(origin.roident), "'" + origin.commit_ts.isoformat() + "'"]

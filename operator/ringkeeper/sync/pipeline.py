@@ -130,7 +130,7 @@ class Pipeline(Parking):
         too), and progress is how a failed script finds which of its transactions are
         in. Constraints are checked per statement (where a table has deferrable ones)
         so that COMMIT itself does not fail."""
-        origin = bulk.Origin(await self._origin_id(txn.origin), txn.commit_ts)
+        origin = bulk.BulkOrigin(await self._origin_id(txn.origin), txn.commit_ts)
         tables: dict[int, TableMap] = {}
         pairs: list[tuple[bulk.Table, Insert | Update | Delete]] = []
         for m in txn.changes:
