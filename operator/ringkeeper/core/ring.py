@@ -145,7 +145,7 @@ def hops_to(origin: str, target: str, members: Sequence[str],
         return [*head, (entry, exit_), *tail]
     out: list[tuple[str, str]] = list(head)
     at = entry
-    while at != target:
+    while at != exit_:
         lk = by_source.get(at)
         if lk is None or not lk.carries(origin) or len(out) >= len(members) + 1:
             raise ValueError(f"no path from {origin} to {target} in {list(members)}")
