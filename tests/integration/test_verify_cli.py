@@ -53,32 +53,26 @@ class FakeKube:
                 kube.reads.append((ns, name))
                 return SimpleNamespace(data={"ring.json": kube.secret})
 
-        class Custom:
-            def __init__(self, api: object) -> None:
-                pass
+        async def patch_status(api: object, ns: str, plural: str, name: str,
+                               status: dict[str, Any], resource_version: str | None = None
+                               ) -> dict[str, Any]:
+            assert plural == "replicationrings" and resource_version is None
+            kube.patches.append({"where": (ns, name), **status["lastVerification"]})
+            return {}
 
-            async def patch_namespaced_custom_object_status(
-                    self, group: str, version: str, ns: str, plural: str, name: str,
-                    body: dict[str, Any], _content_type: str) -> None:
-                assert (group, version, plural) == ("ringkeeper.io", "v1alpha1",
-                                                    "replicationrings")
-                assert _content_type == "application/merge-patch+json"
-                kube.patches.append({"where": (ns, name), **body["status"][
-                    "lastVerification"]})
-
-        self.Core, self.Custom = Core, Custom
+        self.Core, self.patch_status = Core, patch_status
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from kubernetes_asyncio import client
 
-        from ringkeeper.adapters import kube
+        from ringkeeper.adapters import kube, resources
 
         async def api_client(kubeconfig: str | None = None) -> object:
             return SimpleNamespace(close=_noop)
 
         monkeypatch.setattr(kube, "api_client", api_client)
         monkeypatch.setattr(client, "CoreV1Api", self.Core)
-        monkeypatch.setattr(client, "CustomObjectsApi", self.Custom)
+        monkeypatch.setattr(resources, "patch_custom_status", self.patch_status)
 
 
 async def _noop() -> None:

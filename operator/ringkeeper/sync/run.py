@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -90,17 +89,13 @@ def secret_config(namespace: str, name: str) -> ConfigSource:
     cache: dict[str, Any] = {}
 
     async def load() -> RingConfig:
-        from kubernetes_asyncio import client
-
         from ..adapters.kube import api_client
+        from ..adapters.ringsecret import read_ring_config
 
         if "api" not in cache:
             cache["api"] = await api_client()
-        core = client.CoreV1Api(cache["api"])
         try:
-            s = await asyncio.wait_for(core.read_namespaced_secret(name, namespace), 5)
-            raw = base64.b64decode((s.data or {})["ring.json"]).decode()
-            cache["cfg"] = RingConfig.from_dict(json.loads(raw))
+            cache["cfg"] = await read_ring_config(cache["api"], namespace, name, 5)
         except Exception as exc:  # the API may blink; keep the last good config
             why = describe_error(exc)
             if "cfg" not in cache:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -98,9 +96,7 @@ class RingStatus:
     Failures to patch are reported once and never fail the verification."""
 
     def __init__(self, api: Any, namespace: str, ring: str, redact: Redactor) -> None:
-        from kubernetes_asyncio import client
-
-        self.co: Any = client.CustomObjectsApi(api)
+        self.api = api
         self.namespace, self.ring, self.redact = namespace, ring, redact
         self.warned = False
         self.pending: asyncio.Task[None] | None = None
@@ -111,11 +107,13 @@ class RingStatus:
 
         cleared: dict[str, object] = {
             (f.alias or name): None for name, f in VerificationStatus.model_fields.items()}
-        body = {"status": {"lastVerification": {**cleared, **status}}}
+        from ..adapters.resources import patch_custom_status
+
         try:
-            await asyncio.wait_for(self.co.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURAL, self.ring, body,
-                _content_type="application/merge-patch+json"), 15)
+            # lastVerification alone: no conditions, so no resourceVersion is needed
+            await asyncio.wait_for(patch_custom_status(
+                self.api, self.namespace, PLURAL, self.ring,
+                {"lastVerification": {**cleared, **status}}), 15)
         except Exception as exc:  # the status is a courtesy; the report is the result
             if not self.warned:
                 self.warned = True
@@ -139,10 +137,10 @@ class RingStatus:
 
 async def _from_cluster(args: argparse.Namespace, redact: Redactor
                         ) -> tuple[RingConfig, Any, str]:
-    from kubernetes_asyncio import client
     from kubernetes_asyncio.client.exceptions import ApiException
 
     from ..adapters.kube import api_client, default_namespace
+    from ..adapters.ringsecret import read_ring_config
 
     try:
         api = await api_client(args.kubeconfig)
@@ -151,10 +149,7 @@ async def _from_cluster(args: argparse.Namespace, redact: Redactor
     ns = args.namespace or default_namespace(args.kubeconfig)
     name = f"{args.ring}-sync"
     try:
-        secret = await asyncio.wait_for(
-            client.CoreV1Api(api).read_namespaced_secret(name, ns), 15)
-        raw = base64.b64decode((secret.data or {})["ring.json"]).decode()
-        cfg = RingConfig.from_dict(json.loads(raw))
+        cfg = await read_ring_config(api, ns, name, 15)
     except ApiException as exc:
         await api.close()
         if exc.status == 404:
