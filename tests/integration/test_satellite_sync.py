@@ -220,6 +220,15 @@ async def test_satellite_store_and_forward_through_an_outage_and_a_kill() -> Non
         flushed_at_cut = await scalar(ring, "a", "SELECT confirmed_flush_lsn::text FROM "
                                       f"pg_replication_slots WHERE slot_name = '{slot}'")
         writes += await write_all(10, 20)
+        # Large transactions (spooled and applied in parts of 2,000 rows) on every side,
+        # on keys the writers do not touch: at a in the filter, at b out of it (deletes of
+        # keys at s), at s its own; checked by the checksums below.
+        ring.servers["a"].psql("INSERT INTO lis.samples (id, campus, status) SELECT g, 'a', "
+                               "'big-a' FROM generate_series(10000, 14999) g")
+        ring.servers["b"].psql("INSERT INTO lis.samples (id, campus, status) SELECT g, 'b', "
+                               "'big-b' FROM generate_series(20000, 22999) g")
+        sat.psql("INSERT INTO lis.samples (id, campus, status) SELECT g, 's', 'big-s' "
+                 "FROM generate_series(30000, 32499) g")
         # 40 MB of WAL at the parent during the outage (a table outside the ring).
         ring.servers["a"].psql("INSERT INTO audit.fill (pad) SELECT repeat(md5(g::text), 32) "
                                "FROM generate_series(1, 40000) g")
@@ -296,6 +305,9 @@ async def test_satellite_store_and_forward_through_an_outage_and_a_kill() -> Non
         print(f"converged {time.monotonic() - t0:.1f} s after the writers stopped; "
               f"{len(writes)} acknowledged writes")
         assert await s_matches_a()
+        counts = {n: await scalar(ring, n, "SELECT count(*) FROM lis.samples WHERE id >= 10000")
+                  for n in ("a", "b", "s")}
+        assert counts == {"a": 10500, "b": 10500, "s": 7500}, counts
         latest = latest_writes(writes)
         assert sum(w.member == "s" for w in writes) > 50
         at_a: dict[int, tuple[str, str]] = {}

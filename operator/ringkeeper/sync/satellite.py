@@ -36,7 +36,7 @@ from .apply import Applier
 from .capture import prepare_capture
 from .configsource import ConfigSource
 from .connections import close_quietly, connect
-from .errors import LINK_ERRORS, TRANSIENT, UNREACHABLE
+from .errors import LINK_ERRORS, MEMBER_ERRORS, TRANSIENT, UNREACHABLE
 from .link import LinkStream, SourceSilent
 from .linkreport import LinkReport
 from .origins import ensure_origins
@@ -118,8 +118,26 @@ class SatelliteKeeper:
         self.config = config
         self.reports: dict[str, SatelliteReport] = {}
         self._running: dict[str, _Running] = {}
+        # The up and drain loops both prepare the satellite: one at a time (two sessions
+        # creating its triggers at once fail one of them).
+        self._prepare = asyncio.Lock()
 
     async def run(self, profile: EngineProfile, stop: asyncio.Event) -> None:
+        """Keep every satellite of this member running until `stop`; a failure of this
+        loop itself (the config unreadable, say) is logged and retried, never fatal to
+        the member's links."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self._run(profile, stop)
+                return
+            except MEMBER_ERRORS as exc:  # LINK_ERRORS and ValueError
+                log.warning("satellites of %s: %s", self.member, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _run(self, profile: EngineProfile, stop: asyncio.Event) -> None:
         last_measure = 0.0
         try:
             while not stop.is_set():
@@ -214,7 +232,8 @@ class SatelliteKeeper:
         """The satellite's own writes, applied here under its origin."""
         stmt = statement_seconds(cfg.bypass_after_seconds)
         sat_profile = profile_for(sat.engine, sat.version)
-        await prepare_satellite(cfg, sat, sat_profile, stmt)
+        async with self._prepare:
+            await prepare_satellite(cfg, sat, sat_profile, stmt)
         assert sat.dsn is not None
         local = await connect(self.local_dsn, command_timeout=APPLY_STATEMENT_SECONDS,
                               timeout=stmt)
@@ -257,7 +276,8 @@ class SatelliteKeeper:
         """The spool, applied at the satellite in order."""
         stmt = statement_seconds(cfg.bypass_after_seconds)
         sat_profile = profile_for(sat.engine, sat.version)
-        await prepare_satellite(cfg, sat, sat_profile, stmt)
+        async with self._prepare:
+            await prepare_satellite(cfg, sat, sat_profile, stmt)
         assert sat.dsn is not None
         parent = await connect(self.local_dsn, command_timeout=stmt, timeout=stmt)
         target = None
