@@ -241,3 +241,35 @@ def test_spool_encoding_round_trips() -> None:
     rels, back = decode(encode({REL.oid: REL, OTHER.oid: OTHER}, changes))
     assert rels == [REL]  # only the relations the changes use
     assert back == changes
+
+
+# -- what the operator writes, read back by the sidecar -----------------------------------------
+def test_operator_config_with_satellites_parses() -> None:
+    from ringkeeper.core.ringplan import satellite_entries, sync_config
+
+    ext = config(None)["spec"]["members"][1]["external"]
+    spec = {"members": [{"name": "north", "campusRef": {"name": "zhaohui"}},
+                        {"name": "south", "campusRef": {"name": "fuyang"}},
+                        {"name": "ext", "external": ext}]}
+    sats = [
+        {"metadata": {"name": "xindeng"}, "spec": {
+            "parentRef": {"name": "fuyang"}, "version": "17",
+            "tables": [{"name": "lis.samples", "filter": FLT}]}},
+        {"metadata": {"name": "elsewhere"}, "spec": {  # parent in no member of this ring
+            "parentRef": {"name": "other"}, "version": "17",
+            "tables": [{"name": "lis.samples"}]}},
+        {"metadata": {"name": "north"}, "spec": {  # a member's name: left out
+            "parentRef": {"name": "fuyang"}, "version": "17",
+            "tables": [{"name": "lis.samples"}]}},
+    ]
+    entries = satellite_entries(spec, sats)
+    assert list(entries) == ["xindeng"]
+    assert entries["xindeng"]["parent"] == "south"
+    entries["xindeng"]["dsn"] = "postgresql://x"
+    endpoints = {"north": {"dsn": "postgresql://n"}, "south": {"dsn": "postgresql://s"},
+                 "ext": {"dsn": "postgresql://e"}}
+    cfg = RingConfig.from_dict(sync_config("lis", spec, endpoints, entries))
+    (s,) = cfg.satellites
+    assert (s.name, s.parent, s.dsn, s.version) == ("xindeng", "south", "postgresql://x", "17")
+    assert s.filters()["lis.samples"] is not None
+    assert "satellites" not in sync_config("lis", spec, endpoints, {})

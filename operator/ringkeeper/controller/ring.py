@@ -56,6 +56,7 @@ from .ring_secrets import (
     _secret_events,
     _write_ring_secret,
     _write_secret,
+    satellite_endpoints,
 )
 
 log = logging.getLogger("ringkeeper.ring")
@@ -66,6 +67,7 @@ REPORT_DIR = "/tmp/ringkeeper-verify"  # the operator pod's writable emptyDir
 class _State:
     def __init__(self) -> None:
         self.secret_hashes: dict[str, str] = {}
+        self.satellites: dict[str, dict[str, Any]] = {}  # last resolved (ring_secrets)
         self.link_states: dict[str, str] = {}
         self.verification: asyncio.Task[None] | None = None
         self.next_verification: datetime | None = None
@@ -137,7 +139,15 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
         hosts[member["name"]] = host
         if cname:
             campuses[cname] = exists if cname == claimed else False
-    payload = json.dumps(sync_config(name, spec, endpoints), sort_keys=True)
+    try:
+        satellites = await satellite_endpoints(api, ns, spec)
+        state.satellites = satellites
+    except (ApiException, KubeApiError, KeyError, ValueError) as exc:
+        # Keep the last satellites known: dropping them would stop their sync.
+        log.warning("ring %s/%s: satellites unresolved, keeping the last ones: %s", ns, name,
+                    getattr(exc, "reason", exc))
+        satellites = state.satellites
+    payload = json.dumps(sync_config(name, spec, endpoints, satellites), sort_keys=True)
     for cname, exists in campuses.items():
         why, message = await _write_ring_secret(api, ring, cname, payload, exists, state)
         if why is not None:  # lost the race for it to another ring: drop it, say so
@@ -145,7 +155,8 @@ async def ring_cycle(api: client.ApiClient, session: aiohttp.ClientSession,
                           if (m.get("campusRef") or {}).get("name") == cname)
             refused[cname] = (member, why, message)
             endpoints[member], hosts[member] = {"dsn": None}, None
-            payload = json.dumps(sync_config(name, spec, endpoints), sort_keys=True)
+            payload = json.dumps(sync_config(name, spec, endpoints, satellites),
+                                 sort_keys=True)
             state.secret_hashes.clear()  # rewrite the others without it
     for cname in campuses:
         if cname not in refused:

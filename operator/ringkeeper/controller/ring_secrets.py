@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Any, cast
 
 import kopf
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..adapters import resources, secretrefs
+from ..api.v1alpha1 import GROUP, VERSION
 from ..contracts.conninfo import SslMode, Target, build_dsn
 from ..core import manifests
 from ..core.conditions import condition, set_condition
 from ..core.failures import signature
 from ..core.ownership import Owner, OwnershipRefusal, ring_claim
-from ..core.ringplan import primary_address
+from ..core.ringplan import primary_address, satellite_entries
 from ..core.secretrefs import SecretUse, may_use
 from ..engines import profile_for
 
@@ -72,6 +74,32 @@ async def _endpoint(api: client.ApiClient, ns: str, member: dict[str, Any], ring
                               password=pw, sslmode=SslMode.VERIFY_FULL))
     return ({"dsn": target, "ca": ca_pem, "engine": ext["engine"],
              "version": str(ext["version"])}, None, None)
+
+
+async def satellite_endpoints(api: client.ApiClient, ns: str, spec: dict[str, Any]
+                              ) -> dict[str, dict[str, Any]]:
+    """The ring's satellites (core.ringplan.satellite_entries) with their addresses: the
+    satellite's `<name>-rw` Service and its generated superuser, as a Campus member's
+    sidecar is given its campus's. A satellite whose Secret is not there yet gets no
+    address (dsn None: its parent's sidecar waits for it); API errors propagate."""
+    found = await client.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, ns, "satellites")
+    entries = satellite_entries(spec, list(found.get("items") or []))
+    for name, entry in entries.items():
+        profile = profile_for(entry["engine"], entry["version"])
+        try:
+            user = await resources.secret_value(
+                api, ns, manifests.secret_name(name, "superuser"), "username")
+            pw = await resources.secret_value(
+                api, ns, manifests.secret_name(name, "superuser"), "password")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            entry["dsn"] = None
+            continue
+        entry["dsn"] = build_dsn(Target(host=f"{name}-rw.{ns}.svc", port=profile.default_port,
+                                        database=APP_DATABASE, user=user, password=pw))
+    return entries
 
 
 class SecretRefused(Exception):

@@ -29,18 +29,46 @@ def primary_address(campus: Mapping[str, Any]) -> str | None:
 
 
 def sync_config(ring: str, spec: Mapping[str, Any],
-                endpoints: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+                endpoints: Mapping[str, Mapping[str, Any]],
+                satellites: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The JSON every sidecar of the ring reads. `endpoints`: member -> {dsn (None while
     it has no primary), engine, version}. Members after the first are stock-synced when
     they join with empty tables; a member that already holds data is left as it is (and
-    reported), because overwriting a campus's data is a decision for people."""
+    reported), because overwriting a campus's data is a decision for people.
+    `satellites` (satellite_entries): every sidecar learns their origins, the parent's
+    syncs them (contracts.ringconfig parses them)."""
     names = [m["name"] for m in spec.get("members") or []]
-    return {
+    out = {
         "ring": ring,
         "spec": dict(spec),
         "members": {n: dict(endpoints.get(n) or {"dsn": None}) for n in names},
         "seed": names[1:],
     }
+    if satellites:
+        out["satellites"] = {k: dict(v) for k, v in satellites.items()}
+    return out
+
+
+def satellite_entries(spec: Mapping[str, Any], satellites: Sequence[Mapping[str, Any]]
+                      ) -> dict[str, dict[str, Any]]:
+    """The ring's satellites, without addresses: satellite name -> {parent (the ring
+    member whose campusRef is the satellite's parentRef), engine, version, tables}, for
+    the Satellites (as read from the API) whose parent Campus is a member of this ring.
+    A satellite named like a member is left out (its origin would be the member's)."""
+    by_campus = {(m.get("campusRef") or {}).get("name"): m["name"]
+                 for m in spec.get("members") or [] if m.get("campusRef")}
+    members = {m["name"] for m in spec.get("members") or []}
+    out: dict[str, dict[str, Any]] = {}
+    for sat in satellites:
+        name = str(sat["metadata"]["name"])
+        body = sat.get("spec") or {}
+        parent = by_campus.get((body.get("parentRef") or {}).get("name"))
+        if parent is None or name in members or not body.get("tables"):
+            continue
+        out[name] = {"parent": parent, "engine": body.get("engine", "postgresql"),
+                     "version": str(body.get("version", "")),
+                     "tables": [dict(t) for t in body["tables"]]}
+    return out
 
 
 def _link_key(link: Mapping[str, Any]) -> tuple[str, str]:
