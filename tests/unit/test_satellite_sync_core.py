@@ -273,3 +273,25 @@ def test_operator_config_with_satellites_parses() -> None:
     assert (s.name, s.parent, s.dsn, s.version) == ("xindeng", "south", "postgresql://x", "17")
     assert s.filters()["lis.samples"] is not None
     assert "satellites" not in sync_config("lis", spec, endpoints, {})
+
+
+@pytest.mark.parametrize(("entry", "ready", "want"), [
+    (None, True, {}),
+    ({"connected": True, "parentBacklogRows": 0, "parentBacklogBytes": 0,
+      "satelliteBacklogBytes": 56, "lastContact": "2026-12-01T10:00:00+00:00"}, True,
+     {"connected": True, "backlogRows": 0, "backlogBytes": 56,
+      "lastSyncAt": "2026-12-01T10:00:00+00:00", "phase": "Online"}),
+    ({"connected": True, "parentBacklogRows": 12, "parentBacklogBytes": 900,
+      "satelliteBacklogBytes": None}, True,
+     {"connected": True, "backlogRows": 12, "backlogBytes": 900, "phase": "Syncing"}),
+    ({"connected": True, "parentBacklogRows": 0, "satelliteBacklogBytes": 5 << 20}, True,
+     {"connected": True, "backlogRows": 0, "backlogBytes": 5 << 20, "phase": "Syncing"}),
+    ({"connected": False, "parentBacklogRows": 4173, "parentBacklogBytes": 10}, True,
+     {"connected": False, "backlogRows": 4173, "backlogBytes": 10, "phase": "Offline"}),
+    ({"connected": False, "parentBacklogRows": True}, False,
+     {"connected": False, "backlogRows": 0, "backlogBytes": 0}),
+])
+def test_sync_status(entry: dict[str, Any] | None, ready: bool, want: dict[str, Any]) -> None:
+    from ringkeeper.core.satsync import sync_status
+
+    assert sync_status(entry, ready=ready) == want

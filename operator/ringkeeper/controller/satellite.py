@@ -44,8 +44,10 @@ from ..core.satellite import (
     rings_naming,
     status_patch,
 )
+from ..core.satsync import sync_status
 from .campus_reconcile import UnbuildableSpec, unit_objects, write_objects
 from .failover import AgentClient
+from .satellite_sync import parent_report
 
 log = logging.getLogger("ringkeeper.satellite")
 RETRY_CEILING = 120.0
@@ -202,6 +204,8 @@ async def _record(api: client.ApiClient, body: dict[str, Any], plan: SatellitePl
             conds = list(status.get("conditions") or [])
             gen = sat["metadata"].get("generation")
             patch = status_patch(plan, conds, datetime.now(UTC), gen)
+            # Sync figures from the parent's sidecar (connected, backlog, phase).
+            patch.update(sync_status(await parent_report(api, sat), ready=plan.ready))
             event = ready_event(condition(conds, "Ready"), plan)
             uid = str(body["metadata"].get("uid", ""))
             # Also by memory: kopf's accept handler may have replaced the conditions list

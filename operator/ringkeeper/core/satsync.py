@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from enum import Enum, StrEnum
 
-from ..api.v1alpha1.satellite import FilterOp, FilterTerm, RowFilter
+from ..api.v1alpha1.satellite import FilterOp, FilterTerm, RowFilter, SatellitePhase
 
 
 class Unknown(Enum):
@@ -125,3 +125,39 @@ def down_action(op: str, old_in: bool | None, new_in: bool | None) -> DownAction
     if op == "insert" or old:
         return DownAction.SEND
     return DownAction.AS_INSERT
+
+
+def sync_status(entry: Mapping[str, object] | None, *, ready: bool) -> dict[str, object]:
+    """The Satellite status fields the sync owns, from its parent sidecar's report entry
+    (sync/satellite.SatelliteReport.as_dict); {} without one (the parent's sidecar not
+    reached, or the satellite not in its config yet: nothing is claimed). The phase is
+    told only for a satellite whose instance serves (`ready`): Offline while the parent
+    cannot reach it, Syncing while either side has a backlog, else Online. backlogRows
+    is the parent's spool (rows known exactly); backlogBytes adds the satellite's own
+    slot lag, the last measured."""
+    if entry is None:
+        return {}
+
+    def count(key: str) -> int:
+        value = entry.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    connected = entry.get("connected") is True
+    rows = count("parentBacklogRows")
+    size = count("parentBacklogBytes") + count("satelliteBacklogBytes")
+    out: dict[str, object] = {"connected": connected, "backlogRows": rows,
+                              "backlogBytes": size}
+    if isinstance(entry.get("lastContact"), str):
+        out["lastSyncAt"] = entry["lastContact"]
+    if ready:
+        if not connected:
+            out["phase"] = SatellitePhase.OFFLINE.value
+        elif rows > 0 or count("satelliteBacklogBytes") > SYNCED_BYTES:
+            out["phase"] = SatellitePhase.SYNCING.value
+        else:
+            out["phase"] = SatellitePhase.ONLINE.value
+    return out
+
+
+# Slot lag below this is the WAL of a quiet satellite (its own bookkeeping), not backlog.
+SYNCED_BYTES = 1 << 20
