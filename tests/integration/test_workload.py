@@ -143,6 +143,41 @@ async def test_ledger_check_passes_then_names_the_dropped_commit(server: PgServe
             await other.close()
 
 
+async def test_check_counts_lost_transactions_not_rows(server: PgServer,
+                                                       tmp_path: Path) -> None:
+    """A commit of several rows lost whole counts one lost transaction (issue 18: the
+    drill's lostTransactions counted an order with five items as six), a second commit
+    lost counts two, and the rows are counted apart (lostRows)."""
+    dsn = await fresh_db(server)
+    ledger = Ledger(tmp_path / "txn.jsonl")
+    result = await run([SiteTarget("north", 1, dsn)],
+                       plan(specimens=30, duration=10, rate=30, workers=2, seed=3), ledger)
+    ledger.close()
+    assert not any(result.errors.values()), result.last_errors
+    current = {(e.table, e.key): e for e in ledger.expectations() if not e.contested}
+    commits: dict[int, list[tuple[str, int]]] = {}
+    for e in current.values():
+        (rev,) = e.acked
+        serial = ledger.transaction_of(rev)
+        if None not in e.allowed and len(e.allowed) == 1 and serial is not None:
+            commits.setdefault(serial, []).append((e.table, e.key))
+    big = next(rows for rows in commits.values() if len(rows) >= 3)
+    single = next(rows for rows in commits.values() if len(rows) == 1)
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert (await check({"m1": conn}, ledger)).lost_transactions == 0
+        for table, key in [*big, *single]:  # an older version: those commits are lost
+            t = lis_schema.TABLES[table]
+            await conn.execute(f"UPDATE {t.qualified} SET rev = 1 WHERE {t.key} = $1", key)
+        report = await check({"m1": conn}, ledger)
+    finally:
+        await conn.close()
+    assert report.lost_rows == len(big) + 1 == report.count(LedgerProblem.STALE)
+    assert report.lost_transactions == 2, (len(big), report.as_dict())
+    assert report.as_dict()["lostTransactions"] == 2
+    assert report.as_dict()["members"]["m1"]["lostTransactions"] == 2
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ringkeeper", "workload", *args],
                           capture_output=True, text=True, env={**os.environ, **env},

@@ -96,3 +96,14 @@ def test_lost_keys_and_what_each_server_held_are_named() -> None:
     assert md.index("## Lost") < md.index("## Ledger check read") < md.index("## Timeline")
     assert f"- stale orders key {order} at lab" in md
     assert "- lab: {'address': '10.0.0.2', 'inRecovery': False}" in md
+
+
+def test_report_counts_transactions_and_rows_apart() -> None:
+    """An order with five items lost whole: one transaction, six rows (issue 18)."""
+    run = {"result": "Failed", "rtoSeconds": 2.0, "lostTransactions": 1, "lostRows": 6,
+           "committedTransactions": 10, "reason": "TransactionsLost", "message": "lost"}
+    md = report("kill", SNAP, run, [], {}, {})["report.md"]
+    assert "acknowledged transactions: 10, lost: 1 (allowed 0; rows lost: 6)" in md
+    run["lostRows"] = None
+    md = report("kill", SNAP, run, [], {}, {})["report.md"]
+    assert "rows lost: not checked" in md

@@ -117,7 +117,9 @@ def summary(obj: dict[str, Any]) -> str:
         lines.append(f"  last run   {safe(last.get('result'))} ({safe(last.get('reason'))}): "
                      f"RTO {safe(last.get('rtoSeconds'))} s, lost "
                      f"{safe(last.get('lostTransactions'))} of "
-                     f"{safe(last.get('committedTransactions'))} acknowledged")
+                     f"{safe(last.get('committedTransactions'))} acknowledged transactions"
+                     + (f" ({safe(last.get('lostRows'))} rows)"
+                        if last.get("lostRows") else ""))
         if last.get("message"):
             lines.append(f"             {safe(last.get('message'))}")
         for ev in last.get("timeline") or []:

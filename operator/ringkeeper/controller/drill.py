@@ -133,7 +133,7 @@ class Executor:
         await self._status({"phase": DrillPhase.RUNNING,
                             "lastRun": {"startedAt": rfc3339(snap.now), "completedAt": None,
                                         "result": None, "rtoSeconds": None,
-                                        "lostTransactions": None,
+                                        "lostTransactions": None, "lostRows": None,
                                         "committedTransactions": None, "reason": None,
                                         "timeline": None, "report": None,
                                         "message": f"{snap.scenario.value} under load"}})
@@ -211,9 +211,11 @@ class Executor:
         ring = live.ring
         if ring is not None and ring.scenario == Scenario.CAMPUS_LOSS:
             ring.returned_s = live.probes[ring.campus].rto  # from the fence's lift
+        rows = live.check_result.get("lostRows")
         live.measured = Measured(rto, lost, committed, live.load_result.get("error"),
                                  ring.converged_s if ring else None,
-                                 ring.fault_error if ring else None)
+                                 ring.fault_error if ring else None,
+                                 rows if isinstance(rows, int) else None)
         live.stage = Stage.VERIFIED
 
     async def _finish(self, step: DrillStep, snap: Snapshot) -> None:
@@ -227,6 +229,7 @@ class Executor:
                "rtoSeconds": None if m is None or m.rto_seconds is None
                else round(m.rto_seconds, 2),
                "lostTransactions": m.lost if m else None,
+               "lostRows": m.lost_rows if m else None,
                "committedTransactions": m.committed if m else None,
                "reason": str(step.reason), "message": step.message}
         if live is not None:

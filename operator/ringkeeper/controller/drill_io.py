@@ -26,7 +26,7 @@ from ..api.v1alpha1.drill import TargetKind
 from ..base.sqlquote import quote_ident
 from ..contracts.conninfo import SslMode, Target, build_dsn
 from ..core.drill import DrillCampus
-from ..workload.check import LedgerProblem, check
+from ..workload.check import check
 from ..workload.ledger import Ledger
 from ..workload.schema import TABLES
 from .drill_report import explain_lost, lost_keys
@@ -284,17 +284,16 @@ async def campus_pod_dsns(api: client.ApiClient, namespace: str, campus: str, la
             if p.status and p.status.pod_ip}
 
 
-# what a drill counts lost
-LOST = (LedgerProblem.MISSING, LedgerProblem.STALE, LedgerProblem.UNEXPECTED)
 CHECK_TRIES = 5
 
 
 async def check_ledger(dsns: dict[str, str], ledger: Ledger
                        ) -> tuple[int | None, dict[str, Any]]:
-    """The ledger check of each campus (name -> its -rw DSN): (rows lost, the check's
-    report with the server each campus was read at). Only a primary is checked, since a
-    replica may lag behind it; while -rw moves or reaches a server in recovery the check
-    retries, and (None, {"error": ...}) says it never could."""
+    """The ledger check of each campus (name -> its -rw DSN): (acknowledged transactions
+    lost, the check's report with the server each campus was read at; its `lostRows`
+    counts the rows). A commit counts once however many of its rows are lost. Only a
+    primary is checked, since a replica may lag behind it; while -rw moves or reaches a
+    server in recovery the check retries, and (None, {"error": ...}) says it never could."""
     last_error = ""
     for _ in range(CHECK_TRIES):
         conns: dict[str, Any] = {}
@@ -307,7 +306,7 @@ async def check_ledger(dsns: dict[str, str], ledger: Ledger
             else:
                 found = await check(conns, ledger, holds={c: [c] for c in conns},
                                     schema=DRILL_SCHEMA)
-                return (sum(found.count(p) for p in LOST),
+                return (found.lost_transactions,
                         {**found.as_dict(), "readFrom": read})
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             last_error = f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -131,7 +131,8 @@ def report(drill: str, snap: Snapshot, run: dict[str, Any], timeline: list[dict[
         f"- RTO: {'none (no write came back)' if rto is None else f'{rto} s'} "
         f"(allowed {snap.max_rto_seconds} s)",
         f"- acknowledged transactions: {run.get('committedTransactions')}, lost: "
-        f"{run.get('lostTransactions')} (allowed {snap.max_lost})",
+        f"{run.get('lostTransactions')} (allowed {snap.max_lost}; rows lost: "
+        f"{'not checked' if run.get('lostRows') is None else run.get('lostRows')})",
         f"- verdict: {run.get('reason')}: {run.get('message')}",
         "",
         "## Timeline",

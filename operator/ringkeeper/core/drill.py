@@ -93,7 +93,9 @@ class DrillCampus:
 
 @dataclass(frozen=True)
 class Measured:
-    """What the run measured: RTO None = no write came back in time."""
+    """What the run measured: RTO None = no write came back in time. `lost` and
+    `committed` count acknowledged transactions (maxLostTransactions judges them);
+    `lost_rows` the rows of those (None: nothing could be checked)."""
 
     rto_seconds: float | None
     lost: int
@@ -103,6 +105,7 @@ class Measured:
     # the crash) until every ring link streamed again; None = not within the limit.
     converge_seconds: float | None = None
     fault_error: str | None = None  # the fault did not happen (e.g. no session to kill)
+    lost_rows: int | None = None
 
 
 @dataclass(frozen=True)

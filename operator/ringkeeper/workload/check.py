@@ -32,6 +32,10 @@ class LedgerProblem(StrEnum):
     DISAGREE = "disagree"  # a contested key: members hold different winners
 
 
+# What loses an acknowledged commit (a disagreement is a ring fault, not a lost commit).
+LOST = (LedgerProblem.MISSING, LedgerProblem.STALE, LedgerProblem.UNEXPECTED)
+
+
 @dataclass(frozen=True)
 class Finding:
     member: str
@@ -47,6 +51,8 @@ class MemberCounts:
     checked: int = 0
     ok: int = 0
     problems: Counter[LedgerProblem] = field(default_factory=Counter)
+    # serial numbers (Ledger.transaction_of) of the commits a LOST finding belongs to
+    lost_txns: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -60,6 +66,18 @@ class CheckReport:
         return sum(m.problems[problem] for m in self.members.values())
 
     @property
+    def lost_rows(self) -> int:
+        """Rows missing, stale or resurrected, at every member (one lost commit of an
+        order with five items is six)."""
+        return sum(self.count(p) for p in LOST)
+
+    @property
+    def lost_transactions(self) -> int:
+        """Acknowledged commits with at least one row lost at some member, each counted
+        once however many of its rows or members show it."""
+        return len(set().union(*(m.lost_txns for m in self.members.values())))
+
+    @property
     def passed(self) -> bool:
         return not any(m.problems for m in self.members.values())
 
@@ -67,8 +85,11 @@ class CheckReport:
         return {
             "passed": self.passed,
             "acknowledged": self.acknowledged,
+            "lostTransactions": self.lost_transactions,
+            "lostRows": self.lost_rows,
             "members": {name: {"checked": m.checked, "ok": m.ok,
-                               **{str(p): m.problems[p] for p in LedgerProblem}}
+                               **{str(p): m.problems[p] for p in LedgerProblem},
+                               "lostTransactions": len(m.lost_txns)}
                         for name, m in self.members.items()},
             "examples": [{"member": f.member, "problem": str(f.problem), "table": f.table,
                           "key": f.key, "found": f.found, "allowed": list(f.allowed)}
@@ -101,6 +122,13 @@ async def check(conns: Mapping[str, Any], ledger: Ledger,
 
     def note(member: str, problem: LedgerProblem, e: Expect, found: int | None) -> None:
         members[member].problems[problem] += 1
+        if problem in LOST:
+            # A contested key holding none of its sites' last writes lost at least one of
+            # them: counted as one commit (the earliest), not one per site.
+            txns = [t for r in e.acked if (t := ledger.transaction_of(r)) is not None]
+            # A row whose commit the ledger cannot name counts as a commit of its own
+            # (negative: never a serial), so nothing lost goes uncounted.
+            members[member].lost_txns.add(min(txns) if txns else -e.key)
         if len(examples) < max_examples:
             examples.append(Finding(member, problem, e.table, e.key, found,
                                     tuple(sorted(e.allowed, key=lambda r: r or 0))))

@@ -23,7 +23,10 @@ What a member must hold, per key:
 
 Memory stays small for a hospital day (about 730,000 keys): per key one int (the last
 rev, negated for a delete; the writing site is the rev's site number, `keys.decompose`),
-promoted to a {site number: rev} dict only for keys several sites wrote. The optional
+promoted to a {site number: rev} dict only for keys several sites wrote, and for each
+such last rev the serial number of the commit that wrote it (`transaction_of`), so a check
+counts lost transactions, not rows: an order with five items lost whole is one lost
+commit, not six (a superseded rev's entry is dropped, so this stays one entry per key). The optional
 JSON-lines file holds one line per acknowledged commit (its site, time and rows), and one
 marked `"doubt": true` per commit in doubt, in the order they ended, and `Ledger.load`
 replays it.
@@ -73,6 +76,9 @@ class Expect:
     writers: frozenset[str]
     allowed: frozenset[int | None]
     contested: bool
+    # the revs of the acknowledged last writes (a delete's too), whose commits are lost
+    # when the member shows none of `allowed` (`Ledger.transaction_of`)
+    acked: frozenset[int] = frozenset()
 
 
 class LedgerError(ValueError):
@@ -91,6 +97,9 @@ class Ledger:
         self.counts: Counter[tuple[str, ChangeKind]] = Counter()
         self.commits: Counter[str] = Counter()
         self.in_doubt: Counter[str] = Counter()  # commits whose COMMIT never answered
+        # rev of a key's last acknowledged write -> serial number of its commit (1, 2, ...)
+        self._txn: dict[int, int] = {}
+        self._serial = 0
         # table -> key -> site number -> values (rev, -rev for a delete) of writes in
         # doubt since that site's last acknowledged write of the key
         self._doubt: dict[str, dict[int, dict[int, set[int]]]] = {t: {} for t in TABLES}
@@ -134,8 +143,13 @@ class Ledger:
             return
         if len({e.site for e in batch}) != 1:
             raise LedgerError("one commit comes from one site")
+        if not doubt:
+            self._serial += 1
         for e in batch:
-            (self._apply_doubt if doubt else self._apply)(e)
+            if doubt:
+                self._apply_doubt(e)
+            else:
+                self._apply(e, self._serial)
         (self.in_doubt if doubt else self.commits)[batch[0].site] += 1
         line: dict[str, Any] = {"site": batch[0].site, "t": round(batch[0].t, 6)}
         if doubt:
@@ -159,7 +173,7 @@ class Ledger:
         value = -e.rev if e.kind is ChangeKind.DELETE else e.rev
         self._doubt[e.table].setdefault(e.key, {}).setdefault(number, set()).add(value)
 
-    def _apply(self, e: Entry) -> None:
+    def _apply(self, e: Entry, serial: int) -> None:
         table, number = self._valid(e)
         doubt = self._doubt[e.table].get(e.key)
         if doubt is not None:  # an acknowledged write supersedes the site's doubtful ones
@@ -171,11 +185,15 @@ class Ledger:
         if old is None:
             table[e.key] = value
         elif isinstance(old, dict):
+            if number in old:
+                self._txn.pop(abs(old[number]), None)
             old[number] = value
         elif decompose(abs(old))[0] == number:
+            self._txn.pop(abs(old), None)
             table[e.key] = value
         else:
             table[e.key] = {decompose(abs(old))[0]: old, number: value}
+        self._txn[e.rev] = serial
         self.counts[(e.site, e.kind)] += 1
 
     def flush(self) -> None:
@@ -189,6 +207,11 @@ class Ledger:
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._last.values())
+
+    def transaction_of(self, rev: int) -> int | None:
+        """The serial number of the acknowledged commit that wrote `rev` (a key's last
+        write; None for a superseded or unknown rev): rows of one commit share it."""
+        return self._txn.get(abs(rev))
 
     def doubtful(self, table: str, key: int) -> frozenset[int | None]:
         """The versions of `table`/`key` written by commits in doubt (None: a delete)."""
@@ -210,10 +233,11 @@ class Ledger:
                 if isinstance(v, dict):
                     yield Expect(table, key, frozenset(self._names[s] for s in v),
                                  frozenset(r if r > 0 else None for r in v.values()) | maybe,
-                                 True)
+                                 True, frozenset(abs(r) for r in v.values()))
                 else:
                     yield Expect(table, key, frozenset({self._names[decompose(abs(v))[0]]}),
-                                 frozenset({v if v > 0 else None}) | maybe, False)
+                                 frozenset({v if v > 0 else None}) | maybe, False,
+                                 frozenset({abs(v)}))
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Per site: commits, commits in doubt and rows by kind (the CLI's JSON line)."""
@@ -242,12 +266,14 @@ class Ledger:
                     else:
                         site, t = str(obj["site"]), float(obj["t"])
                         doubt = obj.get("doubt") is True
+                        if not doubt:
+                            ledger._serial += 1
                         for table, key, rev, kind in obj["rows"]:
                             e = Entry(site, str(table), int(key), int(rev), ChangeKind(kind), t)
                             if doubt:
                                 ledger._apply_doubt(e)
                             else:
-                                ledger._apply(e)
+                                ledger._apply(e, ledger._serial)
                         (ledger.in_doubt if doubt else ledger.commits)[site] += 1
                 except (ValueError, KeyError, TypeError) as exc:
                     raise LedgerError(f"{path}:{n}: {exc}") from exc

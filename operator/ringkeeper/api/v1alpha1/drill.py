@@ -122,7 +122,12 @@ class DrillRun(ApiModel):
     completed_at: datetime | None = None
     result: DrillPhase | None = None
     rto_seconds: float | None = None
-    lost_transactions: int | None = None
+    lost_transactions: int | None = Field(
+        default=None, description="Acknowledged transactions (commits) with a row missing, "
+        "stale or resurrected at their campus's primary: one commit counts once.")
+    lost_rows: int | None = Field(
+        default=None, description="The rows of those transactions found missing, stale or "
+        "resurrected (an order with five items lost whole is one transaction, six rows).")
     committed_transactions: int | None = None
     message: str | None = None
     reason: str | None = None
