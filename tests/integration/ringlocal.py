@@ -59,6 +59,7 @@ class LocalRing:
     topology: str = "ring"
     bypass_after: int = 5
     priorities: dict[str, int] = field(default_factory=dict)
+    policy: str = "lastWriterWins"  # conflicts.policy
     seed: tuple[str, ...] = ()
     names: list[str] = field(default_factory=list)
     servers: dict[str, PgServer] = field(default_factory=dict)
@@ -95,6 +96,7 @@ class LocalRing:
                                       "tls": {"caSecret": {"name": "x"}}}}
                         for n in self.members_in_config],
             "topology": self.topology,
+            "conflicts": {"policy": self.policy},
             "tables": {"include": ["lis.*"]},
             "healing": {"bypassAfterSeconds": self.bypass_after,
                         "maxSlotWalKeepSize": "1Gi"},

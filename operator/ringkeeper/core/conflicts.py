@@ -14,11 +14,13 @@ histories (tests/unit/test_convergence_model.py), which uses these functions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from ..api.v1alpha1.ring import ConflictPolicy
+from . import names
 
 # The spec's enum is the one vocabulary for policies (conflicts.policy in a ring).
 Policy = ConflictPolicy
@@ -158,6 +160,36 @@ def decide_clash(incoming: Version, other: Version, policy: Policy | str) -> Dec
     return Decision(Action.SKIP, Kind.UNIQUE_CLASH,
                     f"clashes on a unique column with a row from {other.origin}, which wins "
                     f"({Policy(policy).value}): not applied here")
+
+
+def local_write_allowed(policy: Policy | str, local_priority: int,
+                        row_priority: int | None) -> bool:
+    """Whether a user's write at this member may replace the version of a row it holds.
+
+    A local write is not weighed by `decide` here: it commits, then meets the other
+    members' versions there. Under campusPriority a write over a version from a campus
+    of higher priority loses at every other member (priority comes before time) while
+    it stays here, so the ring would diverge for good; such a write is refused instead
+    (the guard trigger of sync/priorityguard.py, which implements this same rule).
+    `row_priority` is the priority of the campus that wrote the version, None when the
+    version was written here or its origin is unknown (frozen, pre-ring, a foreign
+    origin): those lose to any newer local write everywhere, or are this member's own.
+    Equal priority is allowed: the newer commit time wins everywhere. Under
+    lastWriterWins every local write is the newest, so it wins everywhere."""
+    if Policy(policy) != Policy.CAMPUS_PRIORITY or row_priority is None:
+        return True
+    return row_priority <= local_priority
+
+
+def priority_rows(ring: str, local: str, policy: Policy | str,
+                  priorities: Mapping[str, int]) -> list[tuple[str, str, int, bool]]:
+    """What the guard's table (ringkeeper.member_priority) holds for one ring at one
+    member: (campus, its replication origin, its priority, whether it is this member),
+    sorted; nothing unless the ring is under campusPriority (the guard is then off)."""
+    if Policy(policy) != Policy.CAMPUS_PRIORITY:
+        return []
+    return sorted((m, names.origin_name(ring, m), p, m == local)
+                  for m, p in priorities.items())
 
 
 def _why(wins: bool, keep: Version, policy: Policy | str) -> str:

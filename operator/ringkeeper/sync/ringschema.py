@@ -95,6 +95,16 @@ CREATE TABLE IF NOT EXISTS ringkeeper.initial_copy_tables (
     finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (ring, source, relation)
 );
+-- Per ring under campusPriority: each origin's campus and priority, and which is this
+-- member (sync/priorityguard.py keeps it; no rows: the guard is off).
+CREATE TABLE IF NOT EXISTS ringkeeper.member_priority (
+    ring text NOT NULL,
+    member text NOT NULL,
+    origin text NOT NULL,
+    priority integer NOT NULL,
+    local boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (ring, member)
+);
 CREATE OR REPLACE FUNCTION ringkeeper.pattern_like(pattern text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $fn$
     SELECT replace(replace(replace(replace(pattern, '\\', '\\\\'), '%', '\\%'), '_',
@@ -156,6 +166,20 @@ BEGIN
                            rel.nspname, rel.relname, keyexpr);
             EXECUTE format('ALTER TABLE %I.%I ENABLE ALWAYS TRIGGER ringkeeper_tombstone',
                            rel.nspname, rel.relname);
+        END IF;
+        -- The campusPriority guard (sync/priorityguard.py), off unless a ring here is
+        -- under campusPriority; the sidecar creates the function.
+        IF EXISTS (SELECT 1 FROM ringkeeper.capture_rules)
+           AND to_regprocedure('ringkeeper.priority_guard()') IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = obj.objid
+                              AND tgname = 'ringkeeper_priority_guard') THEN
+            EXECUTE format('CREATE TRIGGER ringkeeper_priority_guard BEFORE INSERT OR UPDATE '
+                           'OR DELETE ON %I.%I FOR EACH ROW EXECUTE FUNCTION '
+                           'ringkeeper.priority_guard(%L)', rel.nspname, rel.relname, keyexpr);
+            IF NOT EXISTS (SELECT 1 FROM ringkeeper.member_priority) THEN
+                EXECUTE format('ALTER TABLE %I.%I DISABLE TRIGGER ringkeeper_priority_guard',
+                               rel.nspname, rel.relname);
+            END IF;
         END IF;
     END LOOP;
 END
