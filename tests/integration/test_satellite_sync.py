@@ -175,16 +175,28 @@ async def test_satellite_store_and_forward_through_an_outage_and_a_kill() -> Non
             ring.servers[n].psql(AUDIT)
         proxy.target = sat.port
         await proxy.start()
+        port = free_port()
+        start_sidecar(ring, "a", ring.root / "a.log", port)
+        start_sidecar(ring, "b", ring.root / "b.log")
+
+        async def ring_streaming() -> bool:
+            with contextlib.suppress(OSError, ValueError):
+                links = status_of(port)["links"]
+                return bool(links) and all(lk["state"] == "Streaming" for lk in links)
+            return False
+
+        # The satellite joins a running ring: the config changes under the sidecars (links
+        # restart with the satellite's origin, origins are made where they apply).
+        await wait_until("ring a, b streaming", ring_streaming, 60)
         cfg = json.loads(ring.config_path.read_text())
         cfg["satellites"] = {"s": {
             "parent": "a", "engine": "postgresql", "version": "17",
             "dsn": sat.dsn().replace(f":{sat.port}/", f":{proxy.port}/"),
             "tables": [{"name": "lis.samples", "filter": {"all": [
                 {"column": "campus", "op": "In", "values": list(FILTER_CAMPUSES)}]}}]}}
-        ring.config_path.write_text(json.dumps(cfg))
-        port = free_port()
-        start_sidecar(ring, "a", ring.root / "a.log", port)
-        start_sidecar(ring, "b", ring.root / "b.log")
+        tmp = ring.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cfg))
+        tmp.replace(ring.config_path)
 
         async def satellite_streaming() -> bool:
             with contextlib.suppress(OSError, ValueError):

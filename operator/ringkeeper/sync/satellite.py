@@ -227,10 +227,37 @@ class SatelliteKeeper:
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 3.0)
 
+    async def _members_know(self, cfg: RingConfig, sat: SatelliteInfo, stmt: float) -> None:
+        """Raise until every other member that answers has the satellite's origin. A
+        member's sidecar makes it when it reads a config with the satellite (setup, or
+        a link restarted for new carried origins, sync/sidecar.py), so a member with the
+        origin no longer reads this member with `origin 'none'`: a satellite change
+        applied here before that could be filtered out and confirmed past, lost there.
+        A member that does not answer reads the config afresh when it is back."""
+        origin = names.origin_name(cfg.ring, sat.name)
+        for m in cfg.members:
+            if m.name == self.member or m.dsn is None:
+                continue
+            try:
+                conn = await connect(m.dsn, command_timeout=stmt, timeout=stmt)
+            except TRANSIENT:
+                continue
+            try:
+                table = profile_for(m.engine, m.version).sql.replication_origin
+                known = await conn.fetchval(
+                    f"SELECT count(*) FROM {table} WHERE roname = $1", origin)
+            finally:
+                await close_quietly(conn)
+            if not known:
+                raise RuntimeError(f"member {m.name} has not read satellite {sat.name} in "
+                                   "its config yet: the satellite's writes wait for it")
+
     async def _up(self, cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile,
                   rep: SatelliteReport, stop: asyncio.Event) -> None:
-        """The satellite's own writes, applied here under its origin."""
+        """The satellite's own writes, applied here under its origin, once every member
+        carries that origin on."""
         stmt = statement_seconds(cfg.bypass_after_seconds)
+        await self._members_know(cfg, sat, stmt)
         sat_profile = profile_for(sat.engine, sat.version)
         async with self._prepare:
             await prepare_satellite(cfg, sat, sat_profile, stmt)
@@ -238,6 +265,8 @@ class SatelliteKeeper:
         local = await connect(self.local_dsn, command_timeout=APPLY_STATEMENT_SECONDS,
                               timeout=stmt)
         try:
+            # The satellite's origin here (it may have joined the config after setup).
+            await ensure_origins(local, profile, cfg.ring, cfg.origins)
             applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
                               cfg.policy)
             await applier.start()
