@@ -208,6 +208,7 @@ class Sidecar:
                      profile: EngineProfile, stop: asyncio.Event) -> None:
         """Run inbound links and the hold keeper until the config changes or we stop."""
         tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        started: dict[str, ringmember.Inbound] = {}  # what each running link was started as
         last_hold = 0.0
         last_tables = time.monotonic()
         stmt = statement_seconds(cfg.bypass_after_seconds)
@@ -253,7 +254,11 @@ class Sidecar:
                 wanted = self._inbound(cfg)
                 unused: list[str] = []
                 for key in list(tasks):
-                    if key not in wanted or tasks[key][0].done():
+                    # A link whose carried origins changed (a satellite joined or left
+                    # the config) restarts with the new ones.
+                    if key not in wanted or tasks[key][0].done() or \
+                            started.get(key, wanted[key]).carries != wanted[key].carries:
+                        started.pop(key, None)
                         # Re-routing around a hung member must not wait on it long.
                         await end([tasks.pop(key)], grace=1.0)
                         if key not in wanted:
@@ -265,6 +270,7 @@ class Sidecar:
                             log.info("link %s starts, bypassing %s", key,
                                      ", ".join(inb.bypassing))
                         ev = asyncio.Event()
+                        started[key] = inb
                         tasks[key] = (asyncio.create_task(self._link_loop(
                             cfg, profile, inb.source, inb.slot, inb.carries, inb.bypassing,
                             ev)), ev)
@@ -349,6 +355,9 @@ class Sidecar:
                 await ensure_inbound_slot(cfg, source, slot, src_profile, info.dsn)
                 local = await connect(self.local_dsn, command_timeout=APPLY_STATEMENT_SECONDS,
                                       timeout=stmt)
+                # Origins of satellites added to the config since setup (their changes
+                # may come on this link).
+                await ensure_origins(local, profile, cfg.ring, (await self.config()).origins)
                 applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
                                   cfg.policy)
                 await applier.start()
