@@ -160,6 +160,15 @@ class SatelliteKeeper:
             for name in list(self._running):
                 await self._end(name)
 
+    async def finish(self, task: asyncio.Task[None], timeout: float) -> None:
+        """Wait for `run` (told to stop) to end, at most `timeout`; never raises."""
+        try:
+            await asyncio.wait_for(task, timeout)
+        except TimeoutError:
+            log.warning("satellites of %s did not stop in time", self.member)
+        except MEMBER_ERRORS as exc:
+            log.warning("satellites of %s: %s", self.member, exc)
+
     def _start(self, cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile) -> None:
         up_slot = names.link_slot_name(cfg.ring, sat.name, self.member)
         down_slot = names.link_slot_name(cfg.ring, self.member, sat.name)
