@@ -254,8 +254,7 @@ class Sidecar:
                 wanted = self._inbound(cfg)
                 unused: list[str] = []
                 for key in list(tasks):
-                    # A link whose carried origins changed (a satellite joined or left
-                    # the config) restarts with the new ones.
+                    # Restarted when its carried origins change (a satellite came or went).
                     if key not in wanted or tasks[key][0].done() or \
                             started.get(key, wanted[key]).carries != wanted[key].carries:
                         started.pop(key, None)
@@ -299,12 +298,7 @@ class Sidecar:
         finally:
             sat_stop.set()
             await stop_links()
-            try:
-                await asyncio.wait_for(sat_task, 4 * stmt)
-            except TimeoutError:
-                log.warning("satellites of %s did not stop in time", self.member)
-            except LINK_ERRORS as exc:
-                log.warning("satellites of %s: %s", self.member, exc)
+            await self.satellites.finish(sat_task, 4 * stmt)
 
     async def _probe_down(self, cfg: RingConfig, stmt: float) -> None:
         """A bypassed member is not read from, so ask it directly whether it is back."""
@@ -355,8 +349,7 @@ class Sidecar:
                 await ensure_inbound_slot(cfg, source, slot, src_profile, info.dsn)
                 local = await connect(self.local_dsn, command_timeout=APPLY_STATEMENT_SECONDS,
                                       timeout=stmt)
-                # Origins of satellites added to the config since setup (their changes
-                # may come on this link).
+                # Satellites' origins (one may have joined the config since setup).
                 await ensure_origins(local, profile, cfg.ring, (await self.config()).origins)
                 applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
                                   cfg.policy)
