@@ -30,7 +30,7 @@ from ..core.liveness import (
     statement_seconds,
 )
 from ..engines import EngineProfile, profile_for
-from . import catalog
+from . import catalog, priorityguard
 from .apply import Applier
 from .capture import prepare_capture
 from .configsource import ConfigSource
@@ -182,6 +182,7 @@ class Sidecar:
         tables, refused = await prepare_capture(local, cfg.ring, cfg.include, cfg.exclude)
         self.state.refused_tables = refused
         self.state.tables = len(tables)
+        await priorityguard.keep_config(local, cfg, self.member, tables)
         if refused:
             log.warning("tables without a primary key are not replicated: %s",
                         ", ".join(refused))
@@ -203,6 +204,7 @@ class Sidecar:
                                                 cfg.exclude, schema=False)
         self.state.refused_tables = refused
         self.state.tables = len(tables)
+        await priorityguard.keep_config(local, cfg, self.member, tables)
 
     async def _serve(self, local: asyncpg.Connection, cfg: RingConfig,
                      profile: EngineProfile, stop: asyncio.Event) -> None:
