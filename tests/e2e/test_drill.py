@@ -192,3 +192,80 @@ async def test_network_partition_policy_lives_only_during_the_run(
         cluster, ns, "cut"), timeout=30)
     await asyncio.to_thread(wait_for, "cut deleted", lambda: cluster.kubectl(
         "-n", ns, "get", "drill", "cut", check=False).returncode != 0, timeout=30)
+
+
+def _operator_pod(cluster: Cluster, ns: str) -> str:
+    pods = cluster.get("-n", ns, "pods", "-l", "app.kubernetes.io/component=operator")
+    running = [p for p in pods["items"] if p["status"].get("phase") == "Running"]
+    assert running, "no running operator pod"
+    return str(running[0]["metadata"]["name"])
+
+
+def _fenced_by(cluster: Cluster, ns: str, campus: str) -> str | None:
+    ann = cluster.get("-n", ns, "campus", campus)["metadata"].get("annotations") or {}
+    return ann.get("ringkeeper.io/drill-fenced")
+
+
+async def _killed_mid_run(cluster: Cluster, ns: str, name: str,
+                          fault_seen: Any) -> dict[str, Any]:
+    """SIGKILL the operator while `name` holds its fault; the Drill as it ended."""
+    await asyncio.to_thread(wait_for, f"{name} fault", fault_seen, timeout=90)
+    assert (drill(cluster, ns, name).get("status") or {}).get("phase") == "Running"
+    operator = await asyncio.to_thread(_operator_pod, cluster, ns)
+    await asyncio.to_thread(cluster.dev, "fault", "kill", "-n", ns, operator)
+    done: dict[str, Any] = await asyncio.to_thread(wait_for, f"{name} ended", lambda: (
+        drill(cluster, ns, name) if (drill(cluster, ns, name).get("status") or {}).get(
+            "phase") in ("Passed", "Failed") else None), timeout=180)
+    run = done["status"]["lastRun"]
+    print(f"{name} after the operator's restart:",
+          {k: v for k, v in run.items() if k not in ("report", "timeline")})
+    return done
+
+
+async def test_drill_run_ends_and_its_fault_is_undone_after_an_operator_restart(
+        cluster: Cluster, namespace: str) -> None:
+    """The operator SIGKILLed while a networkPartition holds its NetworkPolicy, then while
+    a campusLoss holds its fence: the restarted operator removes the policy and lifts the
+    fence, and ends each run Failed with reason OperatorRestarted (its load and ledger
+    died with the old process: nothing is claimed measured), never leaving it Running."""
+    ns = namespace
+    await asyncio.to_thread(install_operator, cluster, ns)
+    for c in ("east", "west"):
+        cluster.kubectl("-n", ns, "apply", "-f", "-", input=campus_yaml(
+            c, "17", instances=1,
+            synchronous={"number": 0, "dataDurability": "preferred"}))
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=ring_yaml("lis", ["east", "west"]))
+    for c in ("east", "west"):
+        await asyncio.to_thread(wait_ready, cluster, ns, c, 180, False)
+    load = {"writers": 1, "ratePerSecond": 3, "durationSeconds": 240}
+
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml(
+        "part", "lis", "networkPartition", "ReplicationRing", workload=load))
+    done = await _killed_mid_run(cluster, ns, "part", lambda: policies(cluster, ns, "part"))
+    run = done["status"]["lastRun"]
+    assert policies(cluster, ns, "part") == []
+    assert done["status"]["phase"] == "Failed" and run["reason"] == "OperatorRestarted", run
+    assert run.get("lostTransactions") is None  # not measured, and not claimed 0
+    assert done["status"]["runs"] == 1 and done["status"]["history"][0]["reason"] == (
+        "OperatorRestarted")
+    reasons = {e["reason"] for e in cluster.get("-n", ns, "events", "--field-selector",
+                                                  "involvedObject.name=part")["items"]}
+    assert {"FaultUndone", "DrillFailed"} <= reasons, reasons
+    await asyncio.sleep(3)  # ended once: no second run, no policy again
+    assert drill(cluster, ns, "part")["status"]["runs"] == 1
+    assert policies(cluster, ns, "part") == []
+
+    for c in ("east", "west"):
+        await asyncio.to_thread(wait_ready, cluster, ns, c, 180, False)
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=drill_yaml(
+        "loss", "lis", "campusLoss", "ReplicationRing", workload=load))
+    done = await _killed_mid_run(cluster, ns, "loss",
+                                 lambda: _fenced_by(cluster, ns, "east") is not None)
+    run = done["status"]["lastRun"]
+    assert _fenced_by(cluster, ns, "east") is None
+    fenced = (cluster.get("-n", ns, "campus", "east")["metadata"].get("annotations")
+              or {}).get("ringkeeper.io/fenced-instances")
+    assert not fenced or fenced == "[]", fenced
+    assert done["status"]["phase"] == "Failed" and run["reason"] == "OperatorRestarted", run
+    # the lost campus comes back: its server restarts once the fence is gone
+    await asyncio.to_thread(wait_ready, cluster, ns, "east", 180, False)

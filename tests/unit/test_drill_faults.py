@@ -114,3 +114,15 @@ def test_bypass_links_exist_only_where_a_member_is_skipped() -> None:
     assert bypass_streaming([*down, *links(("a", "c", "CatchingUp"))], RING3, "ring", "b")
     assert not bypass_streaming([*down, *links(("a", "c", "Down"))], RING3, "ring", "b")
     assert bypass_streaming(down, ["a", "b"], "ring", "b")  # nothing to bypass
+
+
+def test_fenced_by_names_only_this_drills_fence() -> None:
+    """What an operator restarted mid-run looks for: the marker naming this drill."""
+    from ringkeeper.core.drill_faults import DRILL_FENCED, fenced_by
+
+    ours = {DRILL_FENCED: '{"drill": "loss", "instances": ["north-0"]}'}
+    assert fenced_by(ours, "loss")
+    assert not fenced_by(ours, "other")
+    assert not fenced_by({}, "loss")
+    assert not fenced_by({DRILL_FENCED: "not json"}, "loss")
+    assert not fenced_by({DRILL_FENCED: '["loss"]'}, "loss")

@@ -144,8 +144,28 @@ CASES = [
      DrillReason.SCHEDULE_TOO_FREQUENT),
     ("unknown time zone", replace(BASE, schedule="0 3 * * 0", time_zone="Asia/Shangai",
                                   created=NOW), DrillAction.REFUSE, DrillReason.INVALID_SCHEDULE),
-    ("running in status, no live run (operator restarted)", replace(LIVE, stage=None),
-     DrillAction.FINISH, DrillReason.INTERRUPTED),
+    ("running in status, no live run (operator restarted), nothing left: failed",
+     replace(LIVE, stage=None), DrillAction.FINISH, DrillReason.OPERATOR_RESTARTED),
+    ("restarted with a partition policy left: undone before the run ends",
+     replace(LIVE, stage=None, scenario=Scenario.NETWORK_PARTITION,
+             leftover_faults=("NetworkPolicy kill-partition",)),
+     DrillAction.UNDO_FAULTS, DrillReason.OPERATOR_RESTARTED),
+    ("restarted with a campus fence left: undone before the run ends",
+     replace(LIVE, stage=None, scenario=Scenario.CAMPUS_LOSS,
+             leftover_faults=("fence on Campus north",)),
+     DrillAction.UNDO_FAULTS, DrillReason.OPERATOR_RESTARTED),
+    ("restarted, target gone: the leftovers are still undone, not refused",
+     replace(LIVE, stage=None, target_exists=False, campuses=(),
+             leftover_faults=("fence on Campus north",)),
+     DrillAction.UNDO_FAULTS, DrillReason.OPERATOR_RESTARTED),
+    ("restarted, target gone, nothing left: failed, not left Running",
+     replace(LIVE, stage=None, target_exists=False, campuses=()),
+     DrillAction.FINISH, DrillReason.OPERATOR_RESTARTED),
+    ("restarted while suspended: still ended", replace(LIVE, stage=None, suspend=True),
+     DrillAction.FINISH, DrillReason.OPERATOR_RESTARTED),
+    ("leftovers but not Running and no live run: nothing to end (a new run is due)",
+     replace(BASE, leftover_faults=("NetworkPolicy x",)), DrillAction.START,
+     DrillReason.DUE),
     ("warming up", replace(LIVE, stage=Stage.STARTED, started_at=NOW - timedelta(seconds=1)),
      DrillAction.WAIT, DrillReason.WARMING_UP),
     ("warm", replace(LIVE, stage=Stage.STARTED), DrillAction.INJECT_FAULT, DrillReason.FAULT_DUE),
@@ -214,7 +234,7 @@ def test_rto_at_the_limit_passes_and_just_over_fails() -> None:
 
 
 def test_partition_policy_cuts_both_ways_and_names_its_drill() -> None:
-    from ringkeeper.core.drill import DRILL_LABEL, partition_policy
+    from ringkeeper.core.drill_faults import DRILL_LABEL, partition_policy
 
     p = partition_policy("d", "uid-1", "ns", "a", "b", ("127.1.0.5",), "ringkeeper.io/campus")
     spec = p["spec"]

@@ -35,15 +35,14 @@ from ..api.v1alpha1.drill import (
 from ..base.timefmt import rfc3339
 from ..core.conditions import condition, set_condition
 from ..core.drill import (
-    DRILL_LABEL,
     DrillAction,
     DrillStep,
     Measured,
     Snapshot,
     Stage,
-    partition_policy,
     plan,
 )
+from ..core.drill_faults import DRILL_LABEL, partition_policy
 from ..core.failures import backoff_delay, should_emit, signature
 from ..core.manifests import CAMPUS_LABEL
 from ..observability.metrics import DRILL_LOST, DRILL_RTO, DRILL_RUNS
@@ -53,7 +52,7 @@ from ..workload import run as run_load
 from . import drill_io as io
 from .drill_live import LiveRun, snapshot_of
 from .drill_report import lost_text, report
-from .drill_ring import RingDrill, unfence_all
+from .drill_ring import RingDrill, fenced_campuses, unfence_all
 
 log = logging.getLogger("ringkeeper.drill")
 # (namespace, target kind, target name) -> the Drill running on it, in this process
@@ -263,11 +262,30 @@ class Executor:
         await io.remove_policies(self.api, self.ns, self.name, DRILL_LABEL)
         await unfence_all(self.api, self.ns, self.name)
 
+    async def _leftovers(self) -> tuple[str, ...]:
+        """The faults of this Drill still in the cluster, found from the cluster alone
+        (an operator restarted mid-run has nothing else)."""
+        policies = await io.drill_policies(self.api, self.ns, self.name, DRILL_LABEL)
+        fenced = await fenced_campuses(self.api, self.ns, self.name)
+        return (*(f"NetworkPolicy {p}" for p in policies),
+                *(f"fence on Campus {c}" for c in fenced))
+
+    async def _undo(self, step: DrillStep) -> None:
+        """A run lost with its process: remove what its fault left, then say so."""
+        gone = await io.remove_policies(self.api, self.ns, self.name, DRILL_LABEL)
+        lifted = await unfence_all(self.api, self.ns, self.name)
+        what = ", ".join([*(f"NetworkPolicy {p} removed" for p in gone),
+                          *(f"fence on Campus {c} lifted" for c in lifted)]) or "nothing"
+        log.warning("drill %s/%s: %s; undone: %s", self.ns, self.name, step.message, what)
+        self._event("FaultUndone", f"the operator restarted during the run: {what}",
+                    warning=True)
+
     async def tick(self) -> None:
         self.fresh = await resources.read_custom(self.api, self.ns, "drills", self.name)
-        accepted = condition((self.fresh.get("status") or {}).get("conditions") or [],
-                             "Accepted") or {}
-        if self.live is None and accepted.get("status") != "True":
+        status = self.fresh.get("status") or {}
+        accepted = condition(status.get("conditions") or [], "Accepted") or {}
+        orphaned = self.live is None and status.get("phase") == DrillPhase.RUNNING
+        if not orphaned and self.live is None and accepted.get("status") != "True":
             return  # not (yet) accepted: the accept handler says why; nothing runs
         spec = self.fresh.get("spec") or {}
         kind, target = TargetKind(spec["target"]["kind"]), str(spec["target"]["name"])
@@ -278,7 +296,8 @@ class Executor:
         key = (self.ns, kind.value, target)
         other = _BUSY.get(key)
         snap = snapshot_of(self.fresh, exists, campuses,
-                         other if other not in (None, self.name) else None, self.live)
+                         other if other not in (None, self.name) else None, self.live,
+                         await self._leftovers() if orphaned else ())
         step = plan(snap)
         if step.action == DrillAction.START:
             _BUSY[key] = self.name
@@ -287,6 +306,8 @@ class Executor:
             await self._inject(snap)
         elif step.action == DrillAction.HEAL:
             await self._heal()
+        elif step.action == DrillAction.UNDO_FAULTS:
+            await self._undo(step)
         elif step.action == DrillAction.VERIFY:
             await self._verify()
         elif step.action == DrillAction.FINISH:

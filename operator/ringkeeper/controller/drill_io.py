@@ -207,6 +207,14 @@ async def create_policy(api: client.ApiClient, namespace: str, body: dict[str, A
     await client.NetworkingV1Api(api).create_namespaced_network_policy(namespace, cast(Any, body))
 
 
+async def drill_policies(api: client.ApiClient, namespace: str, drill: str,
+                         label: str) -> list[str]:
+    """The NetworkPolicies labelled as this drill's (its partition), by name."""
+    found = await client.NetworkingV1Api(api).list_namespaced_network_policy(
+        namespace, label_selector=f"{label}={drill}")
+    return sorted(str(p.metadata.name) for p in found.items)
+
+
 async def remove_policies(api: client.ApiClient, namespace: str, drill: str,
                           label: str) -> list[str]:
     """Delete every NetworkPolicy labelled as this drill's; the names removed."""

@@ -62,7 +62,8 @@ class LiveRun:
 
 
 def snapshot_of(body: dict[str, Any], exists: bool, campuses: tuple[DrillCampus, ...],
-              other: str | None, live: LiveRun | None) -> Snapshot:
+              other: str | None, live: LiveRun | None,
+              leftovers: tuple[str, ...] = ()) -> Snapshot:
     spec, st = body.get("spec") or {}, body.get("status") or {}
     exp, load = spec.get("expectations") or {}, spec.get("workload") or {}
     last = st.get("lastRun") or {}
@@ -75,7 +76,7 @@ def snapshot_of(body: dict[str, Any], exists: bool, campuses: tuple[DrillCampus,
         time_zone=spec.get("timeZone"), suspend=bool(spec.get("suspend")),
         runs=int(st.get("runs") or 0), last_started=parse_rfc3339(last.get("startedAt")),
         created=parse_rfc3339(body["metadata"].get("creationTimestamp")),
-        phase_running=st.get("phase") == DrillPhase.RUNNING,
+        phase_running=st.get("phase") == DrillPhase.RUNNING, leftover_faults=leftovers,
         stage=live.stage if live else None, started_at=live.started if live else None,
         fault_at=live.fault_at if live else None,
         probes_writing=bool(live and all(p.writes for p in live.probes.values())),

@@ -32,6 +32,7 @@ from ..core.drill_faults import (
     bypass_links,
     bypass_streaming,
     fence_annotations,
+    fenced_by,
     ring_converged,
     unfence_annotations,
 )
@@ -158,6 +159,15 @@ async def unfence_all(api: client.ApiClient, ns: str, drill: str) -> list[str]:
         if DRILL_FENCED in ann and await unfence(api, ns, c["metadata"]["name"], drill):
             lifted.append(str(c["metadata"]["name"]))
     return lifted
+
+
+async def fenced_campuses(api: client.ApiClient, ns: str, drill: str) -> list[str]:
+    """The Campuses holding a fence this drill added (found from their annotations
+    alone: what an operator restarted mid-run must lift)."""
+    found = await client.CustomObjectsApi(api).list_namespaced_custom_object(
+        GROUP, VERSION, ns, "campuses")
+    return sorted(str(c["metadata"]["name"]) for c in found.get("items") or []
+                  if fenced_by((c.get("metadata") or {}).get("annotations") or {}, drill))
 
 
 async def kill_sync_sessions(api: client.ApiClient, ns: str, campus: str,

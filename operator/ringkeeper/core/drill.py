@@ -50,6 +50,7 @@ class DrillAction(StrEnum):
     START = "Start"
     INJECT_FAULT = "InjectFault"
     HEAL = "Heal"  # undo a held fault: remove the policy, lift the campus's fence
+    UNDO_FAULTS = "UndoFaults"  # a run lost with its process: remove what it left behind
     AWAIT_RECOVERY = "AwaitRecovery"
     VERIFY = "Verify"
     FINISH = "Finish"
@@ -81,7 +82,7 @@ class DrillReason(StrEnum):
     RTO_EXCEEDED = "RtoExceeded"
     TRANSACTIONS_LOST = "TransactionsLost"
     NO_LOAD = "NoLoad"
-    INTERRUPTED = "Interrupted"
+    OPERATOR_RESTARTED = "OperatorRestarted"
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ class Snapshot:
     last_started: datetime | None = None  # last run's start (schedules fire after it)
     created: datetime | None = None
     phase_running: bool = False  # status says a run is in progress
+    # Faults of this Drill still in the cluster (its partition NetworkPolicy, a Campus
+    # fence marked as its own), read only when status says Running and this process has
+    # no live run; each named, e.g. "NetworkPolicy x", "fence on Campus north".
+    leftover_faults: tuple[str, ...] = ()
     stage: Stage | None = None  # the live run in this process; None: no live run
     started_at: datetime | None = None
     probes_writing: bool = True  # every campus's probe has written once (the fault's "before")
@@ -298,44 +303,30 @@ def _not_over(s: Snapshot, prefix: str = "") -> DrillStep:
     return DrillStep(DrillAction.WAIT, DrillReason.LOAD_RUNNING, prefix + "load still running")
 
 
-def partition_policy(drill: str, drill_uid: str, namespace: str, campus: str, other: str,
-                     other_ips: tuple[str, ...], campus_label: str) -> dict[str, object]:
-    """A NetworkPolicy that cuts `campus`'s pods from `other`'s, both ways, and lets every
-    other peer through. Selecting one side for Ingress and Egress is enough: the other
-    side's packets are refused on arrival and this side's never leave. Pods are matched by
-    label (NotIn matches pods without the label) and, for implementations that apply
-    ipBlock to pod addresses, `other`'s addresses are carved out of the catch-all block.
-    Labelled and owned by the Drill so it is found and removed at the end of the run."""
-    peers: list[dict[str, object]] = [
-        {"namespaceSelector": {}, "podSelector": {"matchExpressions": [
-            {"key": campus_label, "operator": "NotIn", "values": [other]}]}},
-        {"ipBlock": {"cidr": "0.0.0.0/0", "except": [f"{ip}/32" for ip in other_ips]}},
-    ]
-    return {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {
-            "name": f"{drill}-partition"[:63].rstrip("-"), "namespace": namespace,
-            "labels": {DRILL_LABEL: drill, "app.kubernetes.io/managed-by": "ringkeeper"},
-            "ownerReferences": [{"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Drill",
-                                 "name": drill, "uid": drill_uid, "controller": True}]},
-        "spec": {"podSelector": {"matchLabels": {campus_label: campus}},
-                 "policyTypes": ["Ingress", "Egress"],
-                 "ingress": [{"from": peers}], "egress": [{"to": peers}]},
-    }
-
-
-DRILL_LABEL = "ringkeeper.io/drill"
+def _orphaned(s: Snapshot) -> DrillStep:
+    """Status says Running but this process has no live run: the operator restarted (a
+    crash, a new leader) or the Drill's daemon did, mid-run. The load, the probes and the
+    ledger lived in the old process, so nothing can be measured and the run cannot
+    resume; but every fault it made is undone first (the partition's NetworkPolicy, the
+    campus's fence: both found from the cluster alone) and only then is the run ended
+    Failed, so an error while undoing leaves the run Running and retried, never Failed
+    with a fault in place. A primaryKill or syncCrash leaves nothing to undo (the pod is
+    recreated, the sidecar reconnects)."""
+    if s.leftover_faults:
+        return DrillStep(DrillAction.UNDO_FAULTS, DrillReason.OPERATOR_RESTARTED,
+                         "the operator restarted during the run; undoing what its fault "
+                         "left: " + ", ".join(s.leftover_faults))
+    return DrillStep(DrillAction.FINISH, DrillReason.OPERATOR_RESTARTED,
+                     "the operator restarted during the run: its load, probes and ledger "
+                     "were in the old process, so nothing was measured; no fault of the "
+                     "run is left", False)
 
 
 def plan(s: Snapshot) -> DrillStep:
     """The next step of the drill in `s`."""
     if s.stage is None:
         if s.phase_running:
-            # status says Running but this process has no live run: the operator restarted
-            # mid-run; the fault may have been injected and the ledger is gone.
-            return DrillStep(DrillAction.FINISH, DrillReason.INTERRUPTED,
-                        "the operator restarted during the run; its measurements are lost",
-                        False)
+            return _orphaned(s)
         refusal = _refusal(s)
         if refusal is not None:
             return refusal

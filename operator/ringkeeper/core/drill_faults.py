@@ -20,6 +20,7 @@ from .annotations import FENCED, parse_fenced
 from .ring import links
 
 DRILL_FENCED = "ringkeeper.io/drill-fenced"
+DRILL_LABEL = "ringkeeper.io/drill"  # on what a drill creates (its partition policy)
 STREAMING = "Streaming"
 # A bypass link carries changes as CatchingUp (core.liveness: it says it is bypassing).
 FLOWING = frozenset({STREAMING, "CatchingUp"})
@@ -34,6 +35,12 @@ def _marker(annotations: Mapping[str, str]) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def fenced_by(annotations: Mapping[str, str], drill: str) -> bool:
+    """Whether the campus holds a fence this drill added (its marker names the drill)."""
+    held = _marker(annotations)
+    return held is not None and held.get("drill") == drill
 
 
 def fence_annotations(annotations: Mapping[str, str], instances: Sequence[str],
@@ -104,3 +111,29 @@ def bypass_streaming(status_links: Sequence[Mapping[str, Any]], members: Sequenc
     no bypass is needed)."""
     states = _states(status_links)
     return all(states.get(lk) in FLOWING for lk in bypass_links(members, topology, lost))
+
+
+def partition_policy(drill: str, drill_uid: str, namespace: str, campus: str, other: str,
+                     other_ips: tuple[str, ...], campus_label: str) -> dict[str, object]:
+    """A NetworkPolicy that cuts `campus`'s pods from `other`'s, both ways, and lets every
+    other peer through. Selecting one side for Ingress and Egress is enough: the other
+    side's packets are refused on arrival and this side's never leave. Pods are matched by
+    label (NotIn matches pods without the label) and, for implementations that apply
+    ipBlock to pod addresses, `other`'s addresses are carved out of the catch-all block.
+    Labelled and owned by the Drill so it is found and removed at the end of the run."""
+    peers: list[dict[str, object]] = [
+        {"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+            {"key": campus_label, "operator": "NotIn", "values": [other]}]}},
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": [f"{ip}/32" for ip in other_ips]}},
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{drill}-partition"[:63].rstrip("-"), "namespace": namespace,
+            "labels": {DRILL_LABEL: drill, "app.kubernetes.io/managed-by": "ringkeeper"},
+            "ownerReferences": [{"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Drill",
+                                 "name": drill, "uid": drill_uid, "controller": True}]},
+        "spec": {"podSelector": {"matchLabels": {campus_label: campus}},
+                 "policyTypes": ["Ingress", "Egress"],
+                 "ingress": [{"from": peers}], "egress": [{"to": peers}]},
+    }
