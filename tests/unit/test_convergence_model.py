@@ -13,6 +13,8 @@ wins by the policy among all writes of that key, with that version's full row.
 Local writes follow the ring's premise: a member writes a key only after what it
 holds of that key (a local commit time later than the version it overwrites;
 clocks agree better than the time between seeing a version and overwriting it).
+Under campusPriority a local write over a version (or a delete) from a campus of higher
+priority is refused, as the guard trigger does (core.conflicts.local_write_allowed).
 Row bodies are (small, big): `big` stands for an out-of-line (TOASTed) column.
 """
 
@@ -67,6 +69,10 @@ class Rules:
     forwards: Callable[[Decision], bool] = conflicts.forwards
     complete: Callable[[Update], tuple[Value, ...]] = new_values
     full_identity: bool = True  # the origin logs the whole old row
+    policy: Policy = POLICY
+    # Local writes the policy would beat elsewhere are refused (core.conflicts.
+    # local_write_allowed, the campusPriority guard trigger at every member).
+    guard: bool = True
 
 
 class Ring:
@@ -83,6 +89,11 @@ class Ring:
         when = max(when, m.seen(key) + timedelta(microseconds=1))
         v = Version(m.name, when, m.priority)
         row = m.rows.get(key)
+        current = row[0] if row is not None else m.tombs.get(key)
+        if self.rules.guard and current is not None and not conflicts.local_write_allowed(
+                self.rules.policy, m.priority,
+                None if current.origin == m.name else current.priority):
+            return  # refused: the user's transaction fails, nothing is written
         if row is None:  # nothing to update or delete: insert
             body: tuple[Value, ...] = (f"s{value}", f"b{value}")
             m.rows[key] = (v, body)
@@ -113,7 +124,7 @@ class Ring:
         complete = UNCHANGED not in new
         row = m.rows.get(msg.key)
         d = decide(msg.op, msg.version, row[0] if row else None, m.tombs.get(msg.key),
-                   POLICY, complete=complete)
+                   self.rules.policy, complete=complete)
         out: Msg | None = None
         if d.action == Action.INSERT:
             m.rows[msg.key] = (msg.version, new)
@@ -161,7 +172,7 @@ class Ring:
         for key, ws in self.writes.items():
             best, body = ws[0]
             for v, b in ws[1:]:
-                if winner(best, v, POLICY) is v:
+                if winner(best, v, self.rules.policy) is v:
                     best, body = v, b
             for m in self.members:
                 got = m.rows.get(key)
@@ -214,6 +225,15 @@ def test_every_member_ends_with_the_policy_winner(history: History) -> None:
     run(history, Rules())
 
 
+@MODEL
+@given(HISTORY)
+def test_campus_priority_with_the_guard_ends_with_the_policy_winner(history: History) -> None:
+    """Under campusPriority a member's write over a version from a higher-priority
+    campus is refused where it is made (it would stay there and lose everywhere else);
+    with that, every member ends with the policy's winner."""
+    run(history, Rules(policy=Policy.CAMPUS_PRIORITY))
+
+
 def _old_forwarding(d: Decision) -> bool:
     """The rule before issue 14: only what changed a table row was passed on."""
     return d.action in (Action.INSERT, Action.UPDATE, Action.DELETE)
@@ -228,6 +248,8 @@ def _no_fill(m: Update) -> tuple[Value, ...]:
     pytest.param(Rules(forwards=_old_forwarding), id="delete-of-absent-row-not-forwarded"),
     pytest.param(Rules(complete=_no_fill), id="update-lacking-toast-values"),
     pytest.param(Rules(full_identity=False), id="no-full-old-row"),
+    pytest.param(Rules(policy=Policy.CAMPUS_PRIORITY, guard=False),
+                 id="campus-priority-without-the-guard"),
 ])
 def test_the_model_finds_the_old_rules_divergent(rules: Rules) -> None:
     """The property is strong enough to fail on each rule issue 14 found wrong."""
