@@ -13,6 +13,8 @@ import pytest
 
 from ringkeeper.core.conflicts import Policy, Version, local_write_allowed, priority_rows, winner
 
+KINGBASE = "V9R1"
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 CASES = [
@@ -55,3 +57,18 @@ def test_priority_rows_only_under_campus_priority() -> None:
         ("sat", "rk_lis_sat", 100, False),
         ("south", "rk_lis_south", 100, True),
     ]
+
+
+def test_the_guard_function_uses_the_engines_names() -> None:
+    """The trigger reads the row's commit origin and the origin catalog by the names of
+    the member's engine (KingbaseES renames pg_* to sys_*)."""
+    from ringkeeper.engines import profile_for
+    from ringkeeper.sync.priorityguard import guard_function_body
+
+    pg = guard_function_body(profile_for("postgresql", "17"))
+    assert "pg_xact_commit_timestamp_origin(OLD.xmin)" in pg
+    assert "FROM pg_replication_origin o" in pg
+    kb = guard_function_body(profile_for("kingbase", KINGBASE))
+    assert "sys_xact_commit_timestamp_origin(OLD.xmin)" in kb
+    assert "FROM sys_replication_origin o" in kb
+    assert "pg_" not in kb
