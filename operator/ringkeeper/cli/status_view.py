@@ -167,14 +167,29 @@ def satellites(items: Sequence[dict[str, Any]]) -> str:
             _get(o, "spec.parentRef.name"),
             _get(o, "status.connected"),
             _get(o, "status.backlogRows"),
+            _size(_get(o, "status.backlogBytes")),
             _get(o, "status.phase"),
+            _get(o, "status.lastSyncAt"),
             # The phase stays Initializing until sync exists: Ready's reason says more.
             _ready_reason(o),
         )
         for o in items
     ]
-    return table(("NAMESPACE", "SATELLITE", "PARENT", "CONNECTED", "BACKLOG", "PHASE",
-                  "READY"), rows)
+    return table(("NAMESPACE", "SATELLITE", "PARENT", "CONNECTED", "BACKLOG ROWS",
+                  "BACKLOG SIZE", "PHASE", "LAST SYNC", "READY"), rows)
+
+
+def _size(value: Any) -> Any:
+    """Bytes as B/KiB/MiB/GiB; anything else (missing, or written by hand) as it is
+    (the table escapes it)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value
+    size, unit = float(value), "B"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            break
+        size /= 1024
+    return f"{value} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
 def drills(items: Sequence[dict[str, Any]]) -> str:

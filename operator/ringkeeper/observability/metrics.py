@@ -129,3 +129,43 @@ DRILL_RUNS = Counter(
     "Finished Drill runs, by result (Passed, Failed).",
     ["namespace", "drill", "result"],
 )
+
+# Satellites, as their parent member's sync sidecar sees them (sync/satellite.py).
+SAT_CONNECTED = Gauge(
+    "ringkeeper_satellite_connected",
+    "1 while the parent's sidecar reaches the satellite (answered within 5 s), else 0.",
+    ["ring", "parent", "satellite"],
+)
+SAT_PARENT_BACKLOG_ROWS = Gauge(
+    "ringkeeper_satellite_parent_backlog_rows",
+    "Changes spooled at the parent for the satellite and not yet applied there.",
+    ["ring", "parent", "satellite"],
+)
+SAT_PARENT_BACKLOG_BYTES = Gauge(
+    "ringkeeper_satellite_parent_backlog_bytes",
+    "Size of the parent's spool for the satellite.",
+    ["ring", "parent", "satellite"],
+)
+SAT_SATELLITE_BACKLOG_BYTES = Gauge(
+    "ringkeeper_satellite_satellite_backlog_bytes",
+    "WAL of the satellite its parent has not confirmed (the satellite's outbound backlog, "
+    "last measured; rows are not known before they are decoded).",
+    ["ring", "parent", "satellite"],
+)
+SAT_CONTACT_AGE = Gauge(
+    "ringkeeper_satellite_last_contact_age_seconds",
+    "Seconds since the satellite last answered its parent's sidecar (-1: never since the "
+    "sidecar started).",
+    ["ring", "parent", "satellite"],
+)
+SAT_DRAINED_ROWS = Gauge(
+    "ringkeeper_satellite_drained_rows",
+    "Spooled changes the parent's sidecar applied at the satellite since it started.",
+    ["ring", "parent", "satellite"],
+)
+SAT_CATCHUP_PERCENT = Gauge(
+    "ringkeeper_satellite_catchup_percent",
+    "Catch-up of the parent's spool into the satellite: rows drained since the spool was "
+    "last empty, in percent of those plus the rows still spooled (100 with no backlog).",
+    ["ring", "parent", "satellite"],
+)

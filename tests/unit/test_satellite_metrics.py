@@ -1,0 +1,66 @@
+"""The sync sidecar exports ringkeeper_satellite_* gauges from its satellite reports
+(issue 17, Surfaces): read back from the real Prometheus registry."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import REGISTRY
+
+from ringkeeper.sync.linkreport import LinkReport
+from ringkeeper.sync.run import catchup_percent, export_satellite
+from ringkeeper.sync.satellite import SatelliteReport
+
+
+def value(name: str, sat: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"ring": "lis", "parent": "fuyang",
+                                            "satellite": sat})
+
+
+def report(name: str, *, rows: int | None, drained: int, contact: float | None,
+           running: bool = True) -> SatelliteReport:
+    up = LinkReport("xindeng", "fuyang", "rk_lis_s_to_a", lag_bytes=4096, running=running)
+    down = LinkReport("fuyang", "xindeng", "rk_lis_a_to_s")
+    return SatelliteReport(name, "fuyang", up, down, contact_at=contact, spool_rows=rows,
+                           spool_bytes=None if rows is None else rows * 100,
+                           drained_rows=drained)
+
+
+def test_catchup_percent() -> None:
+    assert catchup_percent(0, 0, 0) == 100.0
+    assert catchup_percent(100, 400, 900) == 25.0
+    assert catchup_percent(500, 400, 10) == 0.0  # a restarted count never goes negative
+
+
+def test_gauges_follow_the_report_through_an_outage_and_a_catch_up() -> None:
+    sat = report("xindeng", rows=0, drained=50, contact=time.monotonic() - 2)
+    export_satellite("lis", sat)
+    assert value("ringkeeper_satellite_connected", "xindeng") == 1
+    assert value("ringkeeper_satellite_parent_backlog_rows", "xindeng") == 0
+    assert value("ringkeeper_satellite_satellite_backlog_bytes", "xindeng") == 4096
+    assert 1.5 <= (value("ringkeeper_satellite_last_contact_age_seconds", "xindeng") or 0) < 5
+    assert value("ringkeeper_satellite_catchup_percent", "xindeng") == 100
+    # Cut off: the spool grows, contact ages past the window.
+    sat.contact_at = time.monotonic() - 60
+    sat.spool_rows, sat.spool_bytes = 300, 30000
+    export_satellite("lis", sat)
+    assert value("ringkeeper_satellite_connected", "xindeng") == 0
+    assert value("ringkeeper_satellite_parent_backlog_rows", "xindeng") == 300
+    assert value("ringkeeper_satellite_parent_backlog_bytes", "xindeng") == 30000
+    assert value("ringkeeper_satellite_catchup_percent", "xindeng") == 0
+    # Healed: 200 drained since the spool was last empty, 100 left.
+    sat.contact_at = time.monotonic()
+    sat.drained_rows, sat.spool_rows = 250, 100
+    export_satellite("lis", sat)
+    assert value("ringkeeper_satellite_connected", "xindeng") == 1
+    assert value("ringkeeper_satellite_drained_rows", "xindeng") == 250
+    assert value("ringkeeper_satellite_catchup_percent", "xindeng") == round(200 / 3, 1)
+
+
+def test_unknown_values_are_minus_one_not_zero() -> None:
+    export_satellite("lis", report("baihe", rows=None, drained=0, contact=None,
+                                   running=False))
+    assert value("ringkeeper_satellite_connected", "baihe") == 0
+    assert value("ringkeeper_satellite_parent_backlog_rows", "baihe") == -1
+    assert value("ringkeeper_satellite_parent_backlog_bytes", "baihe") == -1
+    assert value("ringkeeper_satellite_last_contact_age_seconds", "baihe") == -1
