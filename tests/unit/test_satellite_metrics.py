@@ -55,6 +55,12 @@ def test_gauges_follow_the_report_through_an_outage_and_a_catch_up() -> None:
     assert value("ringkeeper_satellite_connected", "xindeng") == 1
     assert value("ringkeeper_satellite_drained_rows", "xindeng") == 250
     assert value("ringkeeper_satellite_catchup_percent", "xindeng") == round(200 / 3, 1)
+    # Caught up; the next outage's catch-up counts from there: 50 drained, 50 left.
+    sat.drained_rows, sat.spool_rows = 350, 0
+    export_satellite("lis", sat)
+    sat.drained_rows, sat.spool_rows = 400, 50
+    export_satellite("lis", sat)
+    assert value("ringkeeper_satellite_catchup_percent", "xindeng") == 50
 
 
 def test_unknown_values_are_minus_one_not_zero() -> None:
