@@ -61,6 +61,10 @@ bench-failover: ## outage and lost commits per scenario, one JSON line each: kil
 bench-ring: ## one link vs native logical replication, 4-member ring latency, pgbench capture overhead vs native (~7 min, local servers)
 	$(PYTHON) bench/ring.py
 
+.PHONY: bench-satellite
+bench-satellite: ## satellite outage: OFFLINE_ROWS (100,000) written at the satellite and at the ring while cut off, catch-up rows/s, parent WAL retained, satellite RSS, lost (local servers)
+	$(PYTHON) bench/satellite.py
+
 .PHONY: bench-verify
 bench-verify: ## full vs naive vs incremental verification of 10M rows between PostgreSQL 15 and 18
 	$(PYTHON) bench/verify.py
