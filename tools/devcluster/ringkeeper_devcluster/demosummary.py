@@ -1,0 +1,175 @@
+"""`python -m ringkeeper_devcluster.demosummary`: the summary `make demo` ends with.
+
+Read back from the cluster, not from what the demo's steps printed: per campus its
+current primary and the drill that struck it (result, RTO, lost of acknowledged commits),
+per ring link its state and lag, the verification report's verdict, and where the
+reports and timeline pictures are. Exit 1 when anything was lost, a drill did not pass,
+a link is not streaming (the ring did not converge) or the verification did not pass, so
+the demo's exit code says so too. `summarize` decides and formats without I/O (unit
+tested); `main` only reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ringkeeper.adapters import resources
+from ringkeeper.adapters.kube import api_client
+from ringkeeper.adapters.resources import KubeApiError
+from ringkeeper.core.verify_report import Report
+
+
+@dataclass
+class Facts:
+    """What the summary reads: Drills, the campuses their targets name (None: the
+    Campus is gone), rings and the verification report (None: not found)."""
+
+    drills: list[dict[str, Any]] = field(default_factory=list)
+    campuses: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
+    rings: list[dict[str, Any]] = field(default_factory=list)
+    verify: Report | None = None
+    verify_path: str = ""
+    pictures: list[str] = field(default_factory=list)
+
+
+def drill_campuses(drill: dict[str, Any], rings: dict[tuple[str, str], dict[str, Any]]
+                   ) -> list[str]:
+    """The campuses a Drill's target names (a ring's campusRef members)."""
+    target = drill["spec"]["target"]
+    if target["kind"] == "Campus":
+        return [str(target["name"])]
+    ring = rings.get((drill["metadata"]["namespace"], target["name"])) or {}
+    return [str(m["campusRef"]["name"]) for m in (ring.get("spec") or {}).get("members") or []
+            if (m.get("campusRef") or {}).get("name")]
+
+
+def _secs(x: Any) -> str:
+    return "-" if x is None else f"{float(x):.2f} s"
+
+
+def summarize(f: Facts) -> tuple[list[str], list[str]]:
+    """(the summary's lines, the problems: empty when the demo succeeded)."""
+    problems: list[str] = []
+    rings = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in f.rings}
+    lines = ["Ringkeeper demo summary", "",
+             f"  {'campus':<12} {'namespace':<10} {'primary':<14} {'drill (scenario)':<34} "
+             f"{'result':<8} {'RTO':<9} lost commits"]
+    for d in f.drills:
+        ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+        st = d.get("status") or {}
+        run = st.get("lastRun") or {}
+        result = str(run.get("result") or st.get("phase") or "no run")
+        lost, acked = run.get("lostTransactions"), run.get("committedTransactions")
+        if result != "Passed":
+            problems.append(f"drill {ns}/{name} {result}: {run.get('reason')}: "
+                            f"{run.get('message')}")
+        if lost is None or lost > 0:
+            problems.append(f"drill {ns}/{name}: lost commits "
+                            f"{'not measured' if lost is None else lost}")
+        what = f"{name} ({d['spec']['scenario']})"
+        for c in drill_campuses(d, rings) or ["?"]:
+            campus = f.campuses.get((ns, c))
+            primary = ("(removed)" if campus is None else
+                       str((campus.get("status") or {}).get("currentPrimary") or "none"))
+            lines.append(f"  {c:<12} {ns:<10} {primary:<14} {what:<34} {result:<8} "
+                         f"{_secs(run.get('rtoSeconds')):<9} "
+                         f"{'-' if lost is None else lost} of {'-' if acked is None else acked}")
+    for r in f.rings:
+        ns, name = r["metadata"]["namespace"], r["metadata"]["name"]
+        links = (r.get("status") or {}).get("links") or []
+        lines += ["", f"  ring {ns}/{name}", f"    {'link':<30} {'state':<11} lag"]
+        if not links:
+            problems.append(f"ring {ns}/{name}: no link in its status")
+        for lk in links:
+            state = str(lk.get("state"))
+            lag = (f"{_secs(lk.get('lagSeconds'))}, "
+                   f"{lk.get('lagBytes') if lk.get('lagBytes') is not None else '-'} B")
+            link = f"{lk.get('from')} -> {lk.get('to')}"
+            lines.append(f"    {link:<30} {state:<11} {lag}")
+            if state != "Streaming":
+                problems.append(f"ring {ns}/{name}: link {lk.get('from')} -> {lk.get('to')} "
+                                f"is {state}, not Streaming")
+    lines.append("")
+    v = f.verify
+    if v is None:
+        problems.append(f"no verification report at {f.verify_path or '(none given)'}")
+        lines.append(f"  verification: no report ({f.verify_path or 'none given'})")
+    else:
+        diffs = len(v.differences)
+        verdict = "Passed" if v.passed else "Failed"
+        lines.append(f"  verification: {verdict}: {len(v.tables)} table(s) compared at "
+                     f"{len(v.members)} members ({', '.join(v.members)}), {diffs} differing "
+                     f"key(s); report {f.verify_path}")
+        if not v.passed:
+            problems.append(f"verification failed: {diffs} differing key(s)")
+        if not v.tables:
+            problems.append("verification compared no table")
+    reports = ", ".join(f"kubectl ringkeeper drill report {d['metadata']['name']} -n "
+                        f"{d['metadata']['namespace']}" for d in f.drills)
+    lines.append(f"  reports: {reports or '-'}")
+    lines.append(f"  timelines: {' '.join(f.pictures) or '-'}")
+    lines.append("")
+    lines.append("  result: OK: nothing lost, every drill passed, the ring converged and "
+                 "verified" if not problems else
+                 f"  result: FAILED: {'; '.join(problems)}")
+    return lines, problems
+
+
+def _split(ref: str) -> tuple[str, str]:
+    ns, sep, name = ref.partition("/")
+    if not sep or not ns or not name:
+        raise SystemExit(f"expected NAMESPACE/NAME, got {ref!r}")
+    return ns, name
+
+
+async def _gather(args: argparse.Namespace) -> Facts:
+    f = Facts(verify_path=args.verify or "", pictures=list(args.picture or []))
+    async with await api_client() as api:
+        for ref in args.drill or []:
+            ns, name = _split(ref)
+            f.drills.append(await resources.read_custom(api, ns, "drills", name))
+        for ref in args.ring or []:
+            ns, name = _split(ref)
+            f.rings.append(await resources.read_custom(api, ns, "replicationrings", name))
+        rings = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in f.rings}
+        for d in f.drills:
+            ns = d["metadata"]["namespace"]
+            for c in drill_campuses(d, rings):
+                try:
+                    f.campuses[(ns, c)] = await resources.read_custom(api, ns, "campuses", c)
+                except KubeApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    f.campuses[(ns, c)] = None
+    return f
+
+
+def _read_verify(f: Facts) -> Facts:
+    """The verification report, when the demo's step wrote one (else the summary fails)."""
+    path = Path(f.verify_path) if f.verify_path else None
+    if path is not None and path.is_file():
+        f.verify = Report.model_validate_json(path.read_text(encoding="utf-8"))
+    return f
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(prog="python -m ringkeeper_devcluster.demosummary",
+                                description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--drill", action="append", metavar="NS/NAME")
+    p.add_argument("--ring", action="append", metavar="NS/NAME",
+                   help="a ReplicationRing (also the campuses of a ring drill)")
+    p.add_argument("--verify", metavar="PATH", help="the `ringkeeper verify` JSON report")
+    p.add_argument("--picture", action="append", metavar="PATH", help="a timeline picture")
+    args = p.parse_args()
+    lines, problems = summarize(_read_verify(asyncio.run(_gather(args))))
+    print("\n".join(lines), flush=True)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    cli()
