@@ -1,7 +1,8 @@
 """The hospital example's Satellite on the local cluster, from `kubectl apply` (issue 17,
 step 1): refused with a clear condition while its parent is missing or in no ring, then a
 one-instance database that reaches Ready and takes writes through `<satellite>-rw`.
-Sync with the parent is not built yet; nothing here claims it."""
+Sync with the parent is tested on local servers (tests/integration/test_satellite_sync.py);
+this ring never streams (one member does not exist), so nothing here claims it."""
 
 from __future__ import annotations
 
@@ -87,10 +88,12 @@ def test_example_satellite_runs(cluster: Cluster, namespace: str, tmp_path: Path
                                  {"name": "yuecheng", "campusRef": {"name": "yuecheng"}}]}}
     _apply(cluster, ns, ring, tmp_path)
     ready = _wait_reason(cluster, ns, "xindeng", "True", "InstanceReady", timeout=240)
-    assert "sync with 'fuyang' is not implemented yet" in ready["message"]
+    assert "syncs through the sync sidecar of 'fuyang'" in ready["message"]
     sat = cluster.get("-n", ns, "satellite", "xindeng")
     st = sat["status"]
-    assert st["phase"] == "Initializing"
+    # yuecheng never exists, so fuyang's ring never streams and nothing reaches the
+    # satellite: its phase comes from the parent's report (core.satsync), never Online.
+    assert st["phase"] in ("Initializing", "Offline", "Syncing"), st
     assert st["currentPrimary"] == "xindeng-0"
     assert st["observedGeneration"] == sat["metadata"]["generation"]
     sts = cluster.get("-n", ns, "statefulset", "xindeng")

@@ -170,7 +170,7 @@ def test_plan(f: SatelliteFacts, deploy: bool, ready: bool, reason: ReadyReason,
 def test_messages_say_what_to_do() -> None:
     assert "fix spec.parentRef.name" in plan_satellite(facts(parent_exists=False)).message
     assert "add the campus to a ring" in plan_satellite(facts(parent_rings=())).message
-    assert "not implemented yet" in plan_satellite(facts()).message
+    assert "syncs through the sync sidecar of 'fuyang'" in plan_satellite(facts()).message
 
 
 def test_rings_naming() -> None:

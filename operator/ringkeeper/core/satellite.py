@@ -136,12 +136,13 @@ def plan_satellite(f: SatelliteFacts) -> SatellitePlan:
         return SatellitePlan(True, False, ReadyReason.INSTANCE_NOT_READY,
                              f"{first} is not ready yet", SatellitePhase.INITIALIZING,
                              record_primary=record)
-    # Online and Offline say whether the link to the parent is up: that is the sync step's
-    # to tell, so the phase stays Initializing and Ready says the database serves.
+    # Online, Offline and Syncing say how the link to the parent stands: the parent's
+    # sync sidecar reports it (core.satsync.sync_status), so the phase here stays
+    # Initializing until that report replaces it, and Ready says the database serves.
     return SatellitePlan(True, True, ReadyReason.INSTANCE_READY,
-                         f"{f.name}-0 serves writes through {f.name}-rw; sync with "
-                         f"{f.parent!r} is not implemented yet", SatellitePhase.INITIALIZING,
-                         record_primary=record)
+                         f"{f.name}-0 serves writes through {f.name}-rw; it syncs through "
+                         f"the sync sidecar of {f.parent!r} (phase and backlog in status)",
+                         SatellitePhase.INITIALIZING, record_primary=record)
 
 
 def rings_naming(rings: Sequence[Mapping[str, Any]], campus: str) -> tuple[str, ...]:
