@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
+from aiohttp import ClientSession, web
 from prometheus_client import REGISTRY
 
+from pgserver import free_port
 from ringkeeper.sync.linkreport import LinkReport
-from ringkeeper.sync.run import catchup_percent, export_satellite
+from ringkeeper.sync.memberstate import MemberState
+from ringkeeper.sync.run import build_app, catchup_percent, export_satellite
 from ringkeeper.sync.satellite import SatelliteReport
 
 
@@ -70,3 +74,26 @@ def test_unknown_values_are_minus_one_not_zero() -> None:
     assert value("ringkeeper_satellite_parent_backlog_rows", "baihe") == -1
     assert value("ringkeeper_satellite_parent_backlog_bytes", "baihe") == -1
     assert value("ringkeeper_satellite_last_contact_age_seconds", "baihe") == -1
+
+
+async def test_the_sidecars_metrics_endpoint_serves_its_satellites() -> None:
+    """Through build_app's /metrics, as Prometheus scrapes it: the member's report's
+    satellites are exported (a stand-in sidecar holds a real MemberState)."""
+    state = MemberState("fuyang")
+    state.satellites["qingshan"] = report("qingshan", rows=12, drained=0,
+                                          contact=time.monotonic())
+    sidecar = SimpleNamespace(state=state, ring="lis", member="fuyang")
+    runner = web.AppRunner(build_app(sidecar, "lis"))  # type: ignore[arg-type]
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    finally:
+        await runner.cleanup()
+    assert 'ringkeeper_satellite_parent_backlog_rows{parent="fuyang",ring="lis",' \
+           'satellite="qingshan"} 12.0' in text
+    assert 'ringkeeper_satellite_connected{parent="fuyang",ring="lis",' \
+           'satellite="qingshan"} 1.0' in text
