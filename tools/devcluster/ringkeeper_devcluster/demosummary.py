@@ -57,7 +57,7 @@ def summarize(f: Facts) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     rings = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in f.rings}
     lines = ["Ringkeeper demo summary", "",
-             f"  {'campus':<12} {'namespace':<10} {'primary':<14} {'drill (scenario)':<34} "
+             f"  {'campus':<14} {'namespace':<10} {'primary':<16} {'drill (scenario)':<34} "
              f"{'result':<8} {'RTO':<9} lost commits"]
     for d in f.drills:
         ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
@@ -76,7 +76,7 @@ def summarize(f: Facts) -> tuple[list[str], list[str]]:
             campus = f.campuses.get((ns, c))
             primary = ("(removed)" if campus is None else
                        str((campus.get("status") or {}).get("currentPrimary") or "none"))
-            lines.append(f"  {c:<12} {ns:<10} {primary:<14} {what:<34} {result:<8} "
+            lines.append(f"  {c:<14} {ns:<10} {primary:<16} {what:<34} {result:<8} "
                          f"{_secs(run.get('rtoSeconds')):<9} "
                          f"{'-' if lost is None else lost} of {'-' if acked is None else acked}")
     for r in f.rings:
