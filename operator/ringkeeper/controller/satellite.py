@@ -29,6 +29,7 @@ from ..adapters import resources
 from ..adapters.kube import api_client
 from ..adapters.resources import ForeignObjectError, KubeApiError
 from ..api.v1alpha1 import BY_KIND, GROUP, VERSION
+from ..api.v1alpha1.common import parse_quantity
 from ..api.validation import problems_of
 from ..core import manifests
 from ..core.conditions import condition
@@ -44,7 +45,7 @@ from ..core.satellite import (
     rings_naming,
     status_patch,
 )
-from ..core.satsync import sync_status
+from ..core.satsync import backlog_condition, backlog_of, sync_status
 from .campus_reconcile import UnbuildableSpec, unit_objects, write_objects
 from .failover import AgentClient
 from .satellite_sync import parent_report
@@ -205,7 +206,20 @@ async def _record(api: client.ApiClient, body: dict[str, Any], plan: SatellitePl
             gen = sat["metadata"].get("generation")
             patch = status_patch(plan, conds, datetime.now(UTC), gen)
             # Sync figures from the parent's sidecar (connected, backlog, phase).
-            patch.update(sync_status(await parent_report(api, sat), ready=plan.ready))
+            entry = await parent_report(api, sat)
+            # spec.backlog against the parent's spool: a condition and an Event per
+            # change of verdict (core.satsync.backlog_verdict); the spool is never trimmed.
+            limits = (sat.get("spec") or {}).get("backlog") or {}
+            verdict = backlog_of(entry, limits,
+                                 int(parse_quantity(str(limits.get("maxBytes", "10Gi")))))
+            patch.update(sync_status(entry, ready=plan.ready,
+                                     backlog=verdict[0] if verdict else None))
+            if verdict is not None:
+                patch["conditions"], told = backlog_condition(
+                    patch["conditions"], verdict[0], verdict[1], datetime.now(UTC), gen)
+                if told is not None:
+                    (kopf.warn if told[1] else kopf.info)(cast(Any, body), reason=told[0],
+                                                          message=verdict[1])
             event = ready_event(condition(conds, "Ready"), plan)
             uid = str(body["metadata"].get("uid", ""))
             # Also by memory: kopf's accept handler may have replaced the conditions list

@@ -28,10 +28,14 @@ satellite lacks is harmless; a missing update is not). Pure, no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import Enum, StrEnum
+from typing import Any
 
 from ..api.v1alpha1.satellite import FilterOp, FilterTerm, RowFilter, SatellitePhase
+from . import names
+from .conditions import set_condition
 
 
 class Unknown(Enum):
@@ -127,14 +131,16 @@ def down_action(op: str, old_in: bool | None, new_in: bool | None) -> DownAction
     return DownAction.AS_INSERT
 
 
-def sync_status(entry: Mapping[str, object] | None, *, ready: bool) -> dict[str, object]:
+def sync_status(entry: Mapping[str, object] | None, *, ready: bool,
+                backlog: Backlog | None = None) -> dict[str, object]:
     """The Satellite status fields the sync owns, from its parent sidecar's report entry
     (sync/satellite.SatelliteReport.as_dict); {} without one (the parent's sidecar not
     reached, or the satellite not in its config yet: nothing is claimed). The phase is
     told only for a satellite whose instance serves (`ready`): Offline while the parent
     cannot reach it, Syncing while either side has a backlog, else Online. backlogRows
     is the parent's spool (rows known exactly); backlogBytes adds the satellite's own
-    slot lag, the last measured."""
+    slot lag, the last measured. BacklogFull (spec.backlog passed, `backlog`) outranks
+    the rest; Copying while the initial copy from the parent is not done."""
     if entry is None:
         return {}
 
@@ -149,9 +155,16 @@ def sync_status(entry: Mapping[str, object] | None, *, ready: bool) -> dict[str,
                               "backlogBytes": size}
     if isinstance(entry.get("lastContact"), str):
         out["lastSyncAt"] = entry["lastContact"]
+    # Either initial copy (the parent's rows down, the satellite's own up) not done yet.
+    copying = any(isinstance(c, Mapping) and c.get("state") != "Done"
+                  for c in (entry.get("copy"), entry.get("copyUp")))
     if ready:
-        if not connected:
+        if backlog is Backlog.FULL:
+            out["phase"] = SatellitePhase.BACKLOG_FULL.value
+        elif not connected:
             out["phase"] = SatellitePhase.OFFLINE.value
+        elif copying:
+            out["phase"] = SatellitePhase.COPYING.value
         elif rows > 0 or count("satelliteBacklogBytes") > SYNCED_BYTES:
             out["phase"] = SatellitePhase.SYNCING.value
         else:
@@ -161,3 +174,100 @@ def sync_status(entry: Mapping[str, object] | None, *, ready: bool) -> dict[str,
 
 # Slot lag below this is the WAL of a quiet satellite (its own bookkeeping), not backlog.
 SYNCED_BYTES = 1 << 20
+
+
+# -- the initial copy ---------------------------------------------------------------------
+def copy_origin(ring: str, parent: str, satellite: str, members: frozenset[str],
+                roname: str | None) -> str | None:
+    """Under which origin a row found at the parent is copied to a new satellite, or None
+    when it is not copied. The satellite's own rows are never copied back: it holds them
+    (or a newer version, or deleted them since, and that delete travels up). A member's
+    or another satellite's row keeps that writer as its origin, so the conflict rules at
+    the satellite see its true version; a row with no origin, or a foreign one, is the
+    parent's; a stock-sync row keeps the seed origin (oldest, never forwarded)."""
+    if roname is None:
+        return parent
+    writer = names.member_of_origin(ring, roname)
+    if writer == satellite:
+        return None
+    if writer == names.SEED:
+        return names.SEED
+    return writer if writer is not None and writer in members else parent
+
+
+# -- backlog limits -----------------------------------------------------------------------
+class Backlog(StrEnum):
+    """Where the parent's spool for a satellite stands against spec.backlog."""
+
+    WITHIN = "Within"
+    FULL = "BacklogFull"  # maxRows or maxBytes passed
+    OLD = "BacklogOld"  # its oldest row older than maxAgeHours
+
+
+BACKLOG_ADVICE = (
+    "nothing is dropped: the parent's spool keeps every change until the satellite has "
+    "it. Bring the satellite's link back so it drains; or, if the satellite will not "
+    "return, remove it from the ring (delete the Satellite) and re-seed it from its "
+    "parent (a new satellite gets an initial copy)")
+
+
+def backlog_verdict(*, rows: int | None, size: int | None, oldest_age_hours: float | None,
+                    max_rows: int, max_bytes: int, max_age_hours: float
+                    ) -> tuple[Backlog, str]:
+    """(verdict, message) of the parent's spool against the limits; Full before Old
+    (a full spool is the more urgent). A figure not measured (None) passes nothing:
+    the verdict is never claimed on a guess. The spool is never trimmed whatever this
+    says (BACKLOG_ADVICE)."""
+    over = []
+    if rows is not None and rows > max_rows:
+        over.append(f"{rows} spooled rows > maxRows {max_rows}")
+    if size is not None and size > max_bytes:
+        over.append(f"{size} spooled bytes > maxBytes {max_bytes}")
+    if over:
+        return Backlog.FULL, f"backlog at the parent: {'; '.join(over)}; {BACKLOG_ADVICE}"
+    if oldest_age_hours is not None and oldest_age_hours > max_age_hours:
+        return Backlog.OLD, (f"backlog at the parent: its oldest change is "
+                             f"{oldest_age_hours:.1f} h old > maxAgeHours {max_age_hours:g}; "
+                             f"{BACKLOG_ADVICE}")
+    return Backlog.WITHIN, "backlog within spec.backlog"
+
+
+BACKLOG_CONDITION = "BacklogLimit"
+
+
+def backlog_of(entry: Mapping[str, object] | None, limits: Mapping[str, Any],
+               max_bytes: int) -> tuple[Backlog, str] | None:
+    """The verdict for a parent sidecar's report entry against the Satellite's
+    spec.backlog (`limits`, as written: maxRows, maxAgeHours; maxBytes parsed by the
+    caller); None without an entry (nothing measured: nothing claimed)."""
+    if entry is None:
+        return None
+
+    def num(key: str) -> float | None:
+        value = entry.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) \
+            else None
+
+    rows, size = num("parentBacklogRows"), num("parentBacklogBytes")
+    return backlog_verdict(
+        rows=None if rows is None else int(rows), size=None if size is None else int(size),
+        oldest_age_hours=num("parentBacklogOldestHours"),
+        max_rows=int(limits.get("maxRows", 10_000_000)), max_bytes=max_bytes,
+        max_age_hours=float(limits.get("maxAgeHours", 72)))
+
+
+def backlog_condition(conditions: list[dict[str, Any]], verdict: Backlog, message: str,
+                      now: datetime, generation: int | None
+                      ) -> tuple[list[dict[str, Any]], tuple[str, bool] | None]:
+    """(conditions with BacklogLimit set, the Event to post: (reason, warning?) or None).
+    One Event per change of verdict: passing a limit warns, coming back within it is
+    told once; a satellite that was never over posts nothing."""
+    before = next((c for c in conditions if c.get("type") == BACKLOG_CONDITION), None)
+    conds = set_condition(conditions, type=BACKLOG_CONDITION,
+                          status="False" if verdict is Backlog.WITHIN else "True",
+                          reason=verdict.value, message=message, now=now,
+                          generation=generation)
+    was = before.get("reason") if before is not None else Backlog.WITHIN.value
+    if was == verdict.value:
+        return conds, None
+    return conds, (verdict.value, verdict is not Backlog.WITHIN)

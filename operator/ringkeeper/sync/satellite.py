@@ -13,6 +13,14 @@ Per satellite three loops, each reconnecting with backoff on its own:
   confirmed as it goes and never pins the parent's WAL.
 - drain: the spool applied at the satellite in order (sync/satspool.SpoolDrain).
 
+Before the spool loop first reads the parent's slot, it copies the parent's filtered
+rows of the satellite's tables into the spool from a snapshot taken after that slot
+exists (sync/satcopy.py): a satellite joining a parent that holds rows gets them all.
+Likewise, before the up link first reads the satellite's slot, the satellite's own rows
+(written before that slot existed) are copied to the parent under its origin, as the
+ring's seed copies a member's rows (sync/seed.copy_member_rows), and the ring carries
+them on.
+
 Decisions (routing, the row filter) are core's; this module connects and acts.
 """
 
@@ -40,7 +48,10 @@ from .errors import LINK_ERRORS, MEMBER_ERRORS, TRANSIENT, UNREACHABLE
 from .link import LinkStream, SourceSilent
 from .linkreport import LinkReport
 from .origins import ensure_origins
+from .satcopy import CopyProgress, copy_done, copy_to_spool
 from .satspool import SpoolDrain, SpoolWriter, spool_backlog
+from .seed import SeedProgress, copied_tables, copy_member_rows
+from .slots import ensure_slot
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +71,12 @@ class SatelliteReport:
     contact_at: float | None = None  # the same, monotonic
     spool_rows: int | None = None  # backlog on the parent: spooled, not yet at the satellite
     spool_bytes: int | None = None
+    spool_oldest_hours: float | None = None  # age of the oldest spooled change
     drained_rows: int = 0
     drain_error: str | None = None
     tables: tuple[str, ...] = ()
+    copy: CopyProgress = field(default_factory=CopyProgress)  # parent's rows down
+    copy_up: SeedProgress | None = None  # the satellite's own rows up
 
     def touch(self) -> None:
         self.last_contact = datetime.now(UTC)
@@ -79,6 +93,9 @@ class SatelliteReport:
             "lastContact": self.last_contact.isoformat() if self.last_contact else None,
             # Backlog on each side: spool rows at the parent, slot lag at the satellite.
             "parentBacklogRows": self.spool_rows, "parentBacklogBytes": self.spool_bytes,
+            "parentBacklogOldestHours": self.spool_oldest_hours,
+            "copy": self.copy.as_dict(),
+            "copyUp": self.copy_up.as_dict() if self.copy_up else {"state": "Pending"},
             "satelliteBacklogBytes": self.up.lag_bytes,
             "drainedRows": self.drained_rows, "drainError": self.drain_error,
             "tables": list(self.tables),
@@ -203,7 +220,8 @@ class SatelliteKeeper:
             return
         try:
             for name, rep in self.reports.items():
-                rep.spool_rows, rep.spool_bytes = await spool_backlog(conn, name)
+                rep.spool_rows, rep.spool_bytes, rep.spool_oldest_hours = \
+                    await spool_backlog(conn, name)
         except TRANSIENT as exc:
             log.warning("satellite backlog: %s", exc)
         finally:
@@ -276,6 +294,7 @@ class SatelliteKeeper:
         try:
             # The satellite's origin here (it may have joined the config after setup).
             await ensure_origins(local, profile, cfg.ring, cfg.origins)
+            await self._copy_up(cfg, sat, profile, sat_profile, rep, local, stmt)
             applier = Applier(local, profile, cfg.ring, self.member, cfg.priorities(),
                               cfg.policy)
             await applier.start()
@@ -290,6 +309,45 @@ class SatelliteKeeper:
         finally:
             await close_quietly(local)
 
+    async def _copy_up(self, cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile,
+                       sat_profile: EngineProfile, rep: SatelliteReport,
+                       local: Any, stmt: float) -> None:
+        """The satellite's own rows of its tables not yet copied here: from a snapshot
+        of the satellite taken after its up slot exists (the seed's rule, module
+        docstring of sync/seed.py), applied here under its origin, LSN 0/0."""
+        done = {rel for src, rel in await copied_tables(local, cfg.ring) if src == sat.name}
+        if rep.copy_up is not None and rep.copy_up.state == "Done" and \
+                set(sat.table_names) <= done:
+            return
+        progress = rep.copy_up = SeedProgress(self.member, sat.name)
+        if set(sat.table_names) <= done:
+            progress.state = "Done"
+            return
+        assert sat.dsn is not None
+        src = await connect(sat.dsn, command_timeout=SLOW_STATEMENT_SECONDS, timeout=stmt)
+        try:
+            await ensure_slot(src, sat_profile, rep.up.slot, cfg.ring)
+        finally:
+            await close_quietly(src)
+        tables, _ = await catalog.replicated_tables(
+            local, [t for t in sat.table_names if t not in done], [])
+        progress.state = "Copying"
+        try:
+            result = await copy_member_rows(
+                self.local_dsn, profile, cfg.ring, self.member, cfg.names,
+                cfg.priorities(), cfg.policy, sat.name, sat.dsn, tables, progress)
+        except BaseException as exc:
+            progress.state, progress.message = "Waiting", str(exc) or type(exc).__name__
+            raise
+        missing = set(sat.table_names) - done - {t.relation for t in tables}
+        if result.waiting or missing:
+            progress.state = "Waiting"
+            progress.message = ("the satellite's own rows of "
+                                f"{', '.join(sorted({*result.waiting, *missing}))} wait: "
+                                "not in its publication, or not a ring table here")
+            raise RuntimeError(progress.message)
+        progress.state = "Done"
+
     async def _spool(self, cfg: RingConfig, sat: SatelliteInfo, profile: EngineProfile,
                      rep: SatelliteReport, stop: asyncio.Event) -> None:
         """The parent's slot for the satellite, into the parent's spool."""
@@ -297,6 +355,15 @@ class SatelliteKeeper:
         local = await connect(self.local_dsn, command_timeout=SLOW_STATEMENT_SECONDS,
                               timeout=stmt)
         try:
+            if rep.copy.state != "Done":
+                if await copy_done(local, sat):
+                    rep.copy.state = "Done"
+                else:
+                    # The slot first (at its consistent point), then the snapshot; the
+                    # link below reads the slot only once the copy is in the spool.
+                    await ensure_slot(local, profile, rep.down.slot, cfg.ring)
+                    await copy_to_spool(self.local_dsn, profile, cfg, sat, self.member,
+                                        rep.copy)
             writer = SpoolWriter(local, profile, cfg.ring, sat)
             await writer.start()
             link = LinkStream(ring=cfg.ring, source=self.member, local=sat.name,

@@ -11,6 +11,12 @@ moves on however long the satellite is gone. A SpoolDrain applies the spool to t
 satellite in seq order through the ring's Applier (true origin, conflict policy) and
 deletes spool rows only after the satellite's progress for them is flushed: a crash in
 between reads them again, and the Applier's per-origin progress skips what is in.
+
+After a satellite's initial copy (sync/satcopy.py) a streamed transaction may also be in
+the copy's snapshot: one whose commit ends at or before the WAL position read just after
+that snapshot. The writer marks those ("careful") and the drain applies them row by row,
+where the conflict rules skip a write the satellite already holds from the copy (the
+bulk path would write the same version a second time).
 """
 
 from __future__ import annotations
@@ -71,8 +77,10 @@ def _dec_values(values: list[Any] | None) -> tuple[Value, ...] | None:
     return tuple(UNCHANGED if v is False else v for v in values)
 
 
-def encode(relations: dict[int, Relation], changes: Sequence[RowMessage]) -> bytes:
-    """One spool row's payload: the relations its changes use, then the changes."""
+def encode(relations: dict[int, Relation], changes: Sequence[RowMessage], *,
+           careful: bool = False) -> bytes:
+    """One spool row's payload: the relations its changes use, then the changes;
+    `careful`: applied row by row (module docstring)."""
     used = {c.relid for c in changes}
     rels = {str(oid): [r.namespace, r.name, r.replica_identity,
                        [[c.name, c.type_oid, c.type_modifier, c.is_key] for c in r.columns]]
@@ -85,10 +93,19 @@ def encode(relations: dict[int, Relation], changes: Sequence[RowMessage]) -> byt
             out.append(["U", c.relid, _enc_values(c.new), _enc_values(c.old), c.old_kind])
         else:
             out.append(["D", c.relid, _enc_values(c.old), c.old_kind])
-    return json.dumps({"r": rels, "c": out}, separators=(",", ":")).encode()
+    data: dict[str, Any] = {"r": rels, "c": out}
+    if careful:
+        data["k"] = 1
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def decode(payload: bytes) -> tuple[list[Relation], list[RowMessage]]:
+    rels, changes, _ = decode_marked(payload)
+    return rels, changes
+
+
+def decode_marked(payload: bytes) -> tuple[list[Relation], list[RowMessage], bool]:
+    """decode, and whether the row is marked careful."""
     data = json.loads(payload)
     rels = [Relation(int(oid), ns, name, ri, tuple(Column(*c) for c in cols))
             for oid, (ns, name, ri, cols) in data["r"].items()]
@@ -100,7 +117,7 @@ def decode(payload: bytes) -> tuple[list[Relation], list[RowMessage]]:
             changes.append(Update(c[1], _dec_values(c[3]), c[4], _dec_values(c[2]) or ()))
         else:
             changes.append(Delete(c[1], _dec_values(c[2]) or (), c[3]))
-    return rels, changes
+    return rels, changes, bool(data.get("k"))
 
 
 # -- filtering ----------------------------------------------------------------------------
@@ -174,9 +191,16 @@ class SpoolWriter(Applier):
         self._open: tuple[str, int, datetime] | None = None
         self._part: list[RowMessage] = []
         self._parts = 0
+        self.careful_until = 0  # transactions ending here or before: row by row
 
     async def start(self) -> None:
         await self.conn.execute("SET synchronous_commit = on")
+        if await self.conn.fetchval(
+                "SELECT to_regclass('ringkeeper.satellite_copies') IS NOT NULL"):
+            until = await self.conn.fetchval(
+                "SELECT max(until_lsn - '0/0')::bigint FROM ringkeeper.satellite_copies "
+                "WHERE satellite = $1", self.sat.name)
+            self.careful_until = int(until or 0)
 
     async def relation(self, rel: Relation) -> None:
         self.rels[rel.oid] = rel
@@ -208,7 +232,8 @@ class SpoolWriter(Applier):
                 self.stats.skipped_txns += 1
                 continue
             rows.append((self.sat.name, txn.origin, txn.origin_lsn, txn.commit_ts, 0, True,
-                         encode(self.rels, kept)))
+                         encode(self.rels, kept,
+                                careful=txn.end_lsn <= self.careful_until)))
             self.stats.rows += len(kept)
         if rows:
             await self.conn.executemany(
@@ -293,11 +318,20 @@ class SpoolDrain:
         run: list[Txn] = []
         done_to = 0  # last seq whose transaction is committed at the satellite
         for r in rows:
-            rels, changes = decode(r["changes"])
+            rels, changes, careful = decode_marked(r["changes"])
             if r["part"] == 0:
                 await self._describe(rels)
-                run.append(Txn(r["origin"], int(r["origin_lsn"]), r["commit_ts"],
-                               int(r["seq"]), changes))
+                txn = Txn(r["origin"], int(r["origin_lsn"]), r["commit_ts"], int(r["seq"]),
+                          changes)
+                if careful:
+                    if run:
+                        await applier.apply_txns(run)
+                        run = []
+                    await applier.settle()
+                    if applier.wanted(txn.origin, txn.origin_lsn):
+                        await applier.apply_one(txn)
+                else:
+                    run.append(txn)
                 done_to = int(r["seq"])
                 continue
             if run:
@@ -333,9 +367,18 @@ class SpoolDrain:
         return len(rows)
 
 
-async def spool_backlog(conn: asyncpg.Connection, satellite: str) -> tuple[int, int]:
-    """(spool rows, spool bytes) waiting for `satellite` at the parent."""
+async def spool_backlog(conn: asyncpg.Connection, satellite: str
+                        ) -> tuple[int, int, float | None]:
+    """(spool rows, spool bytes, age in hours of the oldest spooled commit or None when
+    empty) waiting for `satellite` at the parent (core.satsync.backlog_verdict). The
+    initial copy's rows (origin LSN 0/0) carry their rows' original commit times, so
+    they count in rows and bytes but not in the age: a fresh copy is not an old
+    backlog."""
     row = await conn.fetchrow(
-        "SELECT count(*) AS n, coalesce(sum(length(changes)), 0)::bigint AS b "
-        "FROM ringkeeper.satellite_spool WHERE satellite = $1", satellite)
-    return (int(row["n"]), int(row["b"])) if row is not None else (0, 0)
+        "SELECT count(*) AS n, coalesce(sum(length(changes)), 0)::bigint AS b, "
+        "extract(epoch FROM clock_timestamp() - min(commit_ts) FILTER (WHERE origin_lsn "
+        "<> 0)) / 3600.0 AS h FROM ringkeeper.satellite_spool WHERE satellite = $1",
+        satellite)
+    if row is None:
+        return 0, 0, None
+    return int(row["n"]), int(row["b"]), None if row["h"] is None else float(row["h"])

@@ -171,6 +171,7 @@ class SatelliteSpec(ApiModel):
 
 class SatellitePhase(StrEnum):
     INITIALIZING = "Initializing"
+    COPYING = "Copying"
     ONLINE = "Online"
     OFFLINE = "Offline"
     SYNCING = "Syncing"
