@@ -174,7 +174,7 @@ async def copy_to_spool(local_dsn: str, profile: EngineProfile, cfg: RingConfig,
                                           roname, x, desc, wheres[rel], progress)
                 await dst.execute(
                     "INSERT INTO ringkeeper.satellite_copies (satellite, relation, "
-                    "rows_copied, absent, until_lsn) VALUES ($1, $2, $3, $4, $5::pg_lsn) "
+                    "rows_copied, absent, until_lsn) VALUES ($1, $2, $3, $4, $5::text::pg_lsn) "
                     "ON CONFLICT (satellite, relation) DO UPDATE SET rows_copied = "
                     "EXCLUDED.rows_copied, absent = EXCLUDED.absent, until_lsn = "
                     "EXCLUDED.until_lsn, finished_at = clock_timestamp()",
