@@ -13,7 +13,7 @@ from pgserver import free_port
 from ringkeeper.sync.linkreport import LinkReport
 from ringkeeper.sync.memberstate import MemberState
 from ringkeeper.sync.run import build_app, catchup_percent, export_satellite
-from ringkeeper.sync.satellite import SatelliteReport
+from ringkeeper.sync.satreport import SatelliteReport
 
 
 def value(name: str, sat: str) -> float | None:

@@ -134,7 +134,7 @@ def down_action(op: str, old_in: bool | None, new_in: bool | None) -> DownAction
 def sync_status(entry: Mapping[str, object] | None, *, ready: bool,
                 backlog: Backlog | None = None) -> dict[str, object]:
     """The Satellite status fields the sync owns, from its parent sidecar's report entry
-    (sync/satellite.SatelliteReport.as_dict); {} without one (the parent's sidecar not
+    (sync/satreport.SatelliteReport.as_dict); {} without one (the parent's sidecar not
     reached, or the satellite not in its config yet: nothing is claimed). The phase is
     told only for a satellite whose instance serves (`ready`): Offline while the parent
     cannot reach it, Syncing while either side has a backlog, else Online. backlogRows

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .linkreport import LinkReport
-from .satellite import SatelliteReport
+from .satreport import SatelliteReport
 from .seed import SeedProgress
 
 

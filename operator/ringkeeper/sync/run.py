@@ -28,7 +28,7 @@ from ..core.failures import backoff_delay
 from ..core.liveness import FLOWING
 from ..observability import metrics as m
 from .configsource import ConfigSource, file_config
-from .satellite import SatelliteReport
+from .satreport import SatelliteReport
 from .sidecar import Sidecar
 
 log = logging.getLogger("ringkeeper.sync")

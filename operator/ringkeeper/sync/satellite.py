@@ -32,7 +32,6 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from ..contracts.ringconfig import RingConfig, SatelliteInfo
@@ -48,7 +47,8 @@ from .errors import LINK_ERRORS, MEMBER_ERRORS, TRANSIENT, UNREACHABLE
 from .link import LinkStream, SourceSilent
 from .linkreport import LinkReport
 from .origins import ensure_origins
-from .satcopy import CopyProgress, copy_done, copy_to_spool
+from .satcopy import copy_done, copy_to_spool
+from .satreport import SatelliteReport
 from .satspool import SpoolDrain, SpoolWriter, spool_backlog
 from .seed import SeedProgress, copied_tables, copy_member_rows
 from .slots import ensure_slot
@@ -56,51 +56,6 @@ from .slots import ensure_slot
 log = logging.getLogger(__name__)
 
 DRAIN_IDLE = 0.2  # seconds between looks at an empty spool
-CONTACT_WINDOW = 5.0  # a satellite counts as connected within this of its last answer
-
-
-@dataclass
-class SatelliteReport:
-    """What the parent's sidecar knows of one satellite (part of the member's report)."""
-
-    name: str
-    parent: str
-    up: LinkReport
-    down: LinkReport
-    last_contact: datetime | None = None  # the satellite last answered (wall clock)
-    contact_at: float | None = None  # the same, monotonic
-    spool_rows: int | None = None  # backlog on the parent: spooled, not yet at the satellite
-    spool_bytes: int | None = None
-    spool_oldest_hours: float | None = None  # age of the oldest spooled change
-    drained_rows: int = 0
-    drain_error: str | None = None
-    tables: tuple[str, ...] = ()
-    copy: CopyProgress = field(default_factory=CopyProgress)  # parent's rows down
-    copy_up: SeedProgress | None = None  # the satellite's own rows up
-
-    def touch(self) -> None:
-        self.last_contact = datetime.now(UTC)
-        self.contact_at = time.monotonic()
-
-    @property
-    def connected(self) -> bool:
-        return self.up.running and self.contact_at is not None and \
-            time.monotonic() - self.contact_at <= CONTACT_WINDOW
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "name": self.name, "parent": self.parent, "connected": self.connected,
-            "lastContact": self.last_contact.isoformat() if self.last_contact else None,
-            # Backlog on each side: spool rows at the parent, slot lag at the satellite.
-            "parentBacklogRows": self.spool_rows, "parentBacklogBytes": self.spool_bytes,
-            "parentBacklogOldestHours": self.spool_oldest_hours,
-            "copy": self.copy.as_dict(),
-            "copyUp": self.copy_up.as_dict() if self.copy_up else {"state": "Pending"},
-            "satelliteBacklogBytes": self.up.lag_bytes,
-            "drainedRows": self.drained_rows, "drainError": self.drain_error,
-            "tables": list(self.tables),
-            "up": self.up.as_dict(), "down": self.down.as_dict(),
-        }
 
 
 @dataclass
@@ -357,7 +312,8 @@ class SatelliteKeeper:
         try:
             if rep.copy.state != "Done":
                 if await copy_done(local, sat):
-                    rep.copy.state = "Done"
+                    progress = rep.copy  # a copy's progress, not a link's state
+                    progress.state = "Done"
                 else:
                     # The slot first (at its consistent point), then the snapshot; the
                     # link below reads the slot only once the copy is in the spool.
