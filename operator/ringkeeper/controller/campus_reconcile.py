@@ -9,6 +9,7 @@ failure bookkeeping; the two share only the Reconciled condition.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -85,25 +86,42 @@ async def reconcile(body: dict[str, Any], logger: Any, timer: bool = False) -> N
     async with await api_client() as api:
         try:
             await _write_campus(api, body)
-        except ForeignObjectError as exc:
-            await _failed(api, body, OwnershipRefusal.FOREIGN_OBJECT, str(exc))
-            return
-        except UnbuildableSpec as exc:
-            await _failed(api, body, FailureReason.INVALID_SPEC, str(exc))
-            return
-        except KubeApiError as exc:
-            await _failed(api, body, reason_for_status(exc.status),
-                          f"{exc.api_reason}: {exc.message}")
-            return
-        except ApiException as exc:
-            await _failed(api, body, reason_for_status(exc.status), str(exc.reason))
-            return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            await _failed(api, body, FailureReason.UNAVAILABLE,
-                          f"the API server did not answer: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            failed = write_failure(exc)
+            if failed is None:
+                raise
+            await _failed(api, body, *failed)
             return
         _FAILURES.pop(uid, None)
         await _set_reconciled(api, body, None, "all objects applied")
+
+
+def write_failure(exc: BaseException) -> tuple[str, str] | None:
+    """The condition reason and message of a failed write of a unit's objects (a Campus's
+    or a Satellite's), or None for an error that is not a refusal (a bug: raised)."""
+    if isinstance(exc, ForeignObjectError):
+        return OwnershipRefusal.FOREIGN_OBJECT, str(exc)
+    if isinstance(exc, UnbuildableSpec):
+        return FailureReason.INVALID_SPEC, str(exc)
+    if isinstance(exc, KubeApiError):
+        return reason_for_status(exc.status), f"{exc.api_reason}: {exc.message}"
+    if isinstance(exc, ApiException):
+        return reason_for_status(exc.status), api_message(exc)
+    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        return (FailureReason.UNAVAILABLE,
+                f"the API server did not answer: {type(exc).__name__}: {exc}")
+    return None
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own sentence (its Status body), else the HTTP reason."""
+    try:
+        status = json.loads(exc.body) if exc.body else None
+    except (TypeError, ValueError):
+        status = None
+    if isinstance(status, dict) and status.get("message"):
+        return f"{status.get('reason') or exc.reason}: {status['message']}"
+    return f"{exc.status} {exc.reason}"
 
 
 def unit_objects(unit: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

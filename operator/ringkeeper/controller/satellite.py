@@ -12,7 +12,6 @@ not built yet (docs/satellites.md).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -27,14 +26,14 @@ from pydantic import ValidationError
 
 from ..adapters import resources
 from ..adapters.kube import api_client
-from ..adapters.resources import ForeignObjectError, KubeApiError
+from ..adapters.resources import KubeApiError
 from ..api.v1alpha1 import BY_KIND, GROUP, VERSION
 from ..api.v1alpha1.common import parse_quantity
 from ..api.validation import problems_of
 from ..core import manifests
 from ..core.conditions import condition
-from ..core.failures import FailureReason, backoff_delay, reason_for_status, should_emit, signature
-from ..core.ownership import Owner, OwnershipRefusal
+from ..core.failures import backoff_delay, should_emit, signature
+from ..core.ownership import Owner
 from ..core.satellite import (
     SatelliteFacts,
     SatellitePlan,
@@ -46,7 +45,7 @@ from ..core.satellite import (
     status_patch,
 )
 from ..core.satsync import backlog_condition, backlog_of, sync_status
-from .campus_reconcile import UnbuildableSpec, unit_objects, write_objects
+from .campus_reconcile import UnbuildableSpec, unit_objects, write_failure, write_objects
 from .failover import AgentClient
 from .satellite_sync import parent_report
 
@@ -86,36 +85,14 @@ async def reconcile(body: dict[str, Any], timer: bool = False) -> None:
     async with await api_client() as api:
         try:
             plan = await _pass(api, body)
-        except ForeignObjectError as exc:
-            await _failed(api, body, OwnershipRefusal.FOREIGN_OBJECT, str(exc))
-            return
-        except UnbuildableSpec as exc:
-            await _failed(api, body, FailureReason.INVALID_SPEC, str(exc))
-            return
-        except KubeApiError as exc:
-            await _failed(api, body, reason_for_status(exc.status),
-                          f"{exc.api_reason}: {exc.message}")
-            return
-        except ApiException as exc:
-            await _failed(api, body, reason_for_status(exc.status), _api_message(exc))
-            return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            await _failed(api, body, FailureReason.UNAVAILABLE,
-                          f"the API server did not answer: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            failed = write_failure(exc)
+            if failed is None:
+                raise
+            await _failed(api, body, *failed)
             return
         _FAILURES.pop(uid, None)
         await _record(api, body, plan)
-
-
-def _api_message(exc: ApiException) -> str:
-    """The API server's own sentence (its Status body), else the HTTP reason."""
-    try:
-        status = json.loads(exc.body) if exc.body else None
-    except (TypeError, ValueError):
-        status = None
-    if isinstance(status, dict) and status.get("message"):
-        return f"{status.get('reason') or exc.reason}: {status['message']}"
-    return f"{exc.status} {exc.reason}"
 
 
 def _checked_spec(body: dict[str, Any]) -> None:
