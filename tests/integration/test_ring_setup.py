@@ -433,14 +433,16 @@ async def test_table_created_while_the_ring_runs_is_captured_from_its_first_row(
             writers.append(asyncio.create_task(ledger_writer(
                 ring, n, i + 1, ledger, stop, table="lis.orders", pause=0.005)))
             if n == "a":
-                # b has no such table yet: its link from a waits, and says why.
+                # b has no such table yet: its link from a parks that table's rows
+                # (sync/parking.py), keeps streaming the others, and says why.
                 async def b_waits() -> str | None:
                     st = await asyncio.to_thread(sidecars.status, "b") or {}
                     links: Any = st.get("links") or []
                     for lk in links:
-                        if lk["from"] == "a" and lk["state"] != "Streaming" and \
-                                "lis.orders does not exist" in (lk["message"] or ""):
-                            return str(lk["message"])
+                        for pk in lk.get("parked") or [] if lk["from"] == "a" else []:
+                            if pk["table"] == "lis.orders" and \
+                                    "lis.orders does not exist" in pk["reason"]:
+                                return str(pk["reason"])
                     return None
 
                 await wait_until("b's link from a waiting for lis.orders", b_waits, 10)
