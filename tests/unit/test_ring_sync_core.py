@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ringkeeper.api.v1alpha1.ring import ConflictPolicy, Topology
 from ringkeeper.contracts.conninfo import Target, build_dsn
 from ringkeeper.contracts.ringconfig import RingConfig
 from ringkeeper.core import names
@@ -102,6 +103,10 @@ def test_sync_config_round_trips_through_ring_config() -> None:
     assert cfg.member("a").priority == 300 and cfg.member("b").dsn is None
     with pytest.raises(KeyError, match="not a member"):
         cfg.member("zz")
+    # Typed, not the API models' plain strings: `ringkeeper verify --repair` reads
+    # cfg.policy.value (it raised AttributeError on a str).
+    assert type(cfg.policy) is ConflictPolicy and type(cfg.topology) is Topology
+    assert cfg.policy.value == "lastWriterWins"
 
 
 def test_ring_config_rejects_bad_spec_clearly() -> None:

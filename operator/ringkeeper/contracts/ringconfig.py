@@ -172,8 +172,10 @@ class RingConfig:
                        version=str(where.get(m.name, {}).get("version", "17")))
             for m in spec.members)
         return cls(
-            ring=ring, members=members, topology=spec.topology,
-            policy=spec.conflicts.policy, include=tuple(spec.tables.include),
+            # The API models keep enum values as plain strings (use_enum_values): typed
+            # here, so readers may use .value and match on members.
+            ring=ring, members=members, topology=Topology(spec.topology),
+            policy=ConflictPolicy(spec.conflicts.policy), include=tuple(spec.tables.include),
             exclude=tuple(spec.tables.exclude),
             bypass_after_seconds=float(spec.healing.bypass_after_seconds),
             max_slot_wal_keep_bytes=int(parse_quantity(spec.healing.max_slot_wal_keep_size)),
