@@ -134,6 +134,49 @@ async def test_the_trigger_refuses_exactly_what_the_core_rule_refuses() -> None:
             await conn.close()
 
 
+async def test_an_application_role_without_ring_rights_is_served_by_the_triggers() -> None:
+    """Applications write as their own role, with no rights on schema ringkeeper: the
+    tombstone trigger (every DELETE) and the guard must still run for them (they are
+    SECURITY DEFINER); before, every DELETE by such a role failed with "permission
+    denied for schema ringkeeper" (the syncCrash drill's load saw it)."""
+    async with _server() as s:
+        conn = await asyncpg.connect(s.dsn())
+        try:
+            profile = profile_for("postgresql", "17")
+            tables, _ = await prepare_capture(conn, RING, ["lis.*"], [])
+            await ensure_origins(conn, profile, RING, list(PRIOS))
+            await priorityguard.keep(conn, profile, RING, LOCAL, Policy.CAMPUS_PRIORITY,
+                                     PRIOS, tables)
+            await conn.execute(
+                "CREATE ROLE clerk LOGIN PASSWORD 'clerk-pw'; "
+                "GRANT USAGE, CREATE ON SCHEMA lis TO clerk; "
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON lis.t TO clerk")
+            await conn.execute("INSERT INTO lis.t VALUES (1, 'mine'), (2, 'mine')")
+            await _write_as(conn, "h", "INSERT INTO lis.t VALUES (3, 'h')")
+            app = await asyncpg.connect(host=s.host, port=s.port, database=s.database,
+                                        user="clerk", password="clerk-pw")
+            try:
+                assert await app.fetchval("SELECT current_user") == "clerk"
+                assert await app.fetchval(
+                    "SELECT has_schema_privilege('ringkeeper', 'USAGE')") is False
+                assert await _try(app, "DELETE FROM lis.t WHERE id = 1") is None
+                assert await _try(app, "UPDATE lis.t SET v = 'again' WHERE id = 2") is None
+                got = await _try(app, "UPDATE lis.t SET v = 'c' WHERE id = 3")
+                assert got is not None and got.startswith(priorityguard.SQLSTATE), got
+                # A table the application creates joins the ring (event trigger) and
+                # its deletes leave tombstones too.
+                await app.execute("CREATE TABLE lis.notes (id int PRIMARY KEY, v text)")
+                await app.execute("INSERT INTO lis.notes VALUES (7, 'x')")
+                assert await _try(app, "DELETE FROM lis.notes WHERE id = 7") is None
+            finally:
+                await app.close()
+            assert await conn.fetchval(
+                "SELECT count(*) FROM ringkeeper.tombstones WHERE (relation, key) IN "
+                "(('lis.t', '[\"1\"]'::jsonb), ('lis.notes', '[\"7\"]'::jsonb))") == 2
+        finally:
+            await conn.close()
+
+
 # -- a whole ring -------------------------------------------------------------------------
 
 H, MID, C = "a", "b", "c"  # priorities 300, 200, 100

@@ -100,11 +100,15 @@ END
 
 
 def guard_function_sql(profile: EngineProfile) -> str:
+    """SECURITY DEFINER, as ringkeeper.tombstone(): it runs for the application's role,
+    which cannot read schema ringkeeper; EXECUTE is revoked from PUBLIC (only the ring's
+    superuser attaches it, and its argument is run as SQL)."""
     return ("CREATE OR REPLACE FUNCTION ringkeeper.priority_guard() RETURNS trigger "
-            "LANGUAGE plpgsql SET search_path = pg_catalog SET TimeZone = 'UTC' "
-            "SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' "
+            "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog "
+            "SET TimeZone = 'UTC' SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' "
             "SET extra_float_digits = '3' SET bytea_output = 'hex' AS "
-            f"$fn${guard_function_body(profile)}$fn$")
+            f"$fn${guard_function_body(profile)}$fn$; "
+            "REVOKE ALL ON FUNCTION ringkeeper.priority_guard() FROM PUBLIC")
 
 
 async def keep(conn: asyncpg.Connection, profile: EngineProfile, ring: str, member: str,
@@ -117,10 +121,10 @@ async def keep(conn: asyncpg.Connection, profile: EngineProfile, ring: str, memb
     body = guard_function_body(profile)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ringkeeper.priority'))")
-        have_body = await conn.fetchval(
-            "SELECT prosrc FROM pg_proc WHERE oid = "
+        fn = await conn.fetchrow(
+            "SELECT prosrc, prosecdef FROM pg_proc WHERE oid = "
             "to_regprocedure('ringkeeper.priority_guard()')")
-        if have_body != body:
+        if fn is None or fn["prosrc"] != body or not fn["prosecdef"]:
             await conn.execute(guard_function_sql(profile))
         have = {(r["member"], r["origin"], r["priority"], r["local"]) for r in await conn.fetch(
             "SELECT member, origin, priority, local FROM ringkeeper.member_priority "

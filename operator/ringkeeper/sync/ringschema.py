@@ -233,8 +233,13 @@ CREATE TABLE IF NOT EXISTS ringkeeper.relay (
 );
 -- Keys travel as JSON arrays of each key column's text form; the trigger builds the
 -- same form from the deleted row, in UTC and ISO style like the sync sessions.
+-- SECURITY DEFINER: it fires for the application's role, which has no rights on schema
+-- ringkeeper (its deletes failed with "permission denied for schema ringkeeper"). Only
+-- a trigger can call it, and EXECUTE is revoked from PUBLIC below, so no other role can
+-- attach it (its argument is run as SQL).
 CREATE OR REPLACE FUNCTION ringkeeper.tombstone() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog SET TimeZone = 'UTC' SET DateStyle = 'ISO'
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog SET TimeZone = 'UTC'
+SET DateStyle = 'ISO'
 SET IntervalStyle = 'postgres' SET extra_float_digits = '3' SET bytea_output = 'hex' AS $fn$
 DECLARE k jsonb;
 BEGIN
@@ -245,6 +250,8 @@ BEGIN
     RETURN NULL;
 END
 $fn$;
+REVOKE ALL ON FUNCTION ringkeeper.tombstone() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ringkeeper.capture_new_tables() FROM PUBLIC;
 """
 
 
