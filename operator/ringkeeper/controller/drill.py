@@ -153,6 +153,7 @@ class Executor:
             ring = RingDrill(snap.scenario, str(self.fresh["spec"]["target"]["name"]),
                              live.campuses[0])
             live.ring = ring
+            await ring.prepare(self.api, self.ns, live.campuses)
             for c, p in live.probes.items():  # the others' writes must not stop
                 if c != ring.campus or snap.scenario == Scenario.SYNC_CRASH:
                     p.fault(killed=False)

@@ -54,6 +54,12 @@ KILL_LOCAL = ("SELECT pid, backend_type, pg_terminate_backend(pid) FROM pg_stat_
               "AND pid <> pg_backend_pid()")
 KILL_REMOTE = ("SELECT pid, backend_type, pg_terminate_backend(pid) FROM pg_stat_activity "
                "WHERE application_name = $1 AND client_addr = $2::inet")
+STREAMING_NOW = ("SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 "
+                 "AND client_addr = $2::inet AND state = 'streaming'")
+# How long a syncCrash waits for the sidecar to stream from every other member before
+# its fault: a link paused for a copy or restarting (the drill's own load creates tables)
+# has no session to end, and a crash of nothing proves nothing.
+STREAMS_WAIT = 30.0
 STREAMING_AGAIN = ("SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 "
                    "AND client_addr = $2::inet AND state = 'streaming' "
                    "AND pid <> ALL($3::int[])")
@@ -170,6 +176,33 @@ async def fenced_campuses(api: client.ApiClient, ns: str, drill: str) -> list[st
                   if fenced_by((c.get("metadata") or {}).get("annotations") or {}, drill))
 
 
+async def await_streams(api: client.ApiClient, ns: str, campus: str, others: list[str],
+                        timeout: float = STREAMS_WAIT) -> list[str]:
+    """Wait until `campus`'s sidecar streams from every other member (at most `timeout`);
+    the members it still does not stream from (their reason when unreachable)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        missing: list[str] = []
+        try:
+            _, addr = await _superuser_dsn(api, ns, campus)
+        except (KubeApiError, client.ApiException, ValueError) as exc:
+            missing = [f"{campus}: {type(exc).__name__}: {str(exc)[:150]}"]
+            addr = None
+        for other in others if addr is not None else []:
+            try:
+                odsn, _ = await _superuser_dsn(api, ns, other)
+                rows = await _query(odsn, STREAMING_NOW, SYNC_APP, addr)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
+                    ValueError, KubeApiError, client.ApiException) as exc:
+                missing.append(f"{other}: {type(exc).__name__}: {str(exc)[:150]}")
+                continue
+            if not rows or int(rows[0][0]) < 1:
+                missing.append(other)
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        await asyncio.sleep(0.5)
+
+
 async def kill_sync_sessions(api: client.ApiClient, ns: str, campus: str,
                              others: list[str]) -> tuple[dict[str, list[int]], list[str]]:
     """End every session of `campus`'s sync sidecar: its own at its primary, its streams
@@ -226,7 +259,16 @@ class RingDrill:
     converged_s: float | None = None
     bypass_needed: list[str] = field(default_factory=list)
     seen_broken: bool = False  # the ring's status showed the fault (campusLoss)
+    not_streaming: list[str] = field(default_factory=list)  # before a syncCrash's fault
     returned_s: float | None = None  # campusLoss: its first write after the lift
+
+    async def prepare(self, api: client.ApiClient, ns: str, campuses: list[str]) -> None:
+        """Before a syncCrash: wait for the sidecar's streams (await_streams), so the
+        fault ends live sessions; what never streamed is named in the fault's message."""
+        if self.scenario == Scenario.SYNC_CRASH:
+            others = [c for c in campuses if c != self.campus]
+            self.not_streaming = [f"not streaming from {m} after {STREAMS_WAIT:g} s"
+                                  for m in await await_streams(api, ns, self.campus, others)]
 
     async def inject(self, api: client.ApiClient, ns: str, drill: str,
                      campuses: list[str]) -> str:
@@ -242,6 +284,7 @@ class RingDrill:
         others = [c for c in campuses if c != self.campus]
         self.fault_mono = time.monotonic()
         self.killed, problems = await kill_sync_sessions(api, ns, self.campus, others)
+        problems = [*self.not_streaming, *problems]
         streams = sum(len(p) for c, p in self.killed.items() if c != self.campus)
         local = len(self.killed.get(self.campus, []))
         if not streams:
