@@ -32,7 +32,7 @@ lint: ## ruff, mypy --strict, and a check that the CRDs match the models
 test: ## every test: unit, PostgreSQL and local-cluster (runs setup first; stops a running demo cluster)
 	set -o pipefail; hack/setup.sh | sed 's/^/    /'
 	hack/test-preflight.sh
-	RINGKEEPER_REQUIRE_CLUSTER=$${RINGKEEPER_REQUIRE_CLUSTER:-1} $(PYTHON) -m pytest -q
+	RINGKEEPER_REQUIRE_CLUSTER=$${RINGKEEPER_REQUIRE_CLUSTER:-1} $(PYTHON) -m pytest -q --durations=30
 
 .PHONY: test-unit
 test-unit: ## the fast tests only (no servers, no cluster)
