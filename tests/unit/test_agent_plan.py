@@ -8,12 +8,15 @@ the step says (the integration tests run it against real PostgreSQL servers).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 from typing import Any, cast
 
 import pytest
 
 from ringkeeper.agent.contact import AgentConfig
+from ringkeeper.agent.server_sql import Status
 from ringkeeper.core.agentplan import (
     CRASHED,
     AgentAction,
@@ -147,6 +150,10 @@ ROWS = [
     ("down-primary-killed-on-thaw", down_primary(killed_by_agent=True, exit_code=-9,
                                                  clean_shutdown=None, crashed=True),
      AgentAction.START, Reason.KILLED_ON_THAW, False, False, "restarting in place"),
+    # The CI failure: the operator's fence stopped c-1 while its loop held a read from
+    # before the failover (still naming c-1): no lift, no start until a newer read.
+    ("fenced-by-call-view-predates-it", down_primary(fenced=True, view_predates_call=True),
+     AgentAction.WAIT, Reason.VIEW_PREDATES_CALL, True, False, "read before the operator"),
 ]
 
 
@@ -234,6 +241,46 @@ def test_the_operators_fence_is_never_lifted_by_the_agent() -> None:
                 assert step.fenced, (view, running, data)
                 assert step.action not in (AgentAction.START, AgentAction.SERVE_PRIMARY,
                                            AgentAction.FOLLOW), (view, running, data)
+
+
+# A Campus read older than the operator's last call (fence, follow, recover) or the stall
+# watchdog's kill: whatever it says, nothing is lifted, started or re-pointed on it.
+STALE = [
+    ("fenced-stale-names-me", down_primary(fenced=True), True, False),
+    ("fenced-stale-names-me-exit-0", down_primary(fenced=True, exit_code=0,
+                                                 clean_shutdown=None), True, False),
+    ("fenced-stale-names-another", down(fenced=True, data=DataState.PRIMARY), True, False),
+    ("self-fenced-stale", down(fenced=True, self_fenced=True, data=DataState.PRIMARY),
+     True, True),
+    ("killed-on-thaw-stale", down_primary(fenced=True, killed_by_agent=True, exit_code=-9,
+                                          clean_shutdown=None), True, False),
+    ("unfenced-down-primary-stale", down_primary(), False, False),
+    ("follow-call-stopped-former-primary", down(data=DataState.PRIMARY,
+                                                view=CampusView(ME, ME)), False, False),
+    ("replica-stale-names-old-primary", facts(upstream="c-2", view=CampusView("c-0", "c-0")),
+     False, False),
+    ("running-fenced-replica-stale", facts(fenced=True, view=CampusView(ME, ME)), True, False),
+]
+
+
+@pytest.mark.parametrize(("f", "fenced", "self_fenced"),
+                         [pytest.param(*row[1:], id=row[0]) for row in STALE])
+def test_a_view_older_than_the_last_call_decides_nothing(f: AgentFacts, fenced: bool,
+                                                         self_fenced: bool) -> None:
+    step = plan_tick(replace(f, view_predates_call=True))
+    assert (step.action, step.reason) == (AgentAction.WAIT, Reason.VIEW_PREDATES_CALL), step
+    assert (step.fenced, step.self_fenced, step.lifted, step.start) == (
+        fenced, self_fenced, None, None)
+    # The same facts on a fresh read act (lift, start, follow): the flag is what held them.
+    assert plan_tick(f).action is not AgentAction.WAIT
+
+
+@pytest.mark.parametrize("view", [CampusView(ME, ME), CampusView(ME, "c-2"),
+                                  CampusView("c-2", "c-2"), CampusView("c-2", None)])
+def test_a_running_primary_decides_on_a_stale_view_as_before(view: CampusView) -> None:
+    """Stepping down is the one decision a stale read may still make (it only stops)."""
+    f = primary(view=view)
+    assert plan_tick(replace(f, view_predates_call=True)) == plan_tick(f)
 
 
 RESUMES = [
@@ -330,6 +377,9 @@ class _Server:
         self.did.append("probe")
         return self.clean
 
+    async def status(self) -> Status:
+        return Status(running=self.running)
+
 
 class _Source:
     async def fetch(self) -> dict[str, Any]:
@@ -378,6 +428,60 @@ async def test_tick_stops_a_replica_the_operator_fenced() -> None:
     assert (agent.state.fenced, agent.state.reason) == (True, "fenced by annotation")
     await agent.tick(api_ok=True, peer_ok=False)  # stopped now: stays fenced
     assert server.did == ["stop-fast"] and agent.state.plan == "fence"
+
+
+async def test_the_operators_fence_holds_until_a_read_after_it() -> None:
+    """The CI sequence: the loop reads a Campus still naming c-1 primary, the failover's
+    fence call stops c-1 (the loop waits for the lock meanwhile), then the loop ticks on
+    its old read. Without the read-time check it lifted the fence ("settled on c-1
+    again") and restarted c-1 as primary after c-2 was promoted."""
+    server = _Server(DataState.PRIMARY, running=True)
+    agent = _agent(server, {"currentPrimary": ME, "targetPrimary": ME})
+    agent.state.view_read_at = time.monotonic()  # the loop's read, before the failover
+    await agent.fence(True)
+    await agent.tick(api_ok=True, peer_ok=False)
+    assert server.did == ["stop-fast"]  # not probed, not started
+    assert (agent.state.fenced, agent.state.plan) == (True, "wait")
+    # A read started after the call names the new primary: the fence lifts to rejoin it.
+    agent.state.campus["status"] = {"currentPrimary": "c-2", "targetPrimary": "c-2"}
+    agent.state.view_read_at = time.monotonic()
+    step = plan_tick(agent.facts(True, False))
+    assert (step.lifted, step.action) == (Reason.MOVED_ON, AgentAction.START)
+    assert step.start is not None and step.start.plan == Plan.REWIND
+
+
+class _SlowSource:
+    """Two reads in flight: the first started answers last, with an older Campus."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[asyncio.Event, dict[str, Any]]] = []
+
+    async def fetch(self) -> dict[str, Any]:
+        gate, campus = self.answers.pop(0)
+        await gate.wait()
+        return campus
+
+    async def pod_ip(self, name: str) -> str | None:
+        return None
+
+
+async def test_an_older_read_answering_last_does_not_replace_a_newer_one() -> None:
+    server = _Server(DataState.REPLICA, running=True)
+    agent = _agent(server, {})
+    source = _SlowSource()
+    agent.source = source
+    old_gate, new_gate = asyncio.Event(), asyncio.Event()
+    source.answers = [(old_gate, {"status": {"currentPrimary": "c-0"}}),
+                      (new_gate, {"status": {"currentPrimary": "c-2"}})]
+    older = asyncio.create_task(agent.refresh())
+    await asyncio.sleep(0.01)
+    newer = asyncio.create_task(agent.refresh())
+    await asyncio.sleep(0.01)
+    new_gate.set()
+    assert await newer
+    old_gate.set()
+    assert await older  # the API answered: contact counts, the old Campus does not
+    assert agent.view.current_primary == "c-2"
 
 
 def test_step_is_frozen() -> None:

@@ -89,6 +89,7 @@ class Agent(AgentReport):
         if action != StallAction.KILL:
             return
         self.server.kill_now()
+        self.acted()  # a read in flight across the freeze may predate a failover
         st = self.state
         st.fenced, st.killed_by_agent = True, True
         st.plan = Plan.FENCE.value
@@ -131,6 +132,8 @@ class Agent(AgentReport):
             st.killed_by_agent = False
         if act is AgentAction.WAIT:
             st.plan, st.reason = Plan.WAIT.value, step.message
+            if step.reason is Reason.VIEW_PREDATES_CALL:
+                log.info("%s", step.message)
         elif act in (AgentAction.STEP_DOWN, AgentAction.STOP_FENCED):
             st.plan, st.reason = Plan.FENCE.value, step.message
             if act is AgentAction.STEP_DOWN:
@@ -304,6 +307,7 @@ class Agent(AgentReport):
         status = dict(self.state.campus.get("status") or {})
         status.update({"currentPrimary": primary, "targetPrimary": primary})
         self.state.campus = {**self.state.campus, "status": status}
+        self.state.view_read_at = time.monotonic()  # the word is newer than any read
 
     async def follow_call(self, primary: str) -> Status:
         """The operator re-points this replica after a failover. It wrote currentPrimary
@@ -313,6 +317,7 @@ class Agent(AgentReport):
         api_ok = await self.refresh()  # network I/O before the lock
         await self.resolve(primary, force=True)
         async with self.lock:
+            self.acted()
             if not api_ok:
                 self.adopt_primary(primary)
             if self.server.data_state() == DataState.PRIMARY:
@@ -326,6 +331,7 @@ class Agent(AgentReport):
     async def recover(self) -> Status:
         """The operator found no safe failover target: restart the primary in place."""
         async with self.lock:
+            self.acted()
             self.state.crashed = False
             self.server.proc = None
             view = self.view
@@ -335,7 +341,11 @@ class Agent(AgentReport):
             return await self.server.status()
 
     async def fence(self, on: bool) -> Status:
+        """The operator's fence (a failover's old primary, a switchover's) or its lift.
+        Marked as an act: the loop may hold a Campus read from before the failover that
+        sent it, which must not lift this fence (core.agentplan, VIEW_PREDATES_CALL)."""
         async with self.lock:
+            self.acted()
             self.state.fenced = on
             if on:
                 await self.server.stop("fast")

@@ -74,6 +74,10 @@ class AgentState:
     sync_stalled_since: float | None = None  # WAL unconfirmed, no confirmation since
     promoted_on_word: bool = False  # promoted on the operator's word, API unreachable
     campus: dict[str, Any] = field(default_factory=dict)
+    view_read_at: float = 0.0  # when the read behind `campus` started (monotonic)
+    # When the operator's last call fenced, stopped or re-pointed the server, or the stall
+    # watchdog killed it (monotonic): a view read before this decides nothing.
+    acted_at: float = 0.0
 
 
 class AgentContact:
@@ -137,13 +141,21 @@ class AgentContact:
             upstream=st.upstream, upstream_ip=st.upstream_ip,
             primary_ip=st.peer_ips.get(view.current_primary) if view.current_primary else None,
             killed_by_agent=st.killed_by_agent, crashed=st.crashed,
-            exit_code=proc.returncode if proc is not None else None)
+            exit_code=proc.returncode if proc is not None else None,
+            view_predates_call=st.view_read_at < st.acted_at)
+
+    def acted(self) -> None:
+        """An operator call (or the stall watchdog) just changed the server or its fence:
+        the Campus as read so far may predate the failover behind it (AgentFacts)."""
+        self.state.acted_at = time.monotonic()
 
     # -- contact ---------------------------------------------------------------------
     async def refresh(self) -> bool:
-        self.state.fetch_started = time.monotonic()
+        """Read the Campus. Reads overlap (the loop's, an operator call's): one that started
+        before the read already kept is dropped, so the view never goes back in time."""
+        started = self.state.fetch_started = time.monotonic()
         try:
-            self.state.campus = await self.source.fetch()
+            campus = await self.source.fetch()
         except Exception as exc:  # API down or partitioned: counts toward self-fencing
             log.debug("campus fetch failed: %s", exc)
             self.state.last_fetch_ok = False
@@ -152,6 +164,9 @@ class AgentContact:
             self.state.fetch_started = None
         self.state.last_fetch_ok = True
         self.state.last_api_contact = time.monotonic()
+        if started < self.state.view_read_at:
+            return True
+        self.state.campus, self.state.view_read_at = campus, started
         for inst in (self.state.campus.get("status") or {}).get("instances") or []:
             if inst.get("podIP"):
                 self.state.peer_ips[inst["name"]] = inst["podIP"]

@@ -11,7 +11,8 @@ The safety rules stay where they were, in core.instance: a primary runs only
 while the Campus names it (start_plan, running_primary_must_step_down), a
 primary cut from everything fences itself (self_fence_due). This planner only
 orders them: which applies first, when a fence is lifted, when a pause ends, and
-that a crashed primary is never restarted behind the operator's back.
+that a crashed primary is never restarted behind the operator's back, and that a
+Campus read older than the operator's last call to this agent decides nothing.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Reason(StrEnum):
     UNCLEAN_SHUTDOWN = "UncleanShutdown"
     KILLED_ON_THAW = "KilledOnThaw"  # this agent's own kill: recover in place
     START_PLAN = "StartPlan"
+    VIEW_PREDATES_CALL = "ViewPredatesCall"  # Campus read before the operator's last call
     # what a step changed before its action (Step.lifted, Step.resumed)
     CONTACT_BACK = "ContactBack"
     SETTLED_ON_ME = "SettledOnMe"
@@ -85,6 +87,9 @@ class AgentFacts:
     `exit_code` the server process's exit status (None while it runs or when none
     was started here); `clean_shutdown` the control file's word, None until read
     (reading it is I/O: plan_tick asks for it with PROBE_SHUTDOWN only when needed).
+    `view_predates_call`: the Campus read behind `view` started before the operator's
+    last call to this agent that fenced, stopped or re-pointed its server (or before its
+    own stall watchdog killed it), so it may predate the failover behind that call.
     """
 
     me: str
@@ -109,6 +114,7 @@ class AgentFacts:
     exit_code: int | None
     clean_shutdown: bool | None = None
     pause_limit: float = PAUSE_LIMIT
+    view_predates_call: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,14 +158,25 @@ class _Before:
 
 def plan_tick(f: AgentFacts) -> Step:
     """The step of one agent loop, in priority order: no Campus read yet; a running
-    primary (step down, fence itself, or serve); lifting a fence; a running server
-    (stop if fenced, else keep or re-point the replica); a stopped one (stay fenced,
-    wait for the API server, hold a crashed primary, or start by core.instance)."""
+    primary (step down, fence itself, or serve); a view older than the operator's last
+    call; lifting a fence; a running server (stop if fenced, else keep or re-point the
+    replica); a stopped one (stay fenced, wait for the API server, hold a crashed
+    primary, or start by core.instance)."""
     if not f.campus_read:
         return _Before(f.fenced, f.self_fenced).step(
             AgentAction.WAIT, Reason.CAMPUS_UNREAD, "Campus not readable yet")
     if f.running and f.data == DataState.PRIMARY:
         return _running_primary(f)
+    if f.view_predates_call:
+        # The loop read the Campus, then waited for the lock while an operator call (a
+        # failover fencing this primary) ran: that read can still name this instance
+        # primary after another was promoted, and lifting the fence on it restarted the
+        # old primary beside the new one (CI: lab-0 back as primary after lab-1's
+        # promotion). Only a read started after the call may lift a fence, start or
+        # re-point the server; a running primary's step-down above needs none.
+        return _Before(f.fenced, f.self_fenced).step(
+            AgentAction.WAIT, Reason.VIEW_PREDATES_CALL, "the Campus was read before the "
+            "operator's last call: deciding on the next read")
     b = _lift_fence(f)
     if f.running and f.me in f.view.fenced:
         return replace(b, fenced=True).step(AgentAction.STOP_FENCED, Reason.FENCED_BY_ANNOTATION,
