@@ -143,6 +143,31 @@ async def test_healthy_cycle_labels_roles_and_publishes(kube: FakeKube) -> None:
     assert [i["name"] for i in status["instances"]] == NAMES
 
 
+async def test_a_former_primary_still_primary_keeps_the_campus_degraded(
+        kube: FakeKube) -> None:
+    """The CI failure: c-1 is currentPrimary, every pod is ready, and c-0 (the former
+    primary) still answers as primary. Not Ready (it was, and the test's wait_ready took
+    it as settled); nothing else changes: no call to any agent, the roles as before."""
+    _setup(kube, {"currentPrimary": "c-1", "targetPrimary": "c-1"})
+    agents = FakeAgents({"c-0": primary(), "c-1": primary(), "c-2": replica()})
+    events = await _cycle(kube, agents)
+    assert agents.calls == [] and events == []
+    assert _roles(kube) == {"c-0": "unavailable", "c-1": "primary", "c-2": "replica"}
+    status = kube.objects[CAMPUS]["status"]
+    assert (status["phase"], status["readyInstances"]) == ("Degraded", 3)
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "StrayPrimary")
+    assert "c-0 still runs as a primary beside currentPrimary c-1" in conds["Ready"]["message"]
+    assert (conds["Degraded"]["status"], conds["Degraded"]["reason"]) == (
+        "True", "StrayPrimary")
+    # Once c-0 reports replica, the next cycle publishes Ready.
+    agents.raws["c-0"] = replica()
+    await _cycle(kube, agents)
+    status = kube.objects[CAMPUS]["status"]
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert (status["phase"], conds["Ready"]["reason"]) == ("Ready", "AllInstancesReady")
+
+
 async def test_failed_primary_is_failed_over(kube: FakeKube) -> None:
     _setup(kube, {"currentPrimary": "c-0", "targetPrimary": "c-0",
                   "failingSince": LONG_AGO}, ready=("c-1", "c-2"))

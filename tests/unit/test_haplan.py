@@ -15,9 +15,12 @@ import pytest
 from ringkeeper.core.election import ElectionReason, InstanceReport, choose_switchover
 from ringkeeper.core.haplan import (
     AfterRefusal,
+    CampusPhase,
     CampusSnapshot,
     HaStepKind,
+    PhaseReason,
     after_refused_failover,
+    campus_phase,
     plan_cycle,
     role_after_refusal,
 )
@@ -173,3 +176,68 @@ def test_choose_switchover(reports: list[InstanceReport], candidate: str | None,
     e = choose_switchover("c-1", reports, "c-0")
     assert (e.candidate, e.reason) == (candidate, reason)
     assert "c-1" in e.message
+
+
+ALL_READY = {"c-0": True, "c-1": True, "c-2": True}
+ROLES = {"c-0": "primary", "c-1": "replica", "c-2": "replica"}
+
+PHASES = [
+    # (id, current, roles, ready, phase, reason, degraded reason, message fragment)
+    ("settled", "c-0", ROLES, ALL_READY, CampusPhase.READY, PhaseReason.ALL_READY,
+     "AllServing", "3/3 instances ready"),
+    ("a-pod-not-ready", "c-0", ROLES, {**ALL_READY, "c-2": False}, CampusPhase.DEGRADED,
+     PhaseReason.NOT_ALL_READY, "InstancesNotReady", "2/3 instances ready"),
+    ("a-pod-missing", "c-0", ROLES, {"c-0": True, "c-1": True}, CampusPhase.DEGRADED,
+     PhaseReason.NOT_ALL_READY, "InstancesNotReady", "2/3 instances ready"),
+    # An agent that does not answer keeps the old rule: its pod's readiness decides.
+    ("a-replica-unknown-pod-ready", "c-0", {**ROLES, "c-2": "unknown"}, ALL_READY,
+     CampusPhase.READY, PhaseReason.ALL_READY, "AllServing", "3/3"),
+    ("no-primary-yet", None, {"c-0": "unknown"}, {"c-0": True}, CampusPhase.INITIALIZING,
+     PhaseReason.NOT_ALL_READY, "AllServing", "1/3 instances ready"),
+    # The CI failure: every pod ready (lab-0's probe still passed) while the former
+    # primary reported primary beside the new one.
+    ("former-primary-still-primary", "c-1", {"c-0": "primary", "c-1": "primary",
+                                            "c-2": "replica"}, ALL_READY,
+     CampusPhase.DEGRADED, PhaseReason.STRAY_PRIMARY, "StrayPrimary",
+     "c-0 still runs as a primary beside currentPrimary c-1; its agent steps it down"),
+    ("two-strays", "c-1", {"c-0": "primary", "c-1": "primary", "c-2": "primary"},
+     ALL_READY, CampusPhase.DEGRADED, PhaseReason.STRAY_PRIMARY, "StrayPrimary",
+     "c-0, c-2 still run as primaries"),
+    ("stray-and-a-pod-down", "c-1", {"c-0": "primary", "c-1": "primary"},
+     {**ALL_READY, "c-2": False}, CampusPhase.DEGRADED, PhaseReason.STRAY_PRIMARY,
+     "StrayPrimary", "(2/3 instances ready)"),
+    ("stray-and-current-not-primary", "c-1", {**ROLES, "c-1": "fenced"}, ALL_READY,
+     CampusPhase.DEGRADED, PhaseReason.STRAY_PRIMARY, "StrayPrimary", "c-0 still runs"),
+    ("current-reports-replica", "c-0", {**ROLES, "c-0": "replica"}, ALL_READY,
+     CampusPhase.DEGRADED, PhaseReason.PRIMARY_NOT_SERVING, "PrimaryNotServing",
+     "currentPrimary c-0 reports role replica"),
+    ("current-reports-nothing", "c-0", {"c-1": "replica", "c-2": "replica"}, ALL_READY,
+     CampusPhase.DEGRADED, PhaseReason.PRIMARY_NOT_SERVING, "PrimaryNotServing",
+     "reports role nothing"),
+    ("fenced-former-primary-is-not-a-stray", "c-1", {"c-0": "fenced", "c-1": "primary",
+                                                    "c-2": "replica"}, ALL_READY,
+     CampusPhase.READY, PhaseReason.ALL_READY, "AllServing", "3/3"),
+]
+
+
+@pytest.mark.parametrize(("current", "roles", "ready", "phase", "reason", "degraded", "why"),
+                         [pytest.param(*row[1:], id=row[0]) for row in PHASES])
+def test_campus_phase(current: str | None, roles: dict[str, str], ready: dict[str, bool],
+                      phase: CampusPhase, reason: PhaseReason, degraded: str, why: str) -> None:
+    verdict = campus_phase(NAMES, current, roles, ready)
+    assert (verdict.phase, verdict.reason, verdict.degraded_reason) == (
+        phase, reason, degraded), verdict
+    assert why in verdict.message, verdict.message
+
+
+def test_ready_only_when_the_roles_agree_with_current_primary() -> None:
+    """Over every role assignment with all pods ready: Ready exactly when currentPrimary
+    reports primary and no other instance does."""
+    import itertools
+
+    kinds = ("primary", "replica", "fenced", "unknown", None)
+    for combo in itertools.product(kinds, repeat=len(NAMES)):
+        roles = dict(zip(NAMES, combo, strict=True))
+        verdict = campus_phase(NAMES, "c-1", roles, ALL_READY)
+        agree = roles["c-1"] == "primary" and combo.count("primary") == 1
+        assert (verdict.phase is CampusPhase.READY) == agree, roles

@@ -39,6 +39,7 @@ from ..core.haplan import (
     HaStep,
     HaStepKind,
     after_refused_failover,
+    campus_phase,
     plan_cycle,
 )
 from ..core.names import instance_count, instance_names
@@ -306,11 +307,12 @@ async def _publish(store: _Store, campus: dict[str, Any], names: list[str],
     current = status.get("currentPrimary")
     insts = instances_status(names, raws, ips, ready, raws.get(current) if current else None)
     n_ready = sum(1 for v in ready.values() if v)
-    phase = "Initializing" if not current else ("Ready" if n_ready == len(names) else "Degraded")
+    # Ready needs the agents' roles to agree with currentPrimary, not only ready pods.
+    verdict = campus_phase(names, current, {i["name"]: i.get("role") for i in insts}, ready)
+    phase = verdict.phase.value
     conds = status.get("conditions") or []
     conds = set_condition(conds, type="Ready", status="True" if phase == "Ready" else "False",
-                          reason="AllInstancesReady" if phase == "Ready" else "NotAllReady",
-                          message=f"{n_ready}/{len(names)} instances ready", now=now,
+                          reason=verdict.reason.value, message=verdict.message, now=now,
                           generation=campus["metadata"].get("generation"))
     refused = condition(conds, RECONCILED)
     if refused is not None and refused.get("status") == "False":
@@ -321,8 +323,7 @@ async def _publish(store: _Store, campus: dict[str, Any], names: list[str],
                               generation=campus["metadata"].get("generation"))
     conds = set_condition(conds, type="Degraded",
                           status="True" if phase == "Degraded" else "False",
-                          reason="InstancesNotReady" if phase == "Degraded" else "AllServing",
-                          message=f"{n_ready}/{len(names)} instances ready", now=now)
+                          reason=verdict.degraded_reason, message=verdict.message, now=now)
     conds = set_condition(conds, type="FailingOver", status="False", reason="PrimaryHealthy",
                           message="", now=now) if current else conds
     tls_on = (campus["spec"].get("tls") or {}).get("enabled", True)

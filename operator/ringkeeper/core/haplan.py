@@ -12,12 +12,13 @@ decides which of those to consult, and what to do once a failover was refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from ..api.v1alpha1.campus import CampusPhase
 from .annotations import parse_switchover
 from .election import SyncSnapshot
 from .ha import (
@@ -190,3 +191,63 @@ def role_after_refusal(old: str, planned: bool) -> tuple[str, str]:
     what = "switchover" if planned else "failover"
     return "primary", (f"{what} refused: {old} is still currentPrimary and the only "
                        "instance that may take writes")
+
+
+class PhaseReason(StrEnum):
+    """The Ready condition's reason (and the Degraded condition's, when degraded)."""
+
+    ALL_READY = "AllInstancesReady"
+    NOT_ALL_READY = "NotAllReady"
+    STRAY_PRIMARY = "StrayPrimary"  # an instance besides currentPrimary reports primary
+    PRIMARY_NOT_SERVING = "PrimaryNotServing"  # currentPrimary does not report primary
+
+
+@dataclass(frozen=True)
+class PhaseVerdict:
+    """What status.phase and the Ready/Degraded conditions say, and why. `degraded_reason`
+    is the Degraded condition's reason (InstancesNotReady / AllServing when no role is
+    wrong, as before the role check)."""
+
+    phase: CampusPhase
+    reason: PhaseReason
+    message: str
+    degraded_reason: str
+
+
+def campus_phase(names: Sequence[str], current: str | None,
+                 roles: Mapping[str, str | None], ready: Mapping[str, bool]) -> PhaseVerdict:
+    """The published phase: Ready only when every pod is ready AND the roles the agents
+    report agree with currentPrimary.
+
+    Pod readiness is the kubelet's last probe, which can lag the agent by a probe
+    period; the role is each agent's live answer. Counting pods alone, a former primary
+    still running unfenced beside the new one (CI: lab-0 primary with lab-1 current,
+    all three pods ready) was published Ready and settled. So an instance other than
+    currentPrimary that reports `primary` makes the Campus Degraded (StrayPrimary), as
+    does a currentPrimary that does not report `primary` (PrimaryNotServing); either
+    clears once the agents' reports agree, whatever the pods said meanwhile.
+    """
+    n_ready = sum(1 for v in ready.values() if v)
+    counted = f"{n_ready}/{len(names)} instances ready"
+    if not current:
+        return PhaseVerdict(CampusPhase.INITIALIZING, PhaseReason.NOT_ALL_READY, counted,
+                            "AllServing")
+    strays = [n for n in names if n != current and roles.get(n) == "primary"]
+    if strays:
+        who = ", ".join(strays)
+        verb, agent = (("runs as a primary", "its agent steps it") if len(strays) == 1
+                       else ("run as primaries", "their agents step them"))
+        return PhaseVerdict(
+            CampusPhase.DEGRADED, PhaseReason.STRAY_PRIMARY,
+            f"{who} still {verb} beside currentPrimary {current}; {agent} down once "
+            f"they read the Campus ({counted})", PhaseReason.STRAY_PRIMARY.value)
+    role = roles.get(current)
+    if role != "primary":
+        return PhaseVerdict(
+            CampusPhase.DEGRADED, PhaseReason.PRIMARY_NOT_SERVING,
+            f"currentPrimary {current} reports role {role or 'nothing'}, not primary "
+            f"({counted})", PhaseReason.PRIMARY_NOT_SERVING.value)
+    if n_ready != len(names):
+        return PhaseVerdict(CampusPhase.DEGRADED, PhaseReason.NOT_ALL_READY, counted,
+                            "InstancesNotReady")
+    return PhaseVerdict(CampusPhase.READY, PhaseReason.ALL_READY, counted, "AllServing")
