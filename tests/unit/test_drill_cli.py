@@ -28,6 +28,22 @@ def test_new_run_is_a_valid_once_drill() -> None:
                                       "durationSeconds": 12}}
 
 
+def test_strike_names_the_campus_a_ring_drill_hits() -> None:
+    m = drill_view.run_manifest("loss", kind="ReplicationRing", target="lis-ring",
+                                scenario="campusLoss", strike="yuecheng")
+    assert m["spec"]["target"] == {"kind": "ReplicationRing", "name": "lis-ring",
+                                   "campus": "yuecheng"}
+    with pytest.raises(ValueError, match=r"target\.campus picks the campus"):
+        drill_view.run_manifest("split", kind="ReplicationRing", target="lis-ring",
+                                scenario="networkPartition", strike="yuecheng")
+    with pytest.raises(ValueError, match="should match"):
+        drill_view.run_manifest("loss", kind="ReplicationRing", target="lis-ring",
+                                scenario="campusLoss", strike="yuecheng; rm -rf /")
+    args = build_parser().parse_args(["drill", "run", "crash", "--ring", "lis-ring",
+                                      "--scenario", "syncCrash", "--strike", "fuyang"])
+    assert args.strike == "fuyang"
+
+
 def test_run_from_a_scheduled_drill_drops_the_schedule_and_keeps_the_load() -> None:
     m = drill_view.run_manifest("weekly-manual-1", template=SCHEDULED, duration=15)
     assert "schedule" not in m["spec"] and "timeZone" not in m["spec"]

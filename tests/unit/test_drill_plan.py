@@ -16,6 +16,7 @@ from ringkeeper.core.drill import (
     Snapshot,
     Stage,
     plan,
+    ring_fault_campus,
 )
 
 NOW = datetime(2026, 12, 6, 3, 0, 30, tzinfo=UTC)
@@ -53,6 +54,13 @@ CASES = [
     ("campusLoss of the only campus", replace(LOSS, campuses=(A,)), DrillAction.REFUSE,
      DrillReason.SCENARIO_IMPOSSIBLE),
     ("syncCrash of a two-campus ring", CRASH, DrillAction.START, DrillReason.DUE),
+    ("syncCrash striking the ring's second campus", replace(CRASH, fault_campus="binjiang"),
+     DrillAction.START, DrillReason.DUE),
+    ("campusLoss striking a campus not in the ring", replace(LOSS, fault_campus="xiaoshan"),
+     DrillAction.REFUSE, DrillReason.CAMPUS_NOT_IN_RING),
+    ("campusLoss striking a missing campus, ring also busy",
+     replace(LOSS, fault_campus="xiaoshan", other_running="other"), DrillAction.REFUSE,
+     DrillReason.CAMPUS_NOT_IN_RING),
     ("syncCrash in a ring with one campus of ours", replace(CRASH, campuses=(B,)),
      DrillAction.REFUSE, DrillReason.SCENARIO_IMPOSSIBLE),
     ("campusLoss, a campus not ready", replace(LOSS, campuses=(A, DrillCampus(
@@ -218,6 +226,15 @@ def test_plan(name: str, snap: Snapshot, action: DrillAction, reason: DrillReaso
     assert step.message
     if action == DrillAction.FINISH:
         assert step.passed is (reason == DrillReason.PASSED)
+
+
+def test_ring_drill_strikes_the_named_campus_or_the_first() -> None:
+    assert ring_fault_campus(CRASH) == "zhaohui"
+    assert ring_fault_campus(replace(LOSS, fault_campus="binjiang")) == "binjiang"
+    step = plan(replace(CRASH, fault_campus="xiaoshan"))
+    assert step.message == ("spec.target.campus xiaoshan is not a Campus member of the "
+                            "ReplicationRing target (its Campus members: zhaohui, binjiang): "
+                            "name one of them, or leave it unset to strike the first")
 
 
 def test_refusal_comes_before_schedule_and_busy() -> None:

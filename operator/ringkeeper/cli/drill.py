@@ -80,7 +80,7 @@ async def _run(args: argparse.Namespace) -> int:
                 name, kind=kind, target=target,
                 scenario=args.scenario or (None if template else "primaryKill"),
                 max_rto=args.max_rto, writers=args.writers, rate=args.rate,
-                duration=args.duration, template=template)
+                duration=args.duration, template=template, strike=args.strike)
         except ValueError as exc:
             print(f"ringkeeper drill run: {safe(exc)}", file=sys.stderr)
             return 2
@@ -159,6 +159,9 @@ def add_parser(sub: Any, add_kube_args: Callable[[argparse.ArgumentParser], None
     r.add_argument("--scenario", choices=("primaryKill", "networkPartition", "campusLoss",
                                           "syncCrash"),
                    help="default primaryKill (or the --from Drill's)")
+    r.add_argument("--strike", metavar="CAMPUS",
+                   help="campusLoss, syncCrash: the ring's Campus member the fault strikes "
+                   "(target.campus; default the ring's first)")
     r.add_argument("--max-rto", type=int, help="expectations.maxRtoSeconds")
     r.add_argument("--writers", type=int, help="workload.writers")
     r.add_argument("--rate", type=int, help="workload.ratePerSecond")

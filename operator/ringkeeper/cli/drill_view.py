@@ -30,11 +30,13 @@ def run_manifest(name: str, *, kind: str = "Campus", target: str | None = None,
                  scenario: str | None = None,
                  max_rto: int | None = None, writers: int | None = None,
                  rate: int | None = None, duration: int | None = None,
-                 template: dict[str, Any] | None = None) -> dict[str, Any]:
+                 template: dict[str, Any] | None = None,
+                 strike: str | None = None) -> dict[str, Any]:
     """A Drill that runs once now: a copy of `template`'s spec (`drill run --from`, like
     `kubectl create job --from=cronjob/...`) without its schedule, or a new spec; options
-    given override. Raises ValueError with the model's own messages when the result is
-    not a Drill the operator would accept."""
+    given override (`strike`: target.campus, the campus a ring drill strikes). Raises
+    ValueError with the model's own messages when the result is not a Drill the operator
+    would accept."""
     spec: dict[str, Any] = json.loads(json.dumps((template or {}).get("spec") or {}))
     for key in ("schedule", "timeZone", "suspend"):
         spec.pop(key, None)
@@ -44,6 +46,8 @@ def run_manifest(name: str, *, kind: str = "Campus", target: str | None = None,
         raise ValueError("a target is needed: --campus NAME or --ring NAME (or --from DRILL)")
     if scenario:
         spec["scenario"] = scenario
+    if strike is not None:
+        spec.setdefault("target", {})["campus"] = strike
     if max_rto is not None:
         spec.setdefault("expectations", {})["maxRtoSeconds"] = max_rto
     load = {"writers": writers, "ratePerSecond": rate, "durationSeconds": duration}

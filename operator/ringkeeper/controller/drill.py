@@ -41,6 +41,7 @@ from ..core.drill import (
     Snapshot,
     Stage,
     plan,
+    ring_fault_campus,
 )
 from ..core.drill_faults import DRILL_LABEL, partition_policy
 from ..core.failures import backoff_delay, should_emit, signature
@@ -134,6 +135,7 @@ class Executor:
                                         "result": None, "rtoSeconds": None,
                                         "lostTransactions": None, "lostRows": None,
                                         "committedTransactions": None, "reason": None,
+                                        "faultCampuses": None, "convergedSeconds": None,
                                         "timeline": None, "report": None,
                                         "message": f"{snap.scenario.value} under load"}})
         self._event("DrillStarted", f"{snap.scenario.value} against "
@@ -149,20 +151,23 @@ class Executor:
                 p.fault(killed=True)
             await io.kill_pod(self.api, self.ns, str(campus.primary))
             what = f"deleted primary pod {campus.primary} of {campus.name} (grace 0)"
+            live.struck = [campus.name]
         elif snap.scenario in (Scenario.CAMPUS_LOSS, Scenario.SYNC_CRASH):
             ring = RingDrill(snap.scenario, str(self.fresh["spec"]["target"]["name"]),
-                             live.campuses[0])
+                             ring_fault_campus(snap))
             live.ring = ring
             await ring.prepare(self.api, self.ns, live.campuses)
             for c, p in live.probes.items():  # the others' writes must not stop
                 if c != ring.campus or snap.scenario == Scenario.SYNC_CRASH:
                     p.fault(killed=False)
             what = await ring.inject(self.api, self.ns, self.name, live.campuses)
+            live.struck = [ring.campus]
         else:
             a, b = live.campuses[0], live.campuses[1]
             ips = await io.campus_pod_ips(self.api, self.ns, b, CAMPUS_LABEL)
             body = partition_policy(self.name, self.uid, self.ns, a, b, ips, CAMPUS_LABEL)
             await io.create_policy(self.api, self.ns, body)
+            live.struck = [a, b]
             for p in live.probes.values():
                 p.fault(killed=False)
             what = f"NetworkPolicy {body['metadata']['name']} cuts {a} from {b}"  # type: ignore[index]
@@ -231,6 +236,9 @@ class Executor:
                "lostTransactions": m.lost if m else None,
                "lostRows": m.lost_rows if m else None,
                "committedTransactions": m.committed if m else None,
+               "faultCampuses": live.struck if live else [],
+               "convergedSeconds": None if m is None or m.converge_seconds is None
+               else round(m.converge_seconds, 2),
                "reason": str(step.reason), "message": step.message}
         if live is not None:
             run["timeline"] = live.timeline[-TIMELINE:]

@@ -29,6 +29,7 @@ class LiveRun:
     healed: bool = False
     healed_at: datetime | None = None
     ring: RingDrill | None = None  # campusLoss, syncCrash
+    struck: list[str] = field(default_factory=list)  # the campuses the fault hit
     measured: Measured | None = None
     ledger: Ledger = field(default_factory=Ledger)
     proxies: dict[str, io.RwProxy] = field(default_factory=dict)
@@ -86,4 +87,5 @@ def snapshot_of(body: dict[str, Any], exists: bool, campuses: tuple[DrillCampus,
         converged=bool(live and live.ring and live.ring.converged_s is not None),
         load_done=bool(live and live.load and
                                                           live.load.done()),
-        measured=live.measured if live else None)
+        measured=live.measured if live else None,
+        fault_campus=(spec["target"].get("campus") or None))

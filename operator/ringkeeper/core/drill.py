@@ -59,6 +59,7 @@ class DrillAction(StrEnum):
 class DrillReason(StrEnum):
     TARGET_MISSING = "TargetMissing"
     SCENARIO_IMPOSSIBLE = "ScenarioImpossible"
+    CAMPUS_NOT_IN_RING = "CampusNotInRing"
     NOT_YET_SUPPORTED = "NotYetSupported"
     INVALID_SCHEDULE = "InvalidSchedule"
     SCHEDULE_TOO_FREQUENT = "ScheduleTooFrequent"
@@ -142,6 +143,8 @@ class Snapshot:
     converged: bool = False  # ring drills: every ring link streams (after the fault ended)
     load_done: bool = False
     measured: Measured | None = None
+    # spec.target.campus: the campus a campusLoss or syncCrash strikes (None: the first)
+    fault_campus: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,12 @@ def _refusal(s: Snapshot) -> DrillStep | None:
     if not s.campuses:
         return DrillStep(DrillAction.REFUSE, DrillReason.SCENARIO_IMPOSSIBLE,
                     f"{kind} target has no Campus in this namespace to run a drill against")
+    names = [c.name for c in s.campuses]
+    if s.fault_campus is not None and s.fault_campus not in names:
+        return DrillStep(DrillAction.REFUSE, DrillReason.CAMPUS_NOT_IN_RING,
+                    f"spec.target.campus {s.fault_campus} is not a Campus member of the "
+                    f"{kind} target (its Campus members: {', '.join(names)}): name one of "
+                    "them, or leave it unset to strike the first")
     if s.scenario == Scenario.NETWORK_PARTITION and len(s.campuses) < 2:
         return DrillStep(DrillAction.REFUSE, DrillReason.SCENARIO_IMPOSSIBLE,
                     "networkPartition cuts two campuses apart: the target has "
@@ -320,6 +329,12 @@ def _orphaned(s: Snapshot) -> DrillStep:
                      "the operator restarted during the run: its load, probes and ledger "
                      "were in the old process, so nothing was measured; no fault of the "
                      "run is left", False)
+
+
+def ring_fault_campus(s: Snapshot) -> str:
+    """The campus a campusLoss or syncCrash strikes: spec.target.campus (checked against
+    the ring's Campus members before the run starts), else the ring's first Campus."""
+    return s.fault_campus or s.campuses[0].name
 
 
 def plan(s: Snapshot) -> DrillStep:

@@ -290,6 +290,11 @@ _NAME_KINDS = {
     "Satellite": (DNS_1035_LABEL_PATTERN, "a DNS-1035 label (lowercase letters, digits and "
                   "'-', starting with a letter and ending with a letter or digit)"),
 }
+# A Campus's name where another object names one (a Drill's target.campus): the shape and
+# length a Campus's own metadata.name must have (name_length_rule("Campus", 40, ...)).
+CAMPUS_NAME_LIMIT = 40
+CampusName = Annotated[str, Field(pattern=DNS_1035_LABEL_PATTERN, min_length=1,
+                                  max_length=CAMPUS_NAME_LIMIT)]
 _LABEL = (DNS_LABEL_PATTERN, "a DNS-1123 label (lowercase letters, digits and '-', starting "
           "and ending with a letter or digit)")
 

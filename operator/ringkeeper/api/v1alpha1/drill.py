@@ -11,6 +11,7 @@ from pydantic import Field
 from .common import (
     AGE_COLUMN,
     ApiModel,
+    CampusName,
     Condition,
     CronSchedule,
     DnsLabel,
@@ -42,6 +43,11 @@ RING_ONLY_SCENARIOS = (Scenario.CAMPUS_LOSS, Scenario.SYNC_CRASH)
 class DrillTarget(ApiModel):
     kind: TargetKind
     name: DnsLabel
+    campus: CampusName | None = Field(
+        default=None, description="campusLoss and syncCrash: the ring member's Campus the "
+        "fault strikes (the campus lost, or whose sync sidecar crashes); unset: the ring's "
+        "first Campus member. A name that is not a Campus member of the ring is refused "
+        "when the run would start (Ready=False, reason CampusNotInRing).")
 
 
 class Expectations(ApiModel):
@@ -97,6 +103,15 @@ class DrillSpec(ApiModel):
             or s.target.kind == TargetKind.REPLICATION_RING,
             reason="FieldValueInvalid",
         ),
+        Rule(
+            cel="!has(self.target.campus) || self.scenario in ['campusLoss', 'syncCrash']",
+            message="target.campus picks the campus a campusLoss or syncCrash strikes in its "
+            "ring; primaryKill strikes its target Campus and networkPartition the ring's "
+            "first two campuses: remove target.campus",
+            field_path=".target.campus",
+            check=lambda s: s.target.campus is None or s.scenario in RING_ONLY_SCENARIOS,
+            reason="FieldValueInvalid",
+        ),
     )
 
 
@@ -129,6 +144,15 @@ class DrillRun(ApiModel):
         default=None, description="The rows of those transactions found missing, stale or "
         "resurrected (an order with five items lost whole is one transaction, six rows).")
     committed_transactions: int | None = None
+    fault_campuses: list[DnsLabel] = Field(
+        default_factory=list, max_length=2,
+        description="The campuses the fault struck (primaryKill: the target; "
+        "networkPartition: the two cut apart; campusLoss, syncCrash: the campus lost or "
+        "whose sync sidecar crashed), so a summary attributes the run without guessing.")
+    converged_seconds: float | None = Field(
+        default=None, description="Ring drills (campusLoss, syncCrash): seconds from the "
+        "fault's end (the fence lifted; the crash) until every link of the ring streamed "
+        "again; absent when it did not within the limit or the scenario does not wait.")
     message: str | None = None
     reason: str | None = None
     timeline: list[DrillEvent] = Field(
