@@ -161,8 +161,15 @@ class WalStream:
     @classmethod
     async def _open(cls, p: ConnParams, application_name: str, *,
                     replication: bool = True) -> WalStream:
-        reader, writer = await asyncio.open_connection(p.host, p.port)
-        ctx = tls_context(p.target())
+        if p.host.startswith("/"):
+            # A Unix socket folder, as libpq reads a host: how a sidecar reaches its own
+            # database (sync/run.py), e.g. a parent streaming its slot for a satellite.
+            # Never TLS on a local socket (libpq does not use it there either).
+            reader, writer = await asyncio.open_unix_connection(f"{p.host}/.s.PGSQL.{p.port}")
+            ctx = None
+        else:
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            ctx = tls_context(p.target())
         if ctx is not None:
             writer.write(struct.pack(">ii", 8, SSL_REQUEST))
             await writer.drain()
