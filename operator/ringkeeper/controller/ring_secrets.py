@@ -24,7 +24,7 @@ from ..core import manifests
 from ..core.conditions import condition, set_condition
 from ..core.failures import signature
 from ..core.ownership import Owner, OwnershipRefusal, ring_claim
-from ..core.ringplan import primary_address, satellite_entries
+from ..core.ringplan import primary_address, satellite_address, satellite_entries
 from ..core.secretrefs import SecretUse, may_use
 from ..engines import profile_for
 
@@ -79,14 +79,25 @@ async def _endpoint(api: client.ApiClient, ns: str, member: dict[str, Any], ring
 async def satellite_endpoints(api: client.ApiClient, ns: str, spec: dict[str, Any]
                               ) -> dict[str, dict[str, Any]]:
     """The ring's satellites (core.ringplan.satellite_entries) with their addresses: the
-    satellite's `<name>-rw` Service and its generated superuser, as a Campus member's
-    sidecar is given its campus's. A satellite whose Secret is not there yet gets no
-    address (dsn None: its parent's sidecar waits for it); API errors propagate."""
+    pod its `<name>-rw` Service selects (core.ringplan.satellite_address) and its
+    generated superuser, as a Campus member's sidecar is given its campus's. A satellite
+    whose pod or Secret is not there yet gets no address (dsn None: its parent's sidecar
+    waits for it); API errors propagate."""
     found = await client.CustomObjectsApi(api).list_namespaced_custom_object(
         GROUP, VERSION, ns, "satellites")
     entries = satellite_entries(spec, list(found.get("items") or []))
     for name, entry in entries.items():
         profile = profile_for(entry["engine"], entry["version"])
+        try:
+            pod = await client.CoreV1Api(api).read_namespaced_pod(f"{name}-0", ns)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            pod = None
+        host = satellite_address(name, api.sanitize_for_serialization(pod) if pod else None)
+        if host is None:
+            entry["dsn"] = None
+            continue
         try:
             user = await resources.secret_value(
                 api, ns, manifests.secret_name(name, "superuser"), "username")
@@ -97,7 +108,7 @@ async def satellite_endpoints(api: client.ApiClient, ns: str, spec: dict[str, An
                 raise
             entry["dsn"] = None
             continue
-        entry["dsn"] = build_dsn(Target(host=f"{name}-rw.{ns}.svc", port=profile.default_port,
+        entry["dsn"] = build_dsn(Target(host=host, port=profile.default_port,
                                         database=APP_DATABASE, user=user, password=pw))
     return entries
 

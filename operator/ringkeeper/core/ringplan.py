@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from . import manifests
 from .conditions import set_condition
 
 # Link states that carry changes; anything else is not healthy.
@@ -47,6 +48,25 @@ def sync_config(ring: str, spec: Mapping[str, Any],
     if satellites:
         out["satellites"] = {k: dict(v) for k, v in satellites.items()}
     return out
+
+
+def satellite_address(name: str, pod: Mapping[str, Any] | None) -> str | None:
+    """Where the parent's sidecar reaches satellite `name`: the pod IP of `<name>-0` once it
+    carries the labels its `-rw` Service selects (this satellite's, role primary), as a
+    Campus member is reached at its primary's pod IP. Not the Service's DNS name: a
+    cluster without DNS (the local one) could not resolve it, and the operator rewrites the
+    ring config when the pod's IP changes. None while there is no such pod: the parent's
+    sidecar waits (never a pod that only claims the name)."""
+    if not pod:
+        return None
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if (meta.get("name") != f"{name}-0" or meta.get("deletionTimestamp")
+            or labels.get(manifests.SATELLITE_LABEL) != name
+            or labels.get(manifests.ROLE_LABEL) != "primary"):
+        return None
+    ip = (pod.get("status") or {}).get("podIP")
+    return str(ip) if ip else None
 
 
 def satellite_entries(spec: Mapping[str, Any], satellites: Sequence[Mapping[str, Any]]
