@@ -92,7 +92,8 @@ def test_backlog_condition_and_one_event_per_change() -> None:
 
 def test_sync_status_copying_and_backlog_full() -> None:
     base = {"connected": True, "parentBacklogRows": 0, "satelliteBacklogBytes": 0,
-            "copy": {"state": "Done"}, "copyUp": {"state": "Done"}}
+            "copy": {"state": "Done"}, "copyUp": {"state": "Done"},
+            "up": {"state": "Streaming"}, "down": {"state": "CatchingUp"}}
     assert sync_status(base, ready=True)["phase"] == "Online"
     copying = {**base, "copy": {"state": "Copying", "percent": 40.0}}
     assert sync_status(copying, ready=True)["phase"] == "Copying"

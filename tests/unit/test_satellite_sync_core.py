@@ -278,9 +278,14 @@ def test_operator_config_with_satellites_parses() -> None:
 @pytest.mark.parametrize(("entry", "ready", "want"), [
     (None, True, {}),
     ({"connected": True, "parentBacklogRows": 0, "parentBacklogBytes": 0,
-      "satelliteBacklogBytes": 56, "lastContact": "2026-12-01T10:00:00+00:00"}, True,
+      "satelliteBacklogBytes": 56, "lastContact": "2026-12-01T10:00:00+00:00",
+      "up": {"state": "Streaming"}, "down": {"state": "Streaming"}}, True,
      {"connected": True, "backlogRows": 0, "backlogBytes": 56,
       "lastSyncAt": "2026-12-01T10:00:00+00:00", "phase": "Online"}),
+    # The same with the spool link down (it never started on a cluster once): not Online.
+    ({"connected": True, "parentBacklogRows": 0, "satelliteBacklogBytes": 56,
+      "up": {"state": "Streaming"}, "down": {"state": "Down"}}, True,
+     {"connected": True, "backlogRows": 0, "backlogBytes": 56, "phase": "Syncing"}),
     ({"connected": True, "parentBacklogRows": 12, "parentBacklogBytes": 900,
       "satelliteBacklogBytes": None}, True,
      {"connected": True, "backlogRows": 12, "backlogBytes": 900, "phase": "Syncing"}),

@@ -6,8 +6,9 @@ its pod), let core.satellite.plan_satellite decide, act: write the objects, labe
 primary (its `-rw` Service selects that label), and say it in status (phase,
 observedGeneration, Ready with a reason) and in one Event per change. Every API error
 becomes Ready=False with the status's reason, one Event per distinct failure, and a retry
-that backs off (core.failures), as the Campus reconcile does. Sync with the parent is
-not built yet (docs/satellites.md).
+that backs off (core.failures), as the Campus reconcile does. Sync runs in the parent's
+sync sidecar; its report becomes the sync fields and the Streaming condition
+(controller/satellite_sync.py, core.satsync).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ..core.satellite import (
     rings_naming,
     status_patch,
 )
-from ..core.satsync import backlog_condition, backlog_of, sync_status
+from ..core.satsync import backlog_condition, backlog_of, streaming_condition, sync_status
 from .campus_reconcile import UnbuildableSpec, unit_objects, write_failure, write_objects
 from .failover import AgentClient
 from .satellite_sync import parent_report
@@ -191,6 +192,9 @@ async def _record(api: client.ApiClient, body: dict[str, Any], plan: SatellitePl
                                  int(parse_quantity(str(limits.get("maxBytes", "10Gi")))))
             patch.update(sync_status(entry, ready=plan.ready,
                                      backlog=verdict[0] if verdict else None))
+            if plan.ready:  # whether both links stream (core.satsync.streaming_of)
+                patch["conditions"] = streaming_condition(patch["conditions"], entry,
+                                                          datetime.now(UTC), gen)
             if verdict is not None:
                 patch["conditions"], told = backlog_condition(
                     patch["conditions"], verdict[0], verdict[1], datetime.now(UTC), gen)

@@ -140,7 +140,8 @@ def sync_status(entry: Mapping[str, object] | None, *, ready: bool,
     cannot reach it, Syncing while either side has a backlog, else Online. backlogRows
     is the parent's spool (rows known exactly); backlogBytes adds the satellite's own
     slot lag, the last measured. BacklogFull (spec.backlog passed, `backlog`) outranks
-    the rest; Copying while the initial copy from the parent is not done."""
+    the rest; Copying while the initial copy from the parent is not done; Online only
+    while both links stream and the drain works (streaming_of)."""
     if entry is None:
         return {}
 
@@ -149,6 +150,7 @@ def sync_status(entry: Mapping[str, object] | None, *, ready: bool,
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     connected = entry.get("connected") is True
+    flowing = streaming_of(entry)[0] is Streaming.STREAMING
     rows = count("parentBacklogRows")
     size = count("parentBacklogBytes") + count("satelliteBacklogBytes")
     out: dict[str, object] = {"connected": connected, "backlogRows": rows,
@@ -165,7 +167,9 @@ def sync_status(entry: Mapping[str, object] | None, *, ready: bool,
             out["phase"] = SatellitePhase.OFFLINE.value
         elif copying:
             out["phase"] = SatellitePhase.COPYING.value
-        elif rows > 0 or count("satelliteBacklogBytes") > SYNCED_BYTES:
+        elif rows > 0 or count("satelliteBacklogBytes") > SYNCED_BYTES or not flowing:
+            # A link not streaming holds changes back (the satellite's slot, or the
+            # parent's slot for it): never Online; the Streaming condition says which.
             out["phase"] = SatellitePhase.SYNCING.value
         else:
             out["phase"] = SatellitePhase.ONLINE.value
@@ -271,3 +275,52 @@ def backlog_condition(conditions: list[dict[str, Any]], verdict: Backlog, messag
     if was == verdict.value:
         return conds, None
     return conds, (verdict.value, verdict is not Backlog.WITHIN)
+
+
+# -- whether the satellite streams ------------------------------------------------------
+STREAMING_CONDITION = "Streaming"
+_FLOWING = frozenset({"Streaming", "CatchingUp"})  # link states that carry changes
+
+
+class Streaming(StrEnum):
+    """The reason of the Satellite's Streaming condition (streaming_of)."""
+
+    STREAMING = "BothWays"  # up link, spool link and drain all work
+    PARENT_UNREAD = "ParentUnread"  # no report: parent sidecar not reached, or not syncing it
+    UP_STOPPED = "UpLinkStopped"  # satellite -> parent not streaming
+    SPOOL_STOPPED = "SpoolLinkStopped"  # parent's slot -> spool not streaming
+    DRAIN_FAILING = "DrainFailing"  # spool -> satellite failing
+
+
+def streaming_of(entry: Mapping[str, object] | None) -> tuple[Streaming, str]:
+    """Whether the satellite streams both ways, from its parent sidecar's report entry:
+    (reason, message). Both links must be in a state that carries changes and the
+    drain must not be failing; a link that reports nothing counts as stopped (a claim
+    of streaming needs the sidecar's word). The message quotes the link's own, so a
+    user sees why (an unreachable address, a missing table)."""
+    if entry is None:
+        return (Streaming.PARENT_UNREAD, "the parent's sync sidecar did not answer, or "
+                "does not sync this satellite yet")
+    for key, reason, what in (("up", Streaming.UP_STOPPED, "satellite -> parent"),
+                              ("down", Streaming.SPOOL_STOPPED, "parent -> spool")):
+        link = entry.get(key)
+        state = link.get("state") if isinstance(link, Mapping) else None
+        if state not in _FLOWING:
+            said = link.get("message") if isinstance(link, Mapping) else None
+            return reason, (f"the {what} link is {state or 'not reported'}"
+                            + (f": {str(said)[:300]}" if said else ""))
+    if entry.get("drainError"):
+        return (Streaming.DRAIN_FAILING,
+                f"applying the spool at the satellite fails: {str(entry['drainError'])[:300]}")
+    return (Streaming.STREAMING, "the satellite's writes stream to the parent and the "
+            "parent's (filtered) through its spool to the satellite")
+
+
+def streaming_condition(conditions: list[dict[str, Any]], entry: Mapping[str, object] | None,
+                        now: datetime, generation: int | None) -> list[dict[str, Any]]:
+    """Conditions with Streaming set from streaming_of (True only both ways)."""
+    reason, message = streaming_of(entry)
+    return set_condition(conditions, type=STREAMING_CONDITION,
+                         status="True" if reason is Streaming.STREAMING else "False",
+                         reason=reason.value, message=message, now=now,
+                         generation=generation)
