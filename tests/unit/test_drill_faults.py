@@ -15,6 +15,7 @@ from ringkeeper.core.drill_faults import (
     DRILL_FENCED,
     bypass_links,
     bypass_streaming,
+    feeding,
     fence_annotations,
     ring_converged,
     unfence_annotations,
@@ -101,6 +102,16 @@ def test_converged_needs_every_link_of_the_whole_ring_streaming() -> None:
     assert not ring_converged(links(("a", "c", "Streaming"), ("c", "a", "Streaming")),
                               RING3, "ring")
     assert not ring_converged([], RING3, "ring")
+
+
+def test_a_sidecar_streams_only_from_the_members_that_feed_it() -> None:
+    """A syncCrash waits for these streams: in the demo's ring of four, waiting for all
+    three others took the whole 30 s wait, the load ended before the crash."""
+    four = ["zhaohui", "wangjiangshan", "yuecheng", "fuyang"]
+    assert feeding(four, "ring", "zhaohui") == ["fuyang"]
+    assert feeding(four, "ring", "yuecheng") == ["wangjiangshan"]
+    assert feeding(["east", "west"], "ring", "east") == ["west"]
+    assert feeding(four, "mesh", "zhaohui") == ["wangjiangshan", "yuecheng", "fuyang"]
 
 
 def test_bypass_links_exist_only_where_a_member_is_skipped() -> None:

@@ -31,6 +31,7 @@ from ..core.drill_faults import (
     DRILL_FENCED,
     bypass_links,
     bypass_streaming,
+    feeding,
     fence_annotations,
     fenced_by,
     ring_converged,
@@ -60,6 +61,10 @@ STREAMING_NOW = ("SELECT count(*) FROM pg_stat_replication WHERE application_nam
 # its fault: a link paused for a copy or restarting (the drill's own load creates tables)
 # has no session to end, and a crash of nothing proves nothing.
 STREAMS_WAIT = 30.0
+# What a member's sidecar sessions look like there, named when the awaited stream is
+# missing (the wait's message says what was found instead of only "not streaming").
+SYNC_WALSENDERS = ("SELECT coalesce(host(client_addr), 'local') || ' ' || state "
+                   "FROM pg_stat_replication WHERE application_name = $1 ORDER BY 1")
 STREAMING_AGAIN = ("SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 "
                    "AND client_addr = $2::inet AND state = 'streaming' "
                    "AND pid <> ALL($3::int[])")
@@ -199,28 +204,50 @@ async def await_streams(api: client.ApiClient, ns: str, campus: str, others: lis
             if not rows or int(rows[0][0]) < 1:
                 missing.append(other)
         if not missing or time.monotonic() >= deadline:
-            return missing
+            return [await _seen_instead(api, ns, m, addr) if m in others else m
+                    for m in missing]
         await asyncio.sleep(0.5)
+
+
+async def _seen_instead(api: client.ApiClient, ns: str, other: str, addr: str | None) -> str:
+    """`other`, and the sync walsenders it serves instead of one to `addr`."""
+    try:
+        odsn, _ = await _superuser_dsn(api, ns, other)
+        seen = [str(r[0]) for r in await _query(odsn, SYNC_WALSENDERS, SYNC_APP)]
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
+            ValueError, KubeApiError, client.ApiException) as exc:
+        return f"{other} (its walsenders unread: {type(exc).__name__})"
+    return f"{other} (its sync walsenders, wanted {addr}: {', '.join(seen) or 'none'})"
 
 
 async def kill_sync_sessions(api: client.ApiClient, ns: str, campus: str,
                              others: list[str]) -> tuple[dict[str, list[int]], list[str]]:
-    """End every session of `campus`'s sync sidecar: its own at its primary, its streams
-    at every other campus's primary. (walsender pids ended per other campus, problems)."""
+    """End every session of `campus`'s sync sidecar: its streams at every other campus's
+    primary, all at once, then its own at its primary. (walsender pids ended per other
+    campus, problems.) Streams first: a sidecar whose local sessions end closes its
+    streams itself, and the ones it closed first were then not found to end (the demo's
+    syncCrash of yuecheng found none at wangjiangshan, twice, after ending 3 local ones)."""
     dsn, addr = await _superuser_dsn(api, ns, campus)
     problems: list[str] = []
+    dsns: dict[str, str] = {}
+    for other in others:  # every address and password read before the first kill
+        try:
+            dsns[other] = (await _superuser_dsn(api, ns, other))[0]
+        except ValueError as exc:
+            problems.append(f"{other}: {type(exc).__name__}: {str(exc)[:150]}")
+    got = await asyncio.gather(*(_query(d, KILL_REMOTE, SYNC_APP, addr)
+                                 for d in dsns.values()), return_exceptions=True)
     rows = await _query(dsn, KILL_LOCAL, SYNC_APP)
     walsenders: dict[str, list[int]] = {campus: []}
     local = len(rows)
-    for other in others:
-        try:
-            odsn, _ = await _superuser_dsn(api, ns, other)
-            got = await _query(odsn, KILL_REMOTE, SYNC_APP, addr)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
-                ValueError) as exc:
-            problems.append(f"{other}: {type(exc).__name__}: {str(exc)[:150]}")
+    for other, res in zip(dsns, got, strict=True):
+        if isinstance(res, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                            TimeoutError)):
+            problems.append(f"{other}: {type(res).__name__}: {str(res)[:150]}")
             continue
-        walsenders[other] = [int(r["pid"]) for r in got if r["backend_type"] == "walsender"]
+        if isinstance(res, BaseException):
+            raise res
+        walsenders[other] = [int(r["pid"]) for r in res if r["backend_type"] == "walsender"]
     log.info("drill: ended %d local session(s) of %s's sidecar and streams %s", local,
              campus, walsenders)
     walsenders[campus] = [-1] * local  # counted, never looked up (local sessions)
@@ -263,10 +290,15 @@ class RingDrill:
     returned_s: float | None = None  # campusLoss: its first write after the lift
 
     async def prepare(self, api: client.ApiClient, ns: str, campuses: list[str]) -> None:
-        """Before a syncCrash: wait for the sidecar's streams (await_streams), so the
-        fault ends live sessions; what never streamed is named in the fault's message."""
+        """Before a syncCrash: wait for the sidecar's streams (await_streams) from the
+        campuses that feed it (its ring predecessor; in a mesh every other one: waiting
+        for a member that never streams to it took the whole wait in a ring of four), so
+        the fault ends live sessions; what never streamed is named in the fault's message."""
         if self.scenario == Scenario.SYNC_CRASH:
-            others = [c for c in campuses if c != self.campus]
+            facts = await read_ring(api, ns, self.ring)
+            sources = {facts.campus_of.get(m) for m in feeding(
+                facts.members, facts.topology, facts.member_of(self.campus))}
+            others = [c for c in campuses if c != self.campus and c in sources]
             self.not_streaming = [f"not streaming from {m} after {STREAMS_WAIT:g} s"
                                   for m in await await_streams(api, ns, self.campus, others)]
 

@@ -95,6 +95,13 @@ def ring_converged(status_links: Sequence[Mapping[str, Any]], members: Sequence[
                               for lk in want)
 
 
+def feeding(members: Sequence[str], topology: str, member: str) -> list[str]:
+    """The members `member`'s sync sidecar streams from (the sources of its inbound
+    links): its predecessor in a ring, every other member in a mesh. Nobody else ever
+    streams to it, so a syncCrash waits for these streams only before its fault."""
+    return [lk.source for lk in links(list(members), topology) if lk.target == member]
+
+
 def bypass_links(members: Sequence[str], topology: str, lost: str) -> list[tuple[str, str]]:
     """The links that exist only while `lost` is bypassed (its predecessor feeding its
     successor); none in a ring of two or a mesh, where nobody needs a bypass."""
