@@ -2,8 +2,11 @@
 on the test session's local cluster (no second cluster: RINGKEEPER_DEV_STATE points the
 demo's `up` at the running one, which it leaves alone), with the size knobs turned down
 and the preparation step skipped (`make test` ran it). It must exit 0 and end with the
-summary read back from the cluster: per campus its primary, RTO and lost commits, per
-ring link its state and lag, the verification's verdict, and the result line.
+summary read back from the cluster: one drill of each scenario (primaryKill on the
+single campus; syncCrash, campusLoss and networkPartition on the ring), each Passed with
+its RTO, nothing lost (commits and rows), the campuses its fault struck and (ring drills
+that wait for it) the ring's convergence time; per campus its primary; per ring link its
+state and lag, the verification's verdict, and the result line.
 
 What the summary judges (a failed drill, a lost or unmeasured commit, a link not
 streaming, a failed or missing verification) is unit-tested apart
@@ -39,6 +42,7 @@ def test_demo_runs_end_to_end_and_prints_its_summary(cluster: Cluster,
                                                      tmp_path: Path) -> None:
     env = {**cluster.env(), "RINGKEEPER_DEMO_SETUP": "0",
            "RINGKEEPER_DEMO_KILL_SECONDS": "12", "RINGKEEPER_DEMO_SPLIT_SECONDS": "12",
+           "RINGKEEPER_DEMO_CRASH_SECONDS": "10", "RINGKEEPER_DEMO_LOSS_SECONDS": "12",
            "RINGKEEPER_DEMO_RING_SECONDS": "10", "RINGKEEPER_DEMO_OUT": str(tmp_path)}
     t0 = time.monotonic()
     try:
@@ -51,20 +55,35 @@ def test_demo_runs_end_to_end_and_prints_its_summary(cluster: Cluster,
     print(out[-6000:], res.stderr[-3000:], f"demo took {took:.0f} s", sep="\n")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = out[out.index("Ringkeeper demo summary"):]
-    rows = re.findall(r"^  (\S+)\s+(demo|lis)\s+(\S+)\s+\S+ \(\w+\)\s+(\w+)\s+([\d.]+) s\s+"
-                      r"(\d+) of (\d+)$", summary, re.M)
+    drills = re.findall(r"^  (\S+) \((\w+)\)\s+(demo|lis)\s+(\S+)\s+(\w+)\s+([\d.]+) s\s+"
+                        r"(\d+) of (\d+)\s+(\d+)\s+(-|[\d.]+ s)$", summary, re.M)
+    ring = {"zhaohui", "wangjiangshan", "yuecheng", "fuyang"}
+    assert sorted(d[1] for d in drills) == ["campusLoss", "networkPartition", "primaryKill",
+                                            "syncCrash"], summary
+    for name, scenario, _ns, struck, result, rto, lost, acked, rows, conv in drills:
+        assert result == "Passed" and int(lost) == 0 and int(rows) == 0, (name, summary)
+        assert int(acked) > 0 and 0 <= float(rto) <= 60, (name, rto, acked)
+        # the campuses the demo's drills name (--strike: target.campus) were the ones hit
+        assert struck == {"primaryKill": "zhaohui", "syncCrash": "yuecheng",
+                          "campusLoss": "fuyang",
+                          "networkPartition": "zhaohui,wangjiangshan"}[scenario], (name, struck)
+        # the ring drills that wait for the ring say how long it took
+        assert (conv != "-") == (scenario in ("campusLoss", "syncCrash")), (name, conv)
+    campuses = re.findall(r"^  (\S+)\s+(demo|lis)\s+(\S+)\s+(\S.*)$",
+                          summary[summary.index("  campus "):], re.M)
     # the single campus (removed to make room for the ring) and the four ring campuses
-    assert len(rows) == 5 and ("zhaohui", "demo") in {r[:2] for r in rows}, summary
-    for campus, ns, primary, result, rto, lost, acked in rows:
-        assert result == "Passed" and int(lost) == 0 and int(acked) > 0, (campus, ns)
-        assert 0 <= float(rto) <= 60, (campus, ns, rto)
+    assert {(c, ns) for c, ns, _, _ in campuses} == {("zhaohui", "demo"), *(
+        (c, "lis") for c in ring)}, summary
+    for campus, ns, primary, struck_by in campuses:
         assert primary == "(removed)" if ns == "demo" else primary.startswith(campus)
+        assert struck_by.strip() != "-", (campus, ns, struck_by)  # every campus was hit
     links = re.findall(r"^    (\S+ -> \S+)\s+(\w+)\s+(\S+ s|-), (\S+) B$", summary, re.M)
     assert len(links) >= 4 and all(state == "Streaming" for _, state, _, _ in links), summary
     assert re.search(r"verification: Passed: [1-9]\d* table\(s\) compared at 4 members",
                      summary), summary
     assert "result: OK" in summary
-    for name in ("ringkeeper-demo-kill.svg", "ringkeeper-demo-split.svg",
+    for name in ("ringkeeper-demo-kill.svg", "ringkeeper-demo-crash.svg",
+                 "ringkeeper-demo-loss.svg", "ringkeeper-demo-split.svg",
                  "ringkeeper-demo-verify.json"):
         assert (tmp_path / name).is_file(), name
     assert took < BUDGET

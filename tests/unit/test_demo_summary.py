@@ -1,7 +1,8 @@
 """The demo's closing summary (tools/devcluster demosummary.summarize): every figure it
 prints comes from the objects read back, and each kind of failure (a drill that failed,
-a lost commit, a lost count never measured, a link not streaming, a failed or missing
-verification) makes it say FAILED and the demo exit 1."""
+a ring drill that failed or whose convergence is missing, a lost commit or row, a lost
+count never measured, a link not streaming, a failed or missing verification) makes it
+say FAILED and the demo exit 1."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ringkeeper_devcluster.demosummary import Facts, summarize
 def _drill(ns: str, name: str, kind: str, target: str, scenario: str,
            **run: Any) -> dict[str, Any]:
     last = {"result": "Passed", "reason": "Passed", "rtoSeconds": 4.25,
-            "lostTransactions": 0, "committedTransactions": 312, **run}
+            "lostTransactions": 0, "lostRows": 0, "committedTransactions": 312, **run}
     return {"metadata": {"namespace": ns, "name": name},
             "spec": {"target": {"kind": kind, "name": target}, "scenario": scenario},
             "status": {"phase": last["result"], "lastRun": last}}
@@ -45,9 +46,17 @@ def _verify(diffs: int = 0) -> Report:
 
 def _facts() -> Facts:
     return Facts(
-        drills=[_drill("demo", "kill-now", "Campus", "zhaohui", "primaryKill"),
+        drills=[_drill("demo", "kill-now", "Campus", "zhaohui", "primaryKill",
+                       faultCampuses=["zhaohui"]),
+                _drill("lis", "crash", "ReplicationRing", "lis-ring", "syncCrash",
+                       rtoSeconds=1.05, committedTransactions=514, convergedSeconds=4.2,
+                       faultCampuses=["fy"]),
+                _drill("lis", "loss", "ReplicationRing", "lis-ring", "campusLoss",
+                       rtoSeconds=0.11, committedTransactions=646, convergedSeconds=9.5,
+                       faultCampuses=["fy"]),
                 _drill("lis", "split", "ReplicationRing", "lis-ring", "networkPartition",
-                       rtoSeconds=1.5, committedTransactions=120)],
+                       rtoSeconds=1.5, committedTransactions=120,
+                       faultCampuses=["fy", "xs"])],
         campuses={("demo", "zhaohui"): None,
                   ("lis", "fy"): {"status": {"currentPrimary": "fy-1"}},
                   ("lis", "xs"): {"status": {"currentPrimary": "xs-1"}}},
@@ -61,18 +70,44 @@ def test_summary_of_a_good_demo() -> None:
     print(text)
     assert problems == []
     assert "result: OK" in text
-    row = next(x for x in lines if x.strip().startswith("zhaohui"))
-    assert "(removed)" in row and "kill-now (primaryKill)" in row and "4.25 s" in row
-    assert row.rstrip().endswith("0 of 312")
+    kill = next(x for x in lines if x.strip().startswith("kill-now (primaryKill)"))
+    assert kill.split()[2:] == ["demo", "zhaohui", "Passed", "4.25", "s", "0", "of", "312",
+                                "0", "-"], kill
+    crash = next(x for x in lines if x.strip().startswith("crash (syncCrash)"))
+    assert crash.split()[2:] == ["lis", "fy", "Passed", "1.05", "s", "0", "of", "514", "0",
+                                 "4.20", "s"], crash
+    loss = next(x for x in lines if x.strip().startswith("loss (campusLoss)"))
+    assert "0.11 s" in loss and "0 of 646" in loss and loss.endswith("9.50 s"), loss
+    split = next(x for x in lines if x.strip().startswith("split (networkPartition)"))
+    assert " fy,xs " in split and "1.50 s" in split and "0 of 120" in split, split
+    # per campus: its primary and the drills that struck it (zhaohui was removed)
+    assert "(removed)" in next(x for x in lines if x.strip().startswith("zhaohui "))
     fy = next(x for x in lines if x.strip().startswith("fy "))
-    assert "fy-1" in fy and "1.50 s" in fy and "0 of 120" in fy
+    assert fy.split()[1:] == ["lis", "fy-1", "crash,", "loss,", "split"], fy
+    xs = next(x for x in lines if x.strip().startswith("xs "))
+    assert xs.split()[1:] == ["lis", "xs-1", "split"], xs
     assert any("xs -> fy" in x and "Streaming" in x and "0.30 s, 128 B" in x for x in lines)
     assert "verification: Passed: 1 table(s) compared at 2 members" in text
     assert "kubectl ringkeeper drill report split -n lis" in text and "/tmp/kill.svg" in text
 
 
 def _lost(f: Facts) -> None:
-    f.drills[1]["status"]["lastRun"]["lostTransactions"] = 1
+    f.drills[3]["status"]["lastRun"]["lostTransactions"] = 1
+
+
+def _lost_rows(f: Facts) -> None:
+    f.drills[2]["status"]["lastRun"].update(lostTransactions=1, lostRows=6)
+
+
+def _ring_failed(f: Facts) -> None:
+    """A campusLoss whose ring did not converge in time: the operator fails it."""
+    f.drills[2]["status"]["lastRun"].update(result="Failed", reason="NotConverged",
+                                             convergedSeconds=None)
+    f.drills[2]["status"]["phase"] = "Failed"
+
+
+def _crash_unconverged(f: Facts) -> None:
+    f.drills[1]["status"]["lastRun"]["convergedSeconds"] = None
 
 
 def _unmeasured(f: Facts) -> None:
@@ -97,6 +132,8 @@ def _no_verify(f: Facts) -> None:
 
 @pytest.mark.parametrize(("spoil", "said"), [
     (_lost, "lost commits 1"), (_unmeasured, "lost commits not measured"),
+    (_lost_rows, "loss: lost rows 6"), (_ring_failed, "loss Failed: NotConverged"),
+    (_crash_unconverged, "crash: ring convergence not measured"),
     (_failed, "Failed: RtoExceeded"), (_link, "xs -> fy is Down"),
     (_verify_failed, "verification failed: 2"), (_no_verify, "no verification report"),
 ])

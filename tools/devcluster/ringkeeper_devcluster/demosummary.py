@@ -1,12 +1,13 @@
 """`python -m ringkeeper_devcluster.demosummary`: the summary `make demo` ends with.
 
-Read back from the cluster, not from what the demo's steps printed: per campus its
-current primary and the drill that struck it (result, RTO, lost of acknowledged commits),
-per ring link its state and lag, the verification report's verdict, and where the
-reports and timeline pictures are. Exit 1 when anything was lost, a drill did not pass,
-a link is not streaming (the ring did not converge) or the verification did not pass, so
-the demo's exit code says so too. `summarize` decides and formats without I/O (unit
-tested); `main` only reads.
+Read back from the cluster, not from what the demo's steps printed: per drill its
+result, RTO, lost acknowledged commits and their rows, the campuses its fault struck and
+(ring drills) the time the ring took to converge again; per campus its current primary
+and the drills that struck it; per ring link its state and lag, the verification
+report's verdict, and where the reports and timeline pictures are. Exit 1 when anything
+was lost, a drill did not pass, a ring drill's convergence is missing, a link is not
+streaming or the verification did not pass, so the demo's exit code says so too.
+`summarize` decides and formats without I/O (unit tested); `main` only reads.
 """
 
 from __future__ import annotations
@@ -52,33 +53,67 @@ def _secs(x: Any) -> str:
     return "-" if x is None else f"{float(x):.2f} s"
 
 
+# Ring drills whose run waits for the ring to converge again: their convergence time is
+# part of the verdict, so one that is missing is a problem, not a dash.
+CONVERGING = ("campusLoss", "syncCrash")
+
+
+def _drill_row(d: dict[str, Any], problems: list[str]) -> tuple[str, list[str]]:
+    """One drill's line of the drills table (and its problems); the campuses it struck."""
+    ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+    scenario = str(d["spec"]["scenario"])
+    st = d.get("status") or {}
+    run = st.get("lastRun") or {}
+    result = str(run.get("result") or st.get("phase") or "no run")
+    lost, acked = run.get("lostTransactions"), run.get("committedTransactions")
+    rows, conv = run.get("lostRows"), run.get("convergedSeconds")
+    if result != "Passed":
+        problems.append(f"drill {ns}/{name} {result}: {run.get('reason')}: "
+                        f"{run.get('message')}")
+    if lost is None or lost > 0:
+        problems.append(f"drill {ns}/{name}: lost commits "
+                        f"{'not measured' if lost is None else lost}")
+    if rows is not None and rows > 0:
+        problems.append(f"drill {ns}/{name}: lost rows {rows}")
+    if scenario in CONVERGING and conv is None and result == "Passed":
+        problems.append(f"drill {ns}/{name}: ring convergence not measured")
+    struck = [str(c) for c in run.get("faultCampuses") or []]
+    what = f"{name} ({scenario})"
+    line = (f"  {what:<30} {ns:<10} {','.join(struck) or '-':<26} {result:<8} "
+            f"{_secs(run.get('rtoSeconds')):<9} "
+            f"{f'{_dash(lost)} of {_dash(acked)}':<14} {_dash(rows):<9} {_secs(conv)}")
+    return line, struck
+
+
+def _dash(x: Any) -> str:
+    return "-" if x is None else str(x)
+
+
 def summarize(f: Facts) -> tuple[list[str], list[str]]:
     """(the summary's lines, the problems: empty when the demo succeeded)."""
     problems: list[str] = []
     rings = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in f.rings}
     lines = ["Ringkeeper demo summary", "",
-             f"  {'campus':<14} {'namespace':<10} {'primary':<16} {'drill (scenario)':<34} "
-             f"{'result':<8} {'RTO':<9} lost commits"]
+             f"  {'drill (scenario)':<30} {'namespace':<10} {'struck':<26} {'result':<8} "
+             f"{'RTO':<9} {'lost commits':<14} {'lost rows':<9} converged"]
+    struck_by: dict[tuple[str, str], list[str]] = {}
+    campuses: list[tuple[str, str]] = []  # every campus of every target, in order
     for d in f.drills:
-        ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
-        st = d.get("status") or {}
-        run = st.get("lastRun") or {}
-        result = str(run.get("result") or st.get("phase") or "no run")
-        lost, acked = run.get("lostTransactions"), run.get("committedTransactions")
-        if result != "Passed":
-            problems.append(f"drill {ns}/{name} {result}: {run.get('reason')}: "
-                            f"{run.get('message')}")
-        if lost is None or lost > 0:
-            problems.append(f"drill {ns}/{name}: lost commits "
-                            f"{'not measured' if lost is None else lost}")
-        what = f"{name} ({d['spec']['scenario']})"
-        for c in drill_campuses(d, rings) or ["?"]:
-            campus = f.campuses.get((ns, c))
-            primary = ("(removed)" if campus is None else
-                       str((campus.get("status") or {}).get("currentPrimary") or "none"))
-            lines.append(f"  {c:<14} {ns:<10} {primary:<16} {what:<34} {result:<8} "
-                         f"{_secs(run.get('rtoSeconds')):<9} "
-                         f"{'-' if lost is None else lost} of {'-' if acked is None else acked}")
+        ns = d["metadata"]["namespace"]
+        line, struck = _drill_row(d, problems)
+        lines.append(line)
+        for c in [*drill_campuses(d, rings), *struck]:
+            if (ns, c) not in campuses:
+                campuses.append((ns, c))
+        for c in struck:
+            struck_by.setdefault((ns, c), []).append(str(d["metadata"]["name"]))
+    lines += ["", f"  {'campus':<14} {'namespace':<10} {'primary':<16} struck by"]
+    for ns, c in campuses:
+        campus = f.campuses.get((ns, c))
+        primary = ("(removed)" if campus is None else
+                   str((campus.get("status") or {}).get("currentPrimary") or "none"))
+        lines.append(f"  {c:<14} {ns:<10} {primary:<16} "
+                     f"{', '.join(struck_by.get((ns, c), [])) or '-'}")
     for r in f.rings:
         ns, name = r["metadata"]["namespace"], r["metadata"]["name"]
         links = (r.get("status") or {}).get("links") or []
@@ -139,7 +174,8 @@ async def _gather(args: argparse.Namespace) -> Facts:
         rings = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in f.rings}
         for d in f.drills:
             ns = d["metadata"]["namespace"]
-            for c in drill_campuses(d, rings):
+            struck = ((d.get("status") or {}).get("lastRun") or {}).get("faultCampuses")
+            for c in dict.fromkeys([*drill_campuses(d, rings), *(struck or [])]):
                 try:
                     f.campuses[(ns, c)] = await resources.read_custom(api, ns, "campuses", c)
                 except KubeApiError as exc:
