@@ -183,8 +183,9 @@ async def fenced_campuses(api: client.ApiClient, ns: str, drill: str) -> list[st
 
 async def await_streams(api: client.ApiClient, ns: str, campus: str, others: list[str],
                         timeout: float = STREAMS_WAIT) -> list[str]:
-    """Wait until `campus`'s sidecar streams from every other member (at most `timeout`);
-    the members it still does not stream from (their reason when unreachable)."""
+    """Wait until `campus`'s sidecar streams from every campus of `others` (those that feed
+    it; at most `timeout`); the ones it still does not stream from, each with the sync
+    walsenders it serves instead (or why it could not be asked)."""
     deadline = time.monotonic() + timeout
     while True:
         missing: list[str] = []
