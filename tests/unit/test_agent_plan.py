@@ -90,6 +90,13 @@ ROWS = [
      AgentAction.STEP_DOWN, Reason.SELF_FENCE, True, True, "self-fence"),
     ("primary-cut-not-yet", primary(api_ok=False, silent_seconds=2.9),
      AgentAction.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
+    # No other instance (one-instance Campus, satellite): nobody can be promoted in its
+    # place, so a long API outage does not stop its writes (a satellite works offline).
+    ("primary-alone-cut-from-api-long", primary(api_ok=False, silent_seconds=600.0, peers=0),
+     AgentAction.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),
+    ("primary-alone-campus-names-another", primary(peers=0, view=CampusView("c-2", None)),
+     AgentAction.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, True, False,
+     "c-2 is the current primary"),
     ("primary-cut-from-api-a-peer-answers", primary(api_ok=False, peer_ok=True,
                                                    silent_seconds=9.0),
      AgentAction.SERVE_PRIMARY, Reason.PRIMARY_SERVING, False, False, "serving writes"),

@@ -135,6 +135,7 @@ class AgentContact:
             peer_ok=peer_ok, running=self.server.running, data=self.server.data_state(),
             fenced=st.fenced, self_fenced=st.self_fenced,
             silent_seconds=now - max(st.last_api_contact, st.last_peer_contact),
+            peers=len(self.peers()),
             self_fence_after=float((self.spec.get("failover") or {}).get(
                 "selfFenceAfterSeconds", 3)),
             paused=st.paused, paused_under=st.paused_under, paused_seconds=now - st.paused_at,

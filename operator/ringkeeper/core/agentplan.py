@@ -115,6 +115,8 @@ class AgentFacts:
     clean_shutdown: bool | None = None
     pause_limit: float = PAUSE_LIMIT
     view_predates_call: bool = False
+    # The other instances of the Campus as last read (0: one instance, or a satellite).
+    peers: int = 1
 
 
 @dataclass(frozen=True)
@@ -214,13 +216,18 @@ def plan_tick(f: AgentFacts) -> Step:
 
 def _running_primary(f: AgentFacts) -> Step:
     """A serving primary steps down when the Campus (readable) names another or fences
-    it, fences itself when it reached nobody for selfFenceAfterSeconds, else serves."""
+    it, fences itself when it reached nobody for selfFenceAfterSeconds, else serves.
+
+    Self-fencing only makes room for a replica the operator may promote meanwhile. With
+    no other instance (a one-instance Campus, a satellite) nobody can be promoted in its
+    place, so an unreachable API server does not stop its writes: a satellite keeps
+    working offline, which is what it is for."""
     if f.api_ok:
         why = running_primary_must_step_down(f.me, f.view)
         if why:
             return _Before(True, f.self_fenced).step(
                 AgentAction.STEP_DOWN, Reason.CAMPUS_SAYS_STEP_DOWN, why)
-    elif not f.peer_ok and self_fence_due(f.silent_seconds, f.self_fence_after):
+    elif f.peers and not f.peer_ok and self_fence_due(f.silent_seconds, f.self_fence_after):
         return _Before(True, True).step(
             AgentAction.STEP_DOWN, Reason.SELF_FENCE, "self-fence: no contact with the API "
             f"server or any peer for {f.silent_seconds:.1f}s")
