@@ -44,7 +44,7 @@ from .capture import prepare_capture
 from .configsource import ConfigSource
 from .connections import close_quietly, connect
 from .errors import LINK_ERRORS, MEMBER_ERRORS, TRANSIENT, UNREACHABLE
-from .link import LinkStream, SourceSilent
+from .link import PARK_RETRY_EVERY, LinkStream, SourceSilent
 from .linkreport import LinkReport
 from .origins import ensure_origins
 from .satcopy import copy_done, copy_to_spool
@@ -351,7 +351,16 @@ class SatelliteKeeper:
             drain = SpoolDrain(parent, applier, sat_profile, cfg.ring, sat.name)
             rep.drain_error = None
             base = rep.drained_rows
+            last_park = 0.0
             while not stop.is_set():
+                if time.monotonic() - last_park >= PARK_RETRY_EVERY:
+                    # Changes parked at the satellite (a table it lacked) are applied
+                    # once the table matches; until then the report says what waits.
+                    last_park = time.monotonic()
+                    parked = await drain.retry_parked()
+                    rep.drain_error = ("changes wait at the satellite for "
+                                       + "; ".join(f"{t}: {why}" for t, why in
+                                                   sorted(parked.items()))) if parked else None
                 try:
                     n = await asyncio.wait_for(drain.once(), APPLY_STATEMENT_SECONDS)
                 except BaseException:

@@ -367,6 +367,17 @@ class SpoolDrain:
         return len(rows)
 
 
+    async def retry_parked(self) -> dict[str, str]:
+        """Apply what waits at the satellite for a table that matches again (its table
+        created or altered after the drain reached it: sync/parking.py), between
+        transactions as a ring link does; the tables still parked, with why. Without
+        this a row drained before its table existed at the satellite waited forever."""
+        if self._part_open:
+            return self.applier.parked_tables()
+        still = await self.applier.retry_parked()
+        return {**self.applier.parked_tables(), **still}
+
+
 async def spool_backlog(conn: asyncpg.Connection, satellite: str
                         ) -> tuple[int, int, float | None]:
     """(spool rows, spool bytes, age in hours of the oldest spooled commit or None when
