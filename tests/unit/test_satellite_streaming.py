@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from ringkeeper.core.satsync import Streaming, streaming_condition, streaming_of, sync_status
+from ringkeeper.core.satsync import (
+    Streaming,
+    streaming_condition,
+    streaming_event,
+    streaming_of,
+    sync_status,
+)
 
 UP = {"state": "Streaming"}
 DOWN = {"state": "Streaming"}
@@ -50,3 +56,19 @@ def test_condition_and_phase_agree() -> None:
     assert len(conds[0]["message"]) < 400  # a link's long message is cut
     assert sync_status(stopped, ready=True)["phase"] == "Syncing"
     assert streaming_condition(conds, None, NOW, 3)[0]["reason"] == "ParentUnread"
+
+
+@pytest.mark.parametrize(("before", "after", "want"), [
+    (None, {"status": "False", "reason": "ParentUnread"}, None),  # joining: no Event
+    (None, {"status": "True", "reason": "BothWays"}, ("BothWays", False)),  # connected
+    ({"status": "False", "reason": "SpoolLinkStopped"}, {"status": "True", "reason": "BothWays"},
+     ("BothWays", False)),  # reconnected
+    ({"status": "True", "reason": "BothWays"}, {"status": "False", "reason": "UpLinkStopped"},
+     ("UpLinkStopped", True)),  # disconnected
+    ({"status": "False", "reason": "UpLinkStopped"},
+     {"status": "False", "reason": "SpoolLinkStopped"}, None),  # still stopped
+    ({"status": "True", "reason": "BothWays"}, {"status": "True", "reason": "BothWays"}, None),
+])
+def test_streaming_event(before: dict[str, Any] | None, after: dict[str, Any],
+                         want: tuple[str, bool] | None) -> None:
+    assert streaming_event(before, after) == want

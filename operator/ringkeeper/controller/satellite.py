@@ -45,7 +45,14 @@ from ..core.satellite import (
     rings_naming,
     status_patch,
 )
-from ..core.satsync import backlog_condition, backlog_of, streaming_condition, sync_status
+from ..core.satsync import (
+    STREAMING_CONDITION,
+    backlog_condition,
+    backlog_of,
+    streaming_condition,
+    streaming_event,
+    sync_status,
+)
 from .campus_reconcile import UnbuildableSpec, unit_objects, write_failure, write_objects
 from .failover import AgentClient
 from .satellite_sync import parent_report
@@ -195,6 +202,11 @@ async def _record(api: client.ApiClient, body: dict[str, Any], plan: SatellitePl
             if plan.ready:  # whether both links stream (core.satsync.streaming_of)
                 patch["conditions"] = streaming_condition(patch["conditions"], entry,
                                                           datetime.now(UTC), gen)
+                streams = condition(patch["conditions"], STREAMING_CONDITION) or {}
+                news = streaming_event(condition(conds, STREAMING_CONDITION), streams)
+                if news is not None:
+                    (kopf.warn if news[1] else kopf.info)(
+                        cast(Any, body), reason=news[0], message=str(streams.get("message")))
             if verdict is not None:
                 patch["conditions"], told = backlog_condition(
                     patch["conditions"], verdict[0], verdict[1], datetime.now(UTC), gen)

@@ -324,3 +324,20 @@ def streaming_condition(conditions: list[dict[str, Any]], entry: Mapping[str, ob
                          status="True" if reason is Streaming.STREAMING else "False",
                          reason=reason.value, message=message, now=now,
                          generation=generation)
+
+
+def streaming_event(before: Mapping[str, Any] | None, after: Mapping[str, Any]
+                    ) -> tuple[str, bool] | None:
+    """The Event for a change of the Streaming condition: (reason, warning?) or None.
+    Told when the satellite starts streaming both ways (connect, reconnect: Normal) and
+    when it stops after it streamed (disconnect: Warning with the stopped link's reason);
+    not while it has never streamed (a join's waiting is in the condition only), nor
+    for a change of reason or message alone."""
+    was, now = (before or {}).get("status"), after.get("status")
+    if was == now:
+        return None
+    if now == "True":
+        return str(after.get("reason")), False
+    if was == "True":
+        return str(after.get("reason")), True
+    return None
