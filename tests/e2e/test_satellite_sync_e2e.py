@@ -22,6 +22,7 @@ import yaml
 
 from e2e.campus_helpers import campus_yaml, endpoints, install_operator, secret, wait_ready
 from e2e.conftest import Cluster, wait_for
+from waiting import await_until
 
 pytestmark = pytest.mark.cluster
 
@@ -148,6 +149,17 @@ def _problems(ring_ledger: dict[int, tuple[str, int]], sat_ledger: dict[int, tup
     return out
 
 
+async def _parent_entry(cluster: Cluster, ns: str) -> dict[str, Any] | None:
+    """The parent sidecar's report of the satellite (its /status `satellites` entry)."""
+    import aiohttp
+
+    host = await asyncio.to_thread(_address, cluster, ns, "fy")
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://{host}:8001/status", timeout=aiohttp.ClientTimeout(total=3)) as r:
+        report = await r.json()
+    return next((e for e in report.get("satellites") or [] if e.get("name") == SAT), None)
+
+
 async def _diagnose(cluster: Cluster, ns: str) -> str:
     """What the parent's sidecar says of the satellite, and the end of its log."""
     import aiohttp
@@ -202,11 +214,22 @@ async def test_satellite_syncs_with_its_parent_under_writes(cluster: Cluster, na
     await asyncio.sleep(4)
     before = sum(w.commits for w in ring_writers)
 
-    # The join, under those writes: the satellite's database, its schema, its own writer
-    # from the moment it serves (its parent's sidecar has not learned it yet).
+    # The join, under those writes. The satellite's table is created only after the
+    # parent has copied its rows and drained them into the satellite, which lacked it:
+    # they wait there (parked) and must be applied once the table exists (they never
+    # were, before sync/satellite.py retried them). Then its own writer starts.
     cluster.kubectl("-n", ns, "apply", "-f", "-", input=_satellite())
     await asyncio.to_thread(wait_for, f"{SAT}-rw endpoint",
                             lambda: len(endpoints(cluster, ns, f"{SAT}-rw")) == 1, 180)
+
+    async def drained_into_nothing() -> dict[str, Any] | None:
+        e = await _parent_entry(cluster, ns)
+        return e if e and (e.get("copy") or {}).get("state") == "Done" and \
+            e.get("drainedRows", 0) > 0 and "lis.samples" in str(e.get("drainError")) else None
+
+    entry = await await_until("the copy drained into the satellite without its table",
+                              drained_into_nothing, 120, 0.5)
+    assert entry["copy"]["rowsCopied"] > 0, entry
 
     async def schema_at_satellite() -> bool:
         conn = await _connect(cluster, ns, SAT)
@@ -281,6 +304,9 @@ async def test_satellite_syncs_with_its_parent_under_writes(cluster: Cluster, na
     assert (ready["status"], ready["reason"]) == ("True", "InstanceReady"), ready
     streams = next(c for c in final["conditions"] if c["type"] == "Streaming")
     assert (streams["status"], streams["reason"]) == ("True", "BothWays"), streams
+    events = cluster.get("-n", ns, "events", "--field-selector",
+                         f"involvedObject.kind=Satellite,involvedObject.name={SAT}")["items"]
+    assert "BothWays" in {e["reason"] for e in events}, [e["reason"] for e in events]
     head, row = cluster.kubectl("-n", ns, "get", "satellite", SAT).stdout.splitlines()[:2]
     cols = dict(zip(head.split(), row.split(), strict=True))
     assert (cols["PARENT"], cols["CONNECTED"], cols["BACKLOG"], cols["PHASE"]) == (
