@@ -24,9 +24,10 @@ import pytest
 
 from pgserver import PgServer, unavailable
 from ringkeeper.core.conflicts import Policy, local_write_allowed
-from ringkeeper.engines import profile_for
+from ringkeeper.engines import EngineProfile, profile_for
 from ringkeeper.sync import priorityguard
 from ringkeeper.sync.capture import prepare_capture
+from ringkeeper.sync.catalog import TableInfo
 from ringkeeper.sync.origins import ensure_origins
 from waiting import await_until as wait_until
 
@@ -52,6 +53,21 @@ async def _server() -> AsyncIterator[PgServer]:
         yield s
     finally:
         s.destroy()
+
+
+@contextlib.asynccontextmanager
+async def _captured() -> AsyncIterator[tuple[PgServer, asyncpg.Connection, EngineProfile,
+                                            list[TableInfo]]]:
+    """A server whose lis tables are captured by ring g, with its members' origins."""
+    async with _server() as s:
+        conn = await asyncpg.connect(s.dsn())
+        try:
+            profile = profile_for("postgresql", "17")
+            tables, _ = await prepare_capture(conn, RING, ["lis.*"], [])
+            await ensure_origins(conn, profile, RING, list(PRIOS))
+            yield s, conn, profile, tables
+        finally:
+            await conn.close()
 
 
 async def _write_as(conn: asyncpg.Connection, origin: str | None, sql: str,
@@ -83,55 +99,48 @@ async def _try(conn: asyncpg.Connection, sql: str, *args: object) -> str | None:
 
 
 async def test_the_trigger_refuses_exactly_what_the_core_rule_refuses() -> None:
-    async with _server() as s:
-        conn = await asyncpg.connect(s.dsn())
-        try:
-            profile = profile_for("postgresql", "17")
-            tables, _ = await prepare_capture(conn, RING, ["lis.*"], [])
-            await ensure_origins(conn, profile, RING, list(PRIOS))
-            checked = 0
-            for policy in (Policy.CAMPUS_PRIORITY, Policy.LAST_WRITER_WINS,
-                           Policy.CAMPUS_PRIORITY):
-                on = await priorityguard.keep(conn, profile, RING, LOCAL, policy, PRIOS, tables)
-                assert on == (policy == Policy.CAMPUS_PRIORITY)
-                await conn.execute("DELETE FROM lis.t; DELETE FROM ringkeeper.tombstones")
-                writers: list[str | None] = [None, "seed", *PRIOS]
-                for i, who in enumerate(writers):
-                    origin = "_seed" if who == "seed" else who
-                    prio = None if who in (None, "seed") else PRIOS[who]
-                    allowed = local_write_allowed(policy, PRIOS[LOCAL], prio)
-                    base = i * 10
-                    # UPDATE and DELETE of a row whose version `who` wrote.
-                    for op, sql in (("update", "UPDATE lis.t SET v = 'local' WHERE id = $1"),
-                                    ("delete", "DELETE FROM lis.t WHERE id = $1")):
-                        key = base + (1 if op == "update" else 2)
-                        await _write_as(conn, origin, "INSERT INTO lis.t VALUES ($1, 'x')", key)
-                        got = await _try(conn, sql, key)
-                        assert (got is None) == allowed, (policy, who, op, got)
-                        if got is not None:
-                            hint = f"{priorityguard.SQLSTATE} write it at {who},"
-                            assert got.startswith(hint), got
-                            assert f"lis.t key [\"{key}\"]" in got and f"campus {who}" in got, got
-                        checked += 1
-                    # INSERT of a key whose last delete `who` made (its tombstone).
-                    key = base + 3
-                    await _write_as(conn, None, "INSERT INTO lis.t VALUES ($1, 'x')", key)
-                    await _write_as(conn, origin, "DELETE FROM lis.t WHERE id = $1", key)
-                    got = await _try(conn, "INSERT INTO lis.t VALUES ($1, 'again')", key)
-                    assert (got is None) == allowed, (policy, who, "insert", got)
+    async with _captured() as (_, conn, profile, tables):
+        checked = 0
+        for policy in (Policy.CAMPUS_PRIORITY, Policy.LAST_WRITER_WINS,
+                       Policy.CAMPUS_PRIORITY):
+            on = await priorityguard.keep(conn, profile, RING, LOCAL, policy, PRIOS, tables)
+            assert on == (policy == Policy.CAMPUS_PRIORITY)
+            await conn.execute("DELETE FROM lis.t; DELETE FROM ringkeeper.tombstones")
+            writers: list[str | None] = [None, "seed", *PRIOS]
+            for i, who in enumerate(writers):
+                origin = "_seed" if who == "seed" else who
+                prio = None if who in (None, "seed") else PRIOS[who]
+                allowed = local_write_allowed(policy, PRIOS[LOCAL], prio)
+                base = i * 10
+                # UPDATE and DELETE of a row whose version `who` wrote.
+                for op, sql in (("update", "UPDATE lis.t SET v = 'local' WHERE id = $1"),
+                                ("delete", "DELETE FROM lis.t WHERE id = $1")):
+                    key = base + (1 if op == "update" else 2)
+                    await _write_as(conn, origin, "INSERT INTO lis.t VALUES ($1, 'x')", key)
+                    got = await _try(conn, sql, key)
+                    assert (got is None) == allowed, (policy, who, op, got)
+                    if got is not None:
+                        hint = f"{priorityguard.SQLSTATE} write it at {who},"
+                        assert got.startswith(hint), got
+                        assert f"lis.t key [\"{key}\"]" in got and f"campus {who}" in got, got
                     checked += 1
-                # The ring's own sessions (replica) are never refused.
-                await _write_as(conn, "h", "INSERT INTO lis.t VALUES (999, 'h')")
-                await _write_as(conn, "l", "UPDATE lis.t SET v = 'l' WHERE id = 999")
-            assert checked == 3 * 6 * 3
-            # A table created while the ring runs gets the guard from the event trigger,
-            # in the current state (on).
-            await conn.execute("CREATE TABLE lis.late (id int PRIMARY KEY, v text)")
-            await _write_as(conn, "h", "INSERT INTO lis.late VALUES (1, 'h')")
-            got = await _try(conn, "UPDATE lis.late SET v = 'c' WHERE id = 1")
-            assert got is not None and got.startswith(priorityguard.SQLSTATE), got
-        finally:
-            await conn.close()
+                # INSERT of a key whose last delete `who` made (its tombstone).
+                key = base + 3
+                await _write_as(conn, None, "INSERT INTO lis.t VALUES ($1, 'x')", key)
+                await _write_as(conn, origin, "DELETE FROM lis.t WHERE id = $1", key)
+                got = await _try(conn, "INSERT INTO lis.t VALUES ($1, 'again')", key)
+                assert (got is None) == allowed, (policy, who, "insert", got)
+                checked += 1
+            # The ring's own sessions (replica) are never refused.
+            await _write_as(conn, "h", "INSERT INTO lis.t VALUES (999, 'h')")
+            await _write_as(conn, "l", "UPDATE lis.t SET v = 'l' WHERE id = 999")
+        assert checked == 3 * 6 * 3
+        # A table created while the ring runs gets the guard from the event trigger,
+        # in the current state (on).
+        await conn.execute("CREATE TABLE lis.late (id int PRIMARY KEY, v text)")
+        await _write_as(conn, "h", "INSERT INTO lis.late VALUES (1, 'h')")
+        got = await _try(conn, "UPDATE lis.late SET v = 'c' WHERE id = 1")
+        assert got is not None and got.startswith(priorityguard.SQLSTATE), got
 
 
 async def test_an_application_role_without_ring_rights_is_served_by_the_triggers() -> None:
@@ -139,42 +148,35 @@ async def test_an_application_role_without_ring_rights_is_served_by_the_triggers
     tombstone trigger (every DELETE) and the guard must still run for them (they are
     SECURITY DEFINER); before, every DELETE by such a role failed with "permission
     denied for schema ringkeeper" (the syncCrash drill's load saw it)."""
-    async with _server() as s:
-        conn = await asyncpg.connect(s.dsn())
+    async with _captured() as (s, conn, profile, tables):
+        await priorityguard.keep(conn, profile, RING, LOCAL, Policy.CAMPUS_PRIORITY,
+                                 PRIOS, tables)
+        await conn.execute(
+            "CREATE ROLE clerk LOGIN PASSWORD 'clerk-pw'; "
+            "GRANT USAGE, CREATE ON SCHEMA lis TO clerk; "
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON lis.t TO clerk")
+        await conn.execute("INSERT INTO lis.t VALUES (1, 'mine'), (2, 'mine')")
+        await _write_as(conn, "h", "INSERT INTO lis.t VALUES (3, 'h')")
+        app = await asyncpg.connect(host=s.host, port=s.port, database=s.database,
+                                    user="clerk", password="clerk-pw")
         try:
-            profile = profile_for("postgresql", "17")
-            tables, _ = await prepare_capture(conn, RING, ["lis.*"], [])
-            await ensure_origins(conn, profile, RING, list(PRIOS))
-            await priorityguard.keep(conn, profile, RING, LOCAL, Policy.CAMPUS_PRIORITY,
-                                     PRIOS, tables)
-            await conn.execute(
-                "CREATE ROLE clerk LOGIN PASSWORD 'clerk-pw'; "
-                "GRANT USAGE, CREATE ON SCHEMA lis TO clerk; "
-                "GRANT SELECT, INSERT, UPDATE, DELETE ON lis.t TO clerk")
-            await conn.execute("INSERT INTO lis.t VALUES (1, 'mine'), (2, 'mine')")
-            await _write_as(conn, "h", "INSERT INTO lis.t VALUES (3, 'h')")
-            app = await asyncpg.connect(host=s.host, port=s.port, database=s.database,
-                                        user="clerk", password="clerk-pw")
-            try:
-                assert await app.fetchval("SELECT current_user") == "clerk"
-                assert await app.fetchval(
-                    "SELECT has_schema_privilege('ringkeeper', 'USAGE')") is False
-                assert await _try(app, "DELETE FROM lis.t WHERE id = 1") is None
-                assert await _try(app, "UPDATE lis.t SET v = 'again' WHERE id = 2") is None
-                got = await _try(app, "UPDATE lis.t SET v = 'c' WHERE id = 3")
-                assert got is not None and got.startswith(priorityguard.SQLSTATE), got
-                # A table the application creates joins the ring (event trigger) and
-                # its deletes leave tombstones too.
-                await app.execute("CREATE TABLE lis.notes (id int PRIMARY KEY, v text)")
-                await app.execute("INSERT INTO lis.notes VALUES (7, 'x')")
-                assert await _try(app, "DELETE FROM lis.notes WHERE id = 7") is None
-            finally:
-                await app.close()
-            assert await conn.fetchval(
-                "SELECT count(*) FROM ringkeeper.tombstones WHERE (relation, key) IN "
-                "(('lis.t', '[\"1\"]'::jsonb), ('lis.notes', '[\"7\"]'::jsonb))") == 2
+            assert await app.fetchval("SELECT current_user") == "clerk"
+            assert await app.fetchval(
+                "SELECT has_schema_privilege('ringkeeper', 'USAGE')") is False
+            assert await _try(app, "DELETE FROM lis.t WHERE id = 1") is None
+            assert await _try(app, "UPDATE lis.t SET v = 'again' WHERE id = 2") is None
+            got = await _try(app, "UPDATE lis.t SET v = 'c' WHERE id = 3")
+            assert got is not None and got.startswith(priorityguard.SQLSTATE), got
+            # A table the application creates joins the ring (event trigger) and
+            # its deletes leave tombstones too.
+            await app.execute("CREATE TABLE lis.notes (id int PRIMARY KEY, v text)")
+            await app.execute("INSERT INTO lis.notes VALUES (7, 'x')")
+            assert await _try(app, "DELETE FROM lis.notes WHERE id = 7") is None
         finally:
-            await conn.close()
+            await app.close()
+        assert await conn.fetchval(
+            "SELECT count(*) FROM ringkeeper.tombstones WHERE (relation, key) IN "
+            "(('lis.t', '[\"1\"]'::jsonb), ('lis.notes', '[\"7\"]'::jsonb))") == 2
 
 
 # -- a whole ring -------------------------------------------------------------------------
