@@ -304,7 +304,7 @@ async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events:
         t1 = datetime.fromisoformat(done.replace("Z", "+00:00"))
         record["rtoSeconds"] = (t1 - t0).total_seconds()
     await store.patch_status({"currentPrimary": target, "targetPrimary": target,
-                              "phase": "Ready", "lastFailover": record, "failingSince": None,
+                              "phase": "Degraded", "lastFailover": record, "failingSince": None,
                               "syncSnapshot": None},
                              None)
     await events.emit("Promoted", f"{target} is the primary (was {old})")
