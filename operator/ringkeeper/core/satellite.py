@@ -24,9 +24,14 @@ DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "100m", "memory": "256M
                                      "limits": {"memory": "512Mi"}}
 
 
-def term_sql(term: FilterTerm) -> str:
-    """One term as a boolean SQL expression over a quoted column and quoted literals."""
+def term_sql(term: FilterTerm, alias: str | None = None) -> str:
+    """One term as a boolean SQL expression over a quoted column and quoted literals;
+    with `alias`, the column is qualified by it (quoted too), so a query that joins the
+    table with other relations (verification's key lookups) cannot read another
+    relation's column of the same name."""
     col = quote_ident(term.column)
+    if alias is not None:
+        col = f"{quote_ident(alias)}.{col}"
     op = FilterOp(term.op)
     lits = [quote_literal(v) for v in term.values]
     if op is FilterOp.EQUALS:
@@ -42,12 +47,13 @@ def term_sql(term: FilterTerm) -> str:
     return f"{col} IS NOT NULL"
 
 
-def filter_sql(row_filter: RowFilter | None) -> str:
+def filter_sql(row_filter: RowFilter | None, alias: str | None = None) -> str:
     """The WHERE condition of a table's filter; TRUE without one. Each term in its own
-    parentheses, joined by AND, so no term's text can change how another is read."""
+    parentheses, joined by AND, so no term's text can change how another is read.
+    `alias` qualifies every column (see term_sql)."""
     if row_filter is None:
         return "TRUE"
-    return " AND ".join(f"({term_sql(t)})" for t in row_filter.all_of)
+    return " AND ".join(f"({term_sql(t, alias)})" for t in row_filter.all_of)
 
 
 def campus_view(satellite: Mapping[str, Any]) -> dict[str, Any]:

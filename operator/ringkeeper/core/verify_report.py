@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
@@ -86,9 +87,76 @@ class TableReport(BaseModel):
         return not self.differences and not self.unsettled and not self.truncated
 
 
+class SatelliteState(StrEnum):
+    """How far the comparison of one satellite with its parent got. Anything but
+    COMPARED means its rows were not compared, so it can never count as equal."""
+
+    COMPARED = "Compared"
+    NO_ADDRESS = "NoAddress"  # the ring config has no address for it yet
+    UNREACHABLE = "Unreachable"  # it (or its parent) did not answer
+
+
+class SatelliteTable(BaseModel):
+    """One satellite table compared with its parent's rows that match its filter.
+
+    `compare` is the member-style table report over the pair (parent, satellite), the
+    parent as reference, both sides restricted to the filter; None with `error` when the
+    table could not be compared (missing, another shape). `outside_filter` counts the
+    satellite's rows its own filter does not select (its own writes of such rows stay
+    there by design, see docs/satellites.md): they are not compared."""
+
+    table: str
+    filter: str
+    compare: TableReport | None = None
+    outside_filter: int | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.compare is not None and self.compare.passed
+
+
+class SatelliteReport(BaseModel):
+    """A satellite against its parent ("parent vs satellite"), table by table. Never
+    repaired by `ringkeeper verify --repair` (out of scope: its changes travel through
+    the parent's spool, not the ring's links)."""
+
+    satellite: str
+    parent: str
+    state: SatelliteState
+    message: str = ""
+    tables: list[SatelliteTable] = Field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.state is SatelliteState.COMPARED and all(t.passed for t in self.tables)
+
+    @property
+    def differences(self) -> list[KeyDifference]:
+        return [d for t in self.tables if t.compare is not None for d in t.compare.differences]
+
+
+def satellites_exit_code(sats: list[SatelliteReport]) -> int:
+    """`ringkeeper verify`'s exit code for its satellites section: 1 when a satellite
+    differs from its parent (keys differ, still change, or past the key limit), else 2
+    when one could not be compared (no address, unreachable, a table missing or of
+    another shape: never counted as equal), else 0."""
+    compared = [t.compare for s in sats for t in s.tables if t.compare is not None]
+    if any(not c.passed for c in compared):
+        return 1
+    if any(s.state is not SatelliteState.COMPARED or any(t.compare is None for t in s.tables)
+           for s in sats):
+        return 2
+    return 0
+
+
 class Report(BaseModel):
     """A verification run: JSON for machines (`model_dump_json`, re-read with
-    `Report.model_validate_json` before a repair), `render_text` for people."""
+    `Report.model_validate_json` before a repair), `render_text` for people.
+
+    `passed` and `differences` are the ring members' (what repair and the ring's status
+    use); `satellites` holds each satellite compared with its parent, `satellites_passed`
+    says whether they all were compared and equal."""
 
     mode: Mode
     members: list[str]
@@ -99,10 +167,19 @@ class Report(BaseModel):
     canonical: str = "typed"
     tables: list[TableReport] = Field(default_factory=list)
     skipped: dict[str, str] = Field(default_factory=dict)
+    satellites: list[SatelliteReport] = Field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return all(t.passed for t in self.tables)
+
+    @property
+    def satellites_passed(self) -> bool:
+        return all(s.passed for s in self.satellites)
+
+    @property
+    def satellite_differences(self) -> list[KeyDifference]:
+        return [d for s in self.satellites for d in s.differences]
 
     @property
     def differences(self) -> list[KeyDifference]:
@@ -144,20 +221,61 @@ def render_text(report: Report) -> str:
             lines.append(f"    {len(t.unsettled)} key(s) still changing when rechecks "
                          "timed out (not verified): "
                          + ", ".join(",".join(d.key) for d in t.unsettled[:10]))
+    lines += _difference_table(report.differences)
+    if report.satellites:
+        lines += _satellite_lines(report.satellites)
+    return "\n".join(lines) + "\n"
+
+
+def _difference_table(diffs: list[KeyDifference], indent: str = "") -> list[str]:
     rows_out: list[tuple[str, ...]] = []
-    for d in report.differences:
+    for d in diffs:
         ref_v = d.versions.get(d.reference)
         for m, kind in d.member_kinds():
             rows_out.append((d.table, ",".join(d.key), kind, m, d.reference,
                              summarise_values(d.versions.get(m)), summarise_values(ref_v)))
-    if rows_out:
-        head = ("TABLE", "KEY", "KIND", "MEMBER", "REFERENCE", "MEMBER'S ROW",
-                "REFERENCE'S ROW")
-        widths = [max(len(r[i]) for r in [head, *rows_out]) for i in range(len(head))]
-        for r in [head, *rows_out]:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-                         .rstrip())
-    return "\n".join(lines) + "\n"
+    if not rows_out:
+        return []
+    head = ("TABLE", "KEY", "KIND", "MEMBER", "REFERENCE", "MEMBER'S ROW",
+            "REFERENCE'S ROW")
+    widths = [max(len(r[i]) for r in [head, *rows_out]) for i in range(len(head))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in [head, *rows_out]]
+
+
+def _satellite_lines(sats: list[SatelliteReport]) -> list[str]:
+    """The section "satellites (parent vs satellite)": one block per satellite, its
+    tables with their filters, and its differing keys (the parent is the reference)."""
+    lines = ["satellites (parent vs satellite; never repaired by --repair):"]
+    for s in sats:
+        if s.state is not SatelliteState.COMPARED:
+            lines.append(f"  {s.parent} vs {s.satellite}: NOT VERIFIED ({s.state.value}: "
+                         f"{s.message})")
+            continue
+        verdict = ("PASSED" if s.passed else
+                   f"{len(s.differences)} differing key(s)" if s.differences else "FAILED")
+        lines.append(f"  {s.parent} vs {s.satellite}: {verdict}")
+        for t in s.tables:
+            if t.compare is None:
+                lines.append(f"    {t.table} where {t.filter}: NOT VERIFIED ({t.error})")
+                continue
+            c = t.compare
+            rows = ", ".join(f"{m}={n}" for m, n in c.rows.items())
+            outside = "" if not t.outside_filter else (
+                f"; {t.outside_filter} row(s) at {s.satellite} outside the filter "
+                "(not compared)")
+            lines.append(f"    {t.table} where {t.filter}: rows {rows or '-'}; chunks "
+                         f"{c.chunks} ({c.chunks_differing} differing); "
+                         f"{len(c.differences)} difference(s){outside}; {c.seconds:.2f}s")
+            if c.truncated:
+                lines.append("      stopped naming keys at the max_keys limit: more rows "
+                             "differ")
+            if c.unsettled:
+                lines.append(f"      {len(c.unsettled)} key(s) still changing when "
+                             "rechecks timed out (not verified): "
+                             + ", ".join(",".join(d.key) for d in c.unsettled[:10]))
+        lines += _difference_table(s.differences, indent="    ")
+    return lines
 
 
 # --------------------------------------------------------------------------------------

@@ -178,6 +178,10 @@ class TableShape:
     columns: tuple[ChecksumColumn, ...]
     key: tuple[str, ...]
     order: tuple[str, ...] = field(default=())
+    # A row filter over alias t (a satellite's, rendered only by core.satellite.filter_sql,
+    # which quotes every name and value): chunk digests, leaf rows, split points and key
+    # lookups see only the rows it selects. Empty: every row.
+    where: str = ""
 
     @property
     def by_name(self) -> dict[str, ChecksumColumn]:
@@ -283,12 +287,15 @@ def _bound(shape: TableShape, key: Key, params: list[str]) -> str:
 
 def range_predicate(shape: TableShape, chunk: Chunk, params: list[str],
                     alias: str = "t") -> str:
-    """`key >= lo AND key < hi` as a row comparison (so composite keys use the index)."""
+    """`key >= lo AND key < hi` as a row comparison (so composite keys use the index),
+    and the shape's row filter when it has one (written over alias t)."""
     conds = []
     if chunk.lo is not None:
         conds.append(f"{key_tuple(shape, alias)} >= {_bound(shape, chunk.lo, params)}")
     if chunk.hi is not None:
         conds.append(f"{key_tuple(shape, alias)} < {_bound(shape, chunk.hi, params)}")
+    if shape.where:
+        conds.append(f"({shape.where})")
     return " AND ".join(conds) or "true"
 
 
@@ -347,6 +354,8 @@ def lookup_sql(shape: TableShape, canonical: Canonical = "typed", *, versions: b
     names = ", ".join(f"k{i}" for i in range(n))
     join = " AND ".join(f"t.{c.ident} = k.k{i}::{c.sql_type}"
                         for i, c in enumerate(shape.key_columns))
+    if shape.where:  # a row outside the filter is looked up as absent
+        join += f" AND ({shape.where})"
     cols = [*key_exprs(shape), row_hash_expr(shape, canonical)]
     lateral = ""
     if versions:

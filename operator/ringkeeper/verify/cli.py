@@ -5,8 +5,15 @@ Members come from a ring config file (`--ring-file`, local rings and tests) or f
 ReplicationRing's `status.lastVerification` follows the run. Connection strings carry
 passwords: only member names are ever printed.
 
-Exit codes: 0 the members agree (or every difference was repaired and re-checked),
-1 differences remain, 2 the verification could not run (usage, config, connections).
+Satellites in the ring config are compared with their parents too (`satellites.py`:
+their tables against the parent's rows that match their filters, in full), reported in
+their own section, and never repaired.
+
+Exit codes: 0 the members agree (or every difference was repaired and re-checked) and
+every satellite equals its parent, 1 differences remain (between members, or between a
+satellite and its parent), 2 the verification could not run (usage, config,
+connections) or a satellite could not be compared (no address, unreachable, a table
+missing): never counted as equal.
 What the command shows people (redaction, progress, clipped tables) is `terminal.py`'s job.
 """
 
@@ -25,11 +32,19 @@ import asyncpg
 
 from ..contracts.ringconfig import RingConfig
 from ..core.verify import MemberConn, Mode
-from ..core.verify_report import Progress, Report, render_text, verification_status
+from ..core.verify_report import (
+    Progress,
+    Report,
+    SatelliteReport,
+    render_text,
+    satellites_exit_code,
+    verification_status,
+)
 from .members import VerifyError
 from .repair import RepairResult, repair
 from .report import write_report
 from .runner import verify
+from .satellites import verify_satellites
 from .schedule import members_of, report_name, ring_tables
 from .terminal import ProgressBar, Redactor, clip
 
@@ -221,6 +236,8 @@ async def _verify(run: Run, cfg: RingConfig, members: list[MemberConn]) -> int:
     finally:
         bar.done()
     report.skipped.update(skipped)
+    if cfg.satellites:
+        report.satellites = await _satellites(run, cfg)
     path = Path(args.report) if args.report else Path.cwd() / report_name(cfg.ring,
                                                                           run.started)
     try:
@@ -231,15 +248,50 @@ async def _verify(run: Run, cfg: RingConfig, members: list[MemberConn]) -> int:
     run.say(f"report: {jp}\n        {tp}")
     await run.set_status(report, completed=True, report_path=str(jp))
     if report.passed:
-        return 0
+        return _satellites_outcome(run, report)
     unsettled = sum(len(t.unsettled) for t in report.tables)
     if not args.repair:
         run.say(f"{len(report.differences)} differing key(s)"
                 + (f", {unsettled} still changing" if unsettled else "")
                 + f"; to repair: {PROG} {cfg.ring} --repair [--source MEMBER] "
                 "(shows the plan first)", err=True)
+        _satellites_outcome(run, report)
         return 1
-    return await _repair(run, cfg, members, report, jp, unsettled)
+    code = await _repair(run, cfg, members, report, jp, unsettled)
+    sat_code = _satellites_outcome(run, report)
+    return code if code != 0 else sat_code
+
+
+async def _satellites(run: Run, cfg: RingConfig) -> list[SatelliteReport]:
+    """Each satellite against its parent's rows that match its filter (always in full;
+    never written to). Messages are redacted before they reach the report files."""
+    labels = [t for s in cfg.satellites for t in s.table_names]
+    run.say(f"verifying {len(cfg.satellites)} satellite(s) against their parents: "
+            + ", ".join(f"{s.parent} vs {s.name}" for s in cfg.satellites), err=True)
+    bar = ProgressBar(sys.stderr, labels)
+    try:
+        sats = await verify_satellites(cfg, run.args.tables, chunk_rows=run.args.chunk_rows,
+                                       settle_seconds=run.args.settle_seconds, progress=bar)
+    finally:
+        bar.done()
+    for s in sats:
+        s.message = run.redact(s.message)
+        for t in s.tables:
+            t.error = None if t.error is None else run.redact(t.error)
+    return sats
+
+
+def _satellites_outcome(run: Run, report: Report) -> int:
+    """What the satellites section adds to the exit code, said once on stderr."""
+    code = satellites_exit_code(report.satellites)
+    if code == 1:
+        n = len(report.satellite_differences)
+        run.say(f"satellites differ from their parents ({n} differing key(s)); "
+                f"{PROG} --repair does not repair satellites", err=True)
+    elif code == 2:
+        run.say("a satellite could not be compared with its parent (see the report); "
+                "it is not counted as equal", err=True)
+    return code
 
 
 def _save(result: RepairResult, path: Path) -> None:
@@ -316,6 +368,8 @@ async def _main(args: argparse.Namespace, redact: Redactor) -> int:
         cfg, api, ns = await _from_cluster(args, redact)
     for m in cfg.members:
         redact.add_dsn(m.dsn)
+    for sat in cfg.satellites:
+        redact.add_dsn(sat.dsn)
     try:
         if args.source is not None and args.source not in cfg.names:
             raise Failure(f"--source {args.source}: not a member of ring {cfg.ring} "
