@@ -290,17 +290,32 @@ class Streaming(StrEnum):
     UP_STOPPED = "UpLinkStopped"  # satellite -> parent not streaming
     SPOOL_STOPPED = "SpoolLinkStopped"  # parent's slot -> spool not streaming
     DRAIN_FAILING = "DrainFailing"  # spool -> satellite failing
+    # a table of the satellite's spec that does not exist at the parent
+    TABLE_MISSING_AT_PARENT = "TableMissingAtParent"
 
 
 def streaming_of(entry: Mapping[str, object] | None) -> tuple[Streaming, str]:
     """Whether the satellite streams both ways, from its parent sidecar's report entry:
-    (reason, message). Both links must be in a state that carries changes and the
+    (reason, message). A table of the satellite that does not exist at the parent comes
+    first (the links then stop or park with the applier's message; this one names the
+    tables and what to do). Both links must be in a state that carries changes and the
     drain must not be failing; a link that reports nothing counts as stopped (a claim
     of streaming needs the sidecar's word). The message quotes the link's own, so a
     user sees why (an unreachable address, a missing table)."""
     if entry is None:
         return (Streaming.PARENT_UNREAD, "the parent's sync sidecar did not answer, or "
                 "does not sync this satellite yet")
+    missing = missing_at_parent(entry)
+    if missing:
+        parent = str(entry.get("parent") or "its parent")
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more"
+                                           if len(missing) > 10 else "")
+        return (Streaming.TABLE_MISSING_AT_PARENT,
+                f"table(s) {shown} of the satellite do not exist at its parent {parent}: "
+                "create each at every ring member with the satellite's columns and "
+                "primary key (Ringkeeper replicates rows, not tables), or remove it from "
+                "the Satellite's spec.tables; until then its changes do not travel "
+                "either way")
     for key, reason, what in (("up", Streaming.UP_STOPPED, "satellite -> parent"),
                               ("down", Streaming.SPOOL_STOPPED, "parent -> spool")):
         link = entry.get(key)
@@ -314,6 +329,16 @@ def streaming_of(entry: Mapping[str, object] | None) -> tuple[Streaming, str]:
                 f"applying the spool at the satellite fails: {str(entry['drainError'])[:300]}")
     return (Streaming.STREAMING, "the satellite's writes stream to the parent and the "
             "parent's (filtered) through its spool to the satellite")
+
+
+def missing_at_parent(entry: Mapping[str, object]) -> list[str]:
+    """The satellite's tables the parent's sidecar found missing at the parent (its
+    report's `missingAtParent`, looked up by name each second); [] when none are, or
+    before it has looked."""
+    raw = entry.get("missingAtParent")
+    if not isinstance(raw, list | tuple):
+        return []
+    return [str(t)[:130] for t in raw]
 
 
 def streaming_condition(conditions: list[dict[str, Any]], entry: Mapping[str, object] | None,

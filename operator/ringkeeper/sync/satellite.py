@@ -57,6 +57,17 @@ log = logging.getLogger(__name__)
 
 DRAIN_IDLE = 0.2  # seconds between looks at an empty spool
 
+# Which of the given schema.table names have no relation here. Names travel as a bind
+# parameter and are quoted by format('%I'), never spliced into the statement.
+MISSING_TABLES_SQL = (
+    "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(format('%I.%I', "
+    "split_part(t, '.', 1), split_part(t, '.', 2))) IS NULL ORDER BY t")
+
+
+async def missing_tables(conn: Any, tables: tuple[str, ...]) -> tuple[str, ...]:
+    """The satellite's tables that do not exist at the parent (`conn`)."""
+    return tuple(r[0] for r in await conn.fetch(MISSING_TABLES_SQL, list(tables)))
+
 
 @dataclass
 class _Running:
@@ -177,6 +188,7 @@ class SatelliteKeeper:
             for name, rep in self.reports.items():
                 rep.spool_rows, rep.spool_bytes, rep.spool_oldest_hours = \
                     await spool_backlog(conn, name)
+                rep.missing_at_parent = await missing_tables(conn, rep.tables)
         except TRANSIENT as exc:
             log.warning("satellite backlog: %s", exc)
         finally:

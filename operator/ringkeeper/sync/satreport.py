@@ -35,6 +35,9 @@ class SatelliteReport:
     drained_rows: int = 0
     drain_error: str | None = None
     tables: tuple[str, ...] = ()
+    # Its tables that do not exist at the parent (None: not looked yet); the operator
+    # turns a non-empty list into Streaming=False TableMissingAtParent (core.satsync).
+    missing_at_parent: tuple[str, ...] | None = None
     copy: CopyProgress = field(default_factory=CopyProgress)  # parent's rows down
     copy_up: SeedProgress | None = None  # the satellite's own rows up
 
@@ -59,5 +62,7 @@ class SatelliteReport:
             "satelliteBacklogBytes": self.up.lag_bytes,
             "drainedRows": self.drained_rows, "drainError": self.drain_error,
             "tables": list(self.tables),
+            "missingAtParent": (None if self.missing_at_parent is None
+                                else list(self.missing_at_parent)),
             "up": self.up.as_dict(), "down": self.down.as_dict(),
         }
