@@ -192,6 +192,13 @@ def test_without_an_address_or_a_parent_primary_it_is_not_verified() -> None:
     assert satellites_exit_code([s, t]) == 2
 
 
+def test_table_selection_leaves_out_satellites_without_those_tables() -> None:
+    cfg = config(None)
+    assert asyncio.run(verify_satellites(cfg, ["lis.results"])) == []
+    [s, t] = asyncio.run(verify_satellites(cfg, ["lis.samples"]))
+    assert (s.satellite, t.satellite) == ("s", "t")
+
+
 def test_a_parent_that_does_not_answer_is_unreachable_not_equal() -> None:
     cfg = config("postgresql://u:secret@127.0.0.1:1/x")
     parent = MemberConn.for_ring("lis", "a", "postgresql://u:pw@127.0.0.1:1/x")

@@ -22,6 +22,8 @@ import time
 from collections.abc import Collection
 from dataclasses import replace
 
+import asyncpg
+
 from ..contracts.ringconfig import RingConfig, SatelliteInfo
 from ..core.satellite import filter_sql
 from ..core.verify import MemberConn
@@ -122,6 +124,13 @@ async def verify_satellite(cfg: RingConfig, sat: SatelliteInfo, parent: MemberCo
                 entry.outside_filter = await _outside_filter(s, table, where)
             except VerifyError as exc:
                 entry.error = str(exc)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                    TimeoutError) as exc:
+                # A value of the filter the column's type cannot read, or the satellite
+                # gone mid-comparison: this table is not verified, the members' result
+                # and the other tables stand.
+                entry.compare, entry.outside_filter = None, None
+                entry.error = f"{type(exc).__name__}: {exc}"
         return rep
     finally:
         await close_all(opened)
@@ -132,9 +141,13 @@ async def verify_satellites(cfg: RingConfig, only: Collection[str] | None = None
                             canonical: Canonical = "typed",
                             progress: ProgressFn | None = None) -> list[SatelliteReport]:
     """Every satellite of the ring against its parent, one after the other (a satellite
-    is small; running them in turn keeps the parents' load to one comparison)."""
+    is small; running them in turn keeps the parents' load to one comparison). With
+    `only`, the satellites holding none of those tables are left out."""
     out = []
+    wanted = None if only is None else {cs.relation_name(t) for t in only}
     for sat in cfg.satellites:
+        if wanted is not None and not wanted & {cs.relation_name(t) for t in sat.table_names}:
+            continue  # --table named none of its tables: nothing of it to say
         info = cfg.member(sat.parent)
         if not info.dsn:
             out.append(SatelliteReport(
