@@ -45,6 +45,14 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a terminal's run has it. A run started in the background by a
+    non-interactive shell (`cmd &`, as a CI script may be) inherits SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: the child would sleep through the
+    signal (CI: timed out after 120 s; passed wherever SIGINT was not ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "guard"), [
     pytest.param(signal.SIGTERM, True, id="sigterm"),
     pytest.param(signal.SIGINT, True, id="sigint"),
@@ -62,7 +70,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, sig: signal.Signals,
     child = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/integration/interrupt_target.py"],
-        cwd=REPO, env=env, start_new_session=True,
+        cwd=REPO, env=env, start_new_session=True, preexec_fn=_as_from_a_terminal,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen: dict[int, str] = {}
     try:
