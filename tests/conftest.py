@@ -21,6 +21,19 @@ def pytest_configure(config: pytest.Config) -> None:
     _GUARD.install()
 
 
+def _tier(item: pytest.Item) -> int:
+    path = str(item.fspath)
+    return 0 if "/unit/" in path else 2 if "/e2e/" in path else 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tiers in order unit, integration, e2e (stable within each). The local
+    cluster is a session fixture: started by the first e2e test, it lives to the end of
+    the run, so with e2e first its API server, etcd and controllers (about half a core)
+    loaded the machine through every integration test's timing as well."""
+    items.sort(key=_tier)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop whatever this run started and did not stop (an interrupted run, a leaky test)."""
     stopped = _GUARD.reap()
