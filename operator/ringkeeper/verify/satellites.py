@@ -99,41 +99,47 @@ async def verify_satellite(cfg: RingConfig, sat: SatelliteInfo, parent: MemberCo
     tables = [(cs.relation_name(t), f) for t, f in sat.tables
               if wanted is None or cs.relation_name(t) in wanted]
     timeout = recheck_timeout if recheck_timeout is not None else max(30.0, 6 * settle_seconds)
-    opened: list[Member] = []
+    try:
+        p = await connect(parent)
+    except VerifyError as exc:
+        rep.state, rep.message = SatelliteState.UNREACHABLE, f"parent: {exc}"
+        return rep
+    s: Member | None = None
     try:
         try:
-            opened.append(await connect(parent))
-        except VerifyError as exc:
-            rep.state, rep.message = SatelliteState.UNREACHABLE, f"parent: {exc}"
-            return rep
-        try:
-            opened.append(await connect(satellite_conn(cfg, sat)))
+            s = await connect(satellite_conn(cfg, sat))
         except VerifyError as exc:
             rep.state, rep.message = SatelliteState.UNREACHABLE, str(exc)
             return rep
-        p, s = opened
         for table, row_filter in tables:
             where = filter_sql(row_filter, ALIAS)
             entry = SatelliteTable(table=table, filter=filter_sql(row_filter))
             rep.tables.append(entry)
             try:
+                if s is None:  # after a failed table: fresh sessions on both sides
+                    p = await connect(parent)
+                    s = await connect(satellite_conn(cfg, sat))
                 entry.compare = await compare_table(
                     p, s, table, where, chunk_rows=chunk_rows, leaf_rows=leaf_rows,
                     settle_seconds=settle_seconds, recheck_timeout=timeout,
                     canonical=canonical, progress=progress, max_keys=max_keys)
                 entry.outside_filter = await _outside_filter(s, table, where)
-            except VerifyError as exc:
-                entry.error = str(exc)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+            except (VerifyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
                     TimeoutError) as exc:
-                # A value of the filter the column's type cannot read, or the satellite
-                # gone mid-comparison: this table is not verified, the members' result
-                # and the other tables stand.
+                # A missing table, a value of the filter the column's type cannot read,
+                # the satellite gone mid-comparison: this table is not verified; the
+                # members' result and the other tables stand. The sessions may still
+                # run the other side's query, so both are replaced before the next one.
                 entry.compare, entry.outside_filter = None, None
-                entry.error = f"{type(exc).__name__}: {exc}"
+                entry.error = (str(exc) if isinstance(exc, VerifyError)
+                               else f"{type(exc).__name__}: {exc}")
+                for m in (p, s):
+                    if m is not None:
+                        m.pg.terminate()  # at once: a query of theirs may still run
+                s = None
         return rep
     finally:
-        await close_all(opened)
+        await close_all([m for m in (p, s) if m is not None])
 
 
 async def verify_satellites(cfg: RingConfig, only: Collection[str] | None = None, *,
