@@ -19,9 +19,9 @@ from ringkeeper.core.satellite import filter_sql
 from ringkeeper.core.verify import Chunk, KeyDifference, MemberConn, RowVersion
 from ringkeeper.core.verify_report import (
     Report,
-    SatelliteReport,
     SatelliteState,
     SatelliteTable,
+    SatelliteVerification,
     TableReport,
     render_text,
     satellites_exit_code,
@@ -102,12 +102,12 @@ def table(*, diffs: list[KeyDifference] | None = None,
 
 
 def sat(state: SatelliteState = SatelliteState.COMPARED, *tables: SatelliteTable,
-        message: str = "") -> SatelliteReport:
-    return SatelliteReport(satellite="s", parent="a", state=state, message=message,
+        message: str = "") -> SatelliteVerification:
+    return SatelliteVerification(satellite="s", parent="a", state=state, message=message,
                            tables=list(tables))
 
 
-EXIT_CODES: list[tuple[str, list[SatelliteReport], int]] = [
+EXIT_CODES: list[tuple[str, list[SatelliteVerification], int]] = [
     ("no satellites", [], 0),
     ("equal", [sat(SatelliteState.COMPARED, table())], 0),
     ("equal, rows outside the filter at s", [sat(SatelliteState.COMPARED, table(outside=3))],
@@ -127,12 +127,12 @@ EXIT_CODES: list[tuple[str, list[SatelliteReport], int]] = [
 
 
 @pytest.mark.parametrize(("case", "sats", "code"), EXIT_CODES, ids=[c[0] for c in EXIT_CODES])
-def test_exit_code(case: str, sats: list[SatelliteReport], code: int) -> None:
+def test_exit_code(case: str, sats: list[SatelliteVerification], code: int) -> None:
     assert satellites_exit_code(sats) == code
     assert all(s.passed for s in sats) == (code == 0)
 
 
-def report(*sats: SatelliteReport) -> Report:
+def report(*sats: SatelliteVerification) -> Report:
     return Report(mode="full", members=["a", "b"], reference="a",
                   started_at=datetime(2026, 12, 1, tzinfo=UTC),
                   tables=[TableReport(table="lis.samples", key_columns=["id"], mode="full",
@@ -151,7 +151,7 @@ def test_members_verdict_ignores_satellites_and_json_keeps_them() -> None:
 def test_text_has_a_parent_vs_satellite_section_naming_the_key() -> None:
     text = render_text(report(
         sat(SatelliteState.COMPARED, table(diffs=[diff("7")], outside=2)),
-        SatelliteReport(satellite="t", parent="b", state=SatelliteState.UNREACHABLE,
+        SatelliteVerification(satellite="t", parent="b", state=SatelliteState.UNREACHABLE,
                         message="cannot connect to member t: refused")))
     lines = text.splitlines()
     head = lines.index("satellites (parent vs satellite; never repaired by --repair):")

@@ -116,7 +116,7 @@ class SatelliteTable(BaseModel):
         return self.error is None and self.compare is not None and self.compare.passed
 
 
-class SatelliteReport(BaseModel):
+class SatelliteVerification(BaseModel):
     """A satellite against its parent ("parent vs satellite"), table by table. Never
     repaired by `ringkeeper verify --repair` (out of scope: its changes travel through
     the parent's spool, not the ring's links)."""
@@ -136,7 +136,7 @@ class SatelliteReport(BaseModel):
         return [d for t in self.tables if t.compare is not None for d in t.compare.differences]
 
 
-def satellites_exit_code(sats: list[SatelliteReport]) -> int:
+def satellites_exit_code(sats: list[SatelliteVerification]) -> int:
     """`ringkeeper verify`'s exit code for its satellites section: 1 when a satellite
     differs from its parent (keys differ, still change, or past the key limit), else 2
     when one could not be compared (no address, unreachable, a table missing or of
@@ -167,7 +167,7 @@ class Report(BaseModel):
     canonical: str = "typed"
     tables: list[TableReport] = Field(default_factory=list)
     skipped: dict[str, str] = Field(default_factory=dict)
-    satellites: list[SatelliteReport] = Field(default_factory=list)
+    satellites: list[SatelliteVerification] = Field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -243,7 +243,7 @@ def _difference_table(diffs: list[KeyDifference], indent: str = "") -> list[str]
             for r in [head, *rows_out]]
 
 
-def _satellite_lines(sats: list[SatelliteReport]) -> list[str]:
+def _satellite_lines(sats: list[SatelliteVerification]) -> list[str]:
     """The section "satellites (parent vs satellite)": one block per satellite, its
     tables with their filters, and its differing keys (the parent is the reference)."""
     lines = ["satellites (parent vs satellite; never repaired by --repair):"]

@@ -380,28 +380,6 @@ def values_expr(shape: TableShape, alias: str = "t") -> str:
     return " || ".join(pieces) or "'{}'::jsonb"
 
 
-def upsert_sql(shape: TableShape) -> str:
-    """Insert or overwrite one row from a {column: text} JSON object ($1), casting each
-    text to this member's own column type (the text forms are the type's input syntax,
-    so json keeps its exact text and arrays their literals)."""
-    cols = [c for c in shape.columns if not c.generated]
-    names = ", ".join(c.ident for c in cols)
-    picked = ", ".join(f"(v ->> {quote_literal(c.name)})::{c.sql_type}" for c in cols)
-    keys = ", ".join(c.ident for c in shape.key_columns)
-    rest = [c for c in cols if c.name not in shape.key]
-    override = " OVERRIDING SYSTEM VALUE" if any(c.identity == "a" for c in cols) else ""
-    action = ("DO UPDATE SET " + ", ".join(f"{c.ident} = EXCLUDED.{c.ident}" for c in rest)
-              if rest else "DO NOTHING")
-    return (f"INSERT INTO {shape.rel} ({names}){override} SELECT {picked} "
-            f"FROM (SELECT $1::jsonb AS v) s ON CONFLICT ({keys}) {action}")
-
-
-def delete_sql(shape: TableShape) -> str:
-    conds = " AND ".join(f"{c.ident} = ${i + 1}::text::{c.sql_type}"
-                         for i, c in enumerate(shape.key_columns))
-    return f"DELETE FROM {shape.rel} WHERE {conds}"
-
-
 def key_arrays(keys: Sequence[Key], width: int) -> list[list[str]]:
     """Column-wise text arrays for `lookup_sql`."""
     return [[k[i] for k in keys] for i in range(width)]

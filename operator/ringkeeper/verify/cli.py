@@ -35,7 +35,7 @@ from ..core.verify import MemberConn, Mode
 from ..core.verify_report import (
     Progress,
     Report,
-    SatelliteReport,
+    SatelliteVerification,
     render_text,
     satellites_exit_code,
     verification_status,
@@ -262,7 +262,7 @@ async def _verify(run: Run, cfg: RingConfig, members: list[MemberConn]) -> int:
     return code if code != 0 else sat_code
 
 
-async def _satellites(run: Run, cfg: RingConfig) -> list[SatelliteReport]:
+async def _satellites(run: Run, cfg: RingConfig) -> list[SatelliteVerification]:
     """Each satellite against its parent's rows that match its filter (always in full;
     never written to). Messages are redacted before they reach the report files."""
     labels = [t for s in cfg.satellites for t in s.table_names]

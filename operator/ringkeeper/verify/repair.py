@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, Field
 
+from ..base.sqlquote import quote_literal
 from ..core.conflicts import Policy
 from ..core.verify import KeyDifference, MemberConn, classify
 from ..core.verify_repair import Fix, plan_fixes
@@ -51,6 +52,29 @@ class RepairResult(BaseModel):
             lines.append(f"  {f.table} [{','.join(f.key)}] at {f.member}: {f.action} from "
                          f"{f.source} (origin {f.origin}, committed {ts})")
         return "\n".join(lines) + "\n"
+
+
+# The statements a fix runs (only repair writes rows).
+def upsert_sql(shape: cs.TableShape) -> str:
+    """Insert or overwrite one row from a {column: text} JSON object ($1), casting each
+    text to this member's own column type (the text forms are the type's input syntax,
+    so json keeps its exact text and arrays their literals)."""
+    cols = [c for c in shape.columns if not c.generated]
+    names = ", ".join(c.ident for c in cols)
+    picked = ", ".join(f"(v ->> {quote_literal(c.name)})::{c.sql_type}" for c in cols)
+    keys = ", ".join(c.ident for c in shape.key_columns)
+    rest = [c for c in cols if c.name not in shape.key]
+    override = " OVERRIDING SYSTEM VALUE" if any(c.identity == "a" for c in cols) else ""
+    action = ("DO UPDATE SET " + ", ".join(f"{c.ident} = EXCLUDED.{c.ident}" for c in rest)
+              if rest else "DO NOTHING")
+    return (f"INSERT INTO {shape.rel} ({names}){override} SELECT {picked} "
+            f"FROM (SELECT $1::jsonb AS v) s ON CONFLICT ({keys}) {action}")
+
+
+def delete_sql(shape: cs.TableShape) -> str:
+    conds = " AND ".join(f"{c.ident} = ${i + 1}::text::{c.sql_type}"
+                         for i, c in enumerate(shape.key_columns))
+    return f"DELETE FROM {shape.rel} WHERE {conds}"
 
 
 async def current_differences(members: list[Member], table: str, keys: Sequence[list[str]],
@@ -107,7 +131,7 @@ async def apply_fixes(member: Member, fixes: Sequence[Fix], shape: cs.TableShape
     commit timestamp), grouped by origin so each origin is bound once."""
     pg = member.pg
     await pg.execute("SET session_replication_role = replica")
-    upsert, delete = cs.upsert_sql(shape), cs.delete_sql(shape)
+    upsert, delete = upsert_sql(shape), delete_sql(shape)
     done = 0
     by_origin: dict[str, list[Fix]] = {}
     for f in fixes:

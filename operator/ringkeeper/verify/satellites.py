@@ -27,7 +27,7 @@ import asyncpg
 from ..contracts.ringconfig import RingConfig, SatelliteInfo
 from ..core.satellite import filter_sql
 from ..core.verify import MemberConn
-from ..core.verify_report import SatelliteReport, SatelliteState, SatelliteTable, TableReport
+from ..core.verify_report import SatelliteState, SatelliteTable, SatelliteVerification, TableReport
 from . import checksum as cs
 from .checksum import Canonical
 from .members import (
@@ -84,12 +84,12 @@ async def verify_satellite(cfg: RingConfig, sat: SatelliteInfo, parent: MemberCo
                            leaf_rows: int = 2_000, settle_seconds: float = 5.0,
                            recheck_timeout: float | None = None,
                            canonical: Canonical = "typed", max_keys: int = 100_000,
-                           progress: ProgressFn | None = None) -> SatelliteReport:
+                           progress: ProgressFn | None = None) -> SatelliteVerification:
     """Compare each of the satellite's tables (those in `only`, when given) with its
     parent. A satellite without an address or that does not answer is reported with
     that state; a table that cannot be compared (missing on either side, other columns)
     is reported with the reason, and the other tables are still compared."""
-    rep = SatelliteReport(satellite=sat.name, parent=sat.parent,
+    rep = SatelliteVerification(satellite=sat.name, parent=sat.parent,
                           state=SatelliteState.COMPARED)
     if not sat.dsn:
         rep.state = SatelliteState.NO_ADDRESS
@@ -145,7 +145,7 @@ async def verify_satellite(cfg: RingConfig, sat: SatelliteInfo, parent: MemberCo
 async def verify_satellites(cfg: RingConfig, only: Collection[str] | None = None, *,
                             chunk_rows: int = 100_000, settle_seconds: float = 5.0,
                             canonical: Canonical = "typed",
-                            progress: ProgressFn | None = None) -> list[SatelliteReport]:
+                            progress: ProgressFn | None = None) -> list[SatelliteVerification]:
     """Every satellite of the ring against its parent, one after the other (a satellite
     is small; running them in turn keeps the parents' load to one comparison). With
     `only`, the satellites holding none of those tables are left out."""
@@ -156,7 +156,7 @@ async def verify_satellites(cfg: RingConfig, only: Collection[str] | None = None
             continue  # --table named none of its tables: nothing of it to say
         info = cfg.member(sat.parent)
         if not info.dsn:
-            out.append(SatelliteReport(
+            out.append(SatelliteVerification(
                 satellite=sat.name, parent=sat.parent, state=SatelliteState.UNREACHABLE,
                 message=f"parent {sat.parent} has no primary to connect to right now"))
             continue
