@@ -157,6 +157,18 @@ ROWS = [
     ("down-primary-killed-on-thaw", down_primary(killed_by_agent=True, exit_code=-9,
                                                  clean_shutdown=None, crashed=True),
      AgentAction.START, Reason.KILLED_ON_THAW, False, False, "restarting in place"),
+    # Alone: nobody could be promoted instead, so a crash is recovered in place at once
+    # (a satellite has no operator HA loop; its pod deleted while cut never served again).
+    ("down-primary-alone-unclean-recovers", down_primary(peers=0, clean_shutdown=False),
+     AgentAction.START, Reason.ALONE_RECOVERS, False, False, "restarting the primary in place"),
+    ("down-primary-alone-crash-reported", down_primary(peers=0, crashed=True, exit_code=-9),
+     AgentAction.START, Reason.ALONE_RECOVERS, False, False, "crash recovery"),
+    ("down-primary-alone-fenced-stays", down_primary(
+        peers=0, fenced=True, crashed=True, view=CampusView(ME, ME, frozenset({ME}))),
+     AgentAction.STAY_FENCED, Reason.STILL_FENCED, True, False, "fenced"),
+    ("down-primary-alone-api-lost-waits", down_primary(peers=0, api_ok=False,
+                                                       clean_shutdown=False),
+     AgentAction.WAIT, Reason.API_UNREACHABLE, False, False, "not starting blind"),
     # The CI failure: the operator's fence stopped c-1 while its loop held a read from
     # before the failover (still naming c-1): no lift, no start until a newer read.
     ("fenced-by-call-view-predates-it", down_primary(fenced=True, view_predates_call=True),
@@ -185,7 +197,8 @@ def test_every_action_and_reason_has_a_row() -> None:
 
 def test_crashed_primary_never_starts_as_primary() -> None:
     """Whatever else holds, a crash seen (sticky, exit code, unclean control file) is
-    held for the operator unless this agent itself killed the server on thaw."""
+    held for the operator unless this agent itself killed the server on thaw, or no
+    other instance exists that the operator could promote (then it recovers in place)."""
     for crash in ({"crashed": True}, {"exit_code": 137}, {"clean_shutdown": False}):
         for api in (True, False):
             step = plan_tick(down_primary(api_ok=api, **crash))

@@ -68,6 +68,7 @@ class Reason(StrEnum):
     SHUTDOWN_UNKNOWN = "ShutdownUnknown"
     UNCLEAN_SHUTDOWN = "UncleanShutdown"
     KILLED_ON_THAW = "KilledOnThaw"  # this agent's own kill: recover in place
+    ALONE_RECOVERS = "AloneRecovers"  # a crashed primary nobody could replace: in place
     START_PLAN = "StartPlan"
     VIEW_PREDATES_CALL = "ViewPredatesCall"  # Campus read before the operator's last call
     # what a step changed before its action (Step.lifted, Step.resumed)
@@ -202,6 +203,17 @@ def plan_tick(f: AgentFacts) -> Step:
         return b.step(AgentAction.START, Reason.KILLED_ON_THAW, "killed on thaw by this agent "
                       "and still named primary: restarting in place", start=decision,
                       clear_killed=True)
+    if not f.peers:
+        # Alone (a satellite, a one-instance Campus): no replica could be promoted in its
+        # place, so holding the crashed primary for the operator only lengthens the
+        # outage. The operator's answer would be to restart it in place (it holds every
+        # commit it acknowledged: core.haplan.after_refused_failover), and a satellite has
+        # no HA loop to ask at all: its pod deleted while offline never served again.
+        # Starting it runs crash recovery; a server that keeps failing is retried each
+        # loop with its error in the report.
+        return b.step(AgentAction.START, Reason.ALONE_RECOVERS, "no other instance could "
+                      "take over: restarting the primary in place (crash recovery)",
+                      start=decision, clear_killed=True)
     if f.crashed:
         return b.step(AgentAction.HOLD_CRASHED, Reason.CRASH_REPORTED, CRASHED)
     if f.exit_code not in (None, 0):
