@@ -228,7 +228,7 @@ def test_bounds_are_inclusive_in_every_unit() -> None:
 
 
 def test_managed_and_refused_lists_keep_their_promises() -> None:
-    from ringkeeper.agent.config import InstanceSettings, managed_settings
+    from ringkeeper.agent.config import TUNABLE_DEFAULTS, InstanceSettings, managed_settings
     from ringkeeper.engines import profile_for
     from ringkeeper.engines.refused_parameters import MANAGED_PARAMETERS, REFUSED_PARAMETERS
 
@@ -237,9 +237,10 @@ def test_managed_and_refused_lists_keep_their_promises() -> None:
         settings = InstanceSettings(campus="c", instance="c-1", pod_ip="10.0.0.1", port=5432,
                                     socket_dir="/run", primary=primary, upstream_host="h")
         managed = set(managed_settings(profile, settings))
-        # Everything the agent writes is refused to users, except the one default a user
-        # may raise (the allow-list's floor for wal_keep_size is Ringkeeper's value).
-        assert managed - set(MANAGED_PARAMETERS) == {"wal_keep_size"}
+        # Everything the agent writes is refused to users, except the defaults a user
+        # may tune (the allow-list's floor for wal_keep_size is Ringkeeper's value).
+        assert managed - set(MANAGED_PARAMETERS) == set(TUNABLE_DEFAULTS)
+        assert set(TUNABLE_DEFAULTS) <= set(profile.parameters.by_name)
     assert profile.parameters.by_name["wal_keep_size"].min == 512
     for name in ("archive_command", "restore_command", "shared_preload_libraries", "include"):
         assert name in REFUSED_PARAMETERS

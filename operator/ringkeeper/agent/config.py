@@ -67,6 +67,19 @@ def sync_standby_names(profile: EngineProfile, s: InstanceSettings) -> str:
     return profile.synchronous_standby_names(s.sync_method, number, list(s.peers))
 
 
+# Defaults a user may replace in spec.parameters (they are on the allow-list). The TCP
+# keepalives: a client whose network vanished (a satellite cut from its parent, a
+# partitioned campus) otherwise keeps its session, its open transaction and its row locks
+# at the server for the kernel's two hours; probes after 10 s idle, every 5 s, 3 unanswered
+# end it within about 25 s, so local writers are not blocked behind a dead peer's locks.
+TUNABLE_DEFAULTS: dict[str, str | int | bool] = {
+    "wal_keep_size": "512MB",
+    "tcp_keepalives_idle": 10,
+    "tcp_keepalives_interval": 5,
+    "tcp_keepalives_count": 3,
+}
+
+
 def managed_settings(profile: EngineProfile, s: InstanceSettings) -> dict[str, str | int | bool]:
     out: dict[str, str | int | bool] = {
         "listen_addresses": s.pod_ip,
@@ -80,7 +93,7 @@ def managed_settings(profile: EngineProfile, s: InstanceSettings) -> dict[str, s
         "wal_log_hints": True,
         "max_wal_senders": 20,
         "max_replication_slots": 20,
-        "wal_keep_size": "512MB",
+        **TUNABLE_DEFAULTS,
         "password_encryption": profile.password_encryption,
         "synchronous_commit": "on",
         "synchronous_standby_names": sync_standby_names(profile, s),
@@ -127,12 +140,13 @@ def render_config(profile: EngineProfile, managed: Mapping[str, str | int | bool
                   user: Mapping[str, object]) -> RenderedConfig:
     """The include file: allowed user settings first, then Ringkeeper's, which win
     (the server takes the last line for a name). A managed default the allow-list lets
-    users tune (wal_keep_size, which a user may only raise) is left out when set."""
+    users tune (TUNABLE_DEFAULTS: wal_keep_size, which a user may only raise, and the
+    TCP keepalives) is left out when set."""
     kept, refused = checked_user_parameters(profile, user)
     lines = ["# Written by the Ringkeeper agent; edits are overwritten.",
              "# User parameters (spec.parameters):"]
     # Every kept name is on the allow-list, which shares no name with the managed list
-    # (MANAGED_PARAMETERS is refused) except the tunable default wal_keep_size.
+    # (MANAGED_PARAMETERS is refused) except TUNABLE_DEFAULTS.
     lines += [f"{k} = {_quote(v)}" for k, v in sorted(kept.items())]
     for problem in refused:
         # ascii() escapes newlines and other control characters: one comment line each.
