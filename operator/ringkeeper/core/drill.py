@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from ..api.v1alpha1.drill import Scenario, TargetKind
 from ..base.cron import next_fire
+from .drill_satellite import SatelliteTarget, SatReason, satellite_not_ready, satellite_refusal
 
 # Scenarios this operator version executes; the others are refused, honestly.
 SUPPORTED = frozenset(Scenario)
@@ -145,12 +146,13 @@ class Snapshot:
     measured: Measured | None = None
     # spec.target.campus: the campus a campusLoss or syncCrash strikes (None: the first)
     fault_campus: str | None = None
+    satellite: SatelliteTarget | None = None  # target kind Satellite (campuses: its parent)
 
 
 @dataclass(frozen=True)
 class DrillStep:
     action: DrillAction
-    reason: DrillReason
+    reason: DrillReason | SatReason
     message: str
     passed: bool | None = None  # Finish only
 
@@ -160,6 +162,9 @@ def _refusal(s: Snapshot) -> DrillStep | None:
     if not s.target_exists:
         return DrillStep(DrillAction.REFUSE, DrillReason.TARGET_MISSING,
                     f"{kind} target does not exist in this namespace")
+    if s.satellite is not None:
+        said = satellite_refusal(s.satellite)
+        return DrillStep(DrillAction.REFUSE, *said) if said else _too_frequent(s)
     if s.scenario not in SUPPORTED:
         return DrillStep(DrillAction.REFUSE, DrillReason.NOT_YET_SUPPORTED,
                     f"scenario {s.scenario.value} is not run by this Ringkeeper version "
@@ -259,10 +264,11 @@ def judge(s: Snapshot, m: Measured) -> DrillStep:
         return DrillStep(DrillAction.FINISH, DrillReason.RTO_EXCEEDED,
                     f"recovery took {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s)",
                     False)
-    if s.scenario in CONVERGING and m.converge_seconds is None:
+    if _converging(s) and m.converge_seconds is None:
+        what = ("the Satellite's status did not say connected, backlog 0 and BothWays"
+                if s.satellite else "the ring's links did not all stream again")
         return DrillStep(DrillAction.FINISH, DrillReason.NOT_CONVERGED,
-                    f"the ring's links did not all stream again within "
-                    f"{s.max_rto_seconds} s of the fault's end", False)
+                    f"{what} within {s.max_rto_seconds} s of the fault's end", False)
     return DrillStep(DrillAction.FINISH, DrillReason.PASSED,
                 f"writes back after {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s), "
                 f"{m.committed} transactions committed, {m.lost} lost", True)
@@ -281,8 +287,7 @@ def _heal_due(s: Snapshot) -> bool:
 
 
 def _settled(s: Snapshot) -> bool:
-    """A ring drill's ring is whole again: the lost campus writes (campusLoss) and every
-    link streams."""
+    """Whole again: every link streams (and a lost campus writes again)."""
     return s.converged and (s.scenario != Scenario.CAMPUS_LOSS or s.returned)
 
 
@@ -294,13 +299,17 @@ def convergence_timed_out(s: Snapshot) -> bool:
         seconds=s.max_rto_seconds) + RECOVERY_GRACE
 
 
+def _converging(s: Snapshot) -> bool:
+    """Ring drills, and a Satellite's partition (its link must stream again)."""
+    return s.scenario in CONVERGING or s.satellite is not None
+
+
 def _awaiting_ring(s: Snapshot) -> bool:
-    return s.scenario in CONVERGING and not _settled(s) and not convergence_timed_out(s)
+    return _converging(s) and not _settled(s) and not convergence_timed_out(s)
 
 
 def _load_over(s: Snapshot) -> bool:
-    """The ledger is checked once the load stopped, a held fault is undone and a ring
-    drill's ring converged (or ran out of time to)."""
+    """Check once the load stopped, a held fault is undone and it converged (or timed out)."""
     return (s.load_done and (s.scenario not in HELD or s.healed)
             and not _awaiting_ring(s))
 
@@ -313,14 +322,11 @@ def _not_over(s: Snapshot, prefix: str = "") -> DrillStep:
 
 
 def _orphaned(s: Snapshot) -> DrillStep:
-    """Status says Running but this process has no live run: the operator restarted (a
-    crash, a new leader) or the Drill's daemon did, mid-run. The load, the probes and the
-    ledger lived in the old process, so nothing can be measured and the run cannot
-    resume; but every fault it made is undone first (the partition's NetworkPolicy, the
-    campus's fence: both found from the cluster alone) and only then is the run ended
-    Failed, so an error while undoing leaves the run Running and retried, never Failed
-    with a fault in place. A primaryKill or syncCrash leaves nothing to undo (the pod is
-    recreated, the sidecar reconnects)."""
+    """Status says Running but this process has no live run (the operator or the Drill's
+    daemon restarted mid-run): the load, probes and ledger died with the old process, so
+    nothing is measured; every fault it made (partition policy, campus fence: found from
+    the cluster alone) is undone first and only then is the run ended Failed, so an error
+    while undoing leaves it Running and retried, never Failed with a fault in place."""
     if s.leftover_faults:
         return DrillStep(DrillAction.UNDO_FAULTS, DrillReason.OPERATOR_RESTARTED,
                          "the operator restarted during the run; undoing what its fault "
@@ -351,7 +357,8 @@ def plan(s: Snapshot) -> DrillStep:
         if s.other_running:
             return DrillStep(DrillAction.WAIT, DrillReason.TARGET_BUSY,
                         f"Drill {s.other_running} is running on the same target")
-        not_ready = [c.name for c in s.campuses if not c.ready]
+        not_ready = [c.name for c in s.campuses if not c.ready] + satellite_not_ready(
+            s.satellite)
         if not_ready:
             return DrillStep(DrillAction.WAIT, DrillReason.TARGET_NOT_READY,
                         f"Campus {', '.join(not_ready)} is not Ready with a primary")

@@ -121,9 +121,11 @@ def bypass_streaming(status_links: Sequence[Mapping[str, Any]], members: Sequenc
 
 
 def partition_policy(drill: str, drill_uid: str, namespace: str, campus: str, other: str,
-                     other_ips: tuple[str, ...], campus_label: str) -> dict[str, object]:
+                     other_ips: tuple[str, ...], campus_label: str,
+                     select_label: str | None = None) -> dict[str, object]:
     """A NetworkPolicy that cuts `campus`'s pods from `other`'s, both ways, and lets every
-    other peer through. Selecting one side for Ingress and Egress is enough: the other
+    other peer through. `campus`'s pods carry `select_label` (a Satellite's pod its own
+    label), `other`'s `campus_label`. Selecting one side for Ingress and Egress is enough: the other
     side's packets are refused on arrival and this side's never leave. Pods are matched by
     label (NotIn matches pods without the label) and, for implementations that apply
     ipBlock to pod addresses, `other`'s addresses are carved out of the catch-all block.
@@ -140,7 +142,7 @@ def partition_policy(drill: str, drill_uid: str, namespace: str, campus: str, ot
             "labels": {DRILL_LABEL: drill, "app.kubernetes.io/managed-by": "ringkeeper"},
             "ownerReferences": [{"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Drill",
                                  "name": drill, "uid": drill_uid, "controller": True}]},
-        "spec": {"podSelector": {"matchLabels": {campus_label: campus}},
+        "spec": {"podSelector": {"matchLabels": {select_label or campus_label: campus}},
                  "policyTypes": ["Ingress", "Egress"],
                  "ingress": [{"from": peers}], "egress": [{"to": peers}]},
     }

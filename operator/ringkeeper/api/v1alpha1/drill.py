@@ -28,6 +28,7 @@ from .defaults import nested
 class TargetKind(StrEnum):
     CAMPUS = "Campus"
     REPLICATION_RING = "ReplicationRing"
+    SATELLITE = "Satellite"
 
 
 class Scenario(StrEnum):
@@ -38,6 +39,8 @@ class Scenario(StrEnum):
 
 
 RING_ONLY_SCENARIOS = (Scenario.CAMPUS_LOSS, Scenario.SYNC_CRASH)
+# A Satellite is cut from its parent Campus; the other faults strike campuses, not it.
+SATELLITE_SCENARIOS = (Scenario.NETWORK_PARTITION,)
 
 
 class DrillTarget(ApiModel):
@@ -112,6 +115,16 @@ class DrillSpec(ApiModel):
             check=lambda s: s.target.campus is None or s.scenario in RING_ONLY_SCENARIOS,
             reason="FieldValueInvalid",
         ),
+        Rule(
+            cel="self.target.kind != 'Satellite' || self.scenario == 'networkPartition'",
+            message="a Satellite target takes scenario networkPartition only (the satellite "
+            "cut from its parent Campus); primaryKill, campusLoss and syncCrash strike "
+            "campuses: target the Campus or the ReplicationRing",
+            field_path=".target.kind",
+            check=lambda s: s.target.kind != TargetKind.SATELLITE
+            or s.scenario in SATELLITE_SCENARIOS,
+            reason="FieldValueInvalid",
+        ),
     )
 
 
@@ -147,12 +160,15 @@ class DrillRun(ApiModel):
     fault_campuses: list[DnsLabel] = Field(
         default_factory=list, max_length=2,
         description="The campuses the fault struck (primaryKill: the target; "
-        "networkPartition: the two cut apart; campusLoss, syncCrash: the campus lost or "
+        "networkPartition: the two cut apart, or the Satellite and its parent Campus; "
+        "campusLoss, syncCrash: the campus lost or "
         "whose sync sidecar crashed), so a summary attributes the run without guessing.")
     converged_seconds: float | None = Field(
         default=None, description="Ring drills (campusLoss, syncCrash): seconds from the "
         "fault's end (the fence lifted; the crash) until every link of the ring streamed "
-        "again; absent when it did not within the limit or the scenario does not wait.")
+        "again; a Satellite's partition: from the heal until the Satellite's status says "
+        "connected, backlogRows 0 and Streaming (BothWays); absent when it did not within "
+        "the limit or the scenario does not wait.")
     message: str | None = None
     reason: str | None = None
     timeline: list[DrillEvent] = Field(
