@@ -30,6 +30,7 @@ RING = "lis"
 MEMBERS = ("fy", "yc")
 SAT = "xd"
 INSIDE = ("FY", "XD")  # the satellite's filter: campus In (FY, XD)
+SAT_BASE = 3_000_000  # the satellite writer's ids start here (the ring's below)
 SCHEMA = ("CREATE SCHEMA IF NOT EXISTS lis; CREATE TABLE IF NOT EXISTS lis.samples ("
           "id bigint PRIMARY KEY, campus text NOT NULL, v int NOT NULL)")
 
@@ -72,8 +73,10 @@ async def _connect(cluster: Cluster, ns: str, unit: str) -> asyncpg.Connection:
 class Writer:
     """One transaction at a time at `unit`: mostly inserts of its own ids, some updates of
     its own acknowledged rows (for the ring's writers: a few move a row out of the
-    satellite's filter, to YC). `ledger` holds, per id, the last acknowledged (campus, v);
-    a commit whose acknowledgement was lost is left out (it may or may not be in)."""
+    satellite's filter, to YC). `ledger` holds, per id, the last acknowledged (campus, v).
+    A write whose acknowledgement was lost (an error or the 5 s limit after it was sent)
+    may or may not have committed: `unknown` holds what it would have left, until a later
+    acknowledged write of that id settles it; an unknown insert's id is never reused."""
 
     cluster: Cluster
     ns: str
@@ -81,6 +84,7 @@ class Writer:
     base: int
     campuses: tuple[str, ...]
     ledger: dict[int, tuple[str, int]] = field(default_factory=dict)
+    unknown: dict[int, tuple[str, int]] = field(default_factory=dict)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     errors: int = 0
     commits: int = 0
@@ -90,6 +94,7 @@ class Writer:
         conn: asyncpg.Connection | None = None
         n = 0
         while not self.stop.is_set():
+            sent: tuple[int, str, int] | None = None
             try:
                 if conn is None:
                     conn = await _connect(self.cluster, self.ns, self.unit)
@@ -99,18 +104,23 @@ class Writer:
                     campus = ("YC" if self.unit != SAT and rng.random() < 0.3
                               else self.ledger[key][0])
                     v = self.ledger[key][1] + 1
+                    sent = (key, campus, v)
                     await asyncio.wait_for(conn.execute(
                         "UPDATE lis.samples SET campus = $2, v = $3 WHERE id = $1",
                         key, campus, v), 5)
                 else:
                     key, campus, v = self.base + n, self.campuses[n % len(self.campuses)], 0
                     n += 1
+                    sent = (key, campus, v)
                     await asyncio.wait_for(conn.execute(
                         "INSERT INTO lis.samples VALUES ($1, $2, $3)", key, campus, v), 5)
                 self.ledger[key] = (campus, v)
+                self.unknown.pop(key, None)
                 self.commits += 1
-            except Exception:  # not acknowledged: not in the ledger; reconnect
+            except Exception:  # not acknowledged: maybe committed, maybe not; reconnect
                 self.errors += 1
+                if sent is not None:
+                    self.unknown[sent[0]] = sent[1:]
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.terminate()
@@ -130,22 +140,49 @@ async def _rows(cluster: Cluster, ns: str, unit: str) -> dict[int, tuple[str, in
         await conn.close()
 
 
-def _problems(ring_ledger: dict[int, tuple[str, int]], sat_ledger: dict[int, tuple[str, int]],
-              found: dict[str, dict[int, tuple[str, int]]]) -> list[str]:
+Row = tuple[str, int]
+
+
+def _inside(row: Row | None) -> Row | None:
+    """What the satellite holds of a ring row: the row when its filter selects it."""
+    return row if row is not None and row[0] in INSIDE else None
+
+
+def _problems(ring_ledger: dict[int, Row], sat_ledger: dict[int, Row],
+              found: dict[str, dict[int, Row]], unknown: dict[int, Row] | None = None
+              ) -> list[str]:
     """Every ledger row where it belongs with its last acknowledged value; ring rows
-    outside the filter absent at the satellite. Empty when all holds."""
+    outside the filter absent at the satellite. A write of unknown outcome (`unknown`:
+    what it would have left, per id) may be what an id holds instead; then every unit
+    must agree on which (one id, one version everywhere the filter lets it be). Empty
+    when all holds."""
+    unknown = unknown or {}
     out: list[str] = []
+
+    def bad(unit: str, key: int, acked: Row | None, sat_ring_row: bool) -> None:
+        got = found[unit].get(key)
+        allowed = {acked}
+        if key in unknown:
+            allowed.add(unknown[key])
+        if sat_ring_row:
+            allowed = {_inside(r) for r in allowed}
+        if got not in allowed:
+            where = "ring id" if sat_ring_row else ("own id" if unit == SAT else "id")
+            out.append(f"{unit}: {where} {key} is {got}, acked {acked}"
+                       + (f" (or unknown {unknown[key]})" if key in unknown else ""))
+
     for member in MEMBERS:
-        for key, row in {**ring_ledger, **sat_ledger}.items():
-            if found[member].get(key) != row:
-                out.append(f"{member}: id {key} is {found[member].get(key)}, acked {row}")
-    for key, row in ring_ledger.items():
-        want = row if row[0] in INSIDE else None
-        if found[SAT].get(key) != want:
-            out.append(f"{SAT}: ring id {key} is {found[SAT].get(key)}, want {want}")
-    for key, row in sat_ledger.items():
-        if found[SAT].get(key) != row:
-            out.append(f"{SAT}: own id {key} is {found[SAT].get(key)}, acked {row}")
+        for key in {*ring_ledger, *sat_ledger, *unknown}:
+            bad(member, key, ring_ledger.get(key, sat_ledger.get(key)), False)
+    for key in {*ring_ledger, *unknown} - set(sat_ledger):
+        if key in ring_ledger or key < SAT_BASE:
+            bad(SAT, key, ring_ledger.get(key), True)
+    for key in {*sat_ledger, *(k for k in unknown if k >= SAT_BASE)}:
+        bad(SAT, key, sat_ledger.get(key), False)
+    for key in unknown:  # one outcome everywhere
+        seen = {found[m].get(key) for m in MEMBERS}
+        if len(seen) > 1:
+            out.append(f"id {key} of unknown outcome differs between members: {seen}")
     return out
 
 
@@ -247,7 +284,7 @@ async def test_satellite_syncs_with_its_parent_under_writes(cluster: Cluster, na
         except (OSError, asyncpg.PostgresError, TimeoutError):
             assert time.monotonic() < deadline, "the satellite never took its schema"
             await asyncio.sleep(1)
-    sat_writer = Writer(cluster, ns, SAT, 3_000_000, ("XD",))
+    sat_writer = Writer(cluster, ns, SAT, SAT_BASE, ("XD",))
     tasks.append(asyncio.create_task(sat_writer.run()))
 
     def online() -> dict[str, Any] | None:
@@ -277,6 +314,7 @@ async def test_satellite_syncs_with_its_parent_under_writes(cluster: Cluster, na
         await asyncio.gather(*tasks)
     ring_ledger = {k: v for w in ring_writers for k, v in w.ledger.items()}
     sat_ledger = dict(sat_writer.ledger)
+    unknown = {k: v for w in (*ring_writers, sat_writer) for k, v in w.unknown.items()}
     assert before > 0 and sat_ledger and ring_ledger
     assert any(c not in INSIDE for c, _ in ring_ledger.values())  # the filter has work
     assert any(c in INSIDE for c, _ in ring_ledger.values())
@@ -287,7 +325,7 @@ async def test_satellite_syncs_with_its_parent_under_writes(cluster: Cluster, na
     problems: list[str] = []
     deadline = time.monotonic() + 60
     while True:
-        problems = _problems(ring_ledger, sat_ledger, await found())
+        problems = _problems(ring_ledger, sat_ledger, await found(), unknown)
         if not problems or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
