@@ -39,7 +39,11 @@ def test_copy_origin(roname: str | None, want: str | None) -> None:
 
 @pytest.mark.parametrize(("rows", "size", "age", "want"), [
     (0, 0, None, Backlog.WITHIN),
-    (1000, 10_000, 72.0, Backlog.WITHIN),  # at the limits: not past them
+    (1000, 10_000, 72.0, Backlog.NEAR),  # at the limits: not past them, but near
+    (800, 8_000, 57.6, Backlog.WITHIN),  # at 80 %: not past the warning yet
+    (801, 0, None, Backlog.NEAR),
+    (0, 8_001, None, Backlog.NEAR),
+    (0, 0, 57.7, Backlog.NEAR),
     (1001, 0, None, Backlog.FULL),
     (0, 10_001, None, Backlog.FULL),
     (5, 100, 72.5, Backlog.OLD),
@@ -69,9 +73,11 @@ def test_backlog_of_reads_the_report_entry_and_spec() -> None:
     assert backlog_of(None, {"maxRows": 2000}, 10) is None
     assert _verdict(entry, {"maxRows": 2000}) is Backlog.FULL
     assert _verdict(entry, {"maxRows": 3000}) is Backlog.WITHIN
+    assert _verdict(entry, {"maxRows": 2400}) is Backlog.NEAR
     old = {**entry, "parentBacklogOldestHours": 80.0}
     assert _verdict(old, {"maxRows": 3000}) is Backlog.OLD
     assert _verdict(old, {"maxRows": 3000, "maxAgeHours": 100}) is Backlog.WITHIN
+    assert _verdict(old, {"maxRows": 3000, "maxAgeHours": 90}) is Backlog.NEAR
     assert _verdict({**entry, "parentBacklogRows": True}, {"maxRows": 0}) is Backlog.WITHIN
 
 
@@ -80,6 +86,8 @@ def test_backlog_condition_and_one_event_per_change() -> None:
     conds, event = backlog_condition([], Backlog.WITHIN, "ok", now, 1)
     assert event is None
     assert conds[0]["type"] == BACKLOG_CONDITION and conds[0]["status"] == "False"
+    conds, event = backlog_condition(conds, Backlog.NEAR, "near", now, 1)
+    assert event == ("BacklogNearLimit", True) and conds[0]["status"] == "False"
     conds, event = backlog_condition(conds, Backlog.FULL, "full", now, 1)
     assert event == ("BacklogFull", True) and conds[0]["status"] == "True"
     conds, event = backlog_condition(conds, Backlog.FULL, "full", now, 1)

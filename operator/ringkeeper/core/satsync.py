@@ -204,6 +204,7 @@ class Backlog(StrEnum):
     """Where the parent's spool for a satellite stands against spec.backlog."""
 
     WITHIN = "Within"
+    NEAR = "BacklogNearLimit"  # past NEAR_FRACTION of a limit: warned well before
     FULL = "BacklogFull"  # maxRows or maxBytes passed
     OLD = "BacklogOld"  # its oldest row older than maxAgeHours
 
@@ -215,13 +216,16 @@ BACKLOG_ADVICE = (
     "parent (a new satellite gets an initial copy)")
 
 
+NEAR_FRACTION = 0.8  # the warning comes at 80 % of a limit, while there is time to act
+
+
 def backlog_verdict(*, rows: int | None, size: int | None, oldest_age_hours: float | None,
                     max_rows: int, max_bytes: int, max_age_hours: float
                     ) -> tuple[Backlog, str]:
     """(verdict, message) of the parent's spool against the limits; Full before Old
-    (a full spool is the more urgent). A figure not measured (None) passes nothing:
-    the verdict is never claimed on a guess. The spool is never trimmed whatever this
-    says (BACKLOG_ADVICE)."""
+    (a full spool is the more urgent), then Near (past NEAR_FRACTION of any limit). A
+    figure not measured (None) passes nothing: the verdict is never claimed on a guess.
+    The spool is never trimmed whatever this says (BACKLOG_ADVICE)."""
     over = []
     if rows is not None and rows > max_rows:
         over.append(f"{rows} spooled rows > maxRows {max_rows}")
@@ -233,6 +237,17 @@ def backlog_verdict(*, rows: int | None, size: int | None, oldest_age_hours: flo
         return Backlog.OLD, (f"backlog at the parent: its oldest change is "
                              f"{oldest_age_hours:.1f} h old > maxAgeHours {max_age_hours:g}; "
                              f"{BACKLOG_ADVICE}")
+    near = []
+    if rows is not None and rows > NEAR_FRACTION * max_rows:
+        near.append(f"{rows} spooled rows of maxRows {max_rows}")
+    if size is not None and size > NEAR_FRACTION * max_bytes:
+        near.append(f"{size} spooled bytes of maxBytes {max_bytes}")
+    if oldest_age_hours is not None and oldest_age_hours > NEAR_FRACTION * max_age_hours:
+        near.append(f"oldest change {oldest_age_hours:.1f} h old of maxAgeHours "
+                    f"{max_age_hours:g}")
+    if near:
+        return Backlog.NEAR, (f"backlog at the parent nears its limit ({'; '.join(near)}); "
+                              f"{BACKLOG_ADVICE}")
     return Backlog.WITHIN, "backlog within spec.backlog"
 
 
@@ -264,11 +279,13 @@ def backlog_condition(conditions: list[dict[str, Any]], verdict: Backlog, messag
                       now: datetime, generation: int | None
                       ) -> tuple[list[dict[str, Any]], tuple[str, bool] | None]:
     """(conditions with BacklogLimit set, the Event to post: (reason, warning?) or None).
-    One Event per change of verdict: passing a limit warns, coming back within it is
-    told once; a satellite that was never over posts nothing."""
+    One Event per change of verdict: nearing or passing a limit warns (the condition is
+    True only once a limit is passed), coming back within it is told once; a satellite
+    that was never near posts nothing."""
     before = next((c for c in conditions if c.get("type") == BACKLOG_CONDITION), None)
     conds = set_condition(conditions, type=BACKLOG_CONDITION,
-                          status="False" if verdict is Backlog.WITHIN else "True",
+                          status="True" if verdict in (Backlog.FULL, Backlog.OLD)
+                          else "False",
                           reason=verdict.value, message=message, now=now,
                           generation=generation)
     was = before.get("reason") if before is not None else Backlog.WITHIN.value
