@@ -225,6 +225,10 @@ CREATE TABLE IF NOT EXISTS ringkeeper.satellite_spool (
     changes bytea NOT NULL,
     PRIMARY KEY (satellite, seq)
 );
+-- How many changed rows a spool row carries: the backlog (spec.backlog.maxRows) counts
+-- changed rows, not spool rows (a transaction, or 2,000 changes of a large one).
+ALTER TABLE ringkeeper.satellite_spool ADD COLUMN IF NOT EXISTS nchanges integer NOT NULL
+    DEFAULT 1;
 CREATE TABLE IF NOT EXISTS ringkeeper.relay (
     nsp text NOT NULL,
     name text NOT NULL,

@@ -42,7 +42,7 @@ from .apply import EPOCH
 from .catalog import quote_ident
 from .connections import close_quietly, connect
 from .pgoutput import Column, Insert, Relation
-from .satspool import SPOOL_PART_ROWS, encode
+from .satspool import SPOOL_INSERT, SPOOL_PART_ROWS, encode
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,7 @@ CREATE TABLE IF NOT EXISTS ringkeeper.satellite_copies (
     PRIMARY KEY (satellite, relation)
 )"""
 
-SPOOL_INSERT = ("INSERT INTO ringkeeper.satellite_spool (satellite, origin, origin_lsn, "
-                "commit_ts, part, last, changes) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-SpoolRow = tuple[str, str, int, datetime, int, bool, bytes]
+SpoolRow = tuple[str, str, int, datetime, int, bool, bytes, int]
 
 
 @dataclass
@@ -217,7 +215,8 @@ async def _copy_table(src: asyncpg.Connection, dst: asyncpg.Connection, ring: st
     async def flush(*, final: bool) -> None:
         nonlocal rows
         if rows and txn is not None:
-            batch.append((satellite, txn[0], 0, txn[1], 0, True, encode(rels, rows)))
+            batch.append((satellite, txn[0], 0, txn[1], 0, True, encode(rels, rows),
+                          len(rows)))
             rows = []
         if batch and (final or len(batch) >= 100):
             await dst.executemany(SPOOL_INSERT, batch)

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 RowMessage = Insert | Update | Delete
 SPOOL_PART_ROWS = 2000  # changes per spool row of a large transaction
+SPOOL_INSERT = ("INSERT INTO ringkeeper.satellite_spool (satellite, origin, origin_lsn, "
+                "commit_ts, part, last, changes, nchanges) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
 DRAIN_BATCH = 500  # spool rows read (and applied) per round at the satellite
 
 
@@ -233,12 +236,10 @@ class SpoolWriter(Applier):
                 continue
             rows.append((self.sat.name, txn.origin, txn.origin_lsn, txn.commit_ts, 0, True,
                          encode(self.rels, kept,
-                                careful=txn.end_lsn <= self.careful_until)))
+                                careful=txn.end_lsn <= self.careful_until), len(kept)))
             self.stats.rows += len(kept)
         if rows:
-            await self.conn.executemany(
-                "INSERT INTO ringkeeper.satellite_spool (satellite, origin, origin_lsn, "
-                "commit_ts, part, last, changes) VALUES ($1, $2, $3, $4, $5, $6, $7)", rows)
+            await self.conn.executemany(SPOOL_INSERT, rows)
 
     async def begin(self, origin: str, origin_lsn: int, commit_ts: datetime) -> None:
         """A large transaction, in parts: one parent transaction, one spool row per
@@ -256,10 +257,8 @@ class SpoolWriter(Applier):
         origin, origin_lsn, commit_ts = self._open
         self._parts += 1
         await self.conn.execute(
-            "INSERT INTO ringkeeper.satellite_spool (satellite, origin, origin_lsn, "
-            "commit_ts, part, last, changes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            self.sat.name, origin, origin_lsn, commit_ts, self._parts, last,
-            encode(self.rels, self._part))
+            SPOOL_INSERT, self.sat.name, origin, origin_lsn, commit_ts, self._parts, last,
+            encode(self.rels, self._part), len(self._part))
         self.stats.rows += len(self._part)
         self._part = []
 
@@ -380,13 +379,14 @@ class SpoolDrain:
 
 async def spool_backlog(conn: asyncpg.Connection, satellite: str
                         ) -> tuple[int, int, float | None]:
-    """(spool rows, spool bytes, age in hours of the oldest spooled commit or None when
+    """(changed rows, spool bytes, age in hours of the oldest spooled commit or None when
     empty) waiting for `satellite` at the parent (core.satsync.backlog_verdict). The
     initial copy's rows (origin LSN 0/0) carry their rows' original commit times, so
     they count in rows and bytes but not in the age: a fresh copy is not an old
     backlog."""
     row = await conn.fetchrow(
-        "SELECT count(*) AS n, coalesce(sum(length(changes)), 0)::bigint AS b, "
+        "SELECT coalesce(sum(nchanges), 0)::bigint AS n, "
+        "coalesce(sum(length(changes)), 0)::bigint AS b, "
         "extract(epoch FROM clock_timestamp() - min(commit_ts) FILTER (WHERE origin_lsn "
         "<> 0)) / 3600.0 AS h FROM ringkeeper.satellite_spool WHERE satellite = $1",
         satellite)
