@@ -6,7 +6,9 @@ summary read back from the cluster: one drill of each scenario (primaryKill on t
 single campus; syncCrash, campusLoss and networkPartition on the ring), each Passed with
 its RTO, nothing lost (commits and rows), the campuses its fault struck and (ring drills
 that wait for it) the ring's convergence time; per campus its primary; per ring link its
-state and lag, the verification's verdict, and the result line.
+state and lag; the satellite xindeng (parent fuyang) connected, streaming both ways,
+Online with no backlog, its ledger with nothing lost or misplaced and its verification
+against its parent passed; the verification's verdict, and the result line.
 
 What the summary judges (a failed drill, a lost or unmeasured commit, a link not
 streaming, a failed or missing verification) is unit-tested apart
@@ -43,7 +45,8 @@ def test_demo_runs_end_to_end_and_prints_its_summary(cluster: Cluster,
     env = {**cluster.env(), "RINGKEEPER_DEMO_SETUP": "0",
            "RINGKEEPER_DEMO_KILL_SECONDS": "12", "RINGKEEPER_DEMO_SPLIT_SECONDS": "12",
            "RINGKEEPER_DEMO_CRASH_SECONDS": "10", "RINGKEEPER_DEMO_LOSS_SECONDS": "12",
-           "RINGKEEPER_DEMO_RING_SECONDS": "10", "RINGKEEPER_DEMO_OUT": str(tmp_path)}
+           "RINGKEEPER_DEMO_RING_SECONDS": "10", "RINGKEEPER_DEMO_SATELLITE_SECONDS": "10",
+           "RINGKEEPER_DEMO_OUT": str(tmp_path)}
     t0 = time.monotonic()
     try:
         res = subprocess.run([str(REPO / "hack/demo.sh")], capture_output=True, text=True,
@@ -81,9 +84,16 @@ def test_demo_runs_end_to_end_and_prints_its_summary(cluster: Cluster,
     assert len(links) >= 4 and all(state == "Streaming" for _, state, _, _ in links), summary
     assert re.search(r"verification: Passed: [1-9]\d* table\(s\) compared at 4 members",
                      summary), summary
+    sat = re.search(r"^  satellite lis/xindeng \(parent fuyang\): connected true, phase Online, "
+                    r"streaming True/BothWays, backlog 0 rows\n    ledger: 0 lost or stale, 0 "
+                    r"misplaced; (\d+) satellite commits \((\d+) rows\) checked at every ring "
+                    r"member, (\d+) ring rows inside the filter at xindeng, (\d+) outside not "
+                    r"there; .*\n    verification: Passed: 1 table\(s\) compared with fuyang, "
+                    r"0 differing key\(s\)", summary, re.M)
+    assert sat and all(int(n) > 0 for n in sat.groups()), summary
     assert "result: OK" in summary
     for name in ("ringkeeper-demo-kill.svg", "ringkeeper-demo-crash.svg",
                  "ringkeeper-demo-loss.svg", "ringkeeper-demo-split.svg",
-                 "ringkeeper-demo-verify.json"):
+                 "ringkeeper-demo-verify.json", "ringkeeper-demo-satellite.json"):
         assert (tmp_path / name).is_file(), name
     assert took < BUDGET

@@ -1,8 +1,9 @@
 """The demo's closing summary (tools/devcluster demosummary.summarize): every figure it
 prints comes from the objects read back, and each kind of failure (a drill that failed,
 a ring drill that failed or whose convergence is missing, a lost commit or row, a lost
-count never measured, a link not streaming, a failed or missing verification) makes it
-say FAILED and the demo exit 1."""
+count never measured, a link not streaming, a failed or missing verification, a
+satellite that lost or misplaced a row, did not stream, has a backlog, is gone or
+differs from its parent) makes it say FAILED and the demo exit 1."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from typing import Any
 import pytest
 
 from ringkeeper.core.verify import KeyDifference
-from ringkeeper.core.verify_report import Report, TableReport
+from ringkeeper.core.verify_report import (
+    Report,
+    SatelliteState,
+    SatelliteTable,
+    SatelliteVerification,
+    TableReport,
+)
 from ringkeeper_devcluster.demosummary import Facts, summarize
 
 
@@ -35,13 +42,34 @@ RING = {"metadata": {"namespace": "lis", "name": "lis-ring"},
              "lagBytes": 128}]}}
 
 
-def _verify(diffs: int = 0) -> Report:
-    t = TableReport(table="lis.samples", key_columns=["id"], mode="full",
-                    differences=[KeyDifference.model_validate(
-                        {"table": "lis.samples", "key": ["1"], "reference": "fy",
-                         "missing_on": ["xs"]}) for _ in range(diffs)] if diffs else [])
+def _table(diffs: int, other: str) -> TableReport:
+    return TableReport(table="lis.samples", key_columns=["id"], mode="full",
+                       differences=[KeyDifference.model_validate(
+                           {"table": "lis.samples", "key": [str(i)], "reference": "fy",
+                            "missing_on": [other]}) for i in range(diffs)])
+
+
+def _verify(diffs: int = 0, sat_diffs: int = 0,
+            sat_state: SatelliteState = SatelliteState.COMPARED) -> Report:
+    sat = SatelliteVerification(
+        satellite="xd", parent="fy", state=sat_state,
+        tables=[SatelliteTable(table="lis.samples", filter="(\"campus\" IN ('fy', 'xd'))",
+                               compare=_table(sat_diffs, "xd"), outside_filter=0)]
+        if sat_state is SatelliteState.COMPARED else [])
     return Report(mode="full", members=["fy", "xs"], reference="fy",
-                  started_at=datetime(2026, 12, 1, tzinfo=UTC), tables=[t])
+                  started_at=datetime(2026, 12, 1, tzinfo=UTC), tables=[_table(diffs, "xs")],
+                  satellites=[sat])
+
+
+SATELLITE = {"metadata": {"namespace": "lis", "name": "xd"},
+             "spec": {"parentRef": {"name": "fy"}},
+             "status": {"phase": "Online", "connected": True, "backlogRows": 0,
+                        "conditions": [{"type": "Streaming", "status": "True",
+                                        "reason": "BothWays"}]}}
+SAT_LEDGER = {"satellite": "xd", "namespace": "lis", "parent": "fy", "streamed": True,
+              "join_seconds": 31.5, "lost": 0, "misplaced": 0, "acked_satellite": 240,
+              "keys_satellite": 170, "keys_ring_inside": 90, "keys_ring_outside": 60,
+              "first_problems": []}
 
 
 def _facts() -> Facts:
@@ -60,8 +88,9 @@ def _facts() -> Facts:
         campuses={("demo", "zhaohui"): None,
                   ("lis", "fy"): {"status": {"currentPrimary": "fy-1"}},
                   ("lis", "xs"): {"status": {"currentPrimary": "xs-1"}}},
-        rings=[RING], verify=_verify(), verify_path="/tmp/v.json",
-        pictures=["/tmp/kill.svg"])
+        rings=[RING], satellites={("lis", "xd"): copy.deepcopy(SATELLITE)},
+        satellite_ledgers={"xd": copy.deepcopy(SAT_LEDGER)}, verify=_verify(),
+        verify_path="/tmp/v.json", pictures=["/tmp/kill.svg"])
 
 
 def test_summary_of_a_good_demo() -> None:
@@ -88,6 +117,15 @@ def test_summary_of_a_good_demo() -> None:
     assert xs.split()[1:] == ["lis", "xs-1", "split"], xs
     assert any("xs -> fy" in x and "Streaming" in x and "0.30 s, 128 B" in x for x in lines)
     assert "verification: Passed: 1 table(s) compared at 2 members" in text
+    # the satellite: its status, its ledger, its verification against its parent
+    sat = lines.index("  satellite lis/xd (parent fy): connected true, phase Online, "
+                      "streaming True/BothWays, backlog 0 rows")
+    assert lines[sat + 1] == ("    ledger: 0 lost or stale, 0 misplaced; 240 satellite commits "
+                              "(170 rows) checked at every ring member, 90 ring rows inside "
+                              "the filter at xd, 60 outside not there; joined in 31.50 s")
+    assert lines[sat + 2] == ("    verification: Passed: 1 table(s) compared with fy, 0 "
+                              "differing key(s), 0 row(s) outside the filter")
+    assert "the satellite streamed and verified" in lines[-1]
     assert "kubectl ringkeeper drill report split -n lis" in text and "/tmp/kill.svg" in text
 
 
@@ -130,12 +168,74 @@ def _no_verify(f: Facts) -> None:
     f.verify = None
 
 
+def _sat_lost(f: Facts) -> None:
+    """One acknowledged satellite commit not found at a ring member."""
+    f.satellite_ledgers["xd"].update(lost=1, first_problems=[
+        "xs: satellite id 70000012 is None, acked ('xd', 'collected')"])
+
+
+def _sat_unmeasured(f: Facts) -> None:
+    f.satellite_ledgers["xd"]["lost"] = None
+
+
+def _sat_misplaced(f: Facts) -> None:
+    f.satellite_ledgers["xd"]["misplaced"] = 2
+
+
+def _sat_not_streamed(f: Facts) -> None:
+    f.satellite_ledgers["xd"].update(streamed=False, lost=None, misplaced=None)
+
+
+def _sat_no_ledger(f: Facts) -> None:
+    f.satellite_ledgers.clear()
+
+
+def _sat_backlog(f: Facts) -> None:
+    sat = f.satellites[("lis", "xd")]
+    assert sat is not None
+    sat["status"].update(backlogRows=12, phase="Syncing")
+
+
+def _sat_stopped(f: Facts) -> None:
+    sat = f.satellites[("lis", "xd")]
+    assert sat is not None
+    sat["status"]["conditions"][0].update(status="False", reason="SpoolLinkStopped")
+
+
+def _sat_gone(f: Facts) -> None:
+    f.satellites[("lis", "xd")] = None
+
+
+def _sat_differs(f: Facts) -> None:
+    f.verify = _verify(sat_diffs=3)
+
+
+def _sat_unverified(f: Facts) -> None:
+    f.verify = _verify(sat_state=SatelliteState.NO_ADDRESS)
+
+
+def _sat_not_in_report(f: Facts) -> None:
+    f.verify = _verify()
+    f.verify.satellites = []
+
+
 @pytest.mark.parametrize(("spoil", "said"), [
     (_lost, "lost commits 1"), (_unmeasured, "lost commits not measured"),
     (_lost_rows, "loss: lost rows 6"), (_ring_failed, "loss Failed: NotConverged"),
     (_crash_unconverged, "crash: ring convergence not measured"),
     (_failed, "Failed: RtoExceeded"), (_link, "xs -> fy is Down"),
     (_verify_failed, "verification failed: 2"), (_no_verify, "no verification report"),
+    (_sat_lost, "satellite lis/xd: lost 1 (first: xs: satellite id 70000012"),
+    (_sat_unmeasured, "satellite lis/xd: lost not measured"),
+    (_sat_misplaced, "satellite lis/xd: misplaced 2"),
+    (_sat_not_streamed, "satellite lis/xd: did not stream both ways"),
+    (_sat_no_ledger, "satellite lis/xd: no ledger result"),
+    (_sat_backlog, "satellite lis/xd: not streaming with no backlog"),
+    (_sat_stopped, "streaming False/SpoolLinkStopped"),
+    (_sat_gone, "satellite lis/xd: not found"),
+    (_sat_differs, "satellite lis/xd verification failed: Compared, 3 differing"),
+    (_sat_unverified, "satellite lis/xd verification failed: NoAddress"),
+    (_sat_not_in_report, "satellite lis/xd: not in the verification report"),
 ])
 def test_each_failure_makes_the_summary_fail(spoil: Any, said: str) -> None:
     f = _facts()

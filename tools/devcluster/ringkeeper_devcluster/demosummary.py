@@ -3,10 +3,13 @@
 Read back from the cluster, not from what the demo's steps printed: per drill its
 result, RTO, lost acknowledged commits and their rows, the campuses its fault struck and
 (ring drills) the time the ring took to converge again; per campus its current primary
-and the drills that struck it; per ring link its state and lag, the verification
-report's verdict, and where the reports and timeline pictures are. Exit 1 when anything
-was lost, a drill did not pass, a ring drill's convergence is missing, a link is not
-streaming or the verification did not pass, so the demo's exit code says so too.
+and the drills that struck it; per ring link its state and lag; per satellite its
+parent, whether it is connected and streams, its phase and backlog, its ledger's result
+(satdemo.py's JSON) and its verification against its parent; the verification report's
+verdict, and where the reports and timeline pictures are. Exit 1 when anything was lost,
+a drill did not pass, a ring drill's convergence is missing, a link is not streaming, a
+satellite does not stream, lost or misplaced a row or differs from its parent, or the
+verification did not pass, so the demo's exit code says so too.
 `summarize` decides and formats without I/O (unit tested); `main` only reads.
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +27,21 @@ from typing import Any
 from ringkeeper.adapters import resources
 from ringkeeper.adapters.kube import api_client
 from ringkeeper.adapters.resources import KubeApiError
-from ringkeeper.core.verify_report import Report
+from ringkeeper.core.verify_report import Report, SatelliteVerification
 
 
 @dataclass
 class Facts:
     """What the summary reads: Drills, the campuses their targets name (None: the
-    Campus is gone), rings and the verification report (None: not found)."""
+    Campus is gone), rings, satellites ((namespace, name) -> the Satellite, None: not
+    found), the satellite step's ledger results (satellite name -> satdemo's JSON) and
+    the verification report (None: not found)."""
 
     drills: list[dict[str, Any]] = field(default_factory=list)
     campuses: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
     rings: list[dict[str, Any]] = field(default_factory=list)
+    satellites: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
+    satellite_ledgers: dict[str, dict[str, Any]] = field(default_factory=dict)
     verify: Report | None = None
     verify_path: str = ""
     pictures: list[str] = field(default_factory=list)
@@ -129,6 +138,9 @@ def summarize(f: Facts) -> tuple[list[str], list[str]]:
             if state != "Streaming":
                 problems.append(f"ring {ns}/{name}: link {lk.get('from')} -> {lk.get('to')} "
                                 f"is {state}, not Streaming")
+    for (ns, name), sat in f.satellites.items():
+        lines += ["", *_satellite_lines(ns, name, sat, f.satellite_ledgers.get(name),
+                                        f.verify, problems)]
     lines.append("")
     v = f.verify
     if v is None:
@@ -150,9 +162,72 @@ def summarize(f: Facts) -> tuple[list[str], list[str]]:
     lines.append(f"  timelines: {' '.join(f.pictures) or '-'}")
     lines.append("")
     lines.append("  result: OK: nothing lost, every drill passed, the ring converged and "
-                 "verified" if not problems else
+                 f"verified{', the satellite streamed and verified' if f.satellites else ''}"
+                 if not problems else
                  f"  result: FAILED: {'; '.join(problems)}")
     return lines, problems
+
+
+def _satellite_lines(ns: str, name: str, sat: dict[str, Any] | None,
+                     ledger: dict[str, Any] | None, report: Report | None,
+                     problems: list[str]) -> list[str]:
+    """A satellite's block (and its problems): its status, its ledger, its verification."""
+    who = f"satellite {ns}/{name}"
+    if sat is None:
+        problems.append(f"{who}: not found")
+        return [f"  {who}: not found"]
+    st = sat.get("status") or {}
+    cond: dict[str, Any] = next(
+        (c for c in st.get("conditions") or [] if c.get("type") == "Streaming"), {})
+    stream = f"{cond.get('status', '-')}/{cond.get('reason', '-')}"
+    backlog = st.get("backlogRows")
+    lines = [f"  {who} (parent {(sat.get('spec') or {}).get('parentRef', {}).get('name')}): "
+             f"connected {str(st.get('connected')).lower()}, phase {st.get('phase')}, "
+             f"streaming {stream}, backlog {_dash(backlog)} rows"]
+    if not (st.get("connected") is True and cond.get("status") == "True"
+            and st.get("phase") == "Online" and backlog == 0):
+        problems.append(f"{who}: not streaming with no backlog (connected "
+                        f"{st.get('connected')}, phase {st.get('phase')}, streaming {stream}: "
+                        f"{cond.get('message')}, backlog {_dash(backlog)})")
+    if ledger is None:
+        problems.append(f"{who}: no ledger result")
+        lines.append("    ledger: no result")
+    elif not ledger.get("streamed"):
+        problems.append(f"{who}: did not stream both ways during the demo's writes")
+        lines.append("    ledger: not checked, the satellite did not stream both ways")
+    else:
+        lost, misplaced = ledger.get("lost"), ledger.get("misplaced")
+        lines.append(f"    ledger: {_dash(lost)} lost or stale, {_dash(misplaced)} misplaced; "
+                     f"{_dash(ledger.get('acked_satellite'))} satellite commits "
+                     f"({_dash(ledger.get('keys_satellite'))} rows) checked at every ring "
+                     f"member, {_dash(ledger.get('keys_ring_inside'))} ring rows inside the "
+                     f"filter at {name}, {_dash(ledger.get('keys_ring_outside'))} outside "
+                     f"not there; joined in {_secs(ledger.get('join_seconds'))}")
+        if lost is None or lost > 0:
+            problems.append(f"{who}: lost {'not measured' if lost is None else lost} "
+                            f"(first: {(ledger.get('first_problems') or ['-'])[0]})")
+        if misplaced is None or misplaced > 0:
+            problems.append(f"{who}: misplaced {_dash(misplaced)} ring row(s) outside its "
+                            "filter")
+    v: SatelliteVerification | None = None if report is None else next(
+        (s for s in report.satellites if s.satellite == name), None)
+    if v is None:
+        problems.append(f"{who}: not in the verification report")
+        lines.append("    verification: not in the report")
+    else:
+        diffs = len(v.differences)
+        outside = sum(t.outside_filter or 0 for t in v.tables)
+        verdict = "Passed" if v.passed else f"Failed ({v.state.value})"
+        lines.append(f"    verification: {verdict}: {len(v.tables)} table(s) compared with "
+                     f"{v.parent}, {diffs} differing key(s), {outside} row(s) outside the "
+                     f"filter{f'; {v.message}' if v.message else ''}")
+        errors = [f"{t.table}: {t.error}" for t in v.tables if t.error]
+        if not v.passed:
+            problems.append(f"{who} verification failed: {v.state.value}, {diffs} differing "
+                            f"key(s){'; ' + '; '.join(errors) if errors else ''}")
+        elif not v.tables:
+            problems.append(f"{who} verification compared no table")
+    return lines
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -171,6 +246,15 @@ async def _gather(args: argparse.Namespace) -> Facts:
         for ref in args.ring or []:
             ns, name = _split(ref)
             f.rings.append(await resources.read_custom(api, ns, "replicationrings", name))
+        for ref in args.satellite or []:
+            ns, name = _split(ref)
+            try:
+                f.satellites[(ns, name)] = await resources.read_custom(api, ns, "satellites",
+                                                                       name)
+            except KubeApiError as exc:
+                if exc.status != 404:
+                    raise
+                f.satellites[(ns, name)] = None
         rings = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in f.rings}
         for d in f.drills:
             ns = d["metadata"]["namespace"]
@@ -185,11 +269,20 @@ async def _gather(args: argparse.Namespace) -> Facts:
     return f
 
 
-def _read_verify(f: Facts) -> Facts:
-    """The verification report, when the demo's step wrote one (else the summary fails)."""
+def _read_verify(f: Facts, ledgers: list[str]) -> Facts:
+    """The verification report and the satellite step's results, when the demo's steps
+    wrote them (else the summary fails). A result file that is not a JSON object naming
+    its satellite is left out, so the summary says the ledger result is missing."""
     path = Path(f.verify_path) if f.verify_path else None
     if path is not None and path.is_file():
         f.verify = Report.model_validate_json(path.read_text(encoding="utf-8"))
+    for name in ledgers:
+        p = Path(name)
+        if p.is_file():
+            with contextlib.suppress(ValueError):
+                data = json.loads(p.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and isinstance(data.get("satellite"), str):
+                    f.satellite_ledgers[data["satellite"]] = data
     return f
 
 
@@ -199,10 +292,14 @@ def cli() -> None:
     p.add_argument("--drill", action="append", metavar="NS/NAME")
     p.add_argument("--ring", action="append", metavar="NS/NAME",
                    help="a ReplicationRing (also the campuses of a ring drill)")
+    p.add_argument("--satellite", action="append", metavar="NS/NAME", help="a Satellite")
+    p.add_argument("--satellite-ledger", action="append", metavar="PATH",
+                   help="a satellite step's result (ringkeeper_devcluster.satdemo --out)")
     p.add_argument("--verify", metavar="PATH", help="the `ringkeeper verify` JSON report")
     p.add_argument("--picture", action="append", metavar="PATH", help="a timeline picture")
     args = p.parse_args()
-    lines, problems = summarize(_read_verify(asyncio.run(_gather(args))))
+    lines, problems = summarize(_read_verify(asyncio.run(_gather(args)),
+                                             list(args.satellite_ledger or [])))
     print("\n".join(lines), flush=True)
     sys.exit(1 if problems else 0)
 

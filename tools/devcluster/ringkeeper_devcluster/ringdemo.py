@@ -26,11 +26,14 @@ from ringkeeper.core.ringplan import primary_address
 
 from .workload import wait_ready
 
-SCHEMA = """
+# lis.samples alone is also the demo satellite's table (satdemo.py creates it there).
+SAMPLES = """
 CREATE SCHEMA IF NOT EXISTS lis;
 CREATE TABLE IF NOT EXISTS lis.samples (
     id bigint PRIMARY KEY, campus text NOT NULL, patient text, test_code text,
     status text NOT NULL, result numeric(12, 3), collected_at timestamptz NOT NULL);
+"""
+SCHEMA = SAMPLES + """
 CREATE TABLE IF NOT EXISTS lis.results (
     sample_id bigint NOT NULL, test_code text NOT NULL, value double precision,
     flag text, PRIMARY KEY (sample_id, test_code));
