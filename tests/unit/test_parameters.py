@@ -330,3 +330,25 @@ def test_docs_list_every_parameter_and_refusal() -> None:
         assert f"| `{p.name}` |" in text, p.name
     for name in REFUSED_PARAMETERS:
         assert f"`{name}`" in text, name
+
+
+def test_standbys_of_17_and_later_copy_the_ring_slots() -> None:
+    """A promoted standby must still have the ring's logical slots (failover slots, 17+):
+    without slot sync a failover of a ring member on the cluster left its readers no slot,
+    and the writes between the promotion and a new slot never reached the next member
+    (tests/e2e/test_satellite_parent_failover_e2e.py). 15 and 16 cannot."""
+    from ringkeeper.agent.config import InstanceSettings, managed_settings
+    from ringkeeper.engines import profile_for
+
+    def settings(major: str, primary: bool) -> dict[str, str | int | bool]:
+        s = InstanceSettings(campus="c", instance="c-1", pod_ip="10.0.0.1", port=5432,
+                             socket_dir="/run", primary=primary, upstream_host="10.0.0.2")
+        return managed_settings(profile_for("postgresql", major), s)
+
+    for major in ("17", "18"):
+        standby = settings(major, False)
+        assert standby["sync_replication_slots"] is True
+        assert " dbname=postgres" in str(standby["primary_conninfo"])
+        assert "sync_replication_slots" not in settings(major, True)
+    old = settings("15", False)
+    assert "sync_replication_slots" not in old and "dbname" not in str(old["primary_conninfo"])

@@ -103,6 +103,13 @@ def managed_settings(profile: EngineProfile, s: InstanceSettings) -> dict[str, s
         conninfo = (f"host={s.upstream_host} port={s.upstream_port or s.port} "
                     f"user={s.replication_user} application_name={s.instance} "
                     "sslmode=prefer connect_timeout=2")
+        if profile.failover_slots:
+            # The ring's logical slots are failover slots (sync/slots.py): a standby
+            # copies them, so the one promoted in a failover still has every ring
+            # reader's slot at (or before) where it read. The slot sync worker needs a
+            # database to connect to (physical streaming ignores dbname).
+            conninfo += " dbname=postgres"
+            out["sync_replication_slots"] = True
         if s.passfile:
             conninfo += f" passfile={s.passfile}"
         out["primary_conninfo"] = conninfo
