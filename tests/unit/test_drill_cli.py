@@ -141,3 +141,25 @@ def test_the_commands_parse() -> None:
     assert (a.format, a.output) == ("svg", "/tmp/d.svg")
     with pytest.raises(SystemExit):
         p.parse_args(["drill", "run", "x", "--campus", "a", "--ring", "b"])
+
+
+def test_satellite_run_builds_a_satellite_partition() -> None:
+    """`drill run NAME --satellite SAT --scenario networkPartition`: the manifest names the
+    Satellite; another scenario, or a hostile name, is refused before the cluster sees it."""
+    args = build_parser().parse_args(["drill", "run", "cut", "--satellite", "xd",
+                                      "--scenario", "networkPartition", "--duration", "60"])
+    assert (args.satellite, args.scenario, args.duration) == ("xd", "networkPartition", 60)
+    m = drill_view.run_manifest("cut", kind="Satellite", target="xd",
+                                scenario="networkPartition", duration=60, max_rto=30)
+    assert m["spec"]["target"] == {"kind": "Satellite", "name": "xd"}
+    assert m["spec"]["scenario"] == "networkPartition"
+    assert m["spec"]["workload"]["durationSeconds"] == 60
+    assert m["spec"]["expectations"]["maxRtoSeconds"] == 30
+    assert "schedule" not in m["spec"]
+    with pytest.raises(ValueError, match="a Satellite target takes scenario networkPartition"):
+        drill_view.run_manifest("kill", kind="Satellite", target="xd", scenario="primaryKill")
+    with pytest.raises(ValueError):
+        drill_view.run_manifest("cut", kind="Satellite", target="xd; rm -rf /",
+                                scenario="networkPartition")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["drill", "run", "x", "--satellite", "a", "--ring", "b"])

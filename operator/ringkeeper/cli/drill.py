@@ -24,7 +24,7 @@ from . import drill_view
 from .status_view import safe
 
 POLL_SECONDS = 2.0
-KINDS = {"campus": "Campus", "ring": "ReplicationRing"}
+KINDS = {"campus": "Campus", "ring": "ReplicationRing", "satellite": "Satellite"}
 
 
 async def _api(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -68,8 +68,8 @@ async def _run(args: argparse.Namespace) -> int:
     api, co, ns = await _api(args)
     async with api:
         template = await _get(co, ns, args.from_drill) if args.from_drill else None
-        kind, target = ("Campus", args.campus) if args.campus else (
-            ("ReplicationRing", args.ring) if args.ring else ("Campus", None))
+        kind, target = next(((k, getattr(args, o)) for o, k in KINDS.items()
+                             if getattr(args, o)), ("Campus", None))
         name = args.name or (f"{args.from_drill}-manual-{int(time.time())}"[:63]
                              if args.from_drill else None)
         if name is None:
@@ -154,6 +154,8 @@ def add_parser(sub: Any, add_kube_args: Callable[[argparse.ArgumentParser], None
     target = r.add_mutually_exclusive_group()
     target.add_argument("--campus", help="target Campus")
     target.add_argument("--ring", help="target ReplicationRing")
+    target.add_argument("--satellite", help="target Satellite (networkPartition: cut from "
+                        "its parent Campus)")
     r.add_argument("--from", dest="from_drill", metavar="DRILL",
                    help="copy this Drill's spec (its schedule is dropped)")
     r.add_argument("--scenario", choices=("primaryKill", "networkPartition", "campusLoss",

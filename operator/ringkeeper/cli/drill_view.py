@@ -43,7 +43,8 @@ def run_manifest(name: str, *, kind: str = "Campus", target: str | None = None,
     if target is not None:
         spec["target"] = {"kind": kind, "name": target}
     elif template is None:
-        raise ValueError("a target is needed: --campus NAME or --ring NAME (or --from DRILL)")
+        raise ValueError("a target is needed: --campus NAME, --ring NAME or --satellite NAME "
+                         "(or --from DRILL)")
     if scenario:
         spec["scenario"] = scenario
     if strike is not None:

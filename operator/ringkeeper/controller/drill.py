@@ -1,11 +1,10 @@
 """Run Drills: a thin executor around core.drill.plan.
 
-One kopf daemon per Drill polls every second: it takes a snapshot (the Drill, its target,
-the target's campuses, this process's live run), asks the planner for the next step and
-does it. A live run holds the load (workload.run through each campus's -rw), the RTO
-probes and the fault; all of it is asyncio I/O on kopf's loop, nothing blocks. The
-partition NetworkPolicy is removed when the run ends, fails, when the daemon stops, and
-by the delete handler (kopf's finalizer) when the Drill is deleted mid-run.
+One kopf daemon per Drill polls every second: snapshot (Drill, target, campuses, live
+run), plan, act. A live run holds the load (workload.run through each campus's -rw; a
+Satellite's writers, drill_sat.py), the RTO probes and the fault, all asyncio on kopf's
+loop. The partition policy is removed when the run ends or fails, when the daemon stops,
+and by the delete handler (kopf's finalizer) when the Drill is deleted mid-run.
 """
 
 from __future__ import annotations
@@ -51,9 +50,10 @@ from ..workload import SiteTarget
 from ..workload import plan as load_plan
 from ..workload import run as run_load
 from . import drill_io as io
-from .drill_live import LiveRun, snapshot_of
+from .drill_live import LiveRun, observe, snapshot_of
 from .drill_report import lost_text, report
 from .drill_ring import RingDrill, fenced_campuses, unfence_all
+from .drill_sat import SatRun, cut, measure_sat, read_target, sat_result, start_sat
 
 log = logging.getLogger("ringkeeper.drill")
 # (namespace, target kind, target name) -> the Drill running on it, in this process
@@ -117,8 +117,15 @@ class Executor:
         self.live = live
         spec = self.fresh.get("spec") or {}
         load = spec.get("workload") or {}
+        the_plan = load_plan(duration=float(load.get("durationSeconds", 120)),
+                             rate=float(load.get("ratePerSecond", 200)),
+                             workers=int(load.get("writers", 4)))
+        if snap.satellite is not None:  # its writers, not the LIS load (drill_sat.py)
+            live.sat = SatRun(snap.satellite)
+            live.load = await start_sat(self.api, self.ns, live.sat, live.proxies,
+                                        the_plan.rate, the_plan.duration)
         sites = []
-        for i, campus in enumerate(live.campuses, start=1):
+        for i, campus in enumerate(live.campuses if live.sat is None else [], start=1):
             px = io.RwProxy(self.api, self.ns, campus)
             await px.start()
             live.proxies[campus] = px
@@ -126,20 +133,17 @@ class Executor:
             sites.append(SiteTarget(campus, i, dsn, io.DRILL_SCHEMA))
             live.probes[campus] = io.Probe(campus, dsn)
             live.tasks.append(asyncio.create_task(live.probes[campus].run()))
-        the_plan = load_plan(duration=float(load.get("durationSeconds", 120)),
-                             rate=float(load.get("ratePerSecond", 200)),
-                             workers=int(load.get("writers", 4)))
-        live.load = asyncio.create_task(run_load(sites, the_plan, live.ledger))
-        await self._status({"phase": DrillPhase.RUNNING,
-                            "lastRun": {"startedAt": rfc3339(snap.now), "completedAt": None,
-                                        "result": None, "rtoSeconds": None,
-                                        "lostTransactions": None, "lostRows": None,
-                                        "committedTransactions": None, "reason": None,
-                                        "faultCampuses": None, "convergedSeconds": None,
-                                        "timeline": None, "report": None,
-                                        "message": f"{snap.scenario.value} under load"}})
+        if live.sat is None:
+            live.load = asyncio.create_task(run_load(sites, the_plan, live.ledger))
+        blank = dict.fromkeys(("completedAt", "result", "rtoSeconds", "lostTransactions",
+                               "lostRows", "committedTransactions", "reason", "faultCampuses",
+                               "convergedSeconds", "timeline", "report"))
+        await self._status({"phase": DrillPhase.RUNNING, "lastRun": {
+            **blank, "startedAt": rfc3339(snap.now),
+            "message": f"{snap.scenario.value} under load"}})
+        units = list(live.sat.writers) if live.sat else live.campuses
         self._event("DrillStarted", f"{snap.scenario.value} against "
-                    f"{snap.target_kind.value} {', '.join(live.campuses)}: load for "
+                    f"{snap.target_kind.value} {', '.join(units)}: load for "
                     f"{the_plan.duration:.0f} s at {the_plan.rate:.0f} specimens/s")
 
     async def _inject(self, snap: Snapshot) -> None:
@@ -162,6 +166,9 @@ class Executor:
                     p.fault(killed=False)
             what = await ring.inject(self.api, self.ns, self.name, live.campuses)
             live.struck = [ring.campus]
+        elif live.sat is not None:
+            what = await cut(self.api, self.ns, self.name, self.uid, live.sat)
+            live.struck = [live.sat.target.name, live.sat.target.parent]
         else:
             a, b = live.campuses[0], live.campuses[1]
             ips = await io.campus_pod_ips(self.api, self.ns, b, CAMPUS_LABEL)
@@ -184,12 +191,18 @@ class Executor:
             self._event("FenceLifted", what)
             return
         gone = await io.remove_policies(self.api, self.ns, self.name, DRILL_LABEL)
-        live.healed = True
+        live.healed, live.healed_at = True, datetime.now(UTC)
         self._event("PartitionHealed", f"removed NetworkPolicy {', '.join(gone) or '(none)'}")
 
     async def _verify(self) -> None:
         live = self.live
         assert live is not None
+        if live.sat is not None:
+            live.measured = await measure_sat(live.sat, live.proxies, self.api, self.ns,
+                                              live.load)
+            live.load_result, live.check_result = sat_result(live.sat)
+            live.stage = Stage.VERIFIED
+            return
         if live.load is not None:
             if not live.load.done():  # recovery timed out: the load stops here
                 live.load.cancel()
@@ -298,15 +311,14 @@ class Executor:
             return  # not (yet) accepted: the accept handler says why; nothing runs
         spec = self.fresh.get("spec") or {}
         kind, target = TargetKind(spec["target"]["kind"]), str(spec["target"]["name"])
-        if self.live is not None and self.live.ring is not None:
-            for reason, message in await self.live.ring.observe(self.api, self.ns):
-                self._event(reason, message)
-        exists, campuses = await io.target(self.api, self.ns, kind, target)
+        for reason, message in await observe(self.live, self.api, self.ns):
+            self._event(reason, message)
+        exists, campuses, sat = await read_target(self.api, self.ns, kind, target)
         key = (self.ns, kind.value, target)
         other = _BUSY.get(key)
         snap = snapshot_of(self.fresh, exists, campuses,
                          other if other not in (None, self.name) else None, self.live,
-                         await self._leftovers() if orphaned else ())
+                         await self._leftovers() if orphaned else (), sat)
         step = plan(snap)
         if step.action == DrillAction.START:
             _BUSY[key] = self.name
