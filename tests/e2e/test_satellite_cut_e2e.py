@@ -13,7 +13,10 @@ agent, as a satellite at its own site would). While cut:
   update/update, update/delete, delete/update and delete/delete, against fy or yc, the
   satellite's write first or last. Each write's commit time is read where it committed;
 - the Satellite's status says it is cut (connected false, phase not Online, Streaming
-  False) and a Warning Event says why.
+  False) and a Warning Event says why;
+- 6,000 rows written at fy in one transaction pass the Satellite's spec.backlog.maxRows
+  (5,000): condition BacklogLimit True/BacklogFull with what to do, and a Warning Event;
+  after the heal every one of those rows is at xd and the condition says Within.
 
 After the heal: every acknowledged commit of the writers where it belongs (the ledger
 check of test_satellite_sync_e2e.py), each contested row everywhere as its newest write
@@ -58,6 +61,8 @@ from ringkeeper.api.v1alpha1.satellite import RowFilter
 from ringkeeper.core.satellite import filter_sql
 
 CONTEST_BASE = 5_000_000
+BULK_BASE, BULK_ROWS = 6_000_000, 6_000  # written at fy while cut: past maxRows
+BACKLOG_MAX_ROWS = 5_000  # the Satellite's spec.backlog.maxRows
 # (the ring side's op, the satellite's op) on one row while cut.
 KINDS = (("update", "update"), ("update", "delete"), ("delete", "update"),
          ("delete", "delete"))
@@ -183,7 +188,8 @@ async def test_satellite_cut_with_writes_on_both_sides_converges(cluster: Cluste
             await conn.close()
     cluster.kubectl("-n", ns, "apply", "-f", "-", input=_ring())
     # The Satellite at once: its database starts while the ring sets up.
-    cluster.kubectl("-n", ns, "apply", "-f", "-", input=_satellite())
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=_satellite(
+        {"maxRows": BACKLOG_MAX_ROWS}))
 
     def ring_ready() -> dict[str, Any] | None:
         st = dict(cluster.get("-n", ns, "replicationring", RING).get("status") or {})
@@ -287,6 +293,26 @@ async def test_satellite_cut_with_writes_on_both_sides_converges(cluster: Cluste
         sat_before_restart = sat_writer.commits
         assert sat_before_restart > sat_at_cut + 20, (sat_at_cut, sat_before_restart)
 
+        # The backlog limit: 6,000 rows inside the filter at fy in one transaction pass
+        # maxRows 5,000 of the spool for xd. Status and a Warning Event say so and what
+        # to do; nothing is dropped (the rows are checked at xd after the heal).
+        def backlog_condition() -> dict[str, Any]:
+            return next((c for c in _sat_status(cluster, ns).get("conditions") or []
+                         if c["type"] == "BacklogLimit"), {})
+
+        assert backlog_condition().get("status") != "True", backlog_condition()
+        await conns["fy"].execute(
+            "INSERT INTO lis.samples SELECT g, 'FY', 0 FROM generate_series($1::bigint, "
+            "$2::bigint) g", BULK_BASE, BULK_BASE + BULK_ROWS - 1)
+        full = await asyncio.to_thread(wait_for, "BacklogLimit True, BacklogFull", lambda: (
+            (c := backlog_condition()).get("status") == "True"
+            and c.get("reason") == "BacklogFull" and c) or None, 45)
+        assert "nothing is dropped" in full["message"], full
+        assert _sat_status(cluster, ns)["backlogRows"] > BACKLOG_MAX_ROWS
+        await asyncio.to_thread(wait_for, "a BacklogFull Warning Event", lambda: [
+            e for e in _events(cluster, ns) if e["reason"] == "BacklogFull"
+            and e["type"] == "Warning"], 20)
+
         # The satellite's pod restarted while cut: deleted without grace, it comes back on
         # its own volume, serves again and keeps its backlog.
         for c in conns.values():
@@ -349,6 +375,7 @@ async def test_satellite_cut_with_writes_on_both_sides_converges(cluster: Cluste
             with contextlib.suppress(Exception):
                 await c.close()
     ring_ledger = {k: v for w in ring_writers for k, v in w.ledger.items()}
+    ring_ledger.update({k: ("FY", 0) for k in range(BULK_BASE, BULK_BASE + BULK_ROWS)})
     sat_ledger = dict(sat_writer.ledger)
     unknown = {k: v for w in (*ring_writers, sat_writer) for k, v in w.unknown.items()}
     assert ring_ledger and sat_ledger
@@ -397,6 +424,8 @@ async def test_satellite_cut_with_writes_on_both_sides_converges(cluster: Cluste
     await asyncio.to_thread(wait_for, "a new BothWays Event", lambda: [
         e for e in _events(cluster, ns) if e["metadata"]["name"] not in events_before
         and e["reason"] == "BothWays"], 20)
+    within = next(c for c in final["conditions"] if c["type"] == "BacklogLimit")
+    assert (within["status"], within["reason"]) == ("False", "Within"), within
     kinds: dict[str, int] = {}
     for r in [r for u in (*MEMBERS, SAT) for r in await _conflicts(cluster, ns, u)]:
         if r["key"] and int(r["key"][0]) >= CONTEST_BASE:

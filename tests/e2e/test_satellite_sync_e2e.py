@@ -43,13 +43,16 @@ def _ring() -> str:
                  "tables": {"include": ["lis.*"]}}})
 
 
-def _satellite() -> str:
-    return yaml.safe_dump({
-        "apiVersion": "ringkeeper.io/v1alpha1", "kind": "Satellite",
-        "metadata": {"name": SAT},
-        "spec": {"parentRef": {"name": "fy"}, "engine": "postgresql", "version": "17",
-                 "tables": [{"name": "lis.samples", "filter": {"all": [
-                     {"column": "campus", "op": "In", "values": list(INSIDE)}]}}]}})
+def _satellite(backlog: dict[str, Any] | None = None) -> str:
+    """The Satellite xd of fy; `backlog`: its spec.backlog limits (default: the API's)."""
+    spec: dict[str, Any] = {
+        "parentRef": {"name": "fy"}, "engine": "postgresql", "version": "17",
+        "tables": [{"name": "lis.samples", "filter": {"all": [
+            {"column": "campus", "op": "In", "values": list(INSIDE)}]}}]}
+    if backlog:
+        spec["backlog"] = backlog
+    return yaml.safe_dump({"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Satellite",
+                           "metadata": {"name": SAT}, "spec": spec})
 
 
 def _address(cluster: Cluster, ns: str, unit: str) -> str:
