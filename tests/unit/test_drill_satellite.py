@@ -200,3 +200,17 @@ def test_partition_selects_the_satellite_pod_and_refuses_the_parent() -> None:
     assert peers[0]["podSelector"]["matchExpressions"] == [
         {"key": CAMPUS_LABEL, "operator": "NotIn", "values": ["fy"]}]
     assert peers[1]["ipBlock"]["except"] == ["10.0.0.7/32"]
+
+
+def test_report_names_the_satellite_and_its_four_checks() -> None:
+    from ringkeeper.controller.drill_report import report
+
+    loss = satellite_lost(SAT_ACKED, PAR_ACKED, WHOLE_SAT, {**WHOLE_PAR, 1: 5}, SELECTED)
+    run = {"result": "Failed", "rtoSeconds": 0.2, "lostTransactions": loss.lost,
+           "lostRows": loss.lost, "committedTransactions": 6, "reason": "TransactionsLost"}
+    md = report("cut", BASE, run, [], {"satelliteRtoSeconds": 0.2}, loss.as_dict())["report.md"]
+    assert "against Satellite xd (parent fy)" in md
+    assert "## Satellite ledger check" in md and '"lostKeys": [1]' in md
+    for side in ("satelliteRowsAtSatellite", "satelliteRowsAtParent", "parentRowsAtParent",
+                 "parentRowsAtSatellite"):
+        assert f"- {side}: " in md

@@ -126,7 +126,8 @@ def report(drill: str, snap: Snapshot, run: dict[str, Any], timeline: list[dict[
         f"# Drill {drill}: {run.get('result')}",
         "",
         f"- scenario: {snap.scenario.value} against {snap.target_kind.value} "
-        f"{', '.join(c.name for c in snap.campuses)}",
+        + (f"{snap.satellite.name} (parent {snap.satellite.parent})" if snap.satellite
+           else ', '.join(c.name for c in snap.campuses)),
         f"- started {run.get('startedAt')}, completed {run.get('completedAt')}",
         f"- RTO: {'none (no write came back)' if rto is None else f'{rto} s'} "
         f"(allowed {snap.max_rto_seconds} s)",
@@ -151,6 +152,11 @@ def report(drill: str, snap: Snapshot, run: dict[str, Any], timeline: list[dict[
     if ring is not None:
         lines[lines.index("## Timeline"):lines.index("## Timeline")] = [
             "## Ring", "", *ring_lines(snap.scenario.value, ring), ""]
+    sides = [k for k in SATELLITE_SIDES if k in checked]
+    if sides:  # a Satellite partition: its ledgers checked in four directions
+        lines[lines.index("## Timeline"):lines.index("## Timeline")] = [
+            "## Satellite ledger check", "", *(f"- {k}: {json.dumps(checked[k])}"
+                                               for k in sides), ""]
     read = checked.get("readFrom") or {}
     if read:
         lines[lines.index("## Timeline"):lines.index("## Timeline")] = [
@@ -161,6 +167,10 @@ def report(drill: str, snap: Snapshot, run: dict[str, Any], timeline: list[dict[
                   "```"]
     return {"report.json": json.dumps(body, indent=1, sort_keys=True, default=str),
             "report.md": "\n".join(lines) + "\n"}
+
+
+SATELLITE_SIDES = ("satelliteRowsAtSatellite", "satelliteRowsAtParent", "parentRowsAtParent",
+                   "parentRowsAtSatellite")
 
 
 def _s(x: Any) -> str:

@@ -244,8 +244,8 @@ def _due(s: Snapshot) -> DrillStep | None:
 
 def judge(s: Snapshot, m: Measured) -> DrillStep:
     """Passed only when the fault happened, the load committed, the service came back
-    within maxRtoSeconds, no more than maxLostTransactions acknowledged commits are
-    missing and (ring drills) the ring converged again."""
+    within maxRtoSeconds, no acknowledged commit beyond maxLostTransactions is missing
+    and (ring, satellite drills) it converged again."""
     if m.fault_error:
         return DrillStep(DrillAction.FINISH, DrillReason.FAULT_NOT_INJECTED,
                     f"the fault did not happen: {m.fault_error}", False)
@@ -270,7 +270,8 @@ def judge(s: Snapshot, m: Measured) -> DrillStep:
         return DrillStep(DrillAction.FINISH, DrillReason.NOT_CONVERGED,
                     f"{what} within {s.max_rto_seconds} s of the fault's end", False)
     return DrillStep(DrillAction.FINISH, DrillReason.PASSED,
-                f"writes back after {m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s), "
+                f"{'satellite write gap' if s.satellite else 'writes back after'} "
+                f"{m.rto_seconds:.1f} s (allowed {s.max_rto_seconds} s), "
                 f"{m.committed} transactions committed, {m.lost} lost", True)
 
 
@@ -357,8 +358,7 @@ def plan(s: Snapshot) -> DrillStep:
         if s.other_running:
             return DrillStep(DrillAction.WAIT, DrillReason.TARGET_BUSY,
                         f"Drill {s.other_running} is running on the same target")
-        not_ready = [c.name for c in s.campuses if not c.ready] + satellite_not_ready(
-            s.satellite)
+        not_ready = [c.name for c in s.campuses if not c.ready] + satellite_not_ready(s.satellite)
         if not_ready:
             return DrillStep(DrillAction.WAIT, DrillReason.TARGET_NOT_READY,
                         f"Campus {', '.join(not_ready)} is not Ready with a primary")
