@@ -111,3 +111,21 @@ def test_sync_status_copying_and_backlog_full() -> None:
     assert sync_status({**base, "connected": False}, ready=True,
                        backlog=Backlog.OLD)["phase"] == "Offline"
     assert "phase" not in sync_status(copying, ready=False)
+
+
+def test_sync_status_shows_each_side_and_the_catch_up() -> None:
+    """Backlog on each side and the catch-up's share and ETA, as the parent reports them;
+    an ETA that is not known (nothing drains) is not claimed."""
+    entry = {"connected": True, "parentBacklogRows": 1200, "parentBacklogBytes": 9000,
+             "satelliteBacklogBytes": 4096, "copy": {"state": "Done"},
+             "copyUp": {"state": "Done"}, "up": {"state": "Streaming"},
+             "down": {"state": "Streaming"},
+             "catchUp": {"percent": 40.0, "rowsPerSecond": 600.0, "etaSeconds": 2.0}}
+    st = sync_status(entry, ready=True)
+    assert (st["parentBacklogRows"], st["parentBacklogBytes"], st["satelliteBacklogBytes"]) \
+        == (1200, 9000, 4096)
+    assert (st["catchUpPercent"], st["catchUpEtaSeconds"]) == (40.0, 2.0)
+    stalled = sync_status({**entry, "catchUp": {"percent": 0.0, "etaSeconds": None},
+                           "satelliteBacklogBytes": None}, ready=True)
+    assert "catchUpEtaSeconds" not in stalled and "satelliteBacklogBytes" not in stalled
+    assert stalled["catchUpPercent"] == 0.0

@@ -10,9 +10,10 @@ from aiohttp import ClientSession, web
 from prometheus_client import REGISTRY
 
 from pgserver import free_port
+from ringkeeper.core.catchup import catch_up
 from ringkeeper.sync.linkreport import LinkReport
 from ringkeeper.sync.memberstate import MemberState
-from ringkeeper.sync.run import build_app, catchup_percent, export_satellite
+from ringkeeper.sync.run import build_app, export_satellite
 from ringkeeper.sync.satreport import SatelliteReport
 
 
@@ -30,14 +31,28 @@ def report(name: str, *, rows: int | None, drained: int, contact: float | None,
                            drained_rows=drained)
 
 
-def test_catchup_percent() -> None:
-    assert catchup_percent(0, 0, 0) == 100.0
-    assert catchup_percent(100, 400, 900) == 25.0
-    assert catchup_percent(500, 400, 10) == 0.0  # a restarted count never goes negative
+def test_catch_up_share_rate_and_eta() -> None:
+    assert catch_up(0, 0, 0, []).percent == 100.0
+    assert catch_up(100, 400, 900, []).percent == 25.0
+    assert catch_up(500, 400, 10, []).percent == 0.0  # a restarted count: never negative
+    assert catch_up(0, 0, 0, []).eta_seconds == 0.0  # nothing spooled: done
+    # 2,000 rows drained over the last 4 s: 500 rows/s, 1,000 left: 2 s.
+    samples = [(100.0, 0), (101.0, 500), (102.0, 1000), (104.0, 2000)]
+    c = catch_up(0, 2000, 1000, samples)
+    assert (c.rows_per_second, c.eta_seconds) == (500.0, 2.0)
+    # Only the last 10 s count: an idle stretch before them does not slow the rate.
+    c = catch_up(0, 2000, 1000, [(50.0, 0), (93.0, 0), *samples[1:]])
+    assert c.rows_per_second == 500.0 and c.eta_seconds == 2.0
+    # Nothing drains (cut off): a rate of 0 and no ETA, never a made-up one.
+    stalled = catch_up(0, 500, 300, [(10.0, 500), (15.0, 500)])
+    assert (stalled.rows_per_second, stalled.eta_seconds) == (0.0, None)
+    assert catch_up(0, 500, 300, [(10.0, 500)]).rows_per_second is None  # under 1 s
+    assert catch_up(0, 10, 5, [(0.0, 900), (5.0, 10)]).rows_per_second == 0.0  # restarted
 
 
 def test_gauges_follow_the_report_through_an_outage_and_a_catch_up() -> None:
     sat = report("xindeng", rows=0, drained=50, contact=time.monotonic() - 2)
+    sat.measured()
     export_satellite("lis", sat)
     assert value("ringkeeper_satellite_connected", "xindeng") == 1
     assert value("ringkeeper_satellite_parent_backlog_rows", "xindeng") == 0
@@ -47,6 +62,7 @@ def test_gauges_follow_the_report_through_an_outage_and_a_catch_up() -> None:
     # Cut off: the spool grows, contact ages past the window.
     sat.contact_at = time.monotonic() - 60
     sat.spool_rows, sat.spool_bytes = 300, 30000
+    sat.measured()
     export_satellite("lis", sat)
     assert value("ringkeeper_satellite_connected", "xindeng") == 0
     assert value("ringkeeper_satellite_parent_backlog_rows", "xindeng") == 300
@@ -55,14 +71,17 @@ def test_gauges_follow_the_report_through_an_outage_and_a_catch_up() -> None:
     # Healed: 200 drained since the spool was last empty, 100 left.
     sat.contact_at = time.monotonic()
     sat.drained_rows, sat.spool_rows = 250, 100
+    sat.measured()
     export_satellite("lis", sat)
     assert value("ringkeeper_satellite_connected", "xindeng") == 1
     assert value("ringkeeper_satellite_drained_rows", "xindeng") == 250
     assert value("ringkeeper_satellite_catchup_percent", "xindeng") == round(200 / 3, 1)
     # Caught up; the next outage's catch-up counts from there: 50 drained, 50 left.
     sat.drained_rows, sat.spool_rows = 350, 0
+    sat.measured()
     export_satellite("lis", sat)
     sat.drained_rows, sat.spool_rows = 400, 50
+    sat.measured()
     export_satellite("lis", sat)
     assert value("ringkeeper_satellite_catchup_percent", "xindeng") == 50
 

@@ -63,6 +63,7 @@ async def test_parent_report(monkeypatch: pytest.MonkeyPatch, report: Any, statu
     if want is not None:
         assert sync_status(got, ready=True) == {
             "connected": False, "backlogRows": 7, "backlogBytes": 700,
+            "parentBacklogRows": 7, "parentBacklogBytes": 700, "satelliteBacklogBytes": 0,
             "lastSyncAt": "2026-12-01T10:00:00+00:00", "phase": "Offline"}
 
 

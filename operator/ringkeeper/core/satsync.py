@@ -35,6 +35,7 @@ from typing import Any
 
 from ..api.v1alpha1.satellite import FilterOp, FilterTerm, RowFilter, SatellitePhase
 from . import names
+from .catchup import backlog_fields
 from .conditions import set_condition
 
 
@@ -154,7 +155,7 @@ def sync_status(entry: Mapping[str, object] | None, *, ready: bool,
     rows = count("parentBacklogRows")
     size = count("parentBacklogBytes") + count("satelliteBacklogBytes")
     out: dict[str, object] = {"connected": connected, "backlogRows": rows,
-                              "backlogBytes": size}
+                              "backlogBytes": size, **backlog_fields(entry)}
     if isinstance(entry.get("lastContact"), str):
         out["lastSyncAt"] = entry["lastContact"]
     # Either initial copy (the parent's rows down, the satellite's own up) not done yet.

@@ -127,24 +127,10 @@ def export_metrics(ring: str, sidecar: Sidecar) -> None:
         export_satellite(ring, sat)
 
 
-# Per satellite: its drained-rows count when its spool was last seen empty.
-_DRAIN_BASE: dict[tuple[str, str], int] = {}
-
-
-def catchup_percent(base: int, drained: int, backlog: int) -> float:
-    """Share of the current catch-up done: rows drained since the spool was last empty
-    over those plus the rows still spooled; 100 with nothing spooled."""
-    done = max(0, drained - base)
-    return 100.0 if backlog <= 0 else round(100.0 * done / (done + backlog), 1)
-
-
 def export_satellite(ring: str, sat: SatelliteReport) -> None:
     """One satellite's gauges from its parent's report (-1 where a value is unknown)."""
     labels = (ring, sat.parent, sat.name)
     backlog = sat.spool_rows
-    key = (ring, sat.name)
-    if backlog == 0 or key not in _DRAIN_BASE:
-        _DRAIN_BASE[key] = sat.drained_rows
     m.SAT_CONNECTED.labels(*labels).set(1 if sat.connected else 0)
     m.SAT_PARENT_BACKLOG_ROWS.labels(*labels).set(-1 if backlog is None else backlog)
     m.SAT_PARENT_BACKLOG_BYTES.labels(*labels).set(
@@ -154,8 +140,7 @@ def export_satellite(ring: str, sat: SatelliteReport) -> None:
     m.SAT_CONTACT_AGE.labels(*labels).set(
         -1 if sat.contact_at is None else round(time.monotonic() - sat.contact_at, 1))
     m.SAT_DRAINED_ROWS.labels(*labels).set(sat.drained_rows)
-    m.SAT_CATCHUP_PERCENT.labels(*labels).set(
-        catchup_percent(_DRAIN_BASE[key], sat.drained_rows, backlog or 0))
+    m.SAT_CATCHUP_PERCENT.labels(*labels).set(sat.catch_up().percent)
 
 
 def build_app(sidecar: Sidecar, ring: str) -> web.Application:

@@ -188,6 +188,7 @@ class SatelliteKeeper:
             for name, rep in self.reports.items():
                 rep.spool_rows, rep.spool_bytes, rep.spool_oldest_hours = \
                     await spool_backlog(conn, name)
+                rep.measured()
                 rep.missing_at_parent = await missing_tables(conn, rep.tables)
         except TRANSIENT as exc:
             log.warning("satellite backlog: %s", exc)

@@ -9,9 +9,11 @@ sync loops that fill it (sync/satellite.py) are a different job.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from ..core.catchup import CatchUp, catch_up
 from .linkreport import LinkReport
 from .satcopy import CopyProgress
 from .seed import SeedProgress
@@ -41,6 +43,22 @@ class SatelliteReport:
     copy: CopyProgress = field(default_factory=CopyProgress)  # parent's rows down
     copy_up: SeedProgress | None = None  # the satellite's own rows up
 
+    # Catch-up (core.catchup): drained_rows when the spool was last seen empty, and a
+    # sample (monotonic time, drained_rows) per backlog measurement.
+    drain_base: int = 0
+    drain_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+
+    def measured(self) -> None:
+        """After each backlog measurement: one drain-rate sample; a spool seen empty
+        starts the next catch-up's share from here."""
+        self.drain_samples.append((time.monotonic(), self.drained_rows))
+        if not self.spool_rows:
+            self.drain_base = self.drained_rows
+
+    def catch_up(self) -> CatchUp:
+        return catch_up(self.drain_base, self.drained_rows, self.spool_rows or 0,
+                        list(self.drain_samples))
+
     def touch(self) -> None:
         self.last_contact = datetime.now(UTC)
         self.contact_at = time.monotonic()
@@ -61,8 +79,14 @@ class SatelliteReport:
             "copyUp": self.copy_up.as_dict() if self.copy_up else {"state": "Pending"},
             "satelliteBacklogBytes": self.up.lag_bytes,
             "drainedRows": self.drained_rows, "drainError": self.drain_error,
+            "catchUp": self._catch_up_dict(),
             "tables": list(self.tables),
             "missingAtParent": (None if self.missing_at_parent is None
                                 else list(self.missing_at_parent)),
             "up": self.up.as_dict(), "down": self.down.as_dict(),
         }
+
+    def _catch_up_dict(self) -> dict[str, float | None]:
+        c = self.catch_up()
+        return {"percent": c.percent, "rowsPerSecond": c.rows_per_second,
+                "etaSeconds": c.eta_seconds}

@@ -188,6 +188,19 @@ class SatelliteStatus(ApiModel):
     connected: bool | None = None
     backlog_rows: int | None = None
     backlog_bytes: int | None = None
+    parent_backlog_rows: int | None = Field(
+        default=None, description="Changed rows spooled at the parent for the satellite.")
+    parent_backlog_bytes: int | None = Field(
+        default=None, description="Bytes of the parent's spool for the satellite.")
+    satellite_backlog_bytes: int | None = Field(
+        default=None, description="WAL the satellite holds for its parent (its slot's lag, "
+        "as last measured: the parent cannot ask while cut off).")
+    catch_up_percent: float | None = Field(
+        default=None, description="Share of the current catch-up into the satellite done: "
+        "rows drained since the spool was last empty over those plus the rows spooled.")
+    catch_up_eta_seconds: float | None = Field(
+        default=None, description="The spooled rows at the drain rate of the last 10 s; "
+        "absent while nothing drains (no guess).")
     last_sync_at: datetime | None = None
     conditions: list[Condition] = conditions_field()
 
