@@ -40,6 +40,7 @@ from ..core.drill_satellite import (
 from ..core.manifests import CAMPUS_LABEL, SATELLITE_LABEL
 from ..core.satellite import filter_sql, rings_naming
 from . import drill_io as io
+from .satellite import POLL_SECONDS
 
 CONNECT_TIMEOUT = 3.0
 UPDATE_SHARE = 0.3
@@ -216,8 +217,11 @@ class SatRun:
             return [("SatelliteCut", f"Satellite {self.target.name}'s status says it is "
                      f"not streaming with {self.target.parent} (connected "
                      f"{st.get('connected')}, backlog {st.get('backlogRows')} rows)")]
-        if whole and self.seen_cut and self.healed_mono is not None:
-            self.converged_s = time.monotonic() - self.healed_mono
+        since = None if self.healed_mono is None else time.monotonic() - self.healed_mono
+        # A cut the status never showed (shorter than its polling): only a reading taken
+        # a full polling period after the heal is fresh enough to say it is whole.
+        if whole and since is not None and (self.seen_cut or since >= POLL_SECONDS + 2):
+            self.converged_s = since
             return [("SatelliteConverged", f"Satellite {self.target.name} connected, "
                      f"backlog 0 and streaming both ways {self.converged_s:.1f} s after "
                      "the heal")]
