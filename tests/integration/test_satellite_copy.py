@@ -44,11 +44,6 @@ for _m in ("17", "18"):
         pytest.skip(f"PostgreSQL {_m}: {unavailable(_m)}", allow_module_level=True)
 
 
-# Visible in every run (-rxX lists XFAIL/XPASS) until fixed: the rows end correct, but a
-# write made during the join can be applied twice at s with the same version.
-@pytest.mark.xfail(strict=False, reason="issue 17: a write made during a satellite's join "
-                   "can be applied twice at the satellite with the same version (rows end "
-                   "correct); cause not found yet")
 async def test_satellite_joins_a_parent_with_rows_under_live_writes() -> None:
     ring = LocalRing(("17", "18"))
     ring.start_servers()
@@ -172,12 +167,17 @@ async def test_satellite_joins_a_parent_with_rows_under_live_writes() -> None:
         assert ledger_problems(latest, at_a), "the checker missed a row dropped at a"
         assert await scalar(ring, "a", "SELECT count(*) FROM ringkeeper.satellite_spool") == 0
         # Nothing applied twice at the satellite or at its parent: the rows both copied
-        # and streamed count as one write.
-        for n in ("s", "a"):
-            twice = await fetch(ring, n, "SELECT id, status, pg_xact_commit_timestamp("
+        # and streamed count as one write. Known open (issue 17): 1-3 writes made during
+        # the join can be applied twice with the same version (rows end correct). Only
+        # that check is an expected failure, and only once every check above held: a
+        # lost, stale or misplaced row fails the test.
+        twice = {n: await fetch(ring, n, "SELECT id, status, pg_xact_commit_timestamp("
                                 "xid::text::xid) AS at, count(*) FROM audit.applied "
                                 "GROUP BY 1, 2, 3 HAVING count(*) > 1 LIMIT 5")
-            assert twice == [], f"{n}: applied twice: {twice}"
+                 for n in ("s", "a")}
+        if any(twice.values()):
+            pytest.xfail(f"issue 17: applied twice with the same version (rows end "
+                         f"correct): {twice}")
     finally:
         for name in list(ring.procs):
             ring.kill_process(name)
