@@ -1,9 +1,11 @@
 """The demo's closing summary (tools/devcluster demosummary.summarize): every figure it
 prints comes from the objects read back, and each kind of failure (a drill that failed,
-a ring drill that failed or whose convergence is missing, a lost commit or row, a lost
-count never measured, a link not streaming, a failed or missing verification, a
+a ring or satellite drill that failed or whose convergence is missing, a lost commit or
+row, a lost count never measured, a link not streaming, a failed or missing verification, a
 satellite that lost or misplaced a row, did not stream, has a backlog, is gone or
-differs from its parent) makes it say FAILED and the demo exit 1."""
+differs from its parent) makes it say FAILED and the demo exit 1. A Satellite drill's
+struck names hold the satellite, which is no Campus: it is shown as a satellite, never as
+a removed campus."""
 
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def _verify(diffs: int = 0, sat_diffs: int = 0,
 SATELLITE = {"metadata": {"namespace": "lis", "name": "xd"},
              "spec": {"parentRef": {"name": "fy"}},
              "status": {"phase": "Online", "connected": True, "backlogRows": 0,
+                        "currentPrimary": "xd-0",
                         "conditions": [{"type": "Streaming", "status": "True",
                                         "reason": "BothWays"}]}}
 SAT_LEDGER = {"satellite": "xd", "namespace": "lis", "parent": "fy", "streamed": True,
@@ -84,7 +87,10 @@ def _facts() -> Facts:
                        faultCampuses=["fy"]),
                 _drill("lis", "split", "ReplicationRing", "lis-ring", "networkPartition",
                        rtoSeconds=1.5, committedTransactions=120,
-                       faultCampuses=["fy", "xs"])],
+                       faultCampuses=["fy", "xs"]),
+                _drill("lis", "satsplit", "Satellite", "xd", "networkPartition",
+                       rtoSeconds=0.16, committedTransactions=230, convergedSeconds=36.2,
+                       faultCampuses=["xd", "fy"])],
         campuses={("demo", "zhaohui"): None,
                   ("lis", "fy"): {"status": {"currentPrimary": "fy-1"}},
                   ("lis", "xs"): {"status": {"currentPrimary": "xs-1"}}},
@@ -109,10 +115,18 @@ def test_summary_of_a_good_demo() -> None:
     assert "0.11 s" in loss and "0 of 646" in loss and loss.endswith("9.50 s"), loss
     split = next(x for x in lines if x.strip().startswith("split (networkPartition)"))
     assert " fy,xs " in split and "1.50 s" in split and "0 of 120" in split, split
+    # the satellite drill: struck the satellite and its parent, its convergence shown
+    satsplit = next(x for x in lines if x.strip().startswith("satsplit (networkPartition)"))
+    assert satsplit.split()[2:] == ["lis", "xd,fy", "Passed", "0.16", "s", "0", "of", "230",
+                                    "0", "36.20", "s"], satsplit
     # per campus: its primary and the drills that struck it (zhaohui was removed)
     assert "(removed)" in next(x for x in lines if x.strip().startswith("zhaohui "))
     fy = next(x for x in lines if x.strip().startswith("fy "))
-    assert fy.split()[1:] == ["lis", "fy-1", "crash,", "loss,", "split"], fy
+    assert fy.split()[1:] == ["lis", "fy-1", "crash,", "loss,", "split,", "satsplit"], fy
+    # the satellite is no Campus (none read for it): shown as a satellite, not "(removed)"
+    xd = next(x for x in lines if x.strip().startswith("xd "))
+    assert xd.split()[1:] == ["lis", "xd-0", "(satellite)", "satsplit"], xd
+    assert sum("(removed)" in x for x in lines) == 1
     xs = next(x for x in lines if x.strip().startswith("xs "))
     assert xs.split()[1:] == ["lis", "xs-1", "split"], xs
     assert any("xs -> fy" in x and "Streaming" in x and "0.30 s, 128 B" in x for x in lines)
@@ -127,6 +141,15 @@ def test_summary_of_a_good_demo() -> None:
                               "differing key(s), 0 row(s) outside the filter")
     assert "the satellite streamed and verified" in lines[-1]
     assert "kubectl ringkeeper drill report split -n lis" in text and "/tmp/kill.svg" in text
+    assert "kubectl ringkeeper drill report satsplit -n lis" in text
+
+
+def test_a_struck_satellite_not_read_is_said_so_not_called_a_removed_campus() -> None:
+    f = _facts()
+    f.satellites = {}
+    lines, _ = summarize(f)
+    xd = next(x for x in lines if x.strip().startswith("xd "))
+    assert xd.split()[1:] == ["lis", "not", "read", "(satellite)", "satsplit"], xd
 
 
 def _lost(f: Facts) -> None:
@@ -146,6 +169,22 @@ def _ring_failed(f: Facts) -> None:
 
 def _crash_unconverged(f: Facts) -> None:
     f.drills[1]["status"]["lastRun"]["convergedSeconds"] = None
+
+
+def _satsplit_lost(f: Facts) -> None:
+    """The satellite drill passed its RTO but lost commits (the operator fails it too; the
+    summary must not need the result to say so)."""
+    f.drills[4]["status"]["lastRun"]["lostTransactions"] = 3
+
+
+def _satsplit_failed(f: Facts) -> None:
+    f.drills[4]["status"]["lastRun"].update(result="Failed", reason="NotConverged",
+                                             convergedSeconds=None)
+    f.drills[4]["status"]["phase"] = "Failed"
+
+
+def _satsplit_unconverged(f: Facts) -> None:
+    f.drills[4]["status"]["lastRun"]["convergedSeconds"] = None
 
 
 def _unmeasured(f: Facts) -> None:
@@ -223,6 +262,9 @@ def _sat_not_in_report(f: Facts) -> None:
     (_lost, "lost commits 1"), (_unmeasured, "lost commits not measured"),
     (_lost_rows, "loss: lost rows 6"), (_ring_failed, "loss Failed: NotConverged"),
     (_crash_unconverged, "crash: ring convergence not measured"),
+    (_satsplit_lost, "satsplit: lost commits 3"),
+    (_satsplit_failed, "satsplit Failed: NotConverged"),
+    (_satsplit_unconverged, "satsplit: satellite convergence not measured"),
     (_failed, "Failed: RtoExceeded"), (_link, "xs -> fy is Down"),
     (_verify_failed, "verification failed: 2"), (_no_verify, "no verification report"),
     (_sat_lost, "satellite lis/xd: lost 1 (first: xs: satellite id 70000012"),

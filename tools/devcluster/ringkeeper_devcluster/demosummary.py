@@ -2,14 +2,16 @@
 
 Read back from the cluster, not from what the demo's steps printed: per drill its
 result, RTO, lost acknowledged commits and their rows, the campuses its fault struck and
-(ring drills) the time the ring took to converge again; per campus its current primary
-and the drills that struck it; per ring link its state and lag; per satellite its
-parent, whether it is connected and streams, its phase and backlog, its ledger's result
-(satdemo.py's JSON) and its verification against its parent; the verification report's
-verdict, and where the reports and timeline pictures are. Exit 1 when anything was lost,
-a drill did not pass, a ring drill's convergence is missing, a link is not streaming, a
-satellite does not stream, lost or misplaced a row or differs from its parent, or the
-verification did not pass, so the demo's exit code says so too.
+(ring and satellite drills) the time the ring or satellite took to converge again; per
+campus its current primary and the drills that struck it (a satellite a drill struck is
+listed there too, marked "(satellite)", with the primary its Satellite status names);
+per ring link its state and lag; per satellite its parent, whether it is connected and
+streams, its phase and backlog, its ledger's result (satdemo.py's JSON) and its
+verification against its parent; the verification report's verdict, and where the
+reports and timeline pictures are. Exit 1 when anything was lost, a drill did not pass,
+a converging drill's convergence is missing, a link is not streaming, a satellite does
+not stream, lost or misplaced a row or differs from its parent, or the verification did
+not pass, so the demo's exit code says so too.
 `summarize` decides and formats without I/O (unit tested); `main` only reads.
 """
 
@@ -47,12 +49,23 @@ class Facts:
     pictures: list[str] = field(default_factory=list)
 
 
+def drill_satellite(drill: dict[str, Any]) -> str | None:
+    """The Satellite a Drill targets (kind Satellite), else None. Its name is among the
+    drill's struck names (faultCampuses: the satellite and its parent), but it is no
+    Campus: it must not be read or shown as one."""
+    target = drill["spec"]["target"]
+    return str(target["name"]) if target["kind"] == "Satellite" else None
+
+
 def drill_campuses(drill: dict[str, Any], rings: dict[tuple[str, str], dict[str, Any]]
                    ) -> list[str]:
-    """The campuses a Drill's target names (a ring's campusRef members)."""
+    """The campuses a Drill's target names (a ring's campusRef members; none for a
+    Satellite target: its struck names say which campus is its parent)."""
     target = drill["spec"]["target"]
     if target["kind"] == "Campus":
         return [str(target["name"])]
+    if target["kind"] == "Satellite":
+        return []
     ring = rings.get((drill["metadata"]["namespace"], target["name"])) or {}
     return [str(m["campusRef"]["name"]) for m in (ring.get("spec") or {}).get("members") or []
             if (m.get("campusRef") or {}).get("name")]
@@ -63,7 +76,8 @@ def _secs(x: Any) -> str:
 
 
 # Ring drills whose run waits for the ring to converge again: their convergence time is
-# part of the verdict, so one that is missing is a problem, not a dash.
+# part of the verdict, so one that is missing is a problem, not a dash. A Satellite drill
+# (networkPartition) always records its satellite's convergence after the heal: the same.
 CONVERGING = ("campusLoss", "syncCrash")
 
 
@@ -84,8 +98,11 @@ def _drill_row(d: dict[str, Any], problems: list[str]) -> tuple[str, list[str]]:
                         f"{'not measured' if lost is None else lost}")
     if rows is not None and rows > 0:
         problems.append(f"drill {ns}/{name}: lost rows {rows}")
-    if scenario in CONVERGING and conv is None and result == "Passed":
-        problems.append(f"drill {ns}/{name}: ring convergence not measured")
+    if conv is None and result == "Passed":
+        if drill_satellite(d) is not None:
+            problems.append(f"drill {ns}/{name}: satellite convergence not measured")
+        elif scenario in CONVERGING:
+            problems.append(f"drill {ns}/{name}: ring convergence not measured")
     struck = [str(c) for c in run.get("faultCampuses") or []]
     what = f"{name} ({scenario})"
     line = (f"  {what:<30} {ns:<10} {','.join(struck) or '-':<26} {result:<8} "
@@ -107,8 +124,11 @@ def summarize(f: Facts) -> tuple[list[str], list[str]]:
              f"{'RTO':<9} {'lost commits':<14} {'lost rows':<9} converged"]
     struck_by: dict[tuple[str, str], list[str]] = {}
     campuses: list[tuple[str, str]] = []  # every campus of every target, in order
+    sats: set[tuple[str, str]] = set()  # the satellites drills struck (among `campuses`)
     for d in f.drills:
         ns = d["metadata"]["namespace"]
+        if (sat_name := drill_satellite(d)) is not None:
+            sats.add((ns, sat_name))
         line, struck = _drill_row(d, problems)
         lines.append(line)
         for c in [*drill_campuses(d, rings), *struck]:
@@ -118,9 +138,15 @@ def summarize(f: Facts) -> tuple[list[str], list[str]]:
             struck_by.setdefault((ns, c), []).append(str(d["metadata"]["name"]))
     lines += ["", f"  {'campus':<14} {'namespace':<10} {'primary':<16} struck by"]
     for ns, c in campuses:
-        campus = f.campuses.get((ns, c))
-        primary = ("(removed)" if campus is None else
-                   str((campus.get("status") or {}).get("currentPrimary") or "none"))
+        if (ns, c) in sats:
+            sat_obj = f.satellites.get((ns, c))
+            primary = (str(((sat_obj or {}).get("status") or {}).get("currentPrimary")
+                           or "none") if sat_obj is not None else "not read")
+            primary += " (satellite)"
+        else:
+            campus = f.campuses.get((ns, c))
+            primary = ("(removed)" if campus is None else
+                       str((campus.get("status") or {}).get("currentPrimary") or "none"))
         lines.append(f"  {c:<14} {ns:<10} {primary:<16} "
                      f"{', '.join(struck_by.get((ns, c), [])) or '-'}")
     for r in f.rings:
@@ -259,7 +285,10 @@ async def _gather(args: argparse.Namespace) -> Facts:
         for d in f.drills:
             ns = d["metadata"]["namespace"]
             struck = ((d.get("status") or {}).get("lastRun") or {}).get("faultCampuses")
+            sat_name = drill_satellite(d)
             for c in dict.fromkeys([*drill_campuses(d, rings), *(struck or [])]):
+                if c == sat_name:
+                    continue  # a Satellite, not a Campus (its row reads --satellite)
                 try:
                     f.campuses[(ns, c)] = await resources.read_custom(api, ns, "campuses", c)
                 except KubeApiError as exc:
