@@ -308,7 +308,9 @@ async def test_satellite_cut_with_writes_on_both_sides_converges(cluster: Cluste
             (c := backlog_condition()).get("status") == "True"
             and c.get("reason") == "BacklogFull" and c) or None, 45)
         assert "nothing is dropped" in full["message"], full
-        assert _sat_status(cluster, ns)["backlogRows"] > BACKLOG_MAX_ROWS
+        during = _sat_status(cluster, ns)
+        assert during["backlogRows"] > BACKLOG_MAX_ROWS, during
+        assert during["parentBacklogRows"] > BACKLOG_MAX_ROWS, during  # the parent's side
         await asyncio.to_thread(wait_for, "a BacklogFull Warning Event", lambda: [
             e for e in _events(cluster, ns) if e["reason"] == "BacklogFull"
             and e["type"] == "Warning"], 20)
@@ -419,6 +421,8 @@ async def test_satellite_cut_with_writes_on_both_sides_converges(cluster: Cluste
 
     final = await asyncio.to_thread(wait_for, "satellite Online after the heal", online, 60)
     assert final["backlogRows"] == 0, final
+    assert (final["parentBacklogRows"], final["catchUpPercent"],
+            final["catchUpEtaSeconds"]) == (0, 100.0, 0.0), final
     assert (_streaming(final).get("status"), _streaming(final).get("reason")) == (
         "True", "BothWays"), final
     await asyncio.to_thread(wait_for, "a new BothWays Event", lambda: [
