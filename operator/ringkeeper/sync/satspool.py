@@ -278,7 +278,9 @@ class SpoolWriter(Applier):
 # -- draining the spool into the satellite ------------------------------------------------
 @dataclass
 class DrainStats:
-    applied_rows: int = 0  # spool rows committed at the satellite and deleted
+    # changed rows committed at the satellite and deleted from the spool (the unit of
+    # the backlog, so the catch-up's share and ETA compare like with like)
+    applied_rows: int = 0
     last_seq: int = 0
 
 
@@ -307,7 +309,7 @@ class SpoolDrain:
         """Apply the next spool rows; delete those whose transaction the satellite
         committed and flushed. Returns the rows read (0: the spool is empty)."""
         rows = await self.parent.fetch(
-            "SELECT seq, origin, origin_lsn, commit_ts, part, last, changes "
+            "SELECT seq, origin, origin_lsn, commit_ts, part, last, changes, nchanges "
             "FROM ringkeeper.satellite_spool WHERE satellite = $1 AND seq > $2 "
             "ORDER BY seq LIMIT $3", self.satellite, self.stats.last_seq if self._part_open
             else 0, limit)
@@ -362,7 +364,8 @@ class SpoolDrain:
             await self.parent.execute(
                 "DELETE FROM ringkeeper.satellite_spool WHERE satellite = $1 AND seq <= $2",
                 self.satellite, done_to)
-            self.stats.applied_rows += sum(1 for r in rows if int(r["seq"]) <= done_to)
+            self.stats.applied_rows += sum(int(r["nchanges"]) for r in rows
+                                           if int(r["seq"]) <= done_to)
         return len(rows)
 
 
