@@ -3,12 +3,16 @@ on the test session's local cluster (no second cluster: RINGKEEPER_DEV_STATE poi
 demo's `up` at the running one, which it leaves alone), with the size knobs turned down
 and the preparation step skipped (`make test` ran it). It must exit 0 and end with the
 summary read back from the cluster: one drill of each scenario (primaryKill on the
-single campus; syncCrash, campusLoss and networkPartition on the ring), each Passed with
-its RTO, nothing lost (commits and rows), the campuses its fault struck and (ring drills
-that wait for it) the ring's convergence time; per campus its primary; per ring link its
-state and lag; the satellite xindeng (parent fuyang) connected, streaming both ways,
-Online with no backlog, its ledger with nothing lost or misplaced and its verification
-against its parent passed; the verification's verdict, and the result line.
+single campus; syncCrash, campusLoss and networkPartition on the ring) and a
+networkPartition on the satellite xindeng (satsplit), each Passed with its RTO, nothing
+lost (commits and rows), the campuses its fault struck (satsplit: xindeng and its parent
+fuyang) and (the drills that wait for it) the ring's or the satellite's convergence time;
+per campus its primary, and xindeng listed as a satellite (never as a removed campus);
+per ring link its state and lag; the satellite xindeng (parent fuyang) connected,
+streaming both ways, Online with no backlog, its ledger with nothing lost or misplaced
+and its verification against its parent (both its tables) passed; the verification's
+verdict, and the result line. The demo creates the satellite drill's table (satdemo) and
+the example ring carries it.
 
 What the summary judges (a failed drill, a lost or unmeasured commit, a link not
 streaming, a failed or missing verification) is unit-tested apart
@@ -46,6 +50,7 @@ def test_demo_runs_end_to_end_and_prints_its_summary(cluster: Cluster,
            "RINGKEEPER_DEMO_KILL_SECONDS": "12", "RINGKEEPER_DEMO_SPLIT_SECONDS": "12",
            "RINGKEEPER_DEMO_CRASH_SECONDS": "10", "RINGKEEPER_DEMO_LOSS_SECONDS": "12",
            "RINGKEEPER_DEMO_RING_SECONDS": "10", "RINGKEEPER_DEMO_SATELLITE_SECONDS": "10",
+           "RINGKEEPER_DEMO_SATSPLIT_SECONDS": "12",
            "RINGKEEPER_DEMO_OUT": str(tmp_path)}
     t0 = time.monotonic()
     try:
@@ -61,23 +66,31 @@ def test_demo_runs_end_to_end_and_prints_its_summary(cluster: Cluster,
     drills = re.findall(r"^  (\S+) \((\w+)\)\s+(demo|lis)\s+(\S+)\s+(\w+)\s+([\d.]+) s\s+"
                         r"(\d+) of (\d+)\s+(\d+)\s+(-|[\d.]+ s)$", summary, re.M)
     ring = {"zhaohui", "wangjiangshan", "yuecheng", "fuyang"}
-    assert sorted(d[1] for d in drills) == ["campusLoss", "networkPartition", "primaryKill",
-                                            "syncCrash"], summary
+    assert sorted(d[0] for d in drills) == ["crash", "kill-now", "loss", "satsplit",
+                                            "split"], summary
+    assert sorted(d[1] for d in drills) == ["campusLoss", "networkPartition",
+                                            "networkPartition", "primaryKill", "syncCrash"]
     for name, scenario, _ns, struck, result, rto, lost, acked, rows, conv in drills:
         assert result == "Passed" and int(lost) == 0 and int(rows) == 0, (name, summary)
         assert int(acked) > 0 and 0 <= float(rto) <= 60, (name, rto, acked)
         # the campuses the demo's drills name (--strike: target.campus) were the ones hit
-        assert struck == {"primaryKill": "zhaohui", "syncCrash": "yuecheng",
-                          "campusLoss": "fuyang",
-                          "networkPartition": "zhaohui,wangjiangshan"}[scenario], (name, struck)
-        # the ring drills that wait for the ring say how long it took
-        assert (conv != "-") == (scenario in ("campusLoss", "syncCrash")), (name, conv)
-    campuses = re.findall(r"^  (\S+)\s+(demo|lis)\s+(\S+)\s+(\S.*)$",
+        # (satsplit: the satellite and its parent)
+        assert struck == {"kill-now": "zhaohui", "crash": "yuecheng", "loss": "fuyang",
+                          "split": "zhaohui,wangjiangshan",
+                          "satsplit": "xindeng,fuyang"}[name], (name, scenario, struck)
+        # the drills that wait for the ring (or the satellite) say how long it took
+        assert (conv != "-") == (name in ("loss", "crash", "satsplit")), (name, conv)
+    campuses = re.findall(r"^  (\S+)\s+(demo|lis)\s+(\S+(?: \(satellite\))?)\s+(\S.*)$",
                           summary[summary.index("  campus "):], re.M)
-    # the single campus (removed to make room for the ring) and the four ring campuses
-    assert {(c, ns) for c, ns, _, _ in campuses} == {("zhaohui", "demo"), *(
-        (c, "lis") for c in ring)}, summary
+    # the single campus (removed to make room for the ring), the four ring campuses and
+    # the satellite satsplit struck (shown as one, with its primary)
+    assert {(c, ns) for c, ns, _, _ in campuses} == {("zhaohui", "demo"), ("xindeng", "lis"),
+                                                     *((c, "lis") for c in ring)}, summary
     for campus, ns, primary, struck_by in campuses:
+        if campus == "xindeng":
+            assert primary.startswith(campus) and primary.endswith(" (satellite)"), primary
+            assert struck_by.strip() == "satsplit", struck_by
+            continue
         assert primary == "(removed)" if ns == "demo" else primary.startswith(campus)
         assert struck_by.strip() != "-", (campus, ns, struck_by)  # every campus was hit
     links = re.findall(r"^    (\S+ -> \S+)\s+(\w+)\s+(\S+ s|-), (\S+) B$", summary, re.M)
@@ -88,12 +101,13 @@ def test_demo_runs_end_to_end_and_prints_its_summary(cluster: Cluster,
                     r"streaming True/BothWays, backlog 0 rows\n    ledger: 0 lost or stale, 0 "
                     r"misplaced; (\d+) satellite commits \((\d+) rows\) checked at every ring "
                     r"member, (\d+) ring rows inside the filter at xindeng, (\d+) outside not "
-                    r"there; .*\n    verification: Passed: 1 table\(s\) compared with fuyang, "
+                    r"there; .*\n    verification: Passed: 2 table\(s\) compared with fuyang, "
                     r"0 differing key\(s\)", summary, re.M)
     assert sat and all(int(n) > 0 for n in sat.groups()), summary
     assert "result: OK" in summary
     for name in ("ringkeeper-demo-kill.svg", "ringkeeper-demo-crash.svg",
                  "ringkeeper-demo-loss.svg", "ringkeeper-demo-split.svg",
+                 "ringkeeper-demo-satsplit.svg",
                  "ringkeeper-demo-verify.json", "ringkeeper-demo-satellite.json"):
         assert (tmp_path / name).is_file(), name
     assert took < BUDGET

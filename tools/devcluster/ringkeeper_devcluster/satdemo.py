@@ -4,15 +4,16 @@ The Satellite (examples/hospital-group-local/satellite.yaml) is applied by the d
 before this runs. It waits for the satellite's database (its `-rw` endpoint), creates
 its table there (a satellite's tables are not created for it: the ring demo's DDL of
 lis.samples, which has no foreign key, so the filtered subset never points at a row the
-filter leaves out), and writes at the satellite and at two ring members (its parent and
-one other) from then on, with a ledger of every acknowledged commit, until the
-satellite has streamed both ways for `--seconds`. Then it waits for the satellite to be
-Online with no backlog and checks the ledger: every acknowledged satellite commit at
-every ring member with its last acknowledged value; the ring's rows inside the
-satellite's filter at the satellite with theirs, and those outside it (or moved out of
-it by an update) not there. The result goes to a JSON file the demo's summary judges
-(demosummary.py); the exit code is 1 when anything is missing, stale or misplaced, or
-the satellite never streamed.
+filter leaves out; and, as `app`, the Satellite partition drill's own table, there and at
+every ring member, for make demo's satsplit drill), and writes at the satellite and at
+two ring members (its parent and one other) from then on, with a ledger of every
+acknowledged commit, until the satellite has streamed both ways for `--seconds`. Then it
+waits for the satellite to be Online with no backlog and checks the ledger: every
+acknowledged satellite commit at every ring member with its last acknowledged value; the
+ring's rows inside the satellite's filter at the satellite with theirs, and those outside
+it (or moved out of it by an update) not there. The result goes to a JSON file the demo's
+summary judges (demosummary.py); the exit code is 1 when anything is missing, stale or
+misplaced, or the satellite never streamed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from kubernetes_asyncio import client
 
 from ringkeeper.adapters import resources
 from ringkeeper.adapters.kube import api_client
+from ringkeeper.core.drill_satellite import DRILL_DDL, DRILL_QUALIFIED
+from ringkeeper.core.ringplan import primary_address
 
 from .ringdemo import SAMPLES, connect, say
 
@@ -166,6 +169,28 @@ async def connect_satellite(api: client.ApiClient, ns: str, name: str) -> asyncp
     return conn
 
 
+async def connect_app(api: client.ApiClient, ns: str, unit: str, host: str | None
+                      ) -> asyncpg.Connection:
+    """A connection as the user `app` (secret `<unit>-app`): the Satellite partition
+    drill writes its table as `app`, so `app` must own it where it is created."""
+    if host is None:
+        raise RuntimeError(f"{unit} has no address to connect to")
+    s = await client.CoreV1Api(api).read_namespaced_secret(f"{unit}-app", ns)
+    conn: asyncpg.Connection = await asyncpg.connect(
+        host=host, port=5432, database="app", user="app", timeout=5,
+        password=base64.b64decode((s.data or {})["password"]).decode())
+    return conn
+
+
+async def create_drill_table(api: client.ApiClient, ns: str, unit: str, host: str | None
+                             ) -> None:
+    conn = await connect_app(api, ns, unit, host)
+    try:
+        await conn.execute(DRILL_DDL)
+    finally:
+        await conn.close()
+
+
 async def rows_at(conn_f: Callable[[], Awaitable[asyncpg.Connection]]) -> dict[int, Row]:
     conn = await conn_f()
     try:
@@ -222,7 +247,12 @@ async def main(args: argparse.Namespace, result: dict[str, Any]) -> int:
             await asyncio.sleep(1)
         say(f"satellite {name}: database serving {time.monotonic() - t0:.0f}s after it was "
             f"applied; creating {TABLE} there (its parent {parent} copies its rows of "
-            f"campus {', '.join(sorted(inside))} into it)")
+            f"campus {', '.join(sorted(inside))} into it), and the partition drill's table "
+            f"{DRILL_QUALIFIED} as app there and at every ring member (before anything "
+            "writes it: the ring carries it, ring.yaml)")
+        for m in members:
+            await create_drill_table(api, ns, m, primary_address(
+                await resources.read_campus(api, ns, m)))
         while True:
             try:
                 conn = await connect_satellite(api, ns, name)
@@ -230,6 +260,7 @@ async def main(args: argparse.Namespace, result: dict[str, Any]) -> int:
                     await conn.execute(SAMPLES)
                 finally:
                     await conn.close()
+                await create_drill_table(api, ns, name, await satellite_address(api, ns, name))
                 break
             except (OSError, asyncpg.PostgresError, TimeoutError, RuntimeError):
                 if time.monotonic() > deadline:
