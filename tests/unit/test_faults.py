@@ -49,14 +49,25 @@ def test_signal_tree_reaches_children_that_left_the_process_group() -> None:
     parent = subprocess.Popen(["sh", "-c", "sleep 60 & setsid sleep 60 & wait"],
                               start_new_session=True)
     try:
+        # Wait for the state, not for a count: the forked child shows up in the
+        # tree before it has run setsid(), so three processes alone are not enough.
+        def sessions_of(pids: list[int]) -> set[int]:
+            found = set()
+            for pid in pids:
+                try:
+                    found.add(os.getsid(pid))
+                except ProcessLookupError:
+                    pass
+            return found
+
         deadline = time.monotonic() + 5
         tree = faults.process_tree(parent.pid)
-        while len(tree) < 3 and time.monotonic() < deadline:
+        while ((len(tree) < 3 or len(sessions_of(tree)) < 2)
+               and time.monotonic() < deadline):
             time.sleep(0.05)
             tree = faults.process_tree(parent.pid)
         assert len(tree) == 3, tree
-        sessions = {os.getsid(p) for p in tree}
-        assert len(sessions) == 2, "one child runs in a session of its own"
+        assert len(sessions_of(tree)) == 2, "one child runs in a session of its own"
         faults.signal_tree(parent.pid, signal.SIGKILL)
         parent.wait(timeout=5)
         time.sleep(0.2)
