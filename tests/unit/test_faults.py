@@ -41,6 +41,7 @@ def test_matching_pods_by_labels(tmp_path: Path) -> None:
 
 def test_signal_tree_reaches_children_that_left_the_process_group() -> None:
     """PostgreSQL backends call setsid(); a container kill must still take them."""
+    import contextlib
     import os
     import signal
     import subprocess
@@ -54,10 +55,8 @@ def test_signal_tree_reaches_children_that_left_the_process_group() -> None:
         def sessions_of(pids: list[int]) -> set[int]:
             found = set()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     found.add(os.getsid(pid))
-                except ProcessLookupError:
-                    pass
             return found
 
         deadline = time.monotonic() + 5
