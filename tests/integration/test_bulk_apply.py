@@ -227,3 +227,78 @@ async def test_hold_slots_keep_up_without_decoding() -> None:
             await wait_until("a's link slot past WAL it does not carry", link_confirmed, 30)
         finally:
             await a.close()
+
+
+SAME_VERSION_AUDIT = """
+CREATE SCHEMA IF NOT EXISTS audit;
+CREATE TABLE IF NOT EXISTS audit.written (id bigint, op text);
+CREATE OR REPLACE FUNCTION audit.count_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO audit.written VALUES (COALESCE(NEW.id, OLD.id), TG_OP);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER count_write AFTER INSERT OR UPDATE OR DELETE ON lis.samples
+    FOR EACH ROW EXECUTE FUNCTION audit.count_write();
+ALTER TABLE lis.samples ENABLE ALWAYS TRIGGER count_write;
+"""
+
+
+@pytest.mark.parametrize("path", ["bulk", "row-by-row"])
+async def test_a_version_that_arrives_twice_is_written_once(path: str) -> None:
+    """A write copied at a join and streamed too arrives twice with the same origin and
+    commit time: the second arrival must be skipped, on the bulk path and on the
+    row-by-row path's set-based statements alike (both once wrote it again)."""
+    from datetime import UTC, datetime
+
+    from ringkeeper.engines import profile_for
+    from ringkeeper.sync.apply import Applier
+    from ringkeeper.sync.pgoutput import Column, Insert, Relation, Update
+    from ringkeeper.sync.records import Txn
+
+    async with started(("15", "18")) as ring:
+        await ring.stop_all()
+        b = await ring.conn("b")
+        try:
+            await b.execute(SAME_VERSION_AUDIT)
+            cols = [str(r["attname"]) for r in await b.fetch(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'lis.samples'::regclass "
+                "AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum")]
+            applier = Applier(b, profile_for("postgresql", "18"), ring.ring, "b",
+                              {"a": 100, "b": 100}, "lastWriterWins")
+            await applier.start()
+            await applier.relation(Relation(1, "lis", "samples", "d", tuple(
+                Column(c, 0, -1, c == "id") for c in cols)))
+
+            def row(key: int, status: str) -> tuple[str | None, ...]:
+                values = {"id": str(key), "campus": "a", "status": status,
+                      "collected_at": "2026-12-01 12:00:00+00"}
+                return tuple(values.get(c) for c in cols)
+
+            at = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
+            keys = range(1, 41)
+            # The copy: each row as it was written at a, origin LSN 0/0.
+            await applier.apply_txns([Txn("a", 0, at, 0, [Insert(1, row(k, "v1")) for k in keys])])
+            await applier.settle()
+            # The same write streamed: an update (and a delete) with that very version.
+            same = Txn("a", 0x7000_0000_1000, at, 0x7000_0000_1100,
+                       [Update(1, None, None, row(k, "v1")) for k in keys])
+            if path == "bulk":
+                await applier.apply_txns([same])
+            else:
+                await applier.apply_one(same)
+            await applier.settle()
+            # A later write of the same origin is still applied, on either path.
+            later = Txn("a", 0x7000_0000_2000, at.replace(microsecond=123457), 0x7000_0000_2100,
+                        [Update(1, None, None, row(k, "v2")) for k in keys])
+            if path == "bulk":
+                await applier.apply_txns([later])
+            else:
+                await applier.apply_one(later)
+            await applier.settle()
+            written = {(r["op"], int(r["n"])) for r in await b.fetch(
+                "SELECT op, count(*) AS n FROM audit.written GROUP BY op")}
+            assert written == {("INSERT", len(keys)), ("UPDATE", len(keys))}, written
+            assert await b.fetchval("SELECT count(*) FROM lis.samples WHERE id <= 40 "
+                                    "AND status = 'v2'") == len(keys)
+        finally:
+            await b.close()

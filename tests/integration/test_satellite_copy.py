@@ -167,17 +167,13 @@ async def test_satellite_joins_a_parent_with_rows_under_live_writes() -> None:
         assert ledger_problems(latest, at_a), "the checker missed a row dropped at a"
         assert await scalar(ring, "a", "SELECT count(*) FROM ringkeeper.satellite_spool") == 0
         # Nothing applied twice at the satellite or at its parent: the rows both copied
-        # and streamed count as one write. Known open (issue 17): 1-3 writes made during
-        # the join can be applied twice with the same version (rows end correct). Only
-        # that check is an expected failure, and only once every check above held: a
-        # lost, stale or misplaced row fails the test.
+        # and streamed count as one write (the bulk path's premise is strictly older,
+        # as the conflict rules: an equal version is skipped, not written again).
         twice = {n: await fetch(ring, n, "SELECT id, status, pg_xact_commit_timestamp("
                                 "xid::text::xid) AS at, count(*) FROM audit.applied "
                                 "GROUP BY 1, 2, 3 HAVING count(*) > 1 LIMIT 5")
                  for n in ("s", "a")}
-        if any(twice.values()):
-            pytest.xfail(f"issue 17: applied twice with the same version (rows end "
-                         f"correct): {twice}")
+        assert not any(twice.values()), f"applied twice with the same version: {twice}"
     finally:
         for name in list(ring.procs):
             ring.kill_process(name)

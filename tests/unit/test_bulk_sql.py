@@ -98,7 +98,7 @@ def test_one_statement_checks_every_premise() -> None:
     bulk.plan(gs)
     p = bulk.prepare_sql("rk_bulk_2", gs, "pg_xact_commit_timestamp_origin")
     assert "ON CONFLICT" not in p  # an existing key must fail, not be skipped
-    assert p.count("x.roident = $1 AND x.timestamp <= $2") == 2  # the update and the delete
+    assert p.count("x.roident = $1 AND x.timestamp < $2") == 2  # the update and the delete
     assert "FROM (VALUES ($6, $7, $8), ($9, $10, $11)) AS u(c0, c1, c2)" in p
     assert 'DELETE FROM "lis"."samples" AS t WHERE t."id" = $12 AND' in p
     assert "2 - (SELECT count(*) FROM g1) + 1 - (SELECT count(*) FROM g2)" in p

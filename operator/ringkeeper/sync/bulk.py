@@ -199,7 +199,10 @@ def prepare_sql(name: str, gs: Sequence[Group], xact_origin_fn: str) -> str:
             missed.append(f"CASE WHEN EXISTS (SELECT 1 FROM ringkeeper.tombstones WHERE "
                           f"relation = {rel}) THEN ({hits}) ELSE 0 END")
             continue
-        premise = (f"(SELECT x.roident = $1 AND x.timestamp <= $2 "
+        # Strictly older, as core.conflicts.decide: a row that already holds this very
+        # version (copied at a join and streamed too) is left to the row-by-row path,
+        # which skips it, instead of being written a second time.
+        premise = (f"(SELECT x.roident = $1 AND x.timestamp < $2 "
                    f"FROM {xact_origin_fn}(t.xmin) AS x)")
         if g.scalar and len(rows) == 1:
             src, val, expected = "", rows[0], "1"

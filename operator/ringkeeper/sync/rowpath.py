@@ -148,7 +148,10 @@ class RowPath(ConflictPath):
 
     async def _fast(self, t: TableMap, op: Op, fast: list[Change], roident: int,
                     ts: datetime) -> set[tuple[str, ...]]:
-        """The batch's set-based statements; the keys they applied."""
+        """The batch's set-based statements; the keys they applied. An update or delete
+        applies here only over a row of the same origin strictly older than it (as
+        core.conflicts.decide): a row that already holds this very version (copied at a
+        join and streamed too) goes to the slow path, which skips it, not written twice."""
         if op == Op.INSERT:
             # A key written earlier in this transaction is decided with state.
             known = self._txn_rows.recent(t.relation, (c.key for c in fast))
@@ -202,7 +205,7 @@ class RowPath(ConflictPath):
             x = self.profile.sql.xact_commit_timestamp_origin
             sql = (f"UPDATE {t.quoted} AS t SET {sets} FROM unnest({', '.join(kp + vp)}, {own}) "
                    f"AS u({', '.join(aliases)}, own) WHERE {self._key_cond(t, 'u', 0)} "
-                   f"AND (u.own OR (SELECT x.roident = {ro} AND x.timestamp <= {tsp} "
+                   f"AND (u.own OR (SELECT x.roident = {ro} AND x.timestamp < {tsp} "
                    f"FROM {x}(t.xmin) AS x)) RETURNING {keys}")
             t.statements[sig] = sql
         args: list[object] = [[c.key[i] for c in rows] for i in range(nk)]
@@ -224,7 +227,7 @@ class RowPath(ConflictPath):
             x = self.profile.sql.xact_commit_timestamp_origin
             sql = (f"DELETE FROM {t.quoted} AS t USING unnest({', '.join(kp)}, {own}) "
                    f"AS u({', '.join(aliases)}, own) WHERE {self._key_cond(t, 'u', 0)} "
-                   f"AND (u.own OR (SELECT x.roident = ${nk + 2}::oid AND x.timestamp <= "
+                   f"AND (u.own OR (SELECT x.roident = ${nk + 2}::oid AND x.timestamp < "
                    f"${nk + 3}::timestamptz FROM {x}(t.xmin) AS x)) RETURNING {keys}")
             t.statements["del"] = sql
         args: list[object] = [[c.key[i] for c in rows] for i in range(nk)]
