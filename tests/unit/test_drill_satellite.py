@@ -55,6 +55,10 @@ PLAN_CASES = [
      DrillAction.REFUSE, SatReason.PARENT_NOT_IN_RING),
     ("drill table not kept", replace(BASE, satellite=replace(SAT, tables=("lis.samples",))),
      DrillAction.REFUSE, SatReason.DRILL_TABLE_NOT_KEPT),
+    ("satellite spec invalid (admission bypassed)", replace(BASE, campuses=(), satellite=(
+        SatelliteTarget(name="xd", parent="", parent_exists=False, parent_rings=(), tables=(),
+                        invalid="parentRef.name: Required value"))),
+     DrillAction.REFUSE, SatReason.SATELLITE_INVALID),
     ("too frequent", replace(BASE, schedule="*/5 * * * *"), DrillAction.REFUSE,
      DrillReason.SCHEDULE_TOO_FREQUENT),
     ("satellite not ready", replace(BASE, satellite=replace(SAT, ready=False)),
@@ -214,3 +218,24 @@ def test_report_names_the_satellite_and_its_four_checks() -> None:
     for side in ("satelliteRowsAtSatellite", "satelliteRowsAtParent", "parentRowsAtParent",
                  "parentRowsAtSatellite"):
         assert f"- {side}: " in md
+
+
+async def test_a_satellite_spec_past_admission_is_a_refusal_not_an_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Satellite whose spec does not validate (admission off, an older CRD) is read as
+    a target refused with SatelliteInvalid, naming the field; it does not raise on every
+    cycle of the Drill's loop."""
+    from ringkeeper.controller import drill_sat
+    from ringkeeper.core.drill_satellite import satellite_refusal
+
+    async def read_custom(api: object, ns: str, plural: str, name: str) -> dict[str, object]:
+        assert (plural, name) == ("satellites", "xd")
+        return {"spec": {"parentRef": {"name": "fy\n; DROP"}, "tables": "lis.samples"}}
+
+    monkeypatch.setattr(drill_sat.resources, "read_custom", read_custom)
+    exists, campuses, target = await drill_sat.read_satellite(object(), "ns", "xd")  # type: ignore[arg-type]
+    assert exists and campuses == () and target is not None
+    refused = satellite_refusal(target)
+    assert refused is not None and refused[0] == SatReason.SATELLITE_INVALID
+    assert "parentRef.name" in refused[1] and "tables" in refused[1]
+    assert "\n" not in refused[1]

@@ -20,12 +20,14 @@ from typing import Any
 
 import asyncpg
 from kubernetes_asyncio import client
+from pydantic import ValidationError
 
 from ..adapters import resources
 from ..adapters.resources import KubeApiError
 from ..api.v1alpha1 import GROUP, VERSION
 from ..api.v1alpha1.drill import TargetKind
 from ..api.v1alpha1.satellite import SatelliteSpec
+from ..api.validation import problems_of
 from ..core.drill import DrillCampus, Measured
 from ..core.drill_faults import partition_policy
 from ..core.drill_satellite import (
@@ -60,7 +62,14 @@ async def read_satellite(api: client.ApiClient, ns: str, name: str
         if exc.status == 404:
             return False, (), None
         raise
-    spec = SatelliteSpec.model_validate(sat.get("spec") or {})
+    try:
+        spec = SatelliteSpec.model_validate(sat.get("spec") or {})
+    except ValidationError as exc:
+        # Admission refuses such a spec; one that got past it is a refusal with its
+        # reason here, not an error of every cycle.
+        why = "; ".join(str(p) for p in problems_of(exc))[:300]
+        return True, (), SatelliteTarget(name=name, parent="", parent_exists=False,
+                                          parent_rings=(), tables=(), invalid=why)
     parent = spec.parent_ref.name
     try:
         pst = (await resources.read_custom(api, ns, "campuses", parent)).get("status") or {}

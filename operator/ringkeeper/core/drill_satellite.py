@@ -43,6 +43,7 @@ class SatReason(StrEnum):
     PARENT_MISSING = "ParentMissing"
     PARENT_NOT_IN_RING = "ParentNotInRing"
     DRILL_TABLE_NOT_KEPT = "DrillTableNotKept"
+    SATELLITE_INVALID = "SatelliteInvalid"
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,18 @@ class SatelliteTarget:
     row_filter: RowFilter | None = None  # the filter of the drill's table, typed
     ready: bool = False  # Ready condition True (its database serves)
     converged: bool = False  # satellite_converged(status) as read
+    invalid: str | None = None  # why its spec cannot be read (admission was bypassed)
 
 
 def satellite_refusal(t: SatelliteTarget) -> tuple[SatReason, str] | None:
     """Refuse a partition that cannot mean anything: no parent, a parent outside every
     ring (a satellite syncs through its parent's ring), or a satellite that does not keep
-    the drill's table (its writes would fail, nothing would cross the cut)."""
+    the drill's table (its writes would fail, nothing would cross the cut); nor a
+    Satellite whose spec does not validate (the Satellite's own conditions say why)."""
+    if t.invalid is not None:
+        return (SatReason.SATELLITE_INVALID,
+                f"the spec of Satellite {t.name} is not valid, so its parent and tables are "
+                f"unknown: {t.invalid}")
     if not t.parent_exists:
         return (SatReason.PARENT_MISSING,
                 f"the parent Campus {t.parent!r} of Satellite {t.name} does not exist in "
