@@ -6,14 +6,17 @@ import pytest
 
 from ringkeeper.api.v1alpha1.ring import LinkState as S
 from ringkeeper.core.liveness import (
-    LinkFault as F,
-)
-from ringkeeper.core.liveness import (
+    BUSY_GRACE_WINDOWS,
     LinkObservation,
+    WalsenderProbe,
     judge_link,
     liveness_seconds,
     ping_seconds,
     statement_seconds,
+    walsender_busy,
+)
+from ringkeeper.core.liveness import (
+    LinkFault as F,
 )
 
 W = 4.0  # liveness window of these rows
@@ -84,3 +87,45 @@ def test_windows_follow_bypass_after(bypass: float, live: float, ping: float,
     assert ping_seconds(bypass) == ping
     assert statement_seconds(bypass) == stmt
     assert liveness_seconds(bypass) <= bypass / 4 or liveness_seconds(bypass) == 1.0
+
+
+def test_busy_walsender_is_stalled_never_down_nor_streaming_at_lag_zero() -> None:
+    """A silence excused by the source's server (the walsender works through a long
+    record): Stalled, its lag the time since the link last heard the source."""
+    for idle, commit_lag in ((True, 0.0), (False, 3.0), (False, 9.0)):
+        v = judge_link(LinkObservation(running=True, silence=0.0, idle=idle,
+                                       commit_lag=commit_lag, catching_up=False, fault=None,
+                                       since_alive=6.0, busy=True), W)
+        assert (v.state, v.source_down, v.restart) == (S.STALLED, False, False)
+        assert v.lag_seconds == max(commit_lag, 6.0)
+    # Silence past the window still ends the link: the watchdog asks the server first.
+    v = judge_link(LinkObservation(running=True, silence=W, idle=True, commit_lag=0.0,
+                                   catching_up=False, fault=None, since_alive=W, busy=True), W)
+    assert (v.state, v.restart) == (S.DOWN, True)
+
+
+GRACE = BUSY_GRACE_WINDOWS * W
+
+# answered, active, advanced, since_progress -> busy (the link is kept)
+BUSY_TABLE = [
+    # a hung or frozen server, or a cut network: the probe is not answered
+    ((False, False, False, 0.0), False),
+    ((False, True, True, 0.0), False),
+    # the server answers, but no walsender holds the link's slot: the session is gone
+    ((True, False, False, 0.0), False),
+    ((True, False, True, 0.0), False),
+    # the walsender reads on (decoding a big transaction before it sends any of it)
+    ((True, True, True, 0.0), True),
+    ((True, True, True, 10 * GRACE), True),
+    # it has not moved since the last probe: kept for BUSY_GRACE_WINDOWS windows
+    ((True, True, False, 0.0), True),
+    ((True, True, False, GRACE - 0.1), True),
+    ((True, True, False, GRACE), False),
+    ((True, True, False, 10 * GRACE), False),
+]
+
+
+@pytest.mark.parametrize(("probe", "busy"), BUSY_TABLE,
+                         ids=[f"row{i}" for i in range(len(BUSY_TABLE))])
+def test_walsender_busy(probe: tuple[bool, bool, bool, float], busy: bool) -> None:
+    assert walsender_busy(WalsenderProbe(*probe), W) is busy

@@ -74,6 +74,7 @@ class LinkObservation:
     catching_up: bool  # bypassing a member, or this member still copies others' rows
     fault: LinkFault | None  # why the last attempt ended, if the link does not run
     since_alive: float | None  # seconds since the link last heard from its source
+    busy: bool = False  # silent, but its server says the walsender works (walsender_busy)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def judge_link(obs: LinkObservation, liveness: float) -> LinkVerdict:
       stopped and its source is Down, which feeds bypassAfterSeconds.
     - A link is never Streaming with lag 0 while nothing arrives: a stalled or stopped
       link's lag is at least the time since it last heard from its source.
+    - A silent source whose server says its walsender is busy (walsender_busy) is
+      Stalled, never Down: its lag is the time since the link last heard from it.
     - The member's own database failing is TargetDown and never blames the source.
     - Any other failure is Error: the source is up, so it is not bypassed.
     """
@@ -113,6 +116,45 @@ def judge_link(obs: LinkObservation, liveness: float) -> LinkVerdict:
     if obs.silence >= liveness / 2:
         return LinkVerdict(LinkState.STALLED, max(obs.commit_lag or 0.0, obs.silence),
                            source_down=False, restart=False)
+    if obs.busy:
+        # Nothing arrives while the source's walsender works through a long record: not
+        # down, and not Streaming with lag 0 either.
+        return LinkVerdict(LinkState.STALLED, max(obs.commit_lag or 0.0,
+                                                  obs.since_alive or 0.0),
+                           source_down=False, restart=False)
     state = LinkState.CATCHING_UP if obs.catching_up else LinkState.STREAMING
     lag = 0.0 if obs.idle else obs.commit_lag
     return LinkVerdict(state, lag, source_down=False, restart=False)
+
+
+# How long a walsender that does not answer pings, while its server does answer, may
+# go on without reading any further WAL before its link is ended anyway: in liveness
+# windows (a busy walsender reads on; a stuck one does not).
+BUSY_GRACE_WINDOWS = 4
+
+
+@dataclass(frozen=True)
+class WalsenderProbe:
+    """What the link's own SQL session at the source said about the link's walsender,
+    asked when the stream has been silent for the liveness window."""
+
+    answered: bool  # the source answered within the probe's time-out
+    active: bool  # the link's slot is held by a live walsender process
+    advanced: bool  # its read position (sent_lsn) moved since the last probe
+    since_progress: float  # seconds since it was last seen moving
+
+
+def walsender_busy(probe: WalsenderProbe, liveness: float) -> bool:
+    """Whether a stream silent for the whole liveness window is a busy walsender, not a
+    hung or cut-off source: the link then stays Stalled instead of being ended.
+
+    A walsender answers pings between WAL records; one record can take it longer than
+    the window on a loaded host (spilling a big transaction to disk, decoding its
+    commit), and ending the link then makes the next session decode the whole
+    transaction again, so at a short bypassAfterSeconds a big transaction never crossed
+    (35 cuts in 8 minutes at 1M rows). A hung or frozen server, or a cut network, does
+    not answer the probe; a walsender that answers nothing and reads nothing for
+    BUSY_GRACE_WINDOWS windows is ended as before."""
+    if not (probe.answered and probe.active):
+        return False
+    return probe.advanced or probe.since_progress < BUSY_GRACE_WINDOWS * liveness

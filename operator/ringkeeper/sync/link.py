@@ -24,11 +24,14 @@ from datetime import UTC, datetime
 import asyncpg
 
 from ..core.liveness import (
+    MIN_LIVENESS_SECONDS,
     LinkObservation,
+    WalsenderProbe,
     judge_link,
     liveness_seconds,
     ping_seconds,
     statement_seconds,
+    walsender_busy,
 )
 from ..engines import EngineProfile
 from . import catalog
@@ -88,6 +91,9 @@ class LinkStream:
         self._commit_lag: float | None = None
         self._silent: SourceSilent | None = None  # set by the watchdog that ends the link
         self._src: asyncpg.Connection | None = None
+        # The watchdog's own session at the source (the loop's _src may be mid-query):
+        # it asks the server about the walsender when the stream falls silent.
+        self._probe: asyncpg.Connection | None = None
         self._ws: WalStream | None = None
         self.cursor = ApplyCursor(applier, profile, ring)
         self._seen_end = 0  # source WAL end from a keepalive, all before it queued
@@ -96,6 +102,7 @@ class LinkStream:
         self._src = await connect(self.source_dsn, command_timeout=self.statement)
         await catalog.apply_canonical_settings(self._src)
         await claim_slot(self._src, self.source_profile, self.slot, self.ring, self.source)
+        self._probe = await connect(self.source_dsn, command_timeout=self.statement)
         self._ws = await WalStream.open(self.source_dsn, timeout=self.statement)
         options = start_options(self.ring, self.source, self.carries, self.source_profile)
         await asyncio.wait_for(self._ws.start_logical(self.slot, 0, options), self.statement)
@@ -107,12 +114,14 @@ class LinkStream:
             else:
                 await self._ws.close()
             self._ws = None
-        if self._src is not None:
+        for conn in (self._src, self._probe):
+            if conn is None:
+                continue
             if self._silent is not None:
-                self._src.terminate()
+                conn.terminate()
             else:
-                await close_quietly(self._src)
-            self._src = None
+                await close_quietly(conn)
+        self._src = self._probe = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stream until stopped; errors propagate (the sidecar reconnects with backoff)."""
@@ -208,16 +217,48 @@ class LinkStream:
         """Ping the source and judge the link's liveness beside the apply loop, which
         may wait on a statement (at either end): a source silent for the liveness
         window ends the link (SourceSilent) whatever the loop is waiting on."""
+        seen: tuple[int, float] | None = None  # walsender read position, when it moved
         while True:
             await asyncio.sleep(self.ping_every)
             ws.feedback(reply=True)  # a ping: the walsender answers with a keepalive
-            if self._judge(ws, time.monotonic(), idle=queue.empty()):
-                silence = ws.silence(time.monotonic())
-                self._silent = SourceSilent(
-                    f"no change or keepalive from {self.source} for {silence:.1f}s "
-                    f"(liveness {self.liveness:g}s): it is hung or cut off", silence)
-                loop_task.cancel()
-                return
+            if not self._judge(ws, time.monotonic(), idle=queue.empty()):
+                continue
+            silence = ws.silence(time.monotonic())
+            probe, seen = await self._probe_walsender(seen)
+            if walsender_busy(probe, self.liveness):
+                ws.excuse(time.monotonic())
+                self._judge(ws, time.monotonic(), idle=queue.empty())
+                continue
+            self._silent = SourceSilent(
+                f"no change or keepalive from {self.source} for {silence:.1f}s "
+                f"(liveness {self.liveness:g}s): it is hung or cut off", silence)
+            loop_task.cancel()
+            return
+
+    async def _probe_walsender(self, seen: tuple[int, float] | None
+                               ) -> tuple[WalsenderProbe, tuple[int, float] | None]:
+        """Ask the source, over the watchdog's session and within half the liveness
+        window, whether this link's slot is held by a walsender and how far it has read
+        (sent_lsn moves as it decodes, before it sends anything)."""
+        s = self.source_profile.sql
+        now = time.monotonic()
+        if self._probe is None:
+            return WalsenderProbe(False, False, False, 0.0), seen
+        try:
+            row = await self._probe.fetchrow(
+                f"SELECT sl.active_pid IS NOT NULL AS active, "
+                f"{s.wal_lsn_diff}(r.sent_lsn, '0/0')::bigint AS sent "
+                f"FROM {s.replication_slots} sl LEFT JOIN {s.stat_replication} r "
+                "ON r.pid = sl.active_pid WHERE sl.slot_name = $1", self.slot,
+                timeout=max(MIN_LIVENESS_SECONDS, self.liveness / 2))
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return WalsenderProbe(False, False, False, 0.0), seen
+        sent = int(row["sent"]) if row is not None and row["sent"] is not None else None
+        if row is None or not row["active"] or sent is None:
+            return WalsenderProbe(True, False, False, 0.0), seen
+        if seen is None or sent > seen[0]:
+            return WalsenderProbe(True, True, seen is not None, 0.0), (sent, now)
+        return WalsenderProbe(True, True, False, now - seen[1]), seen
 
     def _judge(self, ws: WalStream, now: float, *, idle: bool) -> bool:
         """State and lag of the running link (core.liveness.judge_link); True when its
@@ -229,7 +270,7 @@ class LinkStream:
         v = judge_link(LinkObservation(
             running=True, silence=ws.silence(now), idle=idle, commit_lag=self._commit_lag,
             catching_up=bool(st.bypassing) or st.copies_pending, fault=None,
-            since_alive=now - ws.heard_at), self.liveness)
+            since_alive=now - ws.heard_at, busy=ws.busy_since is not None), self.liveness)
         st.state = v.state
         st.lag_seconds = None if v.lag_seconds is None else round(v.lag_seconds, 3)
         return v.restart

@@ -136,6 +136,9 @@ class WalStream:
         self.heard_at = time.monotonic()
         self.waiting_since: float | None = None
         self._ping_at: float | None = None  # the first ping not answered yet
+        # Set when a silence was excused (the source's server says its walsender is
+        # busy, core.liveness.walsender_busy); cleared by the next bytes from it.
+        self.busy_since: float | None = None
 
     # -- connection --------------------------------------------------------------------
     @classmethod
@@ -271,6 +274,7 @@ class WalStream:
             raise ConnectionResetError("replication connection closed by the server")
         self.heard_at = time.monotonic()
         self._ping_at = None
+        self.busy_since = None
         self._buf += chunk
 
     def _take(self) -> tuple[bytes, bytes] | None:
@@ -318,6 +322,13 @@ class WalStream:
         if self.waiting_since is None or self._ping_at is None:
             return 0.0
         return max(0.0, now - max(self._ping_at, self.waiting_since))
+
+    def excuse(self, now: float) -> None:
+        """The unanswered ping is forgiven: the source's server answered for its busy
+        walsender. Silence counts again from the next ping."""
+        self._ping_at = None
+        if self.busy_since is None:
+            self.busy_since = now
 
     def feedback(self, flush_lsn: int | None = None, *, reply: bool = False) -> None:
         """Standby status update: everything before `flush_lsn` is safe downstream.
