@@ -28,12 +28,15 @@ for _m in ("15", "17", "18"):
         pytest.skip(f"PostgreSQL {_m}: {unavailable(_m)}", allow_module_level=True)
 
 ROWS = int(os.environ.get("RK_BIG_TXN_ROWS", "200000"))
+# bypassAfterSeconds of the ring: RK_BIG_TXN_BYPASS=5 RK_BIG_TXN_ROWS=1000000 measures a
+# big transaction against a 1.25 s liveness window (core.liveness.walsender_busy).
+BYPASS = int(os.environ.get("RK_BIG_TXN_BYPASS", "60"))
 PEAK_RSS_MB = 150.0  # the target (at 1M rows)
 GROWTH_MB = 50.0  # over the sidecar's own baseline; unbounded was 81 MB at 200k rows
 
 
 async def test_big_transaction_bounded_memory_and_small_writes_arrive(tmp_path: Path) -> None:
-    res = await bigtxn.run(ROWS, tmp_path)
+    res = await bigtxn.run(ROWS, tmp_path, bypass_after=BYPASS)
     print(res.summary())
     logs = "\n".join(f"--- {n}\n{t}" for n, t in res.logs.items())
     assert res.big_at == {n: ROWS for n in ("a", "b", "c")}, logs
