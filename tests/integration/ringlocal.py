@@ -127,6 +127,18 @@ class LocalRing:
         self.sidecars[name] = sc
         self.tasks[name] = (asyncio.create_task(sc.run(ev)), ev)
 
+    async def all_streaming(self) -> bool:
+        """Every in-process sidecar is Primary with links, all of them Streaming."""
+        return all(sc.state.role == "Primary" and bool(sc.state.links) and all(
+            lk.state == "Streaming" for lk in sc.state.links.values())
+            for sc in self.sidecars.values())
+
+    async def start_streaming(self, timeout: float = 45) -> None:
+        """Start every member's sidecar in-process and wait until every link streams."""
+        for n in self.names:
+            self.start_sidecar(n)
+        await wait_until("every link streaming", self.all_streaming, timeout)
+
     async def stop_sidecar(self, name: str) -> None:
         task, ev = self.tasks.pop(name)
         ev.set()

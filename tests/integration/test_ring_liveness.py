@@ -153,15 +153,7 @@ async def test_frozen_member_is_bypassed_and_nothing_acknowledged_is_lost() -> N
 
 async def _freeze_and_thaw(ring: LocalRing, writers: list[Writer], stop: asyncio.Event,
                            tasks: list[asyncio.Task[None]]) -> None:
-    for n in ring.names:
-        ring.start_sidecar(n)
-
-    async def streaming() -> bool:
-        return all(sc.state.role == "Primary" and len(sc.state.links) == 1 and all(
-            lk.state == LinkState.STREAMING for lk in sc.state.links.values())
-            for sc in ring.sidecars.values())
-
-    await wait_until("every link streaming", streaming, 45)
+    await ring.start_streaming()
     tasks += [asyncio.create_task(w.run(stop)) for w in writers]
     await asyncio.sleep(3)  # commits before the fault
     a, b, _ = writers

@@ -71,15 +71,7 @@ async def test_busy_walsender_keeps_its_link_and_a_stuck_one_loses_it() -> None:
     slot = f"rk_{ring.ring}_a_to_b"
     pid: int | None = None
     try:
-        for n in ring.names:
-            ring.start_sidecar(n)
-
-        async def streaming() -> bool:
-            return all(sc.state.role == "Primary" and len(sc.state.links) == 1 and all(
-                lk.state == LinkState.STREAMING for lk in sc.state.links.values())
-                for sc in ring.sidecars.values())
-
-        await wait_until("every link streaming", streaming, 45)
+        await ring.start_streaming()
         tasks += [asyncio.create_task(w.run(stop)) for w in writers]
         await asyncio.sleep(2)  # commits before the fault
         pid = await _walsender(ring, slot)
@@ -98,7 +90,6 @@ async def test_busy_walsender_keeps_its_link_and_a_stuck_one_loses_it() -> None:
             await asyncio.sleep(0.05)
         os.kill(pid, signal.SIGCONT)
         assert LinkState.STALLED in seen, seen
-        assert LinkState.DOWN not in seen or _link(ring) is not None
         await asyncio.sleep(LIVENESS)
         lk = _link(ring)
         assert lk is not None and lk.running and lk.fault is None, lk and lk.as_dict()
