@@ -8,7 +8,8 @@ API server and every peer fences itself.
 
 This module is what the agent does: its loop and the operator's calls. What it knows
 and how it learns it is `contact.py`'s (AgentContact), what it tells the operator
-`report.py`'s (AgentReport); Agent builds on both.
+`report.py`'s (AgentReport), what it does between loops on its own clock (the stall
+and self-fence watchdog, the peer prober) `guard.py`'s (AgentGuard); Agent builds on them.
 """
 
 from __future__ import annotations
@@ -28,26 +29,26 @@ from ..core.instance import (
     DataState,
     Plan,
     RejoinStep,
-    StallAction,
-    after_stall,
     rejoin_steps,
     start_plan,
 )
-from .report import AgentReport
+from .guard import AgentGuard
 from .server_sql import ServerError, Status
 
 log = logging.getLogger("ringkeeper.agent")
-WATCH_EVERY = 0.1  # the stall watchdog's tick: a thawed agent notices within this
 
 
-class Agent(AgentReport):
+class Agent(AgentGuard):
     """One instance's agent: its loop and the operator's calls (what it knows is
-    `AgentContact`'s, what it reports `AgentReport`'s)."""
+    `AgentContact`'s, what it reports `AgentReport`'s, its watchdog `AgentGuard`'s)."""
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self.http = aiohttp.ClientSession()
-        watchdog = asyncio.get_running_loop().create_task(self.watch_stalls(stop))
+        loop = asyncio.get_running_loop()
+        watchdog = loop.create_task(self.watch_stalls(stop))
+        probers = [loop.create_task(self.keep_peer_contact(stop)),
+                   loop.create_task(self.keep_api_contact(stop))]
         try:
             while not stop.is_set():
                 try:
@@ -55,7 +56,8 @@ class Agent(AgentReport):
                     # promote, follow) never waits behind a slow or cut API server.
                     api_ok = await self.refresh()
                     await self.resolve_addresses()
-                    peer_ok = await self.reach_a_peer() if self.serving_primary() else False
+                    peer_ok = (self.serving_primary() and time.monotonic()
+                               - self.state.last_peer_contact < self.self_fence_after())
                     async with self.lock:
                         await self.tick(api_ok, peer_ok)
                 except Exception as exc:
@@ -65,40 +67,10 @@ class Agent(AgentReport):
                     await asyncio.wait_for(stop.wait(), self.cfg.loop_seconds)
         finally:
             watchdog.cancel()
+            for task in probers:
+                task.cancel()
             await self.server.stop("fast")
             await self.http.close()
-
-    async def watch_stalls(self, stop: asyncio.Event) -> None:
-        """Notice at once that this process was frozen, and kill a primary server that
-        thawed with it before it serves (core.instance.after_stall)."""
-        last = time.monotonic()
-        while not stop.is_set():
-            await asyncio.sleep(WATCH_EVERY)
-            now = time.monotonic()
-            stalled, last = now - last - WATCH_EVERY, now
-            if stalled >= 0.5:
-                self.on_stall(stalled)
-
-    def on_stall(self, stalled: float) -> None:
-        """Synchronous: nothing may run between the thaw and the kill."""
-        serving = self.server.running and self.server.data_state() == DataState.PRIMARY
-        failover = self.spec.get("failover") or {}
-        action = after_stall(stalled, serving,
-                             float(failover.get("detectionDelaySeconds", 5)),
-                             float(failover.get("selfFenceAfterSeconds", 3)))
-        if action != StallAction.KILL:
-            return
-        self.server.kill_now()
-        self.acted()  # a read in flight across the freeze may predate a failover
-        st = self.state
-        st.fenced, st.killed_by_agent = True, True
-        st.plan = Plan.FENCE.value
-        st.reason = (f"frozen for {stalled:.1f}s: server killed until the Campus says who "
-                     "is primary")
-        log.warning("%s", st.reason)
-
-    def serving_primary(self) -> bool:
-        return self.server.running and self.server.data_state() == DataState.PRIMARY
 
     async def tick(self, api_ok: bool, peer_ok: bool) -> None:
         """One loop under the lock, on what was read before it: the facts are frozen,
@@ -108,6 +80,7 @@ class Agent(AgentReport):
             await self.server.proc.wait()  # reap the server killed on thaw
         if api_ok:
             self.state.promoted_on_word = False  # a fresh read replaces the word
+        interrupts = self.state.interrupts
         facts = self.facts(api_ok, peer_ok)
         step = plan_tick(facts)
         if step.action is AgentAction.PROBE_SHUTDOWN:  # the one fact read only on demand
@@ -116,6 +89,11 @@ class Agent(AgentReport):
             except ServerError:
                 clean = False
             step = plan_tick(replace(facts, clean_shutdown=clean))
+        if self.state.interrupts != interrupts:
+            # The watchdog killed the server since these facts were read: the step would
+            # overwrite the fence it set. The next loop decides on what is true now.
+            log.info("the watchdog acted during this loop: deciding on the next one")
+            return
         await self.carry_out(step)
 
     async def carry_out(self, step: Step) -> None:

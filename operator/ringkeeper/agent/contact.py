@@ -27,6 +27,11 @@ from .server import Server
 
 log = logging.getLogger("ringkeeper.agent")
 RESOLVE_EVERY = 5.0  # seconds between lookups of a known peer's pod address
+# A serving primary asks its peers this often, apart from the loop (whose Campus read may
+# hang for its whole timeout), so its contact clock is never older than a probe.
+PEER_PROBE_EVERY = 0.25
+PEER_PROBE_TIMEOUT = 0.8
+API_PROBE_AFTER = 0.5  # a serving primary reads the Campus at least this often
 
 
 class CampusSource(Protocol):
@@ -68,6 +73,9 @@ class AgentState:
     peer_ips: dict[str, str] = field(default_factory=dict)
     resolved_at: dict[str, float] = field(default_factory=dict)  # pod address lookups
     fetch_started: float | None = None  # a read of the Campus in flight since
+    # Bumped by the watchdog whenever it kills the server on its own (thaw, self-fence):
+    # a loop that planned before the bump decides nothing (agent.Agent.tick).
+    interrupts: int = 0
     last_fetch_ok: bool = True
     receiver_heard_at: float = field(default_factory=time.monotonic)
     sync_confirmed: int | None = None  # furthest flush a synchronous standby confirmed
@@ -136,8 +144,7 @@ class AgentContact:
             fenced=st.fenced, self_fenced=st.self_fenced,
             silent_seconds=now - max(st.last_api_contact, st.last_peer_contact),
             peers=len(self.peers()),
-            self_fence_after=float((self.spec.get("failover") or {}).get(
-                "selfFenceAfterSeconds", 3)),
+            self_fence_after=self.self_fence_after(),
             paused=st.paused, paused_under=st.paused_under, paused_seconds=now - st.paused_at,
             upstream=st.upstream, upstream_ip=st.upstream_ip,
             primary_ip=st.peer_ips.get(view.current_primary) if view.current_primary else None,
@@ -164,7 +171,10 @@ class AgentContact:
         finally:
             self.state.fetch_started = None
         self.state.last_fetch_ok = True
-        self.state.last_api_contact = time.monotonic()
+        # Contact counts from when the read was sent, not when its answer came: the
+        # self-fence clock must never be younger than the last moment the API server was
+        # surely reachable.
+        self.state.last_api_contact = max(self.state.last_api_contact, started)
         if started < self.state.view_read_at:
             return True
         self.state.campus, self.state.view_read_at = campus, started
@@ -198,15 +208,32 @@ class AgentContact:
         return known if known else await self.resolve(name, force=True)
 
     async def reach_a_peer(self) -> bool:
+        """Ask every peer's agent at once; contact counts from when the probe was sent."""
         assert self.http is not None
-        for peer in self.peers():
-            ip = self.state.peer_ips.get(peer)
-            if not ip:
-                continue
-            with contextlib.suppress(Exception):
-                async with self.http.get(f"http://{ip}:{self.cfg.agent_port}/healthz",
-                                         timeout=aiohttp.ClientTimeout(total=0.8)) as r:
-                    if r.status == 200:
-                        self.state.last_peer_contact = time.monotonic()
-                        return True
+        ips = [ip for ip in (self.state.peer_ips.get(p) for p in self.peers()) if ip]
+        if not ips:
+            return False
+        sent = time.monotonic()
+        timeout = aiohttp.ClientTimeout(total=min(PEER_PROBE_TIMEOUT, self.self_fence_after()
+                                                  / 2))
+        answers = await asyncio.gather(*(self._healthy(ip, timeout) for ip in ips))
+        if any(answers):
+            self.state.last_peer_contact = max(self.state.last_peer_contact, sent)
+            return True
         return False
+
+    async def _healthy(self, ip: str, timeout: aiohttp.ClientTimeout) -> bool:
+        assert self.http is not None
+        with contextlib.suppress(Exception):
+            async with self.http.get(f"http://{ip}:{self.cfg.agent_port}/healthz",
+                                     timeout=timeout) as r:
+                return r.status == 200
+        return False
+
+    def self_fence_after(self) -> float:
+        return float((self.spec.get("failover") or {}).get("selfFenceAfterSeconds", 3))
+
+    def silent_seconds(self) -> float:
+        """Seconds since the last moment the API server or a peer surely answered."""
+        st = self.state
+        return time.monotonic() - max(st.last_api_contact, st.last_peer_contact)
