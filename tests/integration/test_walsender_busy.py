@@ -85,6 +85,9 @@ async def test_busy_walsender_keeps_its_link_and_a_stuck_one_loses_it() -> None:
             lk = _link(ring)
             assert lk is not None and lk.running and lk.fault is None, lk and lk.as_dict()
             seen.add(lk.state)
+            # Never Down while it runs: not even while the watchdog asks the source's
+            # server whether the walsender is busy (core.liveness.judge_link).
+            assert lk.state != LinkState.DOWN, lk.as_dict()
             if lk.state == LinkState.STREAMING and time.monotonic() - t0 > LIVENESS * 1.5:
                 assert not lk.lag_seconds, "Streaming with a lag: judged on stale data"
             await asyncio.sleep(0.05)

@@ -36,9 +36,10 @@ TABLE = [
     ((True, 2.0, True, 0.0, False, None, 2.0), (S.STALLED, 2.0, False, False)),
     ((True, 3.0, False, 5.0, False, None, 3.0), (S.STALLED, 5.0, False, False)),
     ((True, 3.0, True, 0.0, True, None, 3.0), (S.STALLED, 3.0, False, False)),
-    # the whole window: the link stops, its source is Down (feeds the bypass)
-    ((True, 4.0, True, 0.0, False, None, 4.0), (S.DOWN, 4.0, True, True)),
-    ((True, 9.0, False, 12.0, True, None, 9.0), (S.DOWN, 12.0, True, True)),
+    # the whole window: the link must stop; Stalled until the watchdog has asked the
+    # source's server (a busy walsender keeps it), Down once it ended (rows below)
+    ((True, 4.0, True, 0.0, False, None, 4.0), (S.STALLED, 4.0, False, True)),
+    ((True, 9.0, False, 12.0, True, None, 9.0), (S.STALLED, 12.0, False, True)),
     # stopped links: the lag is the time since the link last heard its source
     ((False, 0.0, True, None, False, F.SOURCE_SILENT, 6.0), (S.DOWN, 6.0, True, False)),
     ((False, 0.0, True, None, False, F.SOURCE_UNREACHABLE, 30.0),
@@ -101,7 +102,7 @@ def test_busy_walsender_is_stalled_never_down_nor_streaming_at_lag_zero() -> Non
     # Silence past the window still ends the link: the watchdog asks the server first.
     v = judge_link(LinkObservation(running=True, silence=W, idle=True, commit_lag=0.0,
                                    catching_up=False, fault=None, since_alive=W, busy=True), W)
-    assert (v.state, v.restart) == (S.DOWN, True)
+    assert (v.state, v.restart) == (S.STALLED, True)
 
 
 GRACE = BUSY_GRACE_WINDOWS * W

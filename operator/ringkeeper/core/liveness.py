@@ -89,8 +89,11 @@ def judge_link(obs: LinkObservation, liveness: float) -> LinkVerdict:
     """The state and lag a link reports, and whether its source counts as down.
 
     - A running link whose source has been silent for half the window is Stalled (it
-      may still recover: a busy walsender answers late); for the whole window, it is
-      stopped and its source is Down, which feeds bypassAfterSeconds.
+      may still recover: a busy walsender answers late); for the whole window it must
+      stop (`restart`) unless the source's server says its walsender is busy, and it
+      stays Stalled while the watchdog asks (up to half a window): only a link that
+      ended is Down, which feeds bypassAfterSeconds. (It once showed Down during that
+      question, then Stalled again when the answer was "busy".)
     - A link is never Streaming with lag 0 while nothing arrives: a stalled or stopped
       link's lag is at least the time since it last heard from its source.
     - A silent source whose server says its walsender is busy (walsender_busy) is
@@ -111,8 +114,8 @@ def judge_link(obs: LinkObservation, liveness: float) -> LinkVerdict:
         down = obs.fault in (LinkFault.SOURCE_UNREACHABLE, LinkFault.SOURCE_SILENT)
         return LinkVerdict(state, lag, source_down=down, restart=False)
     if obs.silence >= liveness:
-        return LinkVerdict(LinkState.DOWN, max(obs.commit_lag or 0.0, obs.silence),
-                           source_down=True, restart=True)
+        return LinkVerdict(LinkState.STALLED, max(obs.commit_lag or 0.0, obs.silence),
+                           source_down=False, restart=True)
     if obs.silence >= liveness / 2:
         return LinkVerdict(LinkState.STALLED, max(obs.commit_lag or 0.0, obs.silence),
                            source_down=False, restart=False)
