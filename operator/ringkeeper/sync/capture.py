@@ -18,6 +18,13 @@ from . import convergence
 from .catalog import RELAY, TableInfo, replicated_tables
 from .ringschema import ensure_schema
 
+# The DDL after which ringkeeper.capture_new_tables looks for tables a ring now covers:
+# tables made or renamed, keys added, partitions detached (ALTER TABLE), a schema made
+# with its tables in one statement, a schema renamed into a ring's patterns. Constants:
+# they are written into the server's DDL as literals.
+CAPTURE_TAGS = ("ALTER SCHEMA", "ALTER TABLE", "CREATE SCHEMA", "CREATE TABLE",
+                "CREATE TABLE AS", "SELECT INTO")
+
 
 async def ensure_publication(conn: asyncpg.Connection, ring: str,
                              tables: Sequence[TableInfo]) -> None:
@@ -73,12 +80,15 @@ async def prepare_capture(conn: asyncpg.Connection, ring: str, include: Sequence
             "VALUES ($1, $2, $3, $4) ON CONFLICT (ring) DO UPDATE SET "
             "publication = EXCLUDED.publication, include = EXCLUDED.include, "
             "exclude = EXCLUDED.exclude", ring, pub, list(include), list(exclude))
-        if not await conn.fetchval(
-                "SELECT count(*) FROM pg_event_trigger WHERE evtname = 'ringkeeper_capture'"):
+        tags = await conn.fetchval(
+            "SELECT evttags FROM pg_event_trigger WHERE evtname = 'ringkeeper_capture'")
+        if tags is None or sorted(tags) != sorted(CAPTURE_TAGS):
+            # Created, or re-created by an older Ringkeeper with fewer tags.
+            await conn.execute("DROP EVENT TRIGGER IF EXISTS ringkeeper_capture")
+            listed = ", ".join("'" + t + "'" for t in CAPTURE_TAGS)
             await conn.execute(
-                "CREATE EVENT TRIGGER ringkeeper_capture ON ddl_command_end WHEN TAG IN "
-                "('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE') "
-                "EXECUTE FUNCTION ringkeeper.capture_new_tables()")
+                f"CREATE EVENT TRIGGER ringkeeper_capture ON ddl_command_end WHEN TAG IN "
+                f"({listed}) EXECUTE FUNCTION ringkeeper.capture_new_tables()")
         await ensure_publication(conn, ring, tables)
     # Not in the transaction above: each trigger takes its table's lock, and holding
     # one while waiting for the next deadlocks with the application's transactions.

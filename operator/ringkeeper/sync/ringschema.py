@@ -123,8 +123,25 @@ DECLARE
     rel record;
     keyexpr text;
 BEGIN
-    FOR obj IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
-                WHERE object_type IN ('table') LOOP
+    -- The tables this DDL may have brought into a ring: those it names; every table of
+    -- a schema it names (CREATE SCHEMA ... CREATE TABLE reports its tables, but ALTER
+    -- SCHEMA ... RENAME only the schema); and, when it altered a partitioned table (a
+    -- partition it detached is not reported at all), every plain table a ring's rules
+    -- match that has no tombstone trigger yet.
+    FOR obj IN WITH d AS (SELECT objid, object_type FROM pg_event_trigger_ddl_commands())
+               SELECT c.oid AS objid FROM pg_class c
+                WHERE c.oid IN (SELECT objid FROM d WHERE object_type = 'table')
+                   OR c.relnamespace IN (SELECT objid FROM d WHERE object_type = 'schema')
+                   OR (c.relkind = 'r' AND NOT c.relispartition
+                       AND EXISTS (SELECT 1 FROM d JOIN pg_class pc ON pc.oid = d.objid
+                                    WHERE d.object_type = 'table' AND pc.relkind = 'p')
+                       AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid
+                                          AND t.tgname = 'ringkeeper_tombstone')
+                       AND EXISTS (SELECT 1 FROM ringkeeper.capture_rules r,
+                                          pg_namespace n, unnest(r.include) AS p(pat)
+                                    WHERE n.oid = c.relnamespace
+                                      AND n.nspname || '.' || c.relname
+                                          LIKE ringkeeper.pattern_like(p.pat))) LOOP
         SELECT n.nspname, c.relname INTO rel FROM pg_class c
           JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = obj.objid AND c.relkind IN ('r', 'p') AND NOT c.relispartition
