@@ -231,6 +231,11 @@ async def test_asymmetric_cut_promotes_a_replica_that_sees_the_api(
     await asyncio.to_thread(cluster.dev, "fault", "partition", "-n", ns, "--from",
                             replicas[0], "--to", "apiserver")
     t0 = writer.mark_kill()
+    # Stricter than the write sampler: at no sample do two servers run as primary
+    # (pg_is_in_recovery false, asked over each pod's own socket), acknowledged writes or
+    # not. The old primary still reaches its replicas: their word must not keep it up
+    # beside the promoted one (core.instance.vouches_for, core.ha.fence_barrier).
+    primaries = asyncio.create_task(_watch_primaries(cluster, ns))
     try:
         outage = await _outage(writer, t0, 90) + (t0 - t_fault)
         new = status(cluster, ns, "lab").get("currentPrimary")
@@ -239,12 +244,32 @@ async def test_asymmetric_cut_promotes_a_replica_that_sees_the_api(
         assert new in replicas
         await asyncio.sleep(5)  # the cut lasts past the failover: the old primary stays out
     finally:
+        primaries.cancel()
         await asyncio.to_thread(cluster.dev, "fault", "heal")
+    two = [sample for sample in _PRIMARY_SAMPLES[ns] if len(sample) > 1]
+    assert not two, f"two servers ran as primary at once: {two[:3]}"
+    assert len(_PRIMARY_SAMPLES[ns]) >= 10, "too few samples to judge"
     st = await asyncio.to_thread(wait_ready, cluster, ns, "lab", 180)
     await _finish(cluster, ns, writer, sampler, tasks)
     roles = {i["name"]: i["role"] for i in st["instances"]}
     assert roles[old] == "replica", roles
     assert outage <= OUTAGE_LIMIT, f"outage {outage:.1f} s > {OUTAGE_LIMIT} s"
+
+
+_PRIMARY_SAMPLES: dict[str, list[list[str]]] = {}
+
+
+async def _watch_primaries(cluster: Cluster, ns: str) -> None:
+    """Every instance asked in turn whether its server runs as a primary, until cancelled;
+    each round's answers go to _PRIMARY_SAMPLES[ns]."""
+    from e2e.test_campus_ha import _accepts_writes
+
+    samples = _PRIMARY_SAMPLES.setdefault(ns, [])
+    while True:
+        up = await asyncio.gather(*(asyncio.to_thread(_accepts_writes, cluster, ns, n)
+                                    for n in NAMES))
+        samples.append([n for n, yes in zip(NAMES, up, strict=True) if yes])
+        await asyncio.sleep(0.5)
 
 
 async def test_operator_killed_mid_failover_finishes_it(cluster: Cluster,

@@ -1,6 +1,7 @@
 """The agent's self-fence keeps its own clock (agent.guard): a primary cut from the API
 server and every peer stops serving within selfFenceAfterSeconds of its last contact,
-however long its loop's network reads hang; one that still reaches a peer keeps serving.
+however long its loop's network reads hang; one that all its peers still follow keeps
+serving, one a peer no longer follows (paused for a failover) does not.
 
 CI once saw two instances accept writes: the loop fenced only between its reads (a 2 s
 Campus read, then 0.8 s per peer probe, then a 1 s wait), so a primary cut off with a
@@ -18,14 +19,43 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 from aiohttp import web
 
 from ringkeeper.agent.agent import Agent
 from ringkeeper.agent.contact import AgentConfig
 from ringkeeper.agent.server_sql import Status
-from ringkeeper.core.instance import DataState
+from ringkeeper.core.instance import CampusView, DataState, peers_vouch, vouches_for
 
 LIMIT = 2  # selfFenceAfterSeconds, as in the e2e Campus
+
+
+def _view(current: str | None, target: str | None) -> CampusView:
+    return CampusView(current, target, frozenset())
+
+
+@pytest.mark.parametrize(("view", "paused", "serving", "follows"), [
+    (_view("c-1", "c-1"), False, False, "c-1"),
+    (_view("c-1", None), False, False, "c-1"),
+    (_view("c-1", "c-2"), False, False, None),  # a failover to c-2 is in flight
+    (_view(None, None), False, False, None),  # no primary known
+    (_view("c-1", "c-1"), True, False, None),  # paused by the operator for a failover
+    (_view("c-1", "c-1"), False, True, None),  # a primary follows nobody
+])
+def test_vouches_for(view: CampusView, paused: bool, serving: bool,
+                     follows: str | None) -> None:
+    assert vouches_for(view, paused, serving) == follows
+
+
+@pytest.mark.parametrize(("peers", "answers", "ok"), [
+    (2, ["c-1", "c-1"], True),
+    (2, ["c-1", None], False),  # one paused, or unsure: the operator may promote it
+    (2, ["c-1"], False),  # one not asked (no address)
+    (2, ["c-1", "c-2"], False),
+    (0, [], False),  # no peers: contact with the API server only
+])
+def test_peers_vouch(peers: int, answers: list[str | None], ok: bool) -> None:
+    assert peers_vouch("c-1", peers, answers) is ok
 
 
 class _HangingSource:
@@ -84,23 +114,29 @@ class _PrimaryServer:
 
 
 class _Peers:
-    """Two peer agents on loopback: answering /healthz, or cut (connections accepted and
-    never answered, as a dropped route looks to the prober)."""
+    """Two peer agents on loopback answering /api/vouch (with the agent token) that they
+    follow c-1; `withheld` ones follow nobody (paused for a failover); or cut
+    (connections accepted and never answered, as a dropped route looks to the prober)."""
 
     def __init__(self) -> None:
         self.cut = False
+        self.withheld: set[str] = set()
         self.healed = asyncio.Event()
         self.runners: list[web.AppRunner] = []
         self.port = 0
 
-    async def health(self, _: web.Request) -> web.Response:
+    async def vouch(self, request: web.Request) -> web.Response:
         if self.cut:  # held open, unanswered, until the cut heals
             await self.healed.wait()
-        return web.Response(text="ok")
+        if request.headers.get("Authorization") != "Bearer t":
+            return web.json_response({"error": "token"}, status=401)
+        host = request.transport.get_extra_info("sockname")[0] if request.transport else ""
+        follows = None if host in self.withheld else "c-1"
+        return web.json_response({"follows": follows})
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/healthz", self.health)
+        app.router.add_get("/api/vouch", self.vouch)
         for host in ("127.0.0.2", "127.0.0.3"):
             runner = web.AppRunner(app)
             await runner.setup()
@@ -115,7 +151,8 @@ class _Peers:
             await r.cleanup()
 
 
-async def _run(cut_peers: bool) -> tuple[float | None, float, dict[str, Any]]:
+async def _run(cut_peers: bool, withheld: frozenset[str] = frozenset()
+               ) -> tuple[float | None, float, dict[str, Any]]:
     """Serve as primary, then cut the API server (and the peers when `cut_peers`) and
     watch the server for LIMIT + 1.5 seconds. Returns when it was killed in that window
     (None: still serving), the cut's time, and the agent's state then."""
@@ -138,6 +175,7 @@ async def _run(cut_peers: bool) -> tuple[float | None, float, dict[str, Any]]:
         assert server.running and agent.state.plan == "primary", agent.state
         source.up = False
         peers.cut = cut_peers
+        peers.withheld = set(withheld)
         cut = time.monotonic()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.killed.wait(), LIMIT + 1.5)
@@ -163,7 +201,16 @@ async def test_a_primary_cut_from_everything_fences_itself_on_time() -> None:
     assert (state["fenced"], state["self_fenced"], state["plan"]) == (True, True, "fence")
 
 
-async def test_a_primary_that_still_reaches_a_peer_keeps_serving() -> None:
+async def test_a_primary_one_peer_no_longer_follows_fences_itself_on_time() -> None:
+    """Cut from the API server, both peers answer, but one was paused for a failover (it
+    follows nobody): their word no longer keeps it serving (core.instance.peers_vouch)."""
+    killed_at, cut, state = await _run(cut_peers=False, withheld=frozenset({"127.0.0.3"}))
+    assert killed_at is not None, "a primary one peer no longer follows kept serving"
+    assert killed_at - cut <= LIMIT + 0.4, f"fenced {killed_at - cut:.2f}s after the pause"
+    assert state["self_fenced"], state
+
+
+async def test_a_primary_all_its_peers_follow_keeps_serving() -> None:
     killed_at, _, state = await _run(cut_peers=False)
     assert killed_at is None, state
     assert not state["self_fenced"] and state["plan"] == "primary", state

@@ -104,7 +104,8 @@ def _setup(kube: FakeKube, status: dict[str, Any], annotations: dict[str, str] |
         "apiVersion": "ringkeeper.io/v1alpha1", "kind": "Campus", "metadata": meta,
         "spec": {"engine": "postgresql", "version": "17", "instances": 3,
                  "synchronous": {"dataDurability": "preferred"},
-                 "failover": {"detectionDelaySeconds": 5}},
+                 # 1 s: each failover's fence barrier (core.ha.fence_barrier) is 1.5 s
+                 "failover": {"detectionDelaySeconds": 5, "selfFenceAfterSeconds": 1}},
         "status": status})
     for n in NAMES:
         kube.put(f"{PODS}/{n}", {

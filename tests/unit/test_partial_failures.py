@@ -32,7 +32,9 @@ from ringkeeper.core.ha import (
     AfterPromotion,
     PrimaryState,
     after_promotion,
+    fence_barrier,
     just_promoted,
+    old_primary_stopped,
     primary_verdict,
 )
 from ringkeeper.core.instance import (
@@ -277,13 +279,17 @@ def test_describe_error(exc: BaseException, text: str) -> None:
 
 # -- the runner with a hung instance ------------------------------------------------------
 
+SELF_FENCE = 1  # the fence barrier's part of every failover below (core.ha.fence_barrier)
+
+
 class _Store:
     """The Campus in memory, with the resourceVersion check the API server makes."""
 
     def __init__(self, status: dict[str, Any]) -> None:
         self.obj: dict[str, Any] = {
             "metadata": {"name": "c", "resourceVersion": "1"},
-            "spec": {"instances": 3, "synchronous": {"method": "any", "number": 1}},
+            "spec": {"instances": 3, "synchronous": {"method": "any", "number": 1},
+                     "failover": {"selfFenceAfterSeconds": SELF_FENCE}},
             "status": status}
 
     async def read(self) -> dict[str, Any]:
@@ -358,18 +364,61 @@ IPS = {"c-0": "ip0", "c-1": "ip1", "c-2": "ip2"}
 
 
 async def test_hung_old_primary_costs_no_step_its_timeout() -> None:
+    """No step waits on the hung old primary's calls; the promotion waits exactly the
+    fence barrier (core.ha.fence_barrier: selfFenceAfterSeconds and a margin), by which
+    time a primary nobody reaches has fenced itself."""
     store = _Store({"currentPrimary": "c-0", "syncSnapshot": SNAP})
     agents = _Agents(hung={"ip0"})
+    promoted_at: list[float] = []
+    original = agents.promote
+
+    async def promote(ip: str, target: str | None = None) -> dict[str, Any]:
+        promoted_at.append(time.monotonic())
+        return await original(ip, target)
+
+    agents.promote = promote  # type: ignore[method-assign]
     t0 = time.monotonic()
     out = await run_failover(store=store, agents=agents, roles=_Rec(), events=_Rec(),  # type: ignore[arg-type]
                              ips=IPS, reason="test")
     took = time.monotonic() - t0
+    barrier = fence_barrier(False, SELF_FENCE)
     assert out.promoted == "c-1"
-    assert took < 1.0, f"the runner waited {took:.1f}s on the hung primary"
+    assert promoted_at[0] - t0 >= barrier, "promoted before the old primary surely fenced"
+    assert took < barrier + 1.0, f"the runner waited {took:.1f}s on the hung primary"
     # The other replica was asked to follow; the old primary only fenced, never followed.
     assert ("ip2", "follow") in agents.calls
     assert ("ip0", "follow") not in agents.calls
     assert ("ip0", "fence") in agents.calls
+
+
+async def test_an_old_primary_that_says_it_stopped_costs_no_barrier() -> None:
+    """The fence call's answer says the old primary's server is down (a crashed server
+    behind a live agent): nothing to wait for."""
+    store = _Store({"currentPrimary": "c-0", "syncSnapshot": SNAP})
+    agents = _Agents(hung=set())
+
+    async def fence(ip: str, on: bool = True, timeout: float = 5) -> dict[str, Any] | None:
+        agents.calls.append((ip, "fence"))
+        return {"server": {"running": False}}
+
+    agents.fence = fence  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    out = await run_failover(store=store, agents=agents, roles=_Rec(), events=_Rec(),  # type: ignore[arg-type]
+                             ips=IPS, reason="test")
+    assert out.promoted == "c-1"
+    assert time.monotonic() - t0 < 1.0
+
+
+@pytest.mark.parametrize(("raw", "stopped"), [
+    (None, False),  # no answer: it may serve
+    ({}, False),
+    ({"server": {"running": True, "in_recovery": False}}, False),
+    ({"server": {"running": False}}, True),
+    ({"server": {"running": None}}, False),  # not a fact
+])
+def test_old_primary_stopped(raw: dict[str, Any] | None, stopped: bool) -> None:
+    assert old_primary_stopped(raw) is stopped
+    assert fence_barrier(stopped, 2.0) == (0.0 if stopped else 2.5)
 
 
 async def test_hung_replica_costs_at_most_one_deadline() -> None:
@@ -444,7 +493,8 @@ async def test_two_failover_runners_race_one_names_the_target(
         kube.put(CAMPUS, {"apiVersion": "ringkeeper.io/v1alpha1", "kind": "Campus",
                           "metadata": {"name": "c", "namespace": NS},
                           "spec": {"instances": 3, "synchronous": {"method": "any",
-                                                                   "number": 1}},
+                                                                   "number": 1},
+                                   "failover": {"selfFenceAfterSeconds": SELF_FENCE}},
                           "status": {"currentPrimary": "c-0", "syncSnapshot": SNAP}})
         async with await api_client() as api:
             agents = [_Agents(hung={"ip0"}), _Agents(hung={"ip0"})]

@@ -30,6 +30,7 @@ from ..core.instance import (
     Plan,
     RejoinStep,
     rejoin_steps,
+    running_primary_must_step_down,
     start_plan,
 )
 from .guard import AgentGuard
@@ -149,11 +150,15 @@ class Agent(AgentGuard):
                 await self.server.initdb()
                 self.server.configure(self.settings(True, None, bootstrap=True),
                                       self.user_params())
+                if not await self.still_named():
+                    return
                 await self.server.start()
                 await self.server.create_roles()
                 await self.server.ensure_slots(self.peers())
             elif plan == Plan.START_PRIMARY:
                 self.server.configure(self.settings(True, None), self.user_params())
+                if not await self.still_named():
+                    return
                 await self.server.start()
                 await self.server.ensure_slots(self.peers())
             elif plan in (Plan.BASEBACKUP, Plan.START_REPLICA, Plan.REWIND):
@@ -177,6 +182,25 @@ class Agent(AgentGuard):
         except ServerError as exc:
             st.last_error = str(exc)
             log.error("%s failed: %s", plan.value, exc)
+
+    async def still_named(self) -> bool:
+        """Read the Campus once more right before a server starts as primary: the plan's
+        read can be seconds old (initdb, crash recovery), a failover may have named
+        another meanwhile, and the self-fence clock (agent/guard.py) counts from the last
+        answered read, so a start on an old read was killed at once. Alone (no peer could
+        take over) the plan's read stands. Network I/O under the lock, on purpose and only
+        here: nothing may start a primary between this read and the start."""
+        if not self.peers():
+            return True
+        if not await self.refresh():
+            self.state.plan, self.state.reason = Plan.WAIT.value, (
+                "API server unreachable right before starting as primary: not starting")
+            return False
+        why = running_primary_must_step_down(self.cfg.name, self.view)
+        if why:
+            self.state.plan, self.state.reason = Plan.WAIT.value, f"not starting: {why}"
+            return False
+        return True
 
     async def rejoin(self, upstream_ip: str) -> None:
         """A former primary follows the new one: pg_rewind, or a fresh copy if that fails.

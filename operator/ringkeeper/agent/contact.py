@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from ..core.agentplan import AgentFacts
-from ..core.instance import CampusView
+from ..core.instance import CampusView, peers_vouch
 from ..core.names import instance_count, instance_names
 from .config import InstanceSettings
 from .server import Server
@@ -208,27 +208,35 @@ class AgentContact:
         return known if known else await self.resolve(name, force=True)
 
     async def reach_a_peer(self) -> bool:
-        """Ask every peer's agent at once; contact counts from when the probe was sent."""
+        """Ask every peer's agent at once whom it follows; contact counts, from when the
+        probe was sent, only when all of them answer that they follow this instance
+        (core.instance.peers_vouch)."""
         assert self.http is not None
-        ips = [ip for ip in (self.state.peer_ips.get(p) for p in self.peers()) if ip]
-        if not ips:
+        peers = self.peers()
+        ips = [ip for ip in (self.state.peer_ips.get(p) for p in peers) if ip]
+        if not ips or len(ips) != len(peers):
             return False
         sent = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=min(PEER_PROBE_TIMEOUT, self.self_fence_after()
                                                   / 2))
-        answers = await asyncio.gather(*(self._healthy(ip, timeout) for ip in ips))
-        if any(answers):
+        answers = await asyncio.gather(*(self._vouches(ip, timeout) for ip in ips))
+        if peers_vouch(self.cfg.name, len(peers), list(answers)):
             self.state.last_peer_contact = max(self.state.last_peer_contact, sent)
             return True
         return False
 
-    async def _healthy(self, ip: str, timeout: aiohttp.ClientTimeout) -> bool:
+    async def _vouches(self, ip: str, timeout: aiohttp.ClientTimeout) -> str | None:
+        """The primary the peer at `ip` follows (its /api/vouch), None if it does not say."""
         assert self.http is not None
         with contextlib.suppress(Exception):
-            async with self.http.get(f"http://{ip}:{self.cfg.agent_port}/healthz",
+            async with self.http.get(f"http://{ip}:{self.cfg.agent_port}/api/vouch",
+                                     headers={"Authorization": f"Bearer {self.cfg.token}"},
                                      timeout=timeout) as r:
-                return r.status == 200
-        return False
+                if r.status == 200:
+                    body = await r.json()
+                    follows = body.get("follows") if isinstance(body, dict) else None
+                    return follows if isinstance(follows, str) else None
+        return None
 
     def self_fence_after(self) -> float:
         return float((self.spec.get("failover") or {}).get("selfFenceAfterSeconds", 3))

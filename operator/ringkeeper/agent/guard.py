@@ -16,7 +16,15 @@ import contextlib
 import logging
 import time
 
-from ..core.instance import DataState, Plan, StallAction, after_stall, self_fence_due
+from ..core.instance import (
+    DataState,
+    Plan,
+    StallAction,
+    after_stall,
+    running_primary_must_step_down,
+    self_fence_due,
+    vouches_for,
+)
 from .contact import API_PROBE_AFTER, PEER_PROBE_EVERY
 from .report import AgentReport
 
@@ -66,10 +74,26 @@ class AgentGuard(AgentReport):
                 self.on_stall(stalled)
             self.on_silence()
 
+    def vouches_for(self) -> str | None:
+        """Whom this instance tells a cut-off primary it follows (core.instance)."""
+        return vouches_for(self.view, self.state.paused, self.serving_primary())
+
     def on_silence(self) -> None:
-        """Synchronous, like on_stall: the kill happens in the tick that finds it due."""
+        """Synchronous, like on_stall: the kill happens in the tick that finds it due.
+        Also steps down at once when the Campus as last read names another primary or a
+        failover target (a read by keep_api_contact lands between the loop's ticks), unless
+        an operator call or a loop holds the lock (promote adopts its own view there)."""
         if not self.peers() or not self.serving_primary():
             return
+        if not self.lock.locked():
+            why = running_primary_must_step_down(self.cfg.name, self.view)
+            if why:
+                self.server.kill_now()
+                st = self.state
+                st.interrupts += 1
+                st.fenced, st.plan, st.reason = True, Plan.FENCE.value, why
+                log.warning("stepping down: %s", why)
+                return
         silent, limit = self.silent_seconds(), self.self_fence_after()
         if not self_fence_due(silent, limit):
             return

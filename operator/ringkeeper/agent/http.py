@@ -51,6 +51,10 @@ def build_app(agent: Agent) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return _json(await agent.report())
 
+    async def vouch(_: web.Request) -> web.Response:
+        # Asked by a primary cut from the API server (agent.contact.reach_a_peer).
+        return _json({"name": agent.cfg.name, "follows": agent.vouches_for()})
+
     async def pause(_: web.Request) -> web.Response:
         await agent.pause()
         return _json(await agent.report())
@@ -94,6 +98,7 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/status", status)
+    app.router.add_get("/api/vouch", vouch)
     app.router.add_post("/api/pause", pause)
     app.router.add_post("/api/promote", promote)
     app.router.add_post("/api/follow", follow)

@@ -10,7 +10,10 @@ The steps (two-phase, as the status records them):
    positions freeze;
 4. elect with core.election; refuse, and say why, when no replica is provably complete;
 5. write status.targetPrimary (optimistic concurrency: a stale view loses);
-6. ask the target's agent to promote (it checks the Campus names it first);
+6. unless the old primary's agent said its server stopped, wait selfFenceAfterSeconds
+   (and a margin) from step 5 (core.ha.fence_barrier): by then it has fenced itself or
+   read the new target; then ask the target's agent to promote (it checks the Campus
+   names it first);
 7. put it in the read-write Service, write status.currentPrimary and lastFailover;
 8. point the other replicas at it, in parallel with short timeouts; the old primary last,
    fenced fire-and-forget (core.ha.after_promotion).
@@ -39,7 +42,9 @@ from ..core.election import (
 from ..core.ha import (
     AfterPromotion,
     after_promotion,
+    fence_barrier,
     just_promoted,
+    old_primary_stopped,
     snapshot_from_status,
     to_report,
 )
@@ -238,13 +243,17 @@ async def run_failover(
             return FailoverOutcome(None, early, message)
     # 2. Out of the read-write Service, and fenced without waiting: it may be hung.
     # A switchover's old primary is healthy and must stop before positions are compared.
+    fenced: asyncio.Task[Any] | None = None
     if old:
         await roles.set_role(old, "former-primary")
         if old in ips and planned_target:
-            await agents.fence(ips[old], timeout=PLANNED_FENCE_TIMEOUT)
+            fenced = asyncio.get_running_loop().create_task(
+                agents.fence(ips[old], timeout=PLANNED_FENCE_TIMEOUT))
+            await asyncio.wait({fenced})
         elif old in ips:
-            fire_and_forget(f"fencing the old primary {old}",
-                            agents.fence(ips[old], timeout=FENCE_TIMEOUT), FENCE_TIMEOUT + 1)
+            fenced = fire_and_forget(f"fencing the old primary {old}",
+                                     agents.fence(ips[old], timeout=FENCE_TIMEOUT),
+                                     FENCE_TIMEOUT + 1)
     # 3. Freeze positions, all replicas together.
     paused = await _gather({r: agents.pause(ips[r], timeout=PAUSE_DEADLINE)
                             for r in replicas if r in ips}, PAUSE_DEADLINE + 0.5)
@@ -271,10 +280,35 @@ async def run_failover(
                               "SwitchingOver" if planned_target else "FailingOver",
                               "lastFailover": record},
                              campus["metadata"].get("resourceVersion"))
+    written = asyncio.get_running_loop().time()
     await events.emit("FailoverStarted" if not planned_target else "SwitchoverStarted",
                       f"{old} -> {election.candidate}: {election.message}")
     campus = await store.read()
-    return await _finish(store, agents, roles, events, ips, campus, election.candidate, started)
+    return await _finish(store, agents, roles, events, ips, campus, election.candidate, started,
+                         fenced=fenced, written=written)
+
+
+async def _old_primary_gone(old: str | None, fenced: asyncio.Task[Any] | None,
+                            written: float | None, self_fence_after: float) -> None:
+    """Wait out core.ha.fence_barrier before promoting: until the fence call says the old
+    primary's server stopped, or until it has surely fenced itself or stepped down."""
+    if old is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = (written if written is not None else loop.time()) + fence_barrier(
+        False, self_fence_after)
+    while (left := deadline - loop.time()) > 0:
+        if fenced is not None and fenced.done():
+            if not fenced.cancelled() and fenced.exception() is None and fence_barrier(
+                    old_primary_stopped(fenced.result()), self_fence_after) == 0.0:
+                return
+            fenced = None  # answered without a stop, or failed: wait the rest
+        if fenced is None:
+            log.info("waiting %.1fs before promoting: %s may still serve until it fences "
+                     "itself or reads the new target", left, old)
+            await asyncio.sleep(left)
+            return
+        await asyncio.wait({fenced}, timeout=left)
 
 
 def _promoted_last(status: Mapping[str, Any], name: str | None) -> bool:
@@ -283,7 +317,10 @@ def _promoted_last(status: Mapping[str, Any], name: str | None) -> bool:
 
 async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events: Events,
                   ips: Mapping[str, str], campus: dict[str, Any], target: str,
-                  started: str | None) -> FailoverOutcome:
+                  started: str | None, *, fenced: asyncio.Task[Any] | None = None,
+                  written: float | None = None) -> FailoverOutcome:
+    """From targetPrimary written (at loop time `written`; None: found written by an
+    earlier operator, so from now) to the promotion and the replicas following it."""
     status = campus.get("status") or {}
     old = status.get("currentPrimary")
     if target not in ips:
@@ -291,6 +328,8 @@ async def _finish(store: CampusStore, agents: AgentClient, roles: Roles, events:
     # 5. Promote (idempotent: an instance that is primary already reports so).
     current = await agents.status(ips[target])
     if not current or (current.get("server") or {}).get("in_recovery") is not False:
+        limit = float((campus["spec"].get("failover") or {}).get("selfFenceAfterSeconds", 3))
+        await _old_primary_gone(old, fenced, written, limit)
         await agents.promote(ips[target], target)
     # 6. Read-write Service, then the status.
     await roles.set_role(target, "primary")

@@ -328,3 +328,29 @@ def after_promotion(names: Sequence[str], target: str, old: str | None
     if old and old != target:
         out.append((old, AfterPromotion.FENCE))
     return out
+
+
+# Beyond selfFenceAfterSeconds: the agent's watchdog looks every 0.1 s, and a loaded node
+# schedules it late.
+FENCE_MARGIN_SECONDS = 0.5
+
+
+def old_primary_stopped(raw: Mapping[str, Any] | None) -> bool:
+    """The old primary's agent answered that its server is not running (the fence call's
+    answer): it accepts no write, and the promotion need not wait for it."""
+    if not raw:
+        return False
+    return (raw.get("server") or {}).get("running") is False
+
+
+def fence_barrier(old_stopped: bool, self_fence_after: float) -> float:
+    """Seconds from writing targetPrimary (the replicas paused before it) to promoting.
+
+    The old primary could not be reached, or did not say it stopped: it may still run.
+    From the moment targetPrimary is written, every contact it counts toward serving
+    either began before (a Campus read sent earlier, a peer that vouched before its
+    pause: core.instance.vouches_for) and so fences it within selfFenceAfterSeconds,
+    or carries the new Campus, which its watchdog obeys at once. Waiting that long
+    leaves no moment with two writable primaries, for the price of those seconds on a
+    failover whose old primary is unreachable."""
+    return 0.0 if old_stopped else self_fence_after + FENCE_MARGIN_SECONDS

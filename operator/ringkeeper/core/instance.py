@@ -98,6 +98,26 @@ def running_primary_must_step_down(me: str, campus: CampusView) -> str | None:
     return None
 
 
+def vouches_for(view: CampusView, paused: bool, serving_primary: bool) -> str | None:
+    """The primary this instance tells a peer it still follows, or None.
+
+    A cut-off primary keeps serving on its peers' word only while they all still follow
+    it: a replica the operator paused for a failover, one whose Campus names a failover
+    target or no primary, and a primary itself vouch for nobody. So once the operator has
+    paused the replicas, no peer keeps an old primary serving (core.ha.fence_barrier)."""
+    if paused or serving_primary or not view.current_primary:
+        return None
+    if view.target_primary not in (None, view.current_primary):
+        return None
+    return view.current_primary
+
+
+def peers_vouch(me: str, peers: int, answers: list[str | None]) -> bool:
+    """Contact through peers counts only when every peer answered and follows `me` (a
+    peer that cannot be asked may be the one the operator promotes)."""
+    return peers > 0 and len(answers) == peers and all(a == me for a in answers)
+
+
 def self_fence_due(seconds_without_contact: float, limit: float) -> bool:
     """A primary that reached neither the API server nor any peer for `limit` seconds
     stops accepting writes: a partitioned primary must not go on beside a new one."""
