@@ -43,7 +43,7 @@ class AgentGuard(AgentReport):
             if self.serving_primary():
                 with contextlib.suppress(Exception):
                     await self.reach_a_peer()
-            await asyncio.sleep(PEER_PROBE_EVERY)
+            await asyncio.sleep(min(PEER_PROBE_EVERY, self.self_fence_after() / 8))
 
     async def keep_api_contact(self, stop: asyncio.Event) -> None:
         """A serving primary reads the Campus whenever its last read that got an answer was
@@ -51,11 +51,15 @@ class AgentGuard(AgentReport):
         measures silence while it keeps asking, never a loop busy with its own work (a
         first primary's initdb took 3 s, and its watchdog fenced it)."""
         while not stop.is_set():
+            # A quarter of the limit at most: at the 1 s minimum a read every 0.5 s left
+            # a loaded node a quarter second of margin.
+            limit = self.self_fence_after()
             if (self.serving_primary() and self.state.fetch_started is None
-                    and time.monotonic() - self.state.last_api_contact >= API_PROBE_AFTER):
+                    and time.monotonic() - self.state.last_api_contact
+                    >= min(API_PROBE_AFTER, limit / 4)):
                 with contextlib.suppress(Exception):
                     await self.refresh()
-            await asyncio.sleep(PEER_PROBE_EVERY)
+            await asyncio.sleep(min(PEER_PROBE_EVERY, limit / 8))
 
     async def watch_stalls(self, stop: asyncio.Event) -> None:
         """Every WATCH_EVERY seconds, apart from the loop: kill a primary server that
